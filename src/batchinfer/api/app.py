@@ -1,0 +1,120 @@
+"""The HTTP adapter: the seed contract over FastAPI. Handlers are thin; errors map to HTTP here only.
+
+Every 4xx has FastAPI's own shape, ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``,
+so a client parses our refusals and FastAPI's the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated
+from uuid import UUID
+
+import anyio
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+
+from batchinfer import __version__
+from batchinfer.api.backend import JobBackend
+from batchinfer.catalog import ModelCatalog
+from batchinfer.contract import BatchInference, SubmitJobRequest
+from batchinfer.errors import BatchInferError, RequestError
+from batchinfer.settings import Settings
+from batchinfer.submission import prepare_job
+
+logger = logging.getLogger(__name__)
+BackendFactory = Callable[[], AbstractAsyncContextManager[JobBackend]]
+
+
+def _error_response(exc: BatchInferError) -> JSONResponse:
+    if isinstance(exc, RequestError):
+        loc = [exc.location, *exc.field.split(".")]
+        return JSONResponse(
+            status_code=exc.http_status,
+            content={"detail": [{"loc": loc, "msg": exc.message, "type": exc.code}]},
+        )
+    status = getattr(exc, "http_status", 500)
+    return JSONResponse(status_code=status, content={"detail": exc.message, "type": exc.code})
+
+
+def backend(request: Request) -> JobBackend:
+    """The app's job backend (a FastAPI dependency; module-level so annotations resolve)."""
+    return request.app.state.backend  # type: ignore[no-any-return]
+
+
+def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: BackendFactory) -> FastAPI:
+    """The adapter app. ``backend_factory`` is entered for the app's lifetime (inject any backend)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with backend_factory() as backend:
+            app.state.backend = backend
+            yield
+
+    app = FastAPI(
+        title="Batch Inference API",
+        version=__version__,
+        description="batchinfer: the seed Batch Inference API, run as Prefect flows.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(BatchInferError)
+    async def _on_batchinfer_error(request: Request, exc: BatchInferError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Never a traceback on the wire; the log has it.
+        logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            status_code=500,
+            content={"detail": "Internal error; see the server log.", "type": "internal"},
+        )
+
+    @app.post(
+        "/batch_inference/submit_job",
+        response_model=BatchInference,
+        summary="Submit a batch inference job",
+        description="This endpoint allows clients to submit a batch inference job using a model "
+        "and a prompt file.",
+    )
+    async def submit_job(
+        body: SubmitJobRequest, jobs: Annotated[JobBackend, Depends(backend)]
+    ) -> BatchInference:
+        # Staging raw_bytes and checking files touches the disk: keep it off the event loop.
+        params = await anyio.to_thread.run_sync(prepare_job, body, settings, catalog)
+        return await jobs.submit(params)
+
+    @app.get(
+        "/batch_inference/job_status",
+        response_model=BatchInference,
+        summary="Get status for an already submitted job",
+        description="Retrieve the status and details of a previously submitted batch inference job "
+        "using its unique job ID.",
+    )
+    async def job_status(
+        jobs: Annotated[JobBackend, Depends(backend)],
+        job_id: Annotated[str, Query(description="Unique identifier for the batch inference job.")],
+    ) -> BatchInference:
+        try:
+            parsed = UUID(job_id)
+        except ValueError:
+            raise RequestError(
+                f"{job_id!r} is not a job id (a UUID such as submit_job returns).",
+                field="job_id",
+                location="query",
+                code="invalid_job_id",
+            ) from None
+        return await jobs.status(parsed)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/models", summary="List the model ids a job may name (extension)")
+    async def models() -> dict[str, list[dict[str, str]]]:
+        return {"models": [{"id": m.id, "engine": m.engine} for m in catalog.models]}
+
+    return app

@@ -1,0 +1,68 @@
+"""The ``batchinfer`` command: ``serve`` (server + runner + adapter) and ``run`` (one job, foreground)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from types import FrameType
+
+from batchinfer.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchinfer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="Run the Prefect server, a runner and the HTTP adapter.")
+    serve.add_argument("--host", default="127.0.0.1", help="Adapter bind address.")
+    serve.add_argument("--port", type=int, default=8000, help="Adapter port.")
+    serve.add_argument("--prefect-port", type=int, default=4200, help="Local Prefect server/UI port.")
+
+    run = sub.add_parser("run", help="Run one job in the foreground with a progress bar.")
+    run.add_argument("prompts", help="A JSONL prompt file (a path, or a URI such as https://...).")
+    run.add_argument("--model", required=True, help="A model id from the models file.")
+    run.add_argument("--max-tokens", type=int)
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--top-p", type=float)
+    run.add_argument("--logprobs", action="store_true")
+    run.add_argument("--num-generations", type=int, default=1)
+    run.add_argument("--output-dir", help="Where success.jsonl and errors.jsonl go.")
+
+    sub.add_parser("models", help="List the model ids a job may name.")
+    return parser
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    # Prefect reads these when it is imported: set them first, and only if the user has not.
+    os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # A fresh SQLite database takes 15-25 s to migrate here; Prefect's default waits less.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    if args.command == "serve":
+        from batchinfer.serve import serve
+
+        return serve(args.host, args.port, args.prefect_port, settings)
+    if args.command == "models":
+        from batchinfer.catalog import load_catalog
+
+        for model in load_catalog(settings.models).models:
+            print(f"{model.id}\t{model.engine}")
+        return 0
+    from batchinfer.run_job import run_in_foreground
+
+    return run_in_foreground(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The wire contract: pydantic models for every schema in ``shared/seed/batch_inference_api.yaml``.
+
+Names and fields follow the seed exactly so that the adapter's OpenAPI document carries the seed's
+schemas under the seed's names. Extensions are compatible: extra optional fields only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MediaAttachmentType(str, Enum):
+    """Type of media attachment."""
+
+    image = "image"
+    video = "video"
+    audio = "audio"
+    text = "text"
+
+
+class MediaAttachmentDataType(str, Enum):
+    """Data type of the media attachment."""
+
+    raw_bytes = "raw_bytes"
+    filepath = "filepath"
+    uri = "uri"
+
+
+class MediaAttachment(BaseModel):
+    attachment_type: MediaAttachmentType | None = None
+    data_type: MediaAttachmentDataType | None = None
+    data: str | None = None
+
+
+class Message(BaseModel):
+    """One chat message. Unknown fields are kept, so a line round-trips unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str | None = None
+    text: str | None = None
+    attachments: list[MediaAttachment] | None = None
+    eot: bool | None = Field(default=None, description="End of transmission flag.")
+    tool_call: bool | None = Field(
+        default=None, description="Indicates if it's a tool call - builtin, custom, or ipython."
+    )
+    is_complete: bool | None = Field(
+        default=None, description="For streaming, indicates if the message is complete."
+    )
+    is_header_complete: bool | None = Field(
+        default=None,
+        description="For streaming, indicates if the header of the message is complete.",
+    )
+    metadata: dict[str, Any] | None = Field(default=None, description="Additional metadata as JSON.")
+
+
+class PathType(str, Enum):
+    """Data Type of the path."""
+
+    raw_bytes = "raw_bytes"
+    filepath = "filepath"
+    uri = "uri"
+
+
+class Path(BaseModel):
+    """A file location: a local path, a URI, or the content itself (``raw_bytes``)."""
+
+    value: str = Field(description="The path value.")
+    type: PathType = Field(description="Data Type of the path.")
+
+
+class Options(BaseModel):
+    """Sampling options. Every field is optional; the server's defaults apply when left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    logprobs: bool | None = Field(default=None, description="Return the log-probability of each token.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens to generate, >= 1.")
+    temperature: float | None = Field(default=None, ge=0, description="Sampling temperature, >= 0.")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus mass, in (0, 1].")
+
+
+class SubmitJobRequest(BaseModel):
+    """Body of ``POST /batch_inference/submit_job``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="The model identifier to be used for inference.")
+    prompt_file_path: Path = Field(
+        description="Path to a JSONL file where each line is a JSON-encoded list of messages."
+    )
+    options: Options | None = None
+    num_generations: int | None = Field(default=None, ge=1, description="Number of generations to produce.")
+
+
+class JobStatus(str, Enum):
+    """Current status of the job."""
+
+    validating = "validating"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+class BatchInference(BaseModel):
+    job_id: str = Field(description="ID provided by the API for the job.")
+    created: datetime = Field(description="Timestamp when the job was created.")
+    status: JobStatus = Field(description="Current status of the job.")
+    input_file_path: Path | None = None
+    success_file_path: Path | None = None
+    error_file_path: Path | None = None
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Additional metadata related to the job."
+    )

@@ -1,0 +1,59 @@
+"""The engine boundary: one Protocol that every engine implements, and the types that cross it.
+
+Engines are synchronous and thread-safe from the caller's side: Prefect runs chunk tasks in threads,
+and each chunk hands its whole list of requests to ``Engine.infer``. How an engine gets parallelism
+inside is its own business (an asyncio loop for HTTP engines, batched ``generate`` for local ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeAlias, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from batchinfer.contract import Message
+from batchinfer.records import Completion, ErrorDetail
+
+
+class SamplingParams(BaseModel):
+    """Resolved sampling parameters for one request: job options with defaults filled in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    logprobs: bool = False
+    n: int = Field(default=1, ge=1, description="num_generations")
+
+
+class PromptRequest(BaseModel):
+    """One validated input line, ready for an engine."""
+
+    line: int
+    custom_id: str | None = None
+    messages: list[Message]
+    params: SamplingParams
+
+
+InferenceOutcome: TypeAlias = Completion | ErrorDetail
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A loaded model that turns prompts into completions.
+
+    ``infer`` returns exactly one outcome per request, in request order. A request that fails for
+    good (after the engine's own retries) is an ``ErrorDetail``, never an exception; an exception
+    from ``infer`` means the engine itself is broken and fails the chunk.
+    """
+
+    @property
+    def max_parallel_chunks(self) -> int:
+        """How many chunks one process should feed this engine at once."""
+        ...
+
+    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,339 @@
+"""The engine for any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, llama.cpp, TGI, ...).
+
+Shape: ``infer`` is synchronous and called from many Prefect task threads at once. All HTTP runs
+on ONE private asyncio loop in a daemon thread, through ONE ``aiohttp.ClientSession`` (connection
+reuse) and ONE semaphore of ``max_concurrency`` permits shared by every caller. Each request takes a
+permit for one HTTP attempt and gives it back, so the server sees a steady ``max_concurrency``
+requests in flight regardless of chunk boundaries (no waves), and a request sleeping in backoff
+holds no permit.
+
+A request that fails for good becomes an ``ErrorDetail``; only a broken engine raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from batchinfer.engines.base import InferenceOutcome, PromptRequest
+from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.messages import FileReader, read_local_file
+from batchinfer.engines.openai_messages import to_openai_messages
+from batchinfer.errors import EngineError, InferenceError
+from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
+
+_MAX_ERROR_BODY = 500
+
+
+class _Failed(Exception):
+    """One request is done for, with this error record (raised inside the loop, never escapes)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.detail = ErrorDetail(code=code, message=message)
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth retrying; ``code`` names it if retries run out."""
+
+    def __init__(self, code: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.retry_after = code, reason, retry_after
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _server_message(body: bytes) -> str:
+    """The server's ``error.message`` for OpenAI-style JSON, else the (cut) body text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:_MAX_ERROR_BODY]
+        for candidate in (error, data.get("message"), data.get("detail")):
+            if isinstance(candidate, str):
+                return candidate[:_MAX_ERROR_BODY]
+    text = body.decode("utf-8", errors="replace").strip()
+    return text[:_MAX_ERROR_BODY] or "(empty body)"
+
+
+def _parse_choices(data: Any, want_logprobs: bool) -> tuple[list[Generation], Usage]:
+    """Generations and usage from a 200 body; ``ValueError`` says what is wrong with it."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise ValueError("no 'choices' list")
+    generations = []
+    for choice in data["choices"]:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise ValueError("a choice has no 'message' object")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise ValueError("a choice's message content is not a string")
+        finish = choice.get("finish_reason")
+        logprobs = None
+        raw = choice.get("logprobs")
+        if want_logprobs and isinstance(raw, dict) and isinstance(raw.get("content"), list):
+            logprobs = Logprobs(
+                content=[TokenLogprob(token=t["token"], logprob=t["logprob"]) for t in raw["content"]]
+            )
+        generations.append(
+            Generation(
+                role="assistant",
+                text=content or "",
+                eot=finish == "stop",
+                finish_reason=finish,
+                logprobs=logprobs,
+            )
+        )
+    raw_usage = data.get("usage")
+    if not isinstance(raw_usage, dict):  # usage is optional for some servers; count what we get
+        raw_usage = {}
+    prompt = int(raw_usage.get("prompt_tokens") or 0)
+    completion = int(raw_usage.get("completion_tokens") or 0)
+    total = int(raw_usage.get("total_tokens") or prompt + completion)
+    return generations, Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+
+
+class OpenAIEngine:
+    """``Engine`` over HTTP. Thread-safe; build once per process (``registry.get_engine``)."""
+
+    def __init__(self, config: OpenAIEngineConfig, *, read_file: FileReader = read_local_file) -> None:
+        self._config = config
+        self._read_file = read_file
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:  # name the variable, never echo a value
+                raise EngineError(
+                    f"Model {config.id!r} reads its API key from the environment variable "
+                    f"{config.api_key_env}, which is not set; export it where the workers run."
+                )
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self._start_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:  # the default repr would be harmless, but keep headers out for sure
+        return f"OpenAIEngine(id={self._config.id!r}, base_url={self._config.base_url!r})"
+
+    @property
+    def max_parallel_chunks(self) -> int:
+        # Concurrency is bounded by the shared semaphore, not by chunk count. But a lone chunk
+        # leaves permits idle while its last few slow requests finish and until the next chunk
+        # task starts; overlapping chunks fill that tail. About one chunk per 16 permits keeps the
+        # semaphore saturated without holding many chunks' results in memory at once; at least 2
+        # so there is always a chunk queued behind the one finishing.
+        return max(2, math.ceil(self._config.max_concurrency / 16))
+
+    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+        # Translate in the caller's thread: reading attachment files would block the event loop.
+        prepared: list[dict[str, Any] | ErrorDetail] = []
+        for request in requests:
+            try:
+                prepared.append({"messages": to_openai_messages(request.messages, self._read_file)})
+            except InferenceError as exc:
+                prepared.append(ErrorDetail(code=exc.code, message=exc.message))
+            except OSError as exc:
+                prepared.append(
+                    ErrorDetail(
+                        code="unreadable_attachment",
+                        message=f"Cannot read an attachment file ({exc}); check the path.",
+                    )
+                )
+        if not requests:
+            return []
+        loop = self._ensure_started()
+        future = asyncio.run_coroutine_threadsafe(self._infer_all(requests, prepared), loop)
+        return future.result()
+
+    def close(self) -> None:
+        with self._start_lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+
+    # -- the private loop ------------------------------------------------------------------------
+
+    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+        with self._start_lock:
+            if self._closed:
+                raise EngineError(f"The engine for model {self._config.id!r} is closed.")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=self._run_loop,
+                    args=(loop,),
+                    name=f"openai-{self._config.id}",
+                    daemon=True,
+                )
+                thread.start()
+                asyncio.run_coroutine_threadsafe(self._open(), loop).result()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
+        loop.close()
+
+    async def _open(self) -> None:
+        # Session and semaphore are made on the loop that will use them.
+        connector = aiohttp.TCPConnector(limit=self._config.max_concurrency)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        self._semaphore = asyncio.Semaphore(self._config.max_concurrency)
+
+    async def _shutdown(self) -> None:
+        # Cancel what is still running so no infer() waits forever, then close the connections.
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _infer_all(
+        self, requests: Sequence[PromptRequest], prepared: list[dict[str, Any] | ErrorDetail]
+    ) -> list[InferenceOutcome]:
+        return list(
+            await asyncio.gather(
+                *(
+                    self._infer_one(request, item) if isinstance(item, dict) else _done(item)
+                    for request, item in zip(requests, prepared, strict=True)
+                )
+            )
+        )
+
+    async def _infer_one(self, request: PromptRequest, base: dict[str, Any]) -> InferenceOutcome:
+        params = request.params
+        payload: dict[str, Any] = {
+            "model": self._config.model,
+            "messages": base["messages"],
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.logprobs:
+            payload["logprobs"] = True
+        generations: list[Generation] = []
+        usage = Usage()
+        try:
+            # n emulation: some servers return one choice whatever n says; ask for the rest.
+            while len(generations) < params.n:
+                payload["n"] = params.n - len(generations)
+                body = await self._post(json.dumps(payload).encode())
+                try:
+                    got, got_usage = _parse_choices(json.loads(body), params.logprobs)
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise _Failed(
+                        "bad_response",
+                        f"The server at {self._config.base_url} answered 200 with a body that is "
+                        f"not a chat completion ({exc}); check that base_url is an "
+                        "OpenAI-compatible /v1 endpoint.",
+                    ) from exc
+                if not got:
+                    raise _Failed(
+                        "bad_response",
+                        f"The server returned no choices after {len(generations)} of "
+                        f"{params.n} generations; lower num_generations or check the server.",
+                    )
+                generations.extend(got[: payload["n"]])
+                usage = Usage(
+                    prompt_tokens=usage.prompt_tokens + got_usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens + got_usage.completion_tokens,
+                    total_tokens=usage.total_tokens + got_usage.total_tokens,
+                )
+        except _Failed as exc:
+            return exc.detail
+        return Completion(generations=generations, usage=usage)
+
+    async def _post(self, data: bytes) -> bytes:
+        """The 200 body for one request, retrying what is worth it; else raises ``_Failed``."""
+        config = self._config
+        attempts = config.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return await self._attempt(data)
+            except _Retryable as exc:
+                if attempt + 1 == attempts:
+                    raise _Failed(exc.code, self._gave_up(exc, attempts)) from exc
+                delay = min(config.backoff_s * 2**attempt, config.max_backoff_s)
+                if exc.retry_after is not None:  # the server knows best, within our cap
+                    delay = min(exc.retry_after, config.max_backoff_s)
+                # Jitter spreads the retries of many requests that failed together.
+                await asyncio.sleep(delay * (1 + 0.1 * random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, data: bytes) -> bytes:
+        assert self._session is not None and self._semaphore is not None
+        try:
+            async with (
+                self._semaphore,
+                self._session.post(self._url, data=data, headers=self._headers) as response,
+            ):
+                body = await response.read()
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            reason = f"no answer within timeout_s={self._config.timeout_s}"
+            raise _Retryable("timeout", reason) from exc
+        except aiohttp.ClientError as exc:
+            raise _Retryable("connection_error", f"{type(exc).__name__}: {exc}") from exc
+        if status == 200:
+            return body
+        if status in (408, 429) or status >= 500:
+            reason = f"HTTP {status}: {_server_message(body)}"
+            raise _Retryable(f"http_{status}", reason, retry_after)
+        raise _Failed(f"http_{status}", _server_message(body))
+
+    def _gave_up(self, exc: _Retryable, attempts: int) -> str:
+        advice = {
+            "timeout": "raise timeout_s for this model, or check the server is not overloaded",
+            "connection_error": f"check that {self._config.base_url} is up and reachable",
+            "http_429": "lower max_concurrency for this model, or raise max_retries/max_backoff_s",
+        }.get(exc.code, "check the server's health and logs, or raise max_retries")
+        tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
+        return f"Gave up after {tries} (last: {exc.reason}); {advice}."
+
+
+async def _done(outcome: InferenceOutcome) -> InferenceOutcome:
+    return outcome

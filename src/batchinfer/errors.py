@@ -1,0 +1,93 @@
+"""The one error tree of batchinfer, written down once.
+
+Three levels, each with its own home:
+
+* ``RequestError`` and its subclasses: a bad request. The adapter answers a 4xx naming the field and
+  creates no job. ``http_status`` is the only place a status code is chosen (see ``api/app.py``).
+* ``JobError``: the prompt file as a whole is unusable. The job ends ``failed`` with ``code`` and
+  ``message`` in its metadata and in the error file.
+* ``LineError`` (a record, not an exception, in ``records.py``): one bad input line or one failed
+  inference. It goes to the error file; the other lines run.
+
+Every message says what was wrong *and* how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class BatchInferError(Exception):
+    """Base of every error batchinfer raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class RequestError(BatchInferError):
+    """A request that cannot become a job. ``field`` is the dotted location of the culprit."""
+
+    code = "invalid_request"
+    http_status = 422
+
+    def __init__(self, message: str, *, field: str, code: str | None = None, location: str = "body") -> None:
+        super().__init__(message, code=code)
+        self.field = field
+        self.location = location  # "body" or "query", as in FastAPI's own validation errors
+
+
+class UnknownModelError(RequestError):
+    code = "unknown_model"
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(
+            f"Unknown model {model!r}. Known models: {', '.join(sorted(known)) or '(none)'}. "
+            "Add it to the models file (BATCHINFER_MODELS) or use one of the known ids.",
+            field="model",
+        )
+
+
+class PromptFileError(RequestError):
+    """The prompt file location is wrong: missing, unreadable, not allowed, or malformed."""
+
+    code = "invalid_prompt_file_path"
+
+
+class JobNotFoundError(RequestError):
+    code = "job_not_found"
+    http_status = 404
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"No job with id {job_id!r}; use the job_id that submit_job returned.",
+            field="job_id",
+            location="query",
+        )
+
+
+class ServiceUnavailableError(BatchInferError):
+    """The Prefect API is unreachable or not ready; the client may retry."""
+
+    code = "service_unavailable"
+    http_status = 503
+
+
+class JobError(BatchInferError):
+    """The job cannot run at all; raised inside the flow, it ends the job ``failed``."""
+
+    code = "job_failed"
+
+
+class EngineError(BatchInferError):
+    """An engine could not be built or loaded (bad config, missing model file)."""
+
+    code = "engine_error"
+
+
+class InferenceError(BatchInferError):
+    """One request failed for good (after retries). Becomes that line's error record."""
+
+    code = "inference_error"

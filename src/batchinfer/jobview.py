@@ -1,0 +1,126 @@
+"""What a job looks like from outside: the contract's ``BatchInference`` built from one read of its
+flow run. Pure: the Prefect backend hands over a ``RunSnapshot``; the flow publishes ``labels``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path as LocalPath
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batchinfer.contract import BatchInference, JobStatus, Options, Path, PathType
+from batchinfer.engines.base import SamplingParams
+from batchinfer.jobfiles import ERROR_FILE, SUCCESS_FILE
+from batchinfer.state import job_status
+
+LABEL_PREFIX = "batchinfer."
+
+
+class JobProgress(BaseModel):
+    """What the flow publishes on its run (as ``batchinfer.*`` labels) while it works."""
+
+    output_dir: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    chunks: int = 0
+    chunks_done: int = 0
+    blank_lines: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    outputs_ready: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def to_labels(self) -> dict[str, str | int | bool]:
+        return {LABEL_PREFIX + key: value for key, value in self.model_dump().items() if value is not None}
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, Any]) -> JobProgress:
+        fields = {
+            key.removeprefix(LABEL_PREFIX): value
+            for key, value in labels.items()
+            if key.startswith(LABEL_PREFIX)
+        }
+        return cls.model_validate(fields)
+
+
+class JobParameters(BaseModel):
+    """The flow's parameters: small by design (Prefect caps them at 512 KiB); never the prompts."""
+
+    model: str
+    prompt_file: Path
+    options: Options = Field(default_factory=Options)
+    num_generations: int = Field(default=1, ge=1)
+    output_dir: str | None = None
+
+
+def sampling_params(options: Options, num_generations: int, default_max_tokens: int) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=options.max_tokens or default_max_tokens,
+        temperature=1.0 if options.temperature is None else options.temperature,
+        top_p=1.0 if options.top_p is None else options.top_p,
+        logprobs=bool(options.logprobs),
+        n=num_generations,
+    )
+
+
+@dataclass
+class RunSnapshot:
+    id: str
+    created: datetime
+    state_type: str
+    state_name: str | None
+    state_message: str | None
+    parameters: dict[str, Any]
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+_FAILURE_CODES = {"CRASHED": "crashed", "CANCELLED": "cancelled", "FAILED": "job_failed"}
+
+
+def batch_inference(run: RunSnapshot) -> BatchInference:
+    status = job_status(run.state_type, run.state_name)
+    progress = JobProgress.from_labels(run.labels)
+    params = JobParameters.model_validate(run.parameters)
+    metadata: dict[str, Any] = {
+        "model": params.model,
+        "options": params.options.model_dump(exclude_none=True),
+        "num_generations": params.num_generations,
+        "request_counts": {
+            "total": progress.total,
+            "completed": progress.completed,
+            "failed": progress.failed,
+        },
+        "state": {"type": run.state_type, "name": run.state_name},
+        "usage": {
+            "prompt_tokens": progress.prompt_tokens,
+            "completion_tokens": progress.completion_tokens,
+        },
+    }
+    if progress.chunks:
+        metadata["chunks"] = {"total": progress.chunks, "done": progress.chunks_done}
+    if progress.blank_lines:
+        metadata["blank_lines_skipped"] = progress.blank_lines
+    if status is JobStatus.failed:
+        metadata["error"] = {
+            "code": progress.error_code or _FAILURE_CODES.get(run.state_type, "job_failed"),
+            "message": progress.error_message or run.state_message or "The job failed.",
+        }
+    success = error = None
+    if progress.outputs_ready and progress.output_dir:
+        root = LocalPath(progress.output_dir)
+        success = Path(type=PathType.filepath, value=str(root / SUCCESS_FILE))
+        error = Path(type=PathType.filepath, value=str(root / ERROR_FILE))
+    return BatchInference(
+        job_id=run.id,
+        created=run.created,
+        status=status,
+        input_file_path=params.prompt_file,
+        success_file_path=success,
+        error_file_path=error,
+        metadata=metadata,
+    )

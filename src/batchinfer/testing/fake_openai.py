@@ -1,0 +1,349 @@
+"""A deterministic OpenAI-compatible chat server: the test double at the model boundary.
+
+Every answer is derived from its prompt (``"echo: <last user text>"``), so a test can check that
+each output landed on its own input line. Faults are scripted *inside the prompt*, so one shared
+server can serve a clean line and a failing line side by side:
+
+* ``[fault:429x2]`` the first 2 requests with this exact last-user text get 429 with
+  ``Retry-After: 0``, later ones succeed. ``[fault:500x1]`` likewise with 500; any 3-digit status
+  works.
+* ``[fault:400]`` (no ``xN``) fails every time; a 4xx answers
+  ``{"error": {"message": "scripted bad request", ...}}``.
+* ``[fault:hangx1]`` the first request sleeps ``hang_s`` (30 s, longer than any client timeout)
+  before answering; ``[fault:hang]`` always does.
+
+Use it in tests as ``with FakeOpenAIServer() as srv: srv.base_url``, or from a shell:
+``python -m batchinfer.testing.fake_openai --port 8001 --latency-ms 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+try:  # orjson is several times faster, which matters when benchmarks push thousands of req/s.
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(data: bytes) -> Any:
+        return orjson.loads(data)
+except ImportError:  # pragma: no cover - orjson ships with prefect, but stay usable without it
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _loads(data: bytes) -> Any:
+        return json.loads(data)
+
+
+HOST = "127.0.0.1"  # a test double must never be reachable from outside the machine
+_FAULT = re.compile(r"\[fault:(\d{3}|hang)(?:x(\d+))?\]")
+_BAD_REQUEST_MESSAGE = "scripted bad request"
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: the string itself, or its text parts joined by a space."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = _dumps({"error": {"message": message, "type": kind, "code": status}})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+@dataclass
+class FakeOpenAI:
+    """The server's behaviour and its counters. Handlers all run on one event loop, and readers in
+    other threads only take snapshots, so plain attributes are safe under the GIL."""
+
+    latency_ms: float = 0.0
+    max_choices: int | None = None  # fewer choices than ``n`` asks for, to exercise n emulation
+    fail_rate_429: float = 0.0
+    fail_rate_500: float = 0.0
+    seed: int = 0
+    hang_s: float = 30.0
+    model: str = "fake-model"
+
+    requests_total: int = field(default=0, init=False)
+    in_flight: int = field(default=0, init=False)
+    max_in_flight: int = field(default=0, init=False)
+    prompts: Counter[str] = field(default_factory=Counter, init=False)  # also drives fault scripts
+    statuses: Counter[int] = field(default_factory=Counter, init=False)
+    last_authorization: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)  # seeded: a reliability run is reproducible
+
+    def reset(self) -> None:
+        """Zero the counters and restart fault scripts (they count per text in ``prompts``)."""
+        self.requests_total = 0
+        self.max_in_flight = self.in_flight
+        self.prompts = Counter()
+        self.statuses = Counter()
+        self.last_authorization = None
+        self._rng = random.Random(self.seed)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests_total": self.requests_total,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "prompts": dict(self.prompts),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "last_authorization": self.last_authorization,
+        }
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/stats", self._get_stats)
+        app.router.add_post("/stats/reset", self._reset_stats)
+        return app
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        self.requests_total += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.last_authorization = request.headers.get("Authorization")
+        try:
+            response = await self._answer(request)
+        finally:
+            self.in_flight -= 1
+        self.statuses[response.status] += 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        try:
+            body = _loads(await request.read())
+            messages = body["messages"]
+            if not isinstance(messages, list):
+                raise TypeError("messages must be a list")
+        except (ValueError, KeyError, TypeError) as exc:
+            message = f"request body is not a chat completion request: {exc}"
+            return _error(400, message, "invalid_request_error")
+        last_user = next(
+            (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {}
+        )
+        text = _text_of(last_user.get("content"))
+        self.prompts[text] += 1
+        seen = self.prompts[text]
+
+        if self.latency_ms:
+            await asyncio.sleep(self.latency_ms / 1000)
+        if self.fail_rate_429 or self.fail_rate_500:
+            roll = self._rng.random()
+            if roll < self.fail_rate_429:
+                return _error(429, "random rate limit", "rate_limit_error", {"Retry-After": "0"})
+            if roll < self.fail_rate_429 + self.fail_rate_500:
+                return _error(500, "random server error", "server_error")
+        fault = _FAULT.search(text)
+        if fault and (fault.group(2) is None or seen <= int(fault.group(2))):
+            kind = fault.group(1)
+            if kind == "hang":
+                await asyncio.sleep(self.hang_s)
+            elif (status := int(kind)) == 429:
+                return _error(429, "scripted rate limit", "rate_limit_error", {"Retry-After": "0"})
+            elif status >= 500:
+                return _error(status, f"scripted server error {status}", "server_error")
+            else:
+                return _error(status, _BAD_REQUEST_MESSAGE, "invalid_request_error")
+        return self._completion(body, messages, text)
+
+    def _completion(self, body: dict[str, Any], messages: list[Any], text: str) -> web.Response:
+        n = int(body.get("n") or 1)
+        if self.max_choices is not None:
+            n = min(n, self.max_choices)
+        max_tokens = body.get("max_tokens")
+        choices = []
+        completion_tokens = 0
+        for i in range(n):
+            answer, finish = f"echo: {text}" + (f" #{i}" if i else ""), "stop"
+            words = answer.split()
+            if max_tokens is not None and len(words) > int(max_tokens):
+                answer, finish = " ".join(words[: int(max_tokens)]), "length"
+            choice: dict[str, Any] = {
+                "index": i,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": finish,
+            }
+            if body.get("logprobs"):
+                choice["logprobs"] = {
+                    "content": [
+                        {"token": w, "logprob": -0.1 * (k + 1), "bytes": None, "top_logprobs": []}
+                        for k, w in enumerate(answer.split())
+                    ]
+                }
+            completion_tokens += _words(answer)
+            choices.append(choice)
+        prompt_tokens = sum(_words(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+        payload = {
+            "id": f"chatcmpl-fake-{self.requests_total}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return web.Response(body=_dumps(payload), content_type="application/json")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = {
+            "object": "list",
+            "data": [{"id": self.model, "object": "model", "owned_by": "fake"}],
+        }
+        return web.Response(body=_dumps(data), content_type="application/json")
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=_dumps(self.stats()), content_type="application/json")
+
+    async def _reset_stats(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.Response(body=_dumps(self.stats()), content_type="application/json")
+
+
+async def _start(fake: FakeOpenAI, port: int) -> tuple[web.AppRunner, int]:
+    # access_log=None: logging each request would dominate the cost at benchmark rates.
+    # handler_cancellation: a client that timed out on a hang cancels the handler instead of leaving
+    # it asleep for hang_s, so in_flight drops back and shutdown never waits on it.
+    runner = web.AppRunner(fake.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    # Bind the socket ourselves: port 0 lets the OS pick, and we can read the port back publicly.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, port))
+    await web.SockSite(runner, sock, backlog=1024).start()
+    return runner, sock.getsockname()[1]
+
+
+@dataclass
+class FakeOpenAIServer(FakeOpenAI):
+    """``FakeOpenAI`` served on 127.0.0.1 from its own event loop in a daemon thread.
+
+    ``with FakeOpenAIServer(latency_ms=0) as srv:`` then point a client at ``srv.base_url``; the
+    counters (``srv.requests_total``, ``srv.max_in_flight``, ...) are readable from the test thread.
+    """
+
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+    def start(self) -> FakeOpenAIServer:
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._runner, self.port = loop.run_until_complete(_start(self, self.port))
+            except BaseException as exc:  # surface bind errors in the caller's thread
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        loop, thread, runner = self._loop, self._thread, self._runner
+        self._loop = self._thread = self._runner = None
+        if loop is None or thread is None:
+            return
+        if runner is not None and not loop.is_closed():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=5)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+async def _serve_forever(fake: FakeOpenAI, port: int) -> None:
+    runner, bound = await _start(fake, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"http://{HOST}:{bound}/v1", flush=True)  # scripts wait for this line to know the port
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A deterministic OpenAI-compatible chat server.")
+    parser.add_argument("--port", type=int, default=8001, help="0 lets the OS pick one")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--max-choices", type=int, default=None)
+    parser.add_argument("--fail-rate-429", type=float, default=0.0)
+    parser.add_argument("--fail-rate-500", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hang-s", type=float, default=30.0)
+    parser.add_argument("--model", default="fake-model")
+    args = parser.parse_args(argv)
+    fake = FakeOpenAI(
+        latency_ms=args.latency_ms,
+        max_choices=args.max_choices,
+        fail_rate_429=args.fail_rate_429,
+        fail_rate_500=args.fail_rate_500,
+        seed=args.seed,
+        hang_s=args.hang_s,
+        model=args.model,
+    )
+    asyncio.run(_serve_forever(fake, args.port))
+
+
+if __name__ == "__main__":
+    main()

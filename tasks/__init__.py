@@ -1,0 +1,1 @@
+"""Prefect tasks of batchinfer: thin wrappers over the pure modules."""

@@ -1,0 +1,27 @@
+"""The ``validate`` task: fetch the prompt file and split it into chunks and line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path as LocalPath
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from batchinfer.contract import Path
+from batchinfer.engines.base import SamplingParams
+from batchinfer.jobfiles import JobLayout
+from batchinfer.prompt_source import fetch
+from batchinfer.validation import ValidationSummary, validate_prompt_file
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(
+    prompt_file: Path,
+    roots: list[str],
+    job_dir: str,
+    params: SamplingParams,
+    chunk_size: int,
+) -> ValidationSummary:
+    layout = JobLayout(LocalPath(job_dir))
+    source = fetch(prompt_file, [LocalPath(r) for r in roots], layout.staged_input)
+    return validate_prompt_file(source, layout, params, chunk_size)

@@ -1,0 +1,436 @@
+"""OpenAIEngine against the fake OpenAI server: order, retries, timeouts, n, logprobs, concurrency,
+attachments and API keys. Faults are scripted in the prompt text, so each test uses its own text."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from batchinfer.contract import MediaAttachment, Message
+from batchinfer.engines.base import Engine, PromptRequest, SamplingParams
+from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.messages import UnsupportedAttachment
+from batchinfer.engines.openai_compat import OpenAIEngine, parse_retry_after
+from batchinfer.engines.openai_messages import sniff_image_mime, to_openai_message
+from batchinfer.errors import EngineError
+from batchinfer.records import Completion, ErrorDetail
+from batchinfer.testing.fake_openai import FakeOpenAIServer
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 8
+GIF = b"GIF89a" + b"\x00" * 8
+WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 "
+
+MakeEngine = Callable[..., OpenAIEngine]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_engine(server: FakeOpenAIServer) -> Iterator[MakeEngine]:
+    engines: list[OpenAIEngine] = []
+
+    def make(**overrides: Any) -> OpenAIEngine:
+        options: dict[str, Any] = {
+            "id": "fake",
+            "base_url": server.base_url,
+            "model": "fake-model",
+            "timeout_s": 5.0,
+            "max_retries": 3,
+            "backoff_s": 0.01,
+            "max_backoff_s": 0.05,
+            **overrides,
+        }
+        engine = OpenAIEngine(OpenAIEngineConfig(**options))
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+def request(line: int, text: str, **params: Any) -> PromptRequest:
+    return PromptRequest(
+        line=line, messages=[Message(role="user", text=text)], params=SamplingParams(**params)
+    )
+
+
+def completion(outcome: Completion | ErrorDetail) -> Completion:
+    assert isinstance(outcome, Completion), outcome
+    return outcome
+
+
+def error(outcome: Completion | ErrorDetail) -> ErrorDetail:
+    assert isinstance(outcome, ErrorDetail), outcome
+    return outcome
+
+
+def test_the_engine_satisfies_the_engine_protocol(make_engine: MakeEngine) -> None:
+    assert isinstance(make_engine(), Engine)
+
+
+def test_each_answer_comes_back_in_request_order_carrying_its_own_prompt(
+    make_engine: MakeEngine,
+) -> None:
+    outcomes = make_engine().infer([request(i, f"prompt {i}") for i in range(50)])
+    for i, outcome in enumerate(outcomes):
+        result = completion(outcome)
+        generation = result.generations[0]
+        assert generation.text == f"echo: prompt {i}"
+        assert (generation.role, generation.eot, generation.finish_reason) == (
+            "assistant",
+            True,
+            "stop",
+        )
+        assert result.usage.prompt_tokens == 2 and result.usage.completion_tokens == 3
+        assert result.usage.total_tokens == 5
+
+
+def test_a_scripted_429_is_retried_honouring_retry_after_and_then_succeeds(
+    server: FakeOpenAIServer, make_engine: MakeEngine
+) -> None:
+    # A 10 s backoff would blow the budget; the server's Retry-After: 0 must win.
+    engine = make_engine(backoff_s=10.0, max_backoff_s=10.0)
+    text = "[fault:429x2] engine-429"
+    started = time.monotonic()
+    [outcome] = engine.infer([request(1, text)])
+    assert completion(outcome).generations[0].text == f"echo: {text}"
+    assert server.prompts[text] == 3
+    assert time.monotonic() - started < 3
+
+
+def test_a_scripted_500_is_retried_and_then_succeeds(
+    server: FakeOpenAIServer, make_engine: MakeEngine
+) -> None:
+    text = "[fault:500x1] engine-500"
+    [outcome] = make_engine().infer([request(1, text)])
+    assert completion(outcome).generations[0].text == f"echo: {text}"
+    assert server.prompts[text] == 2
+
+
+def test_a_permanent_400_becomes_that_lines_error_record_and_other_lines_succeed(
+    server: FakeOpenAIServer, make_engine: MakeEngine
+) -> None:
+    text = "[fault:400] engine-400"
+    before, bad, after = make_engine().infer(
+        [request(1, "fine before"), request(2, text), request(3, "fine after")]
+    )
+    assert error(bad) == ErrorDetail(code="http_400", message="scripted bad request")
+    assert server.prompts[text] == 1  # a 4xx is not retried
+    assert completion(before).generations[0].text == "echo: fine before"
+    assert completion(after).generations[0].text == "echo: fine after"
+
+
+def test_rate_limits_past_max_retries_become_an_http_429_record_counting_the_attempts(
+    make_engine: MakeEngine,
+) -> None:
+    [outcome] = make_engine(max_retries=2).infer([request(1, "[fault:429x9] engine-429-forever")])
+    detail = error(outcome)
+    assert detail.code == "http_429"
+    assert "3 attempts" in detail.message and "max_concurrency" in detail.message
+
+
+def test_a_hang_times_out_and_the_retry_succeeds(server: FakeOpenAIServer, make_engine: MakeEngine) -> None:
+    text = "[fault:hangx1] engine-hang-once"
+    [outcome] = make_engine(timeout_s=0.5).infer([request(1, text)])
+    assert completion(outcome).generations[0].text == f"echo: {text}"
+    assert server.prompts[text] == 2
+
+
+def test_a_permanent_hang_becomes_a_timeout_record(make_engine: MakeEngine) -> None:
+    [outcome] = make_engine(timeout_s=0.3, max_retries=1).infer(
+        [request(1, "[fault:hang] engine-hang-forever")]
+    )
+    detail = error(outcome)
+    assert detail.code == "timeout"
+    assert "2 attempts" in detail.message and "timeout_s" in detail.message
+
+
+def test_n_generations_are_emulated_when_the_server_returns_fewer_choices(
+    server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "max_choices", 1)
+    text = "n-emulated"
+    [outcome] = make_engine().infer([request(1, text, n=3)])
+    result = completion(outcome)
+    assert [g.text for g in result.generations] == [f"echo: {text}"] * 3
+    assert server.prompts[text] == 3
+    assert result.usage.completion_tokens == 3 * 2  # usage summed over the three requests
+
+
+def test_n_generations_come_from_one_request_when_the_server_honours_n(
+    server: FakeOpenAIServer, make_engine: MakeEngine
+) -> None:
+    [outcome] = make_engine().infer([request(1, "n-native", n=3)])
+    texts = [g.text for g in completion(outcome).generations]
+    assert texts == ["echo: n-native", "echo: n-native #1", "echo: n-native #2"]
+    assert server.prompts["n-native"] == 1
+
+
+def test_logprobs_come_back_per_token_and_finite_only_when_asked(make_engine: MakeEngine) -> None:
+    with_lp, without_lp = make_engine().infer(
+        [request(1, "alpha beta", logprobs=True), request(2, "alpha beta")]
+    )
+    logprobs = completion(with_lp).generations[0].logprobs
+    assert logprobs is not None
+    assert [t.token for t in logprobs.content] == ["echo:", "alpha", "beta"]
+    assert all(math.isfinite(t.logprob) and t.logprob <= 0 for t in logprobs.content)
+    assert completion(without_lp).generations[0].logprobs is None
+
+
+def test_max_tokens_cuts_the_answer_with_finish_reason_length(make_engine: MakeEngine) -> None:
+    [outcome] = make_engine().infer([request(1, "one two three four", max_tokens=2)])
+    generation = completion(outcome).generations[0]
+    assert (generation.text, generation.finish_reason, generation.eot) == (
+        "echo: one",
+        "length",
+        False,
+    )
+
+
+def test_in_flight_requests_never_exceed_max_concurrency(
+    server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "latency_ms", 20.0)
+    server.reset()
+    outcomes = make_engine(max_concurrency=4).infer([request(i, f"bounded {i}") for i in range(40)])
+    assert all(isinstance(o, Completion) for o in outcomes)
+    assert 2 <= server.max_in_flight <= 4
+
+
+def test_infer_works_from_several_threads_at_once(make_engine: MakeEngine) -> None:
+    engine = make_engine(max_concurrency=8)
+
+    def run(thread: int) -> None:
+        outcomes = engine.infer([request(i, f"thread {thread} line {i}") for i in range(25)])
+        assert [completion(o).generations[0].text for o in outcomes] == [
+            f"echo: thread {thread} line {i}" for i in range(25)
+        ]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for future in [pool.submit(run, t) for t in range(6)]:
+            future.result()
+
+
+def test_an_audio_attachment_becomes_that_lines_unsupported_attachment_record(
+    make_engine: MakeEngine,
+) -> None:
+    audio = Message(
+        role="user",
+        text="listen",
+        attachments=[MediaAttachment(attachment_type="audio", data_type="raw_bytes", data="AAAA")],
+    )
+    params = SamplingParams()
+    bad, good = make_engine().infer(
+        [PromptRequest(line=1, messages=[audio], params=params), request(2, "still fine")]
+    )
+    assert error(bad).code == "unsupported_attachment"
+    assert "audio" in error(bad).message
+    assert completion(good).generations[0].text == "echo: still fine"
+
+
+def test_a_missing_api_key_variable_is_an_engine_error_naming_it(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BATCHINFER_TEST_KEY", raising=False)
+    with pytest.raises(EngineError, match="BATCHINFER_TEST_KEY"):
+        make_engine(api_key_env="BATCHINFER_TEST_KEY")
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(
+    server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHINFER_TEST_KEY", "s3cret")
+    engine = make_engine(api_key_env="BATCHINFER_TEST_KEY")
+    engine.infer([request(1, "with a key")])
+    assert server.last_authorization == "Bearer s3cret"
+    assert "s3cret" not in repr(engine)
+
+
+def test_a_refused_connection_becomes_a_connection_error_record(make_engine: MakeEngine) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago and has nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    engine = make_engine(base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
+    detail = error(engine.infer([request(1, "nobody home")])[0])
+    assert detail.code == "connection_error"
+    assert "2 attempts" in detail.message
+
+
+def test_a_malformed_200_becomes_a_bad_response_record(make_engine: MakeEngine) -> None:
+    class NotOpenAI(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"hello": "world"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotOpenAI)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        engine = make_engine(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+        assert error(engine.infer([request(1, "hi")])[0]).code == "bad_response"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_close_is_safe_twice_and_infer_after_close_is_refused(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    engine.infer([request(1, "before close")])
+    engine.close()
+    engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        engine.infer([request(1, "after close")])
+
+
+@pytest.mark.parametrize(("max_concurrency", "chunks"), [(1, 2), (16, 2), (64, 4), (100, 7), (256, 16)])
+def test_max_parallel_chunks_grows_with_max_concurrency(
+    make_engine: MakeEngine, max_concurrency: int, chunks: int
+) -> None:
+    assert make_engine(max_concurrency=max_concurrency).max_parallel_chunks == chunks
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), ("0", 0.0), ("2.5", 2.5), ("-3", 0.0), ("soon", None)],
+)
+def test_retry_after_seconds_are_parsed(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+def test_retry_after_http_dates_are_seconds_from_now() -> None:
+    assert parse_retry_after("Thu, 01 Jan 2015 00:00:10 GMT", now=1420070400.0) == 10.0
+
+
+# -- message translation (a pure function) --------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image(data_type: str, data: str) -> MediaAttachment:
+    return MediaAttachment(attachment_type="image", data_type=data_type, data=data)
+
+
+FILES = {"/pics/cat.jpg": JPEG, "/pics/dog.png": PNG, "/notes/a.txt": b"from a file"}
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (Message(role="user", text="hi"), {"role": "user", "content": "hi"}),
+        (Message(text="no role"), {"role": "user", "content": "no role"}),
+        (Message(role="ipython", text="42"), {"role": "tool", "content": "42"}),
+        (Message(role="assistant", attachments=[]), {"role": "assistant", "content": ""}),
+        (
+            Message(role="user", text="look", attachments=[image("raw_bytes", b64(PNG))]),
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "look"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": f"data:image/png;base64,{b64(PNG)}"},
+                    },
+                ],
+            },
+        ),
+        (
+            Message(role="user", attachments=[image("filepath", "/pics/cat.jpg")]),
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": f"data:image/jpeg;base64,{b64(JPEG)}"},
+                    }
+                ],
+            },
+        ),
+        (
+            Message(role="user", attachments=[image("uri", "file:///pics/dog.png")]),
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(PNG)}"}}],
+            },
+        ),
+        (
+            Message(role="user", attachments=[image("uri", "https://example.com/a.png")]),
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+            },
+        ),
+        (
+            Message(role="user", attachments=[image("uri", "data:image/gif;base64,R0lG")]),
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lG"}}],
+            },
+        ),
+        (
+            Message(
+                role="user",
+                text="read",
+                attachments=[
+                    MediaAttachment(attachment_type="text", data_type="raw_bytes", data="plain words"),
+                    MediaAttachment(attachment_type="text", data_type="filepath", data="/notes/a.txt"),
+                ],
+            ),
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "read"},
+                    {"type": "text", "text": "plain words"},
+                    {"type": "text", "text": "from a file"},
+                ],
+            },
+        ),
+    ],
+)
+def test_a_seed_message_translates_to_an_openai_chat_message(
+    message: Message, expected: dict[str, Any]
+) -> None:
+    assert to_openai_message(message, read_file=FILES.__getitem__) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "mime"),
+    [
+        (PNG, "image/png"),
+        (JPEG, "image/jpeg"),
+        (GIF, "image/gif"),
+        (WEBP, "image/webp"),
+        (b"BM not sniffed", "application/octet-stream"),
+    ],
+)
+def test_image_types_are_sniffed_from_magic_bytes(data: bytes, mime: str) -> None:
+    assert sniff_image_mime(data) == mime
+
+
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_audio_and_video_attachments_are_refused(kind: str) -> None:
+    attachment = MediaAttachment(attachment_type=kind, data_type="uri", data="https://x/y")
+    with pytest.raises(UnsupportedAttachment, match=kind):
+        to_openai_message(Message(role="user", attachments=[attachment]))
