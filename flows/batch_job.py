@@ -63,7 +63,7 @@ def _job_name() -> str:
 @flow(
     name=FLOW_NAME,
     flow_run_name=_job_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CHUNK_THREADS),
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CHUNK_THREADS),  # type: ignore[arg-type]
     persist_result=False,
     log_prints=True,
 )

@@ -25,14 +25,8 @@ from batchinfer.engines.registry import build_engine
 from batchinfer.engines.transformers_local import TransformersEngine, gguf_cache_dir
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail
-from batchinfer.testing.tiny_model import build_tiny_model
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, logprobs=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")

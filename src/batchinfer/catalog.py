@@ -53,7 +53,7 @@ def load_catalog(path: Path | None) -> ModelCatalog:
             document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise EngineError(f"Cannot read the models file {path}: {exc}") from exc
-        if not isinstance(document, dict) or not isinstance(document.get("models", []), list):
+        if not isinstance(document, dict) or not isinstance(document.get("models") or [], list):
             raise EngineError(f"The models file {path} must be a mapping with a 'models' list.")
         entries = list(document.get("models") or [])
     try:

@@ -76,7 +76,8 @@ class RunReporter:
         if self._artifact_id is None:
             if not p.total:
                 return
-            self._artifact_id = create_progress_artifact(
+            # Called from sync code, so async_dispatch returns the UUID itself, not a coroutine.
+            self._artifact_id = create_progress_artifact(  # type: ignore[assignment]
                 progress=percent, description="Prompt lines done (succeeded or failed)"
             )
         else:

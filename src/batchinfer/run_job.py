@@ -87,7 +87,7 @@ def _run_flow(parameters: dict[str, object]) -> int:
 
         reporting.add_listener(on_progress)
         try:
-            state = batch_job(**parameters, return_state=True)  # type: ignore[call-overload]
+            state = batch_job(**parameters, return_state=True)
         finally:
             reporting.remove_listener(on_progress)
             close_engines()

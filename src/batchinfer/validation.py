@@ -139,7 +139,7 @@ def _file_error(lines: int, valid: int, codes: set[str]) -> ErrorDetail | None:
         )
     if valid:
         return None
-    if codes == {"invalid_utf8"}:
+    if "invalid_utf8" in codes:  # binary or UTF-16 text may hold lines that decode, but no prompt
         return ErrorDetail(
             code="not_utf8",
             message="The prompt file is not UTF-8 text (is it compressed or binary?); "

@@ -9,17 +9,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from batchinfer import __version__
 from batchinfer.api.backend import JobBackend
 from batchinfer.catalog import ModelCatalog
-from batchinfer.contract import BatchInference, SubmitJobRequest
+from batchinfer.contract import BatchInference, MediaAttachment, Message, SubmitJobRequest
 from batchinfer.errors import BatchInferError, RequestError
 from batchinfer.settings import Settings
 from batchinfer.submission import prepare_job
@@ -39,9 +40,20 @@ def _error_response(exc: BatchInferError) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": exc.message, "type": exc.code})
 
 
+def _publish_seed_schemas(schema: dict[str, Any]) -> None:
+    """Add the seed's schemas that no route references (Message and its parts), so that the
+    document carries every schema of the contract under the contract's names."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (Message, MediaAttachment):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in model_schema.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault(model.__name__, model_schema)
+
+
 def backend(request: Request) -> JobBackend:
     """The app's job backend (a FastAPI dependency; module-level so annotations resolve)."""
-    return request.app.state.backend  # type: ignore[no-any-return]
+    return request.app.state.backend
 
 
 def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: BackendFactory) -> FastAPI:
@@ -108,6 +120,17 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
                 code="invalid_job_id",
             ) from None
         return await jobs.status(parsed)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            _publish_seed_schemas(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

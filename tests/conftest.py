@@ -1,0 +1,84 @@
+"""Shared fixtures. Everything a test needs is built or started here, on 127.0.0.1, offline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from batchinfer.testing.fake_openai import FakeOpenAIServer
+from tests.e2e_support import ServeProcess, serve_env
+
+# No hub, no telemetry, one torch thread: the machines have 2 cores and no internet.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SLOW_LATENCY_MS = 25.0
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from batchinfer.testing.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(latency_ms=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def slow_openai() -> Iterator[FakeOpenAIServer]:
+    """A model server with per-request latency, so a job lasts long enough to watch it run."""
+    with FakeOpenAIServer(latency_ms=SLOW_LATENCY_MS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def models_file(
+    e2e_root: Path, fake_openai: FakeOpenAIServer, slow_openai: FakeOpenAIServer, tiny_model_dir: Path
+) -> Path:
+    models = [
+        {"id": "fake", "engine": "openai", "base_url": fake_openai.base_url, "model": "fake-model"},
+        {
+            "id": "fake-slow",
+            "engine": "openai",
+            "base_url": slow_openai.base_url,
+            "model": "fake-model",
+            "max_concurrency": 8,
+        },
+        {"id": "tiny", "engine": "transformers", "path": str(tiny_model_dir), "batch_size": 8},
+    ]
+    path = e2e_root / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": models}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def served(e2e_root: Path, models_file: Path) -> Iterator[ServeProcess]:
+    """One ``batchinfer serve`` for the whole session (a Prefect server costs ~15-25 s to start)."""
+    home = e2e_root / "home"
+    home.mkdir()
+    data = e2e_root / "data"
+    data.mkdir()
+    env = serve_env(home, models_file, roots=[data, home], BATCHINFER_CHUNK_SIZE="50")
+    process = ServeProcess(home=home, env=env).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def data_dir(e2e_root: Path) -> Path:
+    """Where e2e tests put prompt files: inside the server's allowed roots."""
+    return e2e_root / "data"

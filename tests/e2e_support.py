@@ -1,0 +1,131 @@
+"""A running ``batchinfer serve`` for end-to-end tests: a real Prefect server, runner and adapter in
+a subprocess, talking to models at the model boundary only (a loopback OpenAI-compatible server and
+a tiny transformers model that the test session builds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = {"completed", "failed"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def user_prompt(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "text": text}]
+
+
+@dataclass
+class ServeProcess:
+    """``batchinfer serve`` as a subprocess, with the HTTP client a user would have."""
+
+    home: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    prefect_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    def start(self, timeout_s: float = 150.0) -> ServeProcess:
+        argv = [sys.executable, "-m", "batchinfer.cli", "serve"]
+        argv += ["--port", str(self.port), "--prefect-port", str(self.prefect_port)]
+        log = open(self.home / "serve-stdout.log", "ab")  # noqa: SIM115 - lives as long as the child
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"serve did not come up in {timeout_s} s: {self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        text = ""
+        for log in sorted(self.home.rglob("*.log")):
+            text += f"\n--- {log}\n" + log.read_text(errors="replace")[-chars:]
+        return text
+
+    # The contract, as an HTTP client sees it.
+    def submit(self, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(self.url + "/batch_inference/submit_job", json=body, timeout=30)
+
+    def status(self, job_id: str) -> httpx.Response:
+        return httpx.get(self.url + "/batch_inference/job_status", params={"job_id": job_id}, timeout=30)
+
+    def submit_ok(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.submit(body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait(self, job_id: str, timeout_s: float = 120.0, seen: list[str] | None = None) -> dict[str, Any]:
+        """Poll until the job is terminal; ``seen`` collects every status observed, in order."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.status(job_id).json()
+            if seen is not None and (not seen or seen[-1] != job["status"]):
+                seen.append(job["status"])
+            if job["status"] in TERMINAL:
+                return dict(job)
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} not done in {timeout_s} s: {job}\n{self.log_tail()}")
+
+
+def serve_env(home: Path, models_file: Path, roots: list[Path], **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BATCHINFER_"))}
+    env.update(
+        BATCHINFER_HOME=str(home),
+        BATCHINFER_MODELS=str(models_file),
+        BATCHINFER_ALLOWED_ROOTS=os.pathsep.join(str(r) for r in roots),
+        BATCHINFER_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env

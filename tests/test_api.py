@@ -1,0 +1,286 @@
+"""The HTTP adapter: what it accepts, what it refuses (and where it says the fault is), and that a
+refused request never reaches the job backend. The backend is a test double: this tests HTTP only."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from fastapi.testclient import TestClient
+
+from batchinfer.api.app import create_app
+from batchinfer.catalog import load_catalog
+from batchinfer.contract import BatchInference, JobStatus, Options
+from batchinfer.engines.configs import DEFAULT_MODEL_ID
+from batchinfer.errors import JobNotFoundError
+from batchinfer.jobview import JobParameters
+from batchinfer.settings import Settings
+
+JSONL = '[{"role": "user", "text": "hi"}]\n'
+KNOWN_ID = uuid.UUID("4f0c5a3e-0000-4000-8000-000000000001")
+SECRET = "very-secret-internal-detail"
+
+
+class RecordingBackend:
+    """Records submissions; knows one job; can be told to blow up."""
+
+    def __init__(self) -> None:
+        self.submitted: list[JobParameters] = []
+        self.fail_with: Exception | None = None
+
+    def _job(self, job_id: UUID, params: JobParameters) -> BatchInference:
+        return BatchInference(
+            job_id=str(job_id),
+            created=datetime(2025, 1, 1, tzinfo=UTC),
+            status=JobStatus.validating,
+            input_file_path=params.prompt_file,
+            metadata={"model": params.model},
+        )
+
+    async def submit(self, params: JobParameters) -> BatchInference:
+        if self.fail_with:
+            raise self.fail_with
+        self.submitted.append(params)
+        return self._job(KNOWN_ID, params)
+
+    async def status(self, job_id: UUID) -> BatchInference:
+        if self.fail_with:
+            raise self.fail_with
+        if job_id != KNOWN_ID:
+            raise JobNotFoundError(str(job_id))
+        return self._job(
+            job_id, JobParameters(model=DEFAULT_MODEL_ID, prompt_file={"type": "uri", "value": "s3://b/k"})
+        )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", allowed_roots=[tmp_path])
+
+
+@pytest.fixture
+def backend() -> RecordingBackend:
+    return RecordingBackend()
+
+
+@pytest.fixture
+def client(settings: Settings, backend: RecordingBackend) -> Iterator[TestClient]:
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[RecordingBackend]:
+        yield backend
+
+    app = create_app(settings, load_catalog(None), factory)  # type: ignore[arg-type]
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(JSONL)
+    return path
+
+
+def body(prompts: Path, **overrides: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "model": DEFAULT_MODEL_ID,
+        "prompt_file_path": {"type": "filepath", "value": str(prompts)},
+    }
+    request.update(overrides)
+    return request
+
+
+# ---- submit: accepted -------------------------------------------------------------------------
+
+
+def test_submit_with_a_filepath_passes_the_checked_path_to_the_backend(
+    client: TestClient, backend: RecordingBackend, prompts: Path
+) -> None:
+    response = client.post(
+        "/batch_inference/submit_job",
+        json=body(prompts, options={"max_tokens": 8, "temperature": 0}, num_generations=2),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["job_id"] == str(KNOWN_ID)
+    assert response.json()["status"] == "validating"
+    (params,) = backend.submitted
+    assert params.model == DEFAULT_MODEL_ID
+    assert params.prompt_file.type.value == "filepath"
+    assert params.prompt_file.value == str(prompts.resolve())
+    assert params.options == Options(max_tokens=8, temperature=0.0)
+    assert params.num_generations == 2
+
+
+def test_submit_defaults_to_one_generation_and_empty_options(
+    client: TestClient, backend: RecordingBackend, prompts: Path
+) -> None:
+    assert client.post("/batch_inference/submit_job", json=body(prompts)).status_code == 200
+    (params,) = backend.submitted
+    assert (params.num_generations, params.options) == (1, Options())
+
+
+def test_submit_with_a_file_uri_passes_the_uri_unchanged(
+    client: TestClient, backend: RecordingBackend, prompts: Path
+) -> None:
+    uri = {"type": "uri", "value": prompts.as_uri()}
+    response = client.post("/batch_inference/submit_job", json=body(prompts, prompt_file_path=uri))
+    assert response.status_code == 200, response.text
+    assert backend.submitted[0].prompt_file.model_dump(mode="json") == uri
+
+
+@pytest.mark.parametrize("encoding", ["text", "base64"])
+def test_submit_with_raw_bytes_stages_the_content_and_passes_a_filepath(
+    client: TestClient, backend: RecordingBackend, prompts: Path, settings: Settings, encoding: str
+) -> None:
+    value = JSONL if encoding == "text" else base64.b64encode(JSONL.encode()).decode()
+    raw = {"type": "raw_bytes", "value": value}
+    response = client.post("/batch_inference/submit_job", json=body(prompts, prompt_file_path=raw))
+    assert response.status_code == 200, response.text
+    staged = backend.submitted[0].prompt_file
+    assert staged.type.value == "filepath"
+    assert Path(staged.value).parent == settings.uploads_dir
+    assert Path(staged.value).read_text() == JSONL
+
+
+# ---- submit: refused --------------------------------------------------------------------------
+
+
+def _outside(tmp_path: Path, prompts: Path) -> str:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jsonl"
+    outside.write_text(JSONL)
+    return str(outside)
+
+
+def _path(kind: str, value: Callable[[Path, Path], str]) -> Callable[[Path, Path], dict[str, Any]]:
+    return lambda tmp_path, prompts: body(
+        prompts, prompt_file_path={"type": kind, "value": value(tmp_path, prompts)}
+    )
+
+
+def _with(**fields: Any) -> Callable[[Path, Path], dict[str, Any]]:
+    return lambda tmp_path, prompts: body(prompts, **fields)
+
+
+# case -> (request body built from (tmp_path, prompts), the loc that detail[0] must start with)
+REFUSALS: dict[str, tuple[Callable[[Path, Path], dict[str, Any]], list[str]]] = {
+    "missing model": (
+        lambda tmp_path, prompts: {"prompt_file_path": body(prompts)["prompt_file_path"]},
+        ["body", "model"],
+    ),
+    "empty model": (_with(model=""), ["body", "model"]),
+    "unknown model": (_with(model="gpt-9"), ["body", "model"]),
+    "missing prompt_file_path": (
+        lambda tmp_path, prompts: {"model": DEFAULT_MODEL_ID},
+        ["body", "prompt_file_path"],
+    ),
+    "unknown Path type": (_path("ftp", lambda t, p: "x"), ["body", "prompt_file_path", "type"]),
+    "a URI given as filepath": (
+        _path("filepath", lambda t, p: p.as_uri()),
+        ["body", "prompt_file_path", "type"],
+    ),
+    "a filepath given as uri": (_path("uri", lambda t, p: str(p)), ["body", "prompt_file_path", "type"]),
+    "missing file": (
+        _path("filepath", lambda t, p: str(t / "nope.jsonl")),
+        ["body", "prompt_file_path", "value"],
+    ),
+    "file outside the roots": (_path("filepath", _outside), ["body", "prompt_file_path", "value"]),
+    "raw_bytes neither JSONL nor base64": (
+        _path("raw_bytes", lambda t, p: "hello there"),
+        ["body", "prompt_file_path", "value"],
+    ),
+    "num_generations 0": (_with(num_generations=0), ["body", "num_generations"]),
+    "max_tokens 0": (_with(options={"max_tokens": 0}), ["body", "options", "max_tokens"]),
+    "temperature -0.1": (_with(options={"temperature": -0.1}), ["body", "options", "temperature"]),
+    "top_p 0": (_with(options={"top_p": 0}), ["body", "options", "top_p"]),
+    "top_p 1.5": (_with(options={"top_p": 1.5}), ["body", "options", "top_p"]),
+    "unknown option": (_with(options={"beam": 3}), ["body", "options", "beam"]),
+    "unknown top-level field": (_with(priority="high"), ["body", "priority"]),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_bad_submit_is_a_422_naming_the_field_and_creates_no_job(
+    case: str, client: TestClient, backend: RecordingBackend, tmp_path: Path, prompts: Path
+) -> None:
+    build, loc = REFUSALS[case]
+    response = client.post("/batch_inference/submit_job", json=build(tmp_path, prompts))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"][: len(loc)] == loc
+    assert detail[0]["msg"]
+    assert backend.submitted == []
+
+
+def test_an_unknown_model_refusal_lists_the_known_ids(client: TestClient, prompts: Path) -> None:
+    response = client.post("/batch_inference/submit_job", json=body(prompts, model="gpt-9"))
+    assert response.status_code == 422
+    assert DEFAULT_MODEL_ID in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"model": "x",', b"not json", b""], ids=["truncated", "not json", "empty body"]
+)
+def test_a_malformed_json_body_is_a_422_located_in_the_body(
+    raw: bytes, client: TestClient, backend: RecordingBackend
+) -> None:
+    response = client.post(
+        "/batch_inference/submit_job", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][0] == "body"
+    assert backend.submitted == []
+
+
+# ---- job_status -------------------------------------------------------------------------------
+
+
+def test_job_status_of_a_known_job_returns_it(client: TestClient) -> None:
+    response = client.get("/batch_inference/job_status", params={"job_id": str(KNOWN_ID)})
+    assert response.status_code == 200, response.text
+    assert response.json()["job_id"] == str(KNOWN_ID)
+    BatchInference.model_validate(response.json())
+
+
+@pytest.mark.parametrize("job_id", ["not-a-uuid", "123", "'; drop table"])
+def test_job_status_with_a_non_uuid_id_is_a_422_on_the_query_job_id(client: TestClient, job_id: str) -> None:
+    response = client.get("/batch_inference/job_status", params={"job_id": job_id})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "job_id"]
+
+
+def test_job_status_without_an_id_is_a_422_on_the_query_job_id(client: TestClient) -> None:
+    response = client.get("/batch_inference/job_status")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "job_id"]
+
+
+def test_job_status_of_an_unknown_job_is_a_404(client: TestClient) -> None:
+    response = client.get("/batch_inference/job_status", params={"job_id": str(uuid.uuid4())})
+    assert response.status_code == 404
+    assert response.json()["detail"][0]["loc"] == ["query", "job_id"]
+
+
+# ---- unexpected failures ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["submit", "status"])
+def test_an_unexpected_backend_exception_is_a_500_without_a_traceback(
+    operation: str, client: TestClient, backend: RecordingBackend, prompts: Path
+) -> None:
+    backend.fail_with = RuntimeError(SECRET)
+    if operation == "submit":
+        response = client.post("/batch_inference/submit_job", json=body(prompts))
+    else:
+        response = client.get("/batch_inference/job_status", params={"job_id": str(KNOWN_ID)})
+    assert response.status_code == 500
+    assert SECRET not in response.text
+    assert "Traceback" not in response.text
+    assert "RuntimeError" not in response.text
+    assert response.json()["detail"]

@@ -1,0 +1,158 @@
+"""run_chunk: one chunk through an engine into its result file; idempotent on re-run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from batchinfer.contract import Message
+from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams
+from batchinfer.inference import ChunkCounts, read_requests, run_chunk
+from batchinfer.records import Completion, ErrorDetail, Generation, Usage
+
+
+class EchoEngine:
+    """A test double at the model boundary: echoes the last message, fails prompts saying 'fail'."""
+
+    max_parallel_chunks = 1
+
+    def __init__(self, drop: int = 0) -> None:
+        self.calls: list[list[int]] = []
+        self.drop = drop  # return this many outcomes too few (a broken engine)
+
+    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+        self.calls.append([r.line for r in requests])
+        outcomes: list[InferenceOutcome] = []
+        for request in requests:
+            text = request.messages[-1].text or ""
+            if "fail" in text:
+                outcomes.append(ErrorDetail(code="http_400", message="the server refused it"))
+                continue
+            generations = [
+                Generation(role="assistant", text=f"echo: {text}", eot=True, finish_reason="stop")
+                for _ in range(request.params.n)
+            ]
+            outcomes.append(
+                Completion(
+                    generations=generations, usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
+                )
+            )
+        return outcomes[: len(outcomes) - self.drop]
+
+    def close(self) -> None:
+        pass
+
+
+def write_chunk(path: Path, texts: list[tuple[int, str]], n: int = 1) -> Path:
+    params = SamplingParams(n=n)
+    path.write_text(
+        "".join(
+            PromptRequest(
+                line=line,
+                custom_id=f"id-{line}" if line % 2 else None,
+                messages=[Message(role="user", text=text)],
+                params=params,
+            ).model_dump_json()
+            + "\n"
+            for line, text in texts
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def chunk(tmp_path: Path) -> Path:
+    return write_chunk(tmp_path / "input-00000.jsonl", [(1, "a"), (2, "please fail"), (4, "b")], n=2)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_test_engine_satisfies_the_engine_protocol() -> None:
+    assert isinstance(EchoEngine(), Engine)
+
+
+def test_run_chunk_writes_one_record_per_request_in_order_and_returns_counts(
+    tmp_path: Path, chunk: Path
+) -> None:
+    result = tmp_path / "result-00000-k.jsonl"
+    counts = run_chunk(0, chunk, result, EchoEngine())
+    assert counts == ChunkCounts(index=0, succeeded=2, failed=1, prompt_tokens=6, completion_tokens=4)
+    assert [r["line"] for r in records(result)] == [1, 2, 4]
+
+
+def test_a_success_record_has_the_documented_shape(tmp_path: Path, chunk: Path) -> None:
+    result = tmp_path / "result.jsonl"
+    run_chunk(0, chunk, result, EchoEngine())
+    first = records(result)[0]
+    assert set(first) == {"line", "custom_id", "generations", "usage"}
+    assert first["line"] == 1
+    assert first["custom_id"] == "id-1"
+    assert (
+        first["generations"]
+        == [{"role": "assistant", "text": "echo: a", "eot": True, "finish_reason": "stop"}] * 2
+    )
+    assert first["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_an_error_record_has_the_documented_shape(tmp_path: Path, chunk: Path) -> None:
+    result = tmp_path / "result.jsonl"
+    run_chunk(0, chunk, result, EchoEngine())
+    error = records(result)[1]
+    assert error == {
+        "line": 2,
+        "custom_id": None,
+        "error": {"code": "http_400", "message": "the server refused it"},
+    }
+
+
+def test_a_rerun_reuses_the_result_file_without_calling_the_engine(tmp_path: Path, chunk: Path) -> None:
+    result = tmp_path / "result.jsonl"
+    first = run_chunk(0, chunk, result, EchoEngine())
+    content = result.read_bytes()
+    engine = EchoEngine()
+    again = run_chunk(0, chunk, result, engine)
+    assert engine.calls == []
+    assert again.reused is True
+    assert again.model_dump(exclude={"reused"}) == first.model_dump(exclude={"reused"})
+    assert result.read_bytes() == content
+
+
+def test_an_engine_returning_the_wrong_number_of_outcomes_fails_the_chunk_and_writes_nothing(
+    tmp_path: Path, chunk: Path
+) -> None:
+    result = tmp_path / "result.jsonl"
+    with pytest.raises(RuntimeError, match="outcomes"):
+        run_chunk(0, chunk, result, EchoEngine(drop=1))
+    assert not result.exists()
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_an_engine_exception_fails_the_chunk_and_leaves_no_result(tmp_path: Path, chunk: Path) -> None:
+    class Broken(EchoEngine):
+        def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+            raise ConnectionError("engine down")
+
+    result = tmp_path / "result.jsonl"
+    with pytest.raises(ConnectionError):
+        run_chunk(0, chunk, result, Broken())
+    assert not result.exists()
+
+
+def test_the_engine_gets_the_whole_chunk_in_one_call(tmp_path: Path, chunk: Path) -> None:
+    engine = EchoEngine()
+    run_chunk(3, chunk, tmp_path / "r.jsonl", engine)
+    assert engine.calls == [[1, 2, 4]]
+
+
+def test_read_requests_round_trips_the_chunk_file(chunk: Path) -> None:
+    requests = read_requests(chunk)
+    assert [(r.line, r.custom_id, r.params.n) for r in requests] == [
+        (1, "id-1", 2),
+        (2, None, 2),
+        (4, None, 2),
+    ]
