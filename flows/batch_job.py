@@ -29,7 +29,7 @@ from batchinfer.engines.registry import get_engine
 from batchinfer.errors import BatchInferError, JobError
 from batchinfer.inference import ChunkCounts
 from batchinfer.jobfiles import JobLayout
-from batchinfer.jobview import sampling_params
+from batchinfer.jobview import job_layout, sampling_params
 from batchinfer.reporting import RunReporter
 from batchinfer.settings import Settings
 from batchinfer.state import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
@@ -77,9 +77,8 @@ def batch_job(
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files."""
     settings = Settings()
     job_id = str(flow_run.id)
-    reporter = RunReporter(job_id)
-    layout = JobLayout(LocalPath(output_dir) if output_dir else settings.jobs_dir / job_id)
-    reporter.progress.output_dir = str(layout.root)
+    layout = job_layout(job_id, {"output_dir": output_dir}, settings.jobs_dir)
+    reporter = RunReporter(job_id, layout)
     try:
         return _run(settings, reporter, layout, model, prompt_file, options, num_generations)
     except BatchInferError as exc:

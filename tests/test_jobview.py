@@ -10,7 +10,17 @@ import pytest
 
 from batchinfer.contract import JobStatus, Options, Path, PathType
 from batchinfer.engines.base import SamplingParams
-from batchinfer.jobview import JobParameters, JobProgress, RunSnapshot, batch_inference, sampling_params
+from batchinfer.jobfiles import JobLayout
+from batchinfer.jobview import (
+    JobParameters,
+    JobProgress,
+    RunSnapshot,
+    batch_inference,
+    job_layout,
+    read_progress,
+    sampling_params,
+    write_progress,
+)
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 JOB_ID = "0b6f2f1e-4a54-4c1e-9a55-0d3c6c2f0a11"
@@ -33,7 +43,7 @@ def snapshot(
         state_name=state_name,
         state_message=message,
         parameters=PARAMS,
-        labels=JobProgress(**progress).to_labels() if progress else {},
+        progress=JobProgress(**progress) if progress else None,
     )
 
 
@@ -72,7 +82,7 @@ def test_a_snapshot_becomes_a_batch_inference_with_the_mapped_status(
     assert ("error" in job.metadata) is (status is JobStatus.failed)
 
 
-def test_request_counts_come_from_the_labels() -> None:
+def test_request_counts_come_from_the_progress() -> None:
     job = batch_inference(
         snapshot("RUNNING", "Inferring", total=5, completed=2, failed=1, chunks=3, chunks_done=1)
     )
@@ -80,7 +90,7 @@ def test_request_counts_come_from_the_labels() -> None:
     assert job.metadata["chunks"] == {"total": 3, "done": 1}
 
 
-def test_a_job_without_labels_counts_zero() -> None:
+def test_a_job_without_progress_counts_zero() -> None:
     job = batch_inference(snapshot("SCHEDULED"))
     assert job.metadata["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
     assert "chunks" not in job.metadata
@@ -103,7 +113,7 @@ def test_a_failed_job_with_outputs_still_points_at_them() -> None:
     assert job.metadata["error"] == {"code": "no_valid_lines", "message": "none valid"}
 
 
-def test_a_failed_job_reports_the_labels_error_code_and_message() -> None:
+def test_a_failed_job_reports_the_progress_error_code_and_message() -> None:
     job = batch_inference(
         snapshot("FAILED", "Failed", "Flow run failed", error_code="not_utf8", error_message="binary")
     )
@@ -140,7 +150,9 @@ def test_the_response_serialises_to_the_contract_shape() -> None:
     assert body["success_file_path"]["type"] == "filepath"
 
 
-def test_job_progress_round_trips_through_labels() -> None:
+def test_job_progress_round_trips_through_the_progress_file(tmp_path: LocalPath) -> None:
+    layout = JobLayout(tmp_path / "job")
+    assert read_progress(layout) is None
     progress = JobProgress(
         output_dir="/jobs/y",
         total=10,
@@ -155,23 +167,19 @@ def test_job_progress_round_trips_through_labels() -> None:
         error_code="x",
         error_message="y",
     )
-    labels = progress.to_labels()
-    assert all(key.startswith("batchinfer.") for key in labels)
-    assert JobProgress.from_labels(labels) == progress
+    write_progress(layout, progress)
+    assert read_progress(layout) == progress
 
 
-def test_labels_stored_as_strings_and_foreign_labels_are_tolerated() -> None:
-    labels = {
-        "batchinfer.total": "4",
-        "batchinfer.outputs_ready": "true",
-        "prefect.flow.id": "abc",
-        "other": 1,
-    }
-    assert JobProgress.from_labels(labels) == JobProgress(total=4, outputs_ready=True)
-
-
-def test_unset_progress_fields_are_not_published_as_labels() -> None:
-    assert "batchinfer.error_code" not in JobProgress().to_labels()
+@pytest.mark.parametrize(
+    ("output_dir", "expected"),
+    [(None, "/jobs/" + JOB_ID), ("/somewhere/else", "/somewhere/else")],
+)
+def test_a_jobs_directory_is_its_output_dir_parameter_or_one_under_the_jobs_dir(
+    output_dir: str | None, expected: str
+) -> None:
+    layout = job_layout(JOB_ID, {"output_dir": output_dir}, LocalPath("/jobs"))
+    assert layout.root == LocalPath(expected)
 
 
 def test_sampling_params_defaults_fill_in_what_the_options_leave_out() -> None:

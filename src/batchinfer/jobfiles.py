@@ -40,6 +40,11 @@ class JobLayout:
         return self.work / "input.jsonl"
 
     @property
+    def progress(self) -> Path:
+        """Live counts of a running job (see ``jobview.JobProgress``)."""
+        return self.work / "progress.json"
+
+    @property
     def line_errors(self) -> Path:
         return self.work / "line_errors.jsonl"
 

@@ -1,10 +1,15 @@
-"""What a job looks like from outside: the contract's ``BatchInference`` built from one read of its
-flow run. Pure: the Prefect backend hands over a ``RunSnapshot``; the flow publishes ``labels``.
+"""What a job looks like from outside: the contract's ``BatchInference``, built from one read of its
+flow run plus the progress file that the flow keeps in its job directory.
+
+Why a file and not flow-run labels: on the SQLite backend, a labels PATCH that lands while the
+server records task-run states fails with SQLITE_BUSY_SNAPSHOT (HTTP 503), and Prefect's client
+then sleeps 2 s before retrying, at every phase change. A small file renamed into place costs
+nothing and is read by whoever can read the job's outputs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path as LocalPath
 from typing import Any
@@ -13,14 +18,12 @@ from pydantic import BaseModel, Field
 
 from batchinfer.contract import BatchInference, JobStatus, Options, Path, PathType
 from batchinfer.engines.base import SamplingParams
-from batchinfer.jobfiles import ERROR_FILE, SUCCESS_FILE
+from batchinfer.jobfiles import ERROR_FILE, SUCCESS_FILE, JobLayout, atomic_write
 from batchinfer.state import job_status
-
-LABEL_PREFIX = "batchinfer."
 
 
 class JobProgress(BaseModel):
-    """What the flow publishes on its run (as ``batchinfer.*`` labels) while it works."""
+    """What the flow publishes about itself while it works (``work/progress.json``)."""
 
     output_dir: str | None = None
     total: int = 0
@@ -35,17 +38,24 @@ class JobProgress(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
 
-    def to_labels(self) -> dict[str, str | int | bool]:
-        return {LABEL_PREFIX + key: value for key, value in self.model_dump().items() if value is not None}
 
-    @classmethod
-    def from_labels(cls, labels: dict[str, Any]) -> JobProgress:
-        fields = {
-            key.removeprefix(LABEL_PREFIX): value
-            for key, value in labels.items()
-            if key.startswith(LABEL_PREFIX)
-        }
-        return cls.model_validate(fields)
+def write_progress(layout: JobLayout, progress: JobProgress) -> None:
+    with atomic_write(layout.progress) as handle:
+        handle.write(progress.model_dump_json())
+
+
+def read_progress(layout: JobLayout) -> JobProgress | None:
+    """The job's last published progress, or None before the flow has written any."""
+    try:
+        return JobProgress.model_validate_json(layout.progress.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def job_layout(job_id: str, parameters: dict[str, Any], jobs_dir: LocalPath) -> JobLayout:
+    """Where a job's files are: its ``output_dir`` parameter, else ``<jobs_dir>/<job_id>``."""
+    output_dir = parameters.get("output_dir")
+    return JobLayout(LocalPath(output_dir) if output_dir else jobs_dir / job_id)
 
 
 class JobParameters(BaseModel):
@@ -76,7 +86,7 @@ class RunSnapshot:
     state_name: str | None
     state_message: str | None
     parameters: dict[str, Any]
-    labels: dict[str, Any] = field(default_factory=dict)
+    progress: JobProgress | None = None
 
 
 _FAILURE_CODES = {"CRASHED": "crashed", "CANCELLED": "cancelled", "FAILED": "job_failed"}
@@ -84,7 +94,7 @@ _FAILURE_CODES = {"CRASHED": "crashed", "CANCELLED": "cancelled", "FAILED": "job
 
 def batch_inference(run: RunSnapshot) -> BatchInference:
     status = job_status(run.state_type, run.state_name)
-    progress = JobProgress.from_labels(run.labels)
+    progress = run.progress or JobProgress()
     params = JobParameters.model_validate(run.parameters)
     metadata: dict[str, Any] = {
         "model": params.model,

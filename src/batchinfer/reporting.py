@@ -1,8 +1,8 @@
-"""Publishing a running job's phase and progress to Prefect (glue, no logic of its own).
+"""Publishing a running job's phase and progress (glue, no logic of its own).
 
-The phase is the RUNNING state's name (``state.py`` maps it); the counts are ``batchinfer.*``
-labels on the flow run, so that ``job_status`` is one read of the run; a progress artifact shows
-the same in the Prefect UI. In-process listeners (the CLI's progress bar) get every update.
+The phase is the RUNNING state's name (``state.py`` maps it); the counts go to the job's progress
+file (``jobview.write_progress``), which ``job_status`` reads; a progress artifact shows the same
+in the Prefect UI. In-process listeners (the CLI's progress bar) get every update.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from uuid import UUID
 
-from batchinfer.jobview import JobProgress
+from batchinfer.jobfiles import JobLayout
+from batchinfer.jobview import JobProgress, write_progress
 
 ProgressListener = Callable[[str, JobProgress], None]
 _listeners: list[ProgressListener] = []
@@ -33,13 +34,19 @@ def remove_listener(listener: ProgressListener) -> None:
 
 
 class RunReporter:
-    """Pushes ``JobProgress`` to the flow run, at most every ``interval_s`` unless forced."""
+    """Publishes ``JobProgress``: the file at most every ``interval_s``, the UI's artifact at most
+    every ``artifact_interval_s``, unless forced."""
 
-    def __init__(self, flow_run_id: str, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, flow_run_id: str, layout: JobLayout, interval_s: float = 0.25, artifact_interval_s: float = 2.0
+    ) -> None:
         from prefect.client.orchestration import get_client
 
         self.flow_run_id = flow_run_id
-        self.progress = JobProgress()
+        self.layout = layout
+        self.progress = JobProgress(output_dir=str(layout.root))
+        self.artifact_interval_s = artifact_interval_s
+        self._last_artifact = 0.0
         self.interval_s = interval_s
         self._client = get_client(sync_client=True)
         self._last_push = 0.0
@@ -62,11 +69,14 @@ class RunReporter:
         if not force and now - self._last_push < self.interval_s:
             return
         self._last_push = now
+        write_progress(self.layout, self.progress)
+        if not force and now - self._last_artifact < self.artifact_interval_s:
+            return
+        self._last_artifact = now
         try:
-            self._client.update_flow_run_labels(UUID(self.flow_run_id), self.progress.to_labels())
             self._update_artifact()
-        except Exception:  # progress is advisory: a hiccup of the API must not fail the job
-            logger.warning("Could not publish progress for %s", self.flow_run_id, exc_info=True)
+        except Exception:  # the artifact is advisory: a hiccup of the API must not fail the job
+            logger.warning("Could not update the progress artifact of %s", self.flow_run_id, exc_info=True)
 
     def _update_artifact(self) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact

@@ -49,10 +49,10 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.output_dir:
         params.output_dir = str(LocalPath(args.output_dir).expanduser().resolve())
-    return _run_flow(params.model_dump(mode="json", exclude_none=True))
+    return _run_flow(params.model_dump(mode="json", exclude_none=True), settings)
 
 
-def _run_flow(parameters: dict[str, object]) -> int:
+def _run_flow(parameters: dict[str, object], settings: Settings) -> int:
     from prefect.client.orchestration import get_client
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -93,6 +93,6 @@ def _run_flow(parameters: dict[str, object]) -> int:
             close_engines()
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        job = batch_inference(snapshot(client.read_flow_run(flow_run_id)))
+        job = batch_inference(snapshot(client.read_flow_run(flow_run_id), settings.jobs_dir))
     print(job.model_dump_json(indent=2))
     return 0 if job.status.value == "completed" else 1

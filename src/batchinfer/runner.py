@@ -11,8 +11,6 @@ from batchinfer.api.backend import DEPLOYMENT_NAME
 
 
 def main() -> None:
-    # Pick up a new job within ~1-2 s instead of Prefect's default 10 s poll.
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
     from prefect import serve
     from prefect.deployments.runner import EntrypointType
 
@@ -25,7 +23,13 @@ def main() -> None:
         tags=["batchinfer"],
         description="Batch inference jobs submitted through the batchinfer adapter.",
     )
-    serve(deployment, limit=int(os.environ.get("BATCHINFER_MAX_CONCURRENT_JOBS", "4")))
+    serve(
+        deployment,
+        limit=int(os.environ.get("BATCHINFER_MAX_CONCURRENT_JOBS", "4")),
+        # Prefect polls every 10 s by default; a job should start within a couple of seconds.
+        # One cheap API query each half second is a fair price for that.
+        query_seconds=float(os.environ.get("BATCHINFER_RUNNER_POLL_SECONDS", "0.5")),
+    )
 
 
 if __name__ == "__main__":

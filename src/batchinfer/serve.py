@@ -33,15 +33,29 @@ class Supervisor:
         return proc
 
     def stop_all(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every child's process group, then SIGKILL whatever is left after ``grace_s``.
+
+        Descendants are collected first because Prefect's runner starts each flow run in a new
+        session of its own, out of reach of the runner's process group."""
+        import psutil
+
+        family: list[psutil.Process] = []
+        for _, proc in self.children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                top = psutil.Process(proc.pid)
+                family += [top, *top.children(recursive=True)]
         for _, proc in reversed(self.children):
             _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for _, proc in reversed(self.children):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+        for member in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.terminate()
+        _, alive = psutil.wait_procs(family, timeout=grace_s)
+        for straggler in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                straggler.kill()
+        psutil.wait_procs(alive, timeout=5)
+        for _, proc in self.children:
+            proc.poll()  # reap, so no zombie is left behind
         self.children.clear()
 
 
@@ -135,13 +149,18 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
         deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
         wait_until(_http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
 
-        app = create_app(settings, catalog, PrefectJobBackend)
+        app = create_app(settings, catalog, lambda: PrefectJobBackend(settings.jobs_dir))
         print(f"batchinfer is serving on http://{host}:{port} (logs: {logs})", flush=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
         return 0
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except SystemExit as exc:
+        # SIGTERM (see cli.py) is how a service manager asks us to stop: a clean exit, like Ctrl-C.
+        if exc.code == 128 + signal.SIGTERM:
+            return 0
+        raise
     finally:
         print("Stopping ...", flush=True)
         supervisor.stop_all()

@@ -5,14 +5,16 @@ The adapter only ever talks to a ``JobBackend``; tests and other front ends may 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
+import anyio
 from pydantic import ValidationError
 
 from batchinfer.contract import BatchInference
 from batchinfer.errors import JobNotFoundError, ServiceUnavailableError
-from batchinfer.jobview import JobParameters, RunSnapshot, batch_inference
+from batchinfer.jobview import JobParameters, RunSnapshot, batch_inference, job_layout, read_progress
 
 DEPLOYMENT_NAME = "batchinfer"
 FLOW_NAME = "batch-inference"  # the @flow name in flows/batch_job.py
@@ -24,26 +26,30 @@ class JobBackend(Protocol):
     async def status(self, job_id: UUID) -> BatchInference: ...
 
 
-def snapshot(flow_run: Any) -> RunSnapshot:
-    """A ``RunSnapshot`` of a Prefect ``FlowRun``."""
+def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
+    """A ``RunSnapshot`` of a Prefect ``FlowRun`` and its job's progress file."""
     state = flow_run.state
+    parameters = dict(flow_run.parameters)
     return RunSnapshot(
         id=str(flow_run.id),
         created=flow_run.created,
         state_type=state.type.value if state else "PENDING",
         state_name=state.name if state else None,
         state_message=state.message if state else None,
-        parameters=dict(flow_run.parameters),
-        labels=dict(flow_run.labels or {}),
+        parameters=parameters,
+        progress=read_progress(job_layout(str(flow_run.id), parameters, jobs_dir)),
     )
 
 
 class PrefectJobBackend:
     """Jobs as flow runs of the ``batch-inference/batchinfer`` deployment."""
 
-    def __init__(self, flow_name: str = FLOW_NAME, deployment_name: str = DEPLOYMENT_NAME) -> None:
+    def __init__(
+        self, jobs_dir: Path, flow_name: str = FLOW_NAME, deployment_name: str = DEPLOYMENT_NAME
+    ) -> None:
         from prefect.client.orchestration import get_client
 
+        self._jobs_dir = jobs_dir
         self._client = get_client()
         self._deployment = f"{flow_name}/{deployment_name}"
         self._deployment_id: UUID | None = None
@@ -75,7 +81,7 @@ class PrefectJobBackend:
             parameters=params.model_dump(mode="json", exclude_none=True),
             tags=[f"model:{params.model}"],
         )
-        return batch_inference(snapshot(flow_run))
+        return batch_inference(snapshot(flow_run, self._jobs_dir))
 
     async def status(self, job_id: UUID) -> BatchInference:
         from prefect.exceptions import ObjectNotFound
@@ -85,6 +91,7 @@ class PrefectJobBackend:
         except ObjectNotFound:
             raise JobNotFoundError(str(job_id)) from None
         try:
-            return batch_inference(snapshot(flow_run))
+            run = await anyio.to_thread.run_sync(snapshot, flow_run, self._jobs_dir)
+            return batch_inference(run)
         except ValidationError:  # a flow run of some other flow: not one of our jobs
             raise JobNotFoundError(str(job_id)) from None
