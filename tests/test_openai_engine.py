@@ -1,5 +1,9 @@
 """OpenAIEngine against the fake OpenAI server: order, retries, timeouts, n, logprobs, concurrency,
-attachments and API keys. Faults are scripted in the prompt text, so each test uses its own text."""
+attachments and API keys. Faults are scripted in the prompt text, so each test uses its own text
+(and each HTTP client its own, where the server counts by text).
+
+The behavioural tests run once per ``http_client`` (``@both_clients``): both transports must pass
+the same spec."""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from batchinfer.contract import MediaAttachment, Message
 from batchinfer.engines.base import Engine, PromptRequest, SamplingParams
@@ -31,6 +37,8 @@ GIF = b"GIF89a" + b"\x00" * 8
 WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 "
 
 MakeEngine = Callable[..., OpenAIEngine]
+HTTP_CLIENTS = ("aiohttp", "httpx")
+both_clients = pytest.mark.parametrize("http_client", HTTP_CLIENTS)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,13 @@ def server() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture
-def make_engine(server: FakeOpenAIServer) -> Iterator[MakeEngine]:
+def http_client() -> str:
+    """The default client; ``@both_clients`` overrides this with each one in turn."""
+    return "aiohttp"
+
+
+@pytest.fixture
+def make_engine(server: FakeOpenAIServer, http_client: str) -> Iterator[MakeEngine]:
     engines: list[OpenAIEngine] = []
 
     def make(**overrides: Any) -> OpenAIEngine:
@@ -48,6 +62,7 @@ def make_engine(server: FakeOpenAIServer) -> Iterator[MakeEngine]:
             "id": "fake",
             "base_url": server.base_url,
             "model": "fake-model",
+            "http_client": http_client,
             "timeout_s": 5.0,
             "max_retries": 3,
             "backoff_s": 0.01,
@@ -79,10 +94,58 @@ def error(outcome: Completion | ErrorDetail) -> ErrorDetail:
     return outcome
 
 
+@contextmanager
+def one_off_server(body: bytes, seen: list[dict[str, str]] | None = None) -> Iterator[str]:
+    """A base_url whose server answers every POST 200 with ``body``, noting request headers."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if seen is not None:
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_aiohttp_is_the_default_http_client_and_others_are_refused() -> None:
+    options = {"id": "m", "base_url": "http://localhost:1/v1", "model": "m"}
+    assert OpenAIEngineConfig(**options).http_client == "aiohttp"
+    with pytest.raises(ValidationError, match="http_client"):
+        OpenAIEngineConfig(**options, http_client="requests")
+
+
+@both_clients
+def test_the_chosen_http_client_is_the_one_that_posts(make_engine: MakeEngine, http_client: str) -> None:
+    seen: list[dict[str, str]] = []
+    ok = b'{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}'
+    with one_off_server(ok, seen) as base_url:
+        [outcome] = make_engine(base_url=base_url).infer([request(1, "who are you")])
+    assert completion(outcome).generations[0].text == "hi"
+    assert http_client in seen[0]["user-agent"].lower()
+
+
 def test_the_engine_satisfies_the_engine_protocol(make_engine: MakeEngine) -> None:
     assert isinstance(make_engine(), Engine)
 
 
+@both_clients
 def test_each_answer_comes_back_in_request_order_carrying_its_own_prompt(
     make_engine: MakeEngine,
 ) -> None:
@@ -100,12 +163,13 @@ def test_each_answer_comes_back_in_request_order_carrying_its_own_prompt(
         assert result.usage.total_tokens == 5
 
 
+@both_clients
 def test_a_scripted_429_is_retried_honouring_retry_after_and_then_succeeds(
-    server: FakeOpenAIServer, make_engine: MakeEngine
+    server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
     # A 10 s backoff would blow the budget; the server's Retry-After: 0 must win.
     engine = make_engine(backoff_s=10.0, max_backoff_s=10.0)
-    text = "[fault:429x2] engine-429"
+    text = f"[fault:429x2] engine-429 {http_client}"
     started = time.monotonic()
     [outcome] = engine.infer([request(1, text)])
     assert completion(outcome).generations[0].text == f"echo: {text}"
@@ -113,19 +177,21 @@ def test_a_scripted_429_is_retried_honouring_retry_after_and_then_succeeds(
     assert time.monotonic() - started < 3
 
 
+@both_clients
 def test_a_scripted_500_is_retried_and_then_succeeds(
-    server: FakeOpenAIServer, make_engine: MakeEngine
+    server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
-    text = "[fault:500x1] engine-500"
+    text = f"[fault:500x1] engine-500 {http_client}"
     [outcome] = make_engine().infer([request(1, text)])
     assert completion(outcome).generations[0].text == f"echo: {text}"
     assert server.prompts[text] == 2
 
 
+@both_clients
 def test_a_permanent_400_becomes_that_lines_error_record_and_other_lines_succeed(
-    server: FakeOpenAIServer, make_engine: MakeEngine
+    server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
-    text = "[fault:400] engine-400"
+    text = f"[fault:400] engine-400 {http_client}"
     before, bad, after = make_engine().infer(
         [request(1, "fine before"), request(2, text), request(3, "fine after")]
     )
@@ -135,22 +201,29 @@ def test_a_permanent_400_becomes_that_lines_error_record_and_other_lines_succeed
     assert completion(after).generations[0].text == "echo: fine after"
 
 
+@both_clients
 def test_rate_limits_past_max_retries_become_an_http_429_record_counting_the_attempts(
-    make_engine: MakeEngine,
+    make_engine: MakeEngine, http_client: str
 ) -> None:
-    [outcome] = make_engine(max_retries=2).infer([request(1, "[fault:429x9] engine-429-forever")])
+    [outcome] = make_engine(max_retries=2).infer(
+        [request(1, f"[fault:429x9] engine-429-forever {http_client}")]
+    )
     detail = error(outcome)
     assert detail.code == "http_429"
     assert "3 attempts" in detail.message and "max_concurrency" in detail.message
 
 
-def test_a_hang_times_out_and_the_retry_succeeds(server: FakeOpenAIServer, make_engine: MakeEngine) -> None:
-    text = "[fault:hangx1] engine-hang-once"
+@both_clients
+def test_a_hang_times_out_and_the_retry_succeeds(
+    server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
+) -> None:
+    text = f"[fault:hangx1] engine-hang-once {http_client}"
     [outcome] = make_engine(timeout_s=0.5).infer([request(1, text)])
     assert completion(outcome).generations[0].text == f"echo: {text}"
     assert server.prompts[text] == 2
 
 
+@both_clients
 def test_a_permanent_hang_becomes_a_timeout_record(make_engine: MakeEngine) -> None:
     [outcome] = make_engine(timeout_s=0.3, max_retries=1).infer(
         [request(1, "[fault:hang] engine-hang-forever")]
@@ -160,11 +233,12 @@ def test_a_permanent_hang_becomes_a_timeout_record(make_engine: MakeEngine) -> N
     assert "2 attempts" in detail.message and "timeout_s" in detail.message
 
 
+@both_clients
 def test_n_generations_are_emulated_when_the_server_returns_fewer_choices(
-    server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+    server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch, http_client: str
 ) -> None:
     monkeypatch.setattr(server, "max_choices", 1)
-    text = "n-emulated"
+    text = f"n-emulated-{http_client}"  # one word: usage counts words
     [outcome] = make_engine().infer([request(1, text, n=3)])
     result = completion(outcome)
     assert [g.text for g in result.generations] == [f"echo: {text}"] * 3
@@ -172,15 +246,18 @@ def test_n_generations_are_emulated_when_the_server_returns_fewer_choices(
     assert result.usage.completion_tokens == 3 * 2  # usage summed over the three requests
 
 
+@both_clients
 def test_n_generations_come_from_one_request_when_the_server_honours_n(
-    server: FakeOpenAIServer, make_engine: MakeEngine
+    server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
-    [outcome] = make_engine().infer([request(1, "n-native", n=3)])
+    text = f"n-native {http_client}"
+    [outcome] = make_engine().infer([request(1, text, n=3)])
     texts = [g.text for g in completion(outcome).generations]
-    assert texts == ["echo: n-native", "echo: n-native #1", "echo: n-native #2"]
-    assert server.prompts["n-native"] == 1
+    assert texts == [f"echo: {text}", f"echo: {text} #1", f"echo: {text} #2"]
+    assert server.prompts[text] == 1
 
 
+@both_clients
 def test_logprobs_come_back_per_token_and_finite_only_when_asked(make_engine: MakeEngine) -> None:
     with_lp, without_lp = make_engine().infer(
         [request(1, "alpha beta", logprobs=True), request(2, "alpha beta")]
@@ -192,6 +269,7 @@ def test_logprobs_come_back_per_token_and_finite_only_when_asked(make_engine: Ma
     assert completion(without_lp).generations[0].logprobs is None
 
 
+@both_clients
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(make_engine: MakeEngine) -> None:
     [outcome] = make_engine().infer([request(1, "one two three four", max_tokens=2)])
     generation = completion(outcome).generations[0]
@@ -202,6 +280,7 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(make_engine: MakeE
     )
 
 
+@both_clients
 def test_in_flight_requests_never_exceed_max_concurrency(
     server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,6 +291,7 @@ def test_in_flight_requests_never_exceed_max_concurrency(
     assert 2 <= server.max_in_flight <= 4
 
 
+@both_clients
 def test_infer_works_from_several_threads_at_once(make_engine: MakeEngine) -> None:
     engine = make_engine(max_concurrency=8)
 
@@ -251,6 +331,7 @@ def test_a_missing_api_key_variable_is_an_engine_error_naming_it(
         make_engine(api_key_env="BATCHINFER_TEST_KEY")
 
 
+@both_clients
 def test_the_api_key_is_sent_as_a_bearer_token(
     server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,6 +342,7 @@ def test_the_api_key_is_sent_as_a_bearer_token(
     assert "s3cret" not in repr(engine)
 
 
+@both_clients
 def test_a_refused_connection_becomes_a_connection_error_record(make_engine: MakeEngine) -> None:
     with socket.socket() as sock:  # a port that was free a moment ago and has nobody listening
         sock.bind(("127.0.0.1", 0))
@@ -271,29 +353,14 @@ def test_a_refused_connection_becomes_a_connection_error_record(make_engine: Mak
     assert "2 attempts" in detail.message
 
 
+@both_clients
 def test_a_malformed_200_becomes_a_bad_response_record(make_engine: MakeEngine) -> None:
-    class NotOpenAI(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b'{"hello": "world"}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotOpenAI)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        engine = make_engine(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+    with one_off_server(b'{"hello": "world"}') as base_url:
+        engine = make_engine(base_url=base_url)
         assert error(engine.infer([request(1, "hi")])[0]).code == "bad_response"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
+@both_clients
 def test_close_is_safe_twice_and_infer_after_close_is_refused(make_engine: MakeEngine) -> None:
     engine = make_engine()
     engine.infer([request(1, "before close")])

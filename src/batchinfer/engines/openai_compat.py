@@ -1,11 +1,11 @@
 """The engine for any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, llama.cpp, TGI, ...).
 
 Shape: ``infer`` is synchronous and called from many Prefect task threads at once. All HTTP runs
-on ONE private asyncio loop in a daemon thread, through ONE ``aiohttp.ClientSession`` (connection
-reuse) and ONE semaphore of ``max_concurrency`` permits shared by every caller. Each request takes a
-permit for one HTTP attempt and gives it back, so the server sees a steady ``max_concurrency``
-requests in flight regardless of chunk boundaries (no waves), and a request sleeping in backoff
-holds no permit.
+on ONE private asyncio loop in a daemon thread, through ONE HTTP transport (connection reuse;
+aiohttp or httpx as ``http_client`` says, see ``http_transports``) and ONE semaphore of
+``max_concurrency`` permits shared by every caller. Each request takes a permit for one HTTP
+attempt and gives it back, so the server sees a steady ``max_concurrency`` requests in flight
+regardless of chunk boundaries (no waves), and a request sleeping in backoff holds no permit.
 
 A request that fails for good becomes an ``ErrorDetail``; only a broken engine raises.
 """
@@ -23,10 +23,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
 from batchinfer.engines.base import InferenceOutcome, PromptRequest
 from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.http_transports import RetryableError, Transport, make_transport
 from batchinfer.engines.messages import FileReader, read_local_file
 from batchinfer.engines.openai_messages import to_openai_messages
 from batchinfer.errors import EngineError, InferenceError
@@ -41,14 +40,6 @@ class _Failed(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.detail = ErrorDetail(code=code, message=message)
-
-
-class _Retryable(Exception):
-    """One attempt failed in a way worth retrying; ``code`` names it if retries run out."""
-
-    def __init__(self, code: str, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.code, self.reason, self.retry_after = code, reason, retry_after
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -128,6 +119,7 @@ class OpenAIEngine:
         self._read_file = read_file
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json"}
+        self._api_key: str | None = None
         if config.api_key_env:
             key = os.environ.get(config.api_key_env)
             if not key:  # name the variable, never echo a value
@@ -136,13 +128,20 @@ class OpenAIEngine:
                     f"{config.api_key_env}, which is not set; export it where the workers run."
                 )
             self._headers["Authorization"] = f"Bearer {key}"
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+            self._api_key = key
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: Transport | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._closed = False
+
+    def _redacted(self, detail: ErrorDetail) -> ErrorDetail:
+        """Servers may echo the key they were sent (``Incorrect API key: sk-...``); an error record
+        goes to the error file, job metadata and logs, so the key never does."""
+        if self._api_key and self._api_key in detail.message:
+            return detail.model_copy(update={"message": detail.message.replace(self._api_key, "***")})
+        return detail
 
     def __repr__(self) -> str:  # the default repr would be harmless, but keep headers out for sure
         return f"OpenAIEngine(id={self._config.id!r}, base_url={self._config.base_url!r})"
@@ -216,9 +215,9 @@ class OpenAIEngine:
         loop.close()
 
     async def _open(self) -> None:
-        # Session and semaphore are made on the loop that will use them.
-        connector = aiohttp.TCPConnector(limit=self._config.max_concurrency)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        # Transport and semaphore are made on the loop that will use them.
+        config = self._config
+        self._transport = make_transport(config.http_client, config.max_concurrency, config.timeout_s)
         self._semaphore = asyncio.Semaphore(self._config.max_concurrency)
 
     async def _shutdown(self) -> None:
@@ -228,8 +227,8 @@ class OpenAIEngine:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._transport is not None:
+            await self._transport.aclose()
 
     async def _infer_all(
         self, requests: Sequence[PromptRequest], prepared: list[dict[str, Any] | ErrorDetail]
@@ -283,7 +282,7 @@ class OpenAIEngine:
                     total_tokens=usage.total_tokens + got_usage.total_tokens,
                 )
         except _Failed as exc:
-            return exc.detail
+            return self._redacted(exc.detail)
         return Completion(generations=generations, usage=usage)
 
     async def _post(self, data: bytes) -> bytes:
@@ -293,7 +292,7 @@ class OpenAIEngine:
         for attempt in range(attempts):
             try:
                 return await self._attempt(data)
-            except _Retryable as exc:
+            except RetryableError as exc:
                 if attempt + 1 == attempts:
                     raise _Failed(exc.code, self._gave_up(exc, attempts)) from exc
                 delay = min(config.backoff_s * 2**attempt, config.max_backoff_s)
@@ -304,28 +303,18 @@ class OpenAIEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, data: bytes) -> bytes:
-        assert self._session is not None and self._semaphore is not None
-        try:
-            async with (
-                self._semaphore,
-                self._session.post(self._url, data=data, headers=self._headers) as response,
-            ):
-                body = await response.read()
-                status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except TimeoutError as exc:
-            reason = f"no answer within timeout_s={self._config.timeout_s}"
-            raise _Retryable("timeout", reason) from exc
-        except aiohttp.ClientError as exc:
-            raise _Retryable("connection_error", f"{type(exc).__name__}: {exc}") from exc
+        assert self._transport is not None and self._semaphore is not None
+        async with self._semaphore:  # timeouts and connection errors raise RetryableError
+            status, headers, body = await self._transport.post(self._url, data, self._headers)
         if status == 200:
             return body
         if status in (408, 429) or status >= 500:
             reason = f"HTTP {status}: {_server_message(body)}"
-            raise _Retryable(f"http_{status}", reason, retry_after)
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            raise RetryableError(f"http_{status}", reason, retry_after)
         raise _Failed(f"http_{status}", _server_message(body))
 
-    def _gave_up(self, exc: _Retryable, attempts: int) -> str:
+    def _gave_up(self, exc: RetryableError, attempts: int) -> str:
         advice = {
             "timeout": "raise timeout_s for this model, or check the server is not overloaded",
             "connection_error": f"check that {self._config.base_url} is up and reachable",

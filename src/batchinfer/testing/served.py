@@ -1,9 +1,9 @@
-"""A running ``batchinfer serve`` for end-to-end tests: a real Prefect server, runner and adapter in
-a subprocess, talking to models at the model boundary only (a loopback OpenAI-compatible server and
-a tiny transformers model that the test session builds)."""
+"""A running ``batchinfer serve`` for end-to-end tests and benchmarks: a real Prefect server, runner
+and adapter in a subprocess, driven over HTTP like a user would; plus small JSONL helpers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 TERMINAL = {"completed", "failed"}
 
@@ -79,11 +80,17 @@ class ServeProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
+        family = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            # serve did not stop in time: kill it and everything it started, so no Prefect
+            # server or runner is left behind to skew the next test or benchmark.
             self.proc.kill()
+            for child in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             return self.proc.wait()
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -98,6 +105,9 @@ class ServeProcess:
 
     def status(self, job_id: str) -> httpx.Response:
         return httpx.get(self.url + "/batch_inference/job_status", params={"job_id": job_id}, timeout=30)
+
+    def resume(self, job_id: str) -> httpx.Response:
+        return httpx.post(self.url + "/batch_inference/resume_job", params={"job_id": job_id}, timeout=30)
 
     def submit_ok(self, body: dict[str, Any]) -> dict[str, Any]:
         response = self.submit(body)

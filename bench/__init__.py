@@ -1,0 +1,1 @@
+"""Benchmarks for batchinfer (run as modules, e.g. ``python -m bench.transformers_vs_generate``)."""

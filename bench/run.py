@@ -1,0 +1,416 @@
+"""`make bench`: batchinfer against the fastest plain client and the naive Prefect pattern, side by
+side in one run, on the same prompts and the same loopback model servers.
+
+    python -m bench.run [--prompts 10000] [--latencies 0,50] [--big-lines 1000000] [--smoke]
+
+Writes ``results.json``, ``results.csv`` and ``results.png`` to ``--out`` (default bench/results) and
+prints the table. Every figure is measured here, in this run; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+from batchinfer.settings import Settings
+from batchinfer.testing.served import ServeProcess, serve_env, user_prompt, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[str, int]:
+    """Run a command; return its stdout and its peak RSS in KiB (from the kernel, via wait4)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    out_chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
+    readers = [
+        threading.Thread(target=lambda: out_chunks.append(proc.stdout.read())),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: err_chunks.append(proc.stderr.read())),  # type: ignore[union-attr]
+    ]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    for reader in readers:
+        reader.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({proc.returncode}): {b''.join(err_chunks).decode()[-3000:]}")
+    return b"".join(out_chunks).decode(), int(usage.ru_maxrss)
+
+
+def start_fake_server(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
+    argv = [PY, "-m", "batchinfer.testing.fake_openai", "--port", "0", "--latency-ms", str(latency_ms)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def row(
+    benchmark: str,
+    mode: str,
+    latency: float | None,
+    requests: int,
+    seconds: float,
+    rss_kib: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "benchmark": benchmark,
+        "mode": mode,
+        "latency_ms": latency,
+        "requests": requests,
+        "seconds": round(seconds, 3),
+        "requests_per_s": round(requests / seconds, 1) if seconds else None,
+        "peak_rss_mb": round(rss_kib / 1024, 1) if rss_kib else None,
+        **extra,
+    }
+
+
+def client_mode(
+    mode: str, base_url: str, prompts: Path, concurrency: int, env: dict[str, str]
+) -> tuple[dict[str, Any], int]:
+    argv = [PY, "-m", "bench.client_modes", mode, "--base-url", base_url, "--prompts", str(prompts)]
+    out, rss = run_measured([*argv, "--concurrency", str(concurrency)], env)
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["ok"] != result["requests"]:
+        raise RuntimeError(f"{mode}: only {result['ok']} of {result['requests']} requests succeeded")
+    return result, rss
+
+
+def flow_run_seconds(served: ServeProcess, job_id: str) -> float:
+    """The flow run's own duration (validate + infer + gather), from the Prefect API."""
+    run = httpx.get(f"{served.prefect_api_url}/flow_runs/{job_id}", timeout=10).json()
+    return float(run["total_run_time"]) or float(run["estimated_run_time"])
+
+
+def job_via_run(
+    served: ServeProcess, model: str, prompts: Path, out_dir: Path
+) -> tuple[dict[str, Any], float, int]:
+    """`batchinfer run` in the foreground against the serve's Prefect server."""
+    env = {**served.env, "PREFECT_API_URL": served.prefect_api_url}
+    argv = [PY, "-m", "batchinfer.cli", "run", str(prompts), "--model", model, "--max-tokens", "16"]
+    start = time.perf_counter()
+    out, rss = run_measured([*argv, "--output-dir", str(out_dir)], env)
+    wall = time.perf_counter() - start
+    job = json.loads(out[out.index("{") :])
+    if job["status"] != "completed":
+        raise RuntimeError(f"batchinfer run did not complete: {job}")
+    return job, wall, rss
+
+
+def job_via_serve(served: ServeProcess, model: str, prompts: Path) -> tuple[dict[str, Any], float, int]:
+    """Submit over HTTP, poll to completion; peak RSS of the flow-run process, sampled."""
+    runner_pids = {p.pid for p in psutil.Process(served.proc.pid).children(recursive=True)}  # type: ignore[union-attr]
+    peak = 0
+    start = time.perf_counter()
+    job_id = served.submit_ok(
+        {
+            "model": model,
+            "prompt_file_path": {"type": "filepath", "value": str(prompts)},
+            "options": {"max_tokens": 16},
+        }
+    )["job_id"]
+    while True:
+        for proc in psutil.Process(served.proc.pid).children(recursive=True):  # type: ignore[union-attr]
+            if proc.pid not in runner_pids:  # the flow-run process of this job
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    peak = max(peak, proc.memory_info().rss // 1024)
+        job = served.status(job_id).json()
+        if job["status"] in {"completed", "failed"}:
+            break
+        time.sleep(0.1)
+    wall = time.perf_counter() - start
+    if job["status"] != "completed":
+        raise RuntimeError(f"job failed: {job}")
+    return job, wall, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=10_000)
+    parser.add_argument("--latencies", default="0,50", help="server latencies, ms, comma-separated")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--naive-prompts", type=int, default=2000, help="the naive pattern runs ~20 req/s: fewer prompts"
+    )
+    parser.add_argument("--httpx-prompts", type=int, default=2000, help="httpx is slow: fewer prompts")
+    parser.add_argument("--big-lines", type=int, default=1_000_000, help="0 skips the big-file RSS run")
+    parser.add_argument("--overhead-runs", type=int, default=5)
+    parser.add_argument("--transformers", default="tiny,smollm2", help="models for (5); empty skips")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also sweep chunk size and max_concurrency (at the last latency)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the bench runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.prompts, args.latencies, args.naive_prompts, args.httpx_prompts = 40, "0", 40, 40
+        args.big_lines, args.overhead_runs, args.transformers = 400, 1, "tiny"
+    latencies = [float(x) for x in args.latencies.split(",") if x]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="batchinfer-bench-") as tmp_text:
+        tmp = Path(tmp_text)
+        rows += http_benchmarks(args, latencies, tmp)
+        for model in filter(None, args.transformers.split(",")):
+            from bench.transformers_vs_generate import run as run_transformers
+
+            size = (
+                dict(prompts=8, max_tokens=8, repeats=1)
+                if args.smoke
+                else dict(prompts=64 if model == "tiny" else 32, max_tokens=32, repeats=2)
+            )
+            rows += run_transformers(
+                model=model, batch_size=8, threads=1, work_dir=Settings().home / "bench", **size
+            )  # type: ignore[arg-type]
+    write_results(rows, args.out)
+    print_table(rows)
+    return 0
+
+
+def http_benchmarks(args: argparse.Namespace, latencies: list[float], tmp: Path) -> list[dict[str, Any]]:
+    prompts = write_jsonl(
+        tmp / "prompts.jsonl", (user_prompt(f"bench prompt {i} about a topic") for i in range(args.prompts))
+    )
+    naive_n = args.naive_prompts
+    naive_prompts = write_jsonl(
+        tmp / "naive.jsonl", (user_prompt(f"naive prompt {i}") for i in range(naive_n))
+    )
+    httpx_prompts = write_jsonl(
+        tmp / "httpx.jsonl", (user_prompt(f"httpx prompt {i}") for i in range(args.httpx_prompts))
+    )
+    one = write_jsonl(tmp / "one.jsonl", [user_prompt("one prompt")])
+    servers = {lat: start_fake_server(lat) for lat in latencies}
+    models = [
+        {
+            "id": f"fake-{int(lat)}ms",
+            "engine": "openai",
+            "base_url": url,
+            "model": "fake-model",
+            "max_concurrency": args.concurrency,
+        }
+        for lat, (_, url) in servers.items()
+    ]
+    sweep_url = servers[latencies[-1]][1]
+    models += [
+        {
+            "id": f"sweep-c{c}",
+            "engine": "openai",
+            "base_url": sweep_url,
+            "model": "fake-model",
+            "max_concurrency": c,
+        }
+        for c in SWEEP_CONCURRENCY
+    ]
+    models_file = tmp / "models.yaml"
+    models_file.write_text(yaml.safe_dump({"models": models}))
+    home = tmp / "home"
+    home.mkdir()
+    env = serve_env(home, models_file, roots=[tmp])
+    served = ServeProcess(home=home, env=env).start()
+    client_env = {**env, "PREFECT_API_URL": served.prefect_api_url}
+    rows: list[dict[str, Any]] = []
+    ceilings: dict[float, float] = {}
+    try:
+        for lat, (_, url) in servers.items():
+            model = f"fake-{int(lat)}ms"
+            print(f"== {int(lat)} ms latency", flush=True)
+            ceiling, rss = client_mode("aiohttp-loop", url, prompts, args.concurrency, client_env)
+            rows.append(
+                row("http", "(1) ceiling: aiohttp loop", lat, ceiling["requests"], ceiling["seconds"], rss)
+            )
+            ceiling_rps = ceiling["requests"] / ceiling["seconds"]
+            for mode, label in [
+                ("httpx-loop", "(1b) plain httpx loop"),
+                ("engine", "(2) batchinfer engine, no Prefect"),
+            ]:
+                file = httpx_prompts if mode == "httpx-loop" else prompts
+                result, rss = client_mode(mode, url, file, args.concurrency, client_env)
+                rows.append(row("http", label, lat, result["requests"], result["seconds"], rss))
+                print(f"   {label}: {rows[-1]['requests_per_s']} req/s", flush=True)
+            job, wall, rss = job_via_run(served, model, prompts, tmp / f"run-{int(lat)}")
+            rows.append(
+                row(
+                    "http",
+                    "(3) batchinfer job: `batchinfer run`",
+                    lat,
+                    args.prompts,
+                    flow_run_seconds(served, job["job_id"]),
+                    rss,
+                    wall_s=round(wall, 2),
+                )
+            )
+            job, wall, rss = job_via_serve(served, model, prompts)
+            rows.append(
+                row(
+                    "http",
+                    "(3) batchinfer job: submitted to `serve`",
+                    lat,
+                    args.prompts,
+                    flow_run_seconds(served, job["job_id"]),
+                    rss,
+                    wall_s=round(wall, 2),
+                )
+            )
+            ceilings[lat] = ceiling_rps
+        lat0 = f"fake-{int(latencies[0])}ms"
+        walls = [job_via_serve(served, lat0, one)[1] for _ in range(args.overhead_runs)]
+        rows.append(
+            row(
+                "overhead",
+                "one-prompt job, submit -> completed (median)",
+                latencies[0],
+                1,
+                statistics.median(walls),
+                None,
+                runs=[round(w, 2) for w in walls],
+            )
+        )
+        if args.sweep:
+            rows += sweep(served, prompts, tmp, latencies[-1])
+        if args.big_lines:
+            rows += memory_benchmarks(args, served, lat0, prompts, tmp)
+        # Last: thousands of task runs leave the Prefect server busy recording them for a while,
+        # which would slow whatever ran after it.
+        for lat, (_, url) in servers.items():
+            result, rss = client_mode("naive-prefect", url, naive_prompts, args.concurrency, client_env)
+            label = "(4) naive Prefect: a task per prompt"
+            rows.append(row("http", label, lat, result["requests"], result["seconds"], rss))
+        for r in rows:
+            if r["benchmark"] == "http" and r["requests_per_s"]:
+                r["ratio_to_ceiling"] = round(r["requests_per_s"] / ceilings[r["latency_ms"]], 3)
+    finally:
+        served.stop()
+        for proc, _ in servers.values():
+            proc.terminate()
+    return rows
+
+
+SWEEP_CHUNK_SIZES = (25, 100, 250, 1000)
+SWEEP_CONCURRENCY = (16, 32, 64, 128, 256)
+
+
+def sweep(served: ServeProcess, prompts: Path, tmp: Path, latency: float) -> list[dict[str, Any]]:
+    """`batchinfer run` jobs over chunk sizes (at concurrency 64) and over max_concurrency (at the
+    default chunk size): the measurements behind the defaults."""
+    rows = []
+    for size in SWEEP_CHUNK_SIZES:
+        served.env["BATCHINFER_CHUNK_SIZE"] = str(size)
+        try:
+            job, _wall, rss = job_via_run(served, "sweep-c64", prompts, tmp / f"sweep-s{size}")
+        finally:
+            served.env.pop("BATCHINFER_CHUNK_SIZE")
+        n = job["metadata"]["request_counts"]["total"]
+        rows.append(
+            row(
+                "sweep",
+                f"chunk_size={size}, max_concurrency=64",
+                latency,
+                n,
+                flow_run_seconds(served, job["job_id"]),
+                rss,
+            )
+        )
+    for concurrency in SWEEP_CONCURRENCY:
+        job, _wall, rss = job_via_run(served, f"sweep-c{concurrency}", prompts, tmp / f"sweep-c{concurrency}")
+        n = job["metadata"]["request_counts"]["total"]
+        rows.append(
+            row(
+                "sweep",
+                f"chunk_size=100, max_concurrency={concurrency}",
+                latency,
+                n,
+                flow_run_seconds(served, job["job_id"]),
+                rss,
+            )
+        )
+    return rows
+
+
+def memory_benchmarks(
+    args: argparse.Namespace, served: ServeProcess, model: str, small: Path, tmp: Path
+) -> list[dict[str, Any]]:
+    """Peak RSS of a `batchinfer run` job over the small file and over a big one (~200 B a line)."""
+    big = tmp / "big.jsonl"
+    pad = "x" * 150
+    with open(big, "w", encoding="utf-8") as handle:
+        for i in range(args.big_lines):
+            handle.write(json.dumps(user_prompt(f"big {i} {pad}")) + "\n")
+    rows = []
+    for path, lines in ((small, args.prompts), (big, args.big_lines)):
+        job, wall, rss = job_via_run(served, model, path, tmp / f"mem-{lines}")
+        rows.append(
+            row(
+                "memory",
+                f"`batchinfer run`, {lines:,} lines ({path.stat().st_size / 1e6:.0f} MB)",
+                None,
+                lines,
+                flow_run_seconds(served, job["job_id"]),
+                rss,
+                wall_s=round(wall, 2),
+            )
+        )
+    rows[-1]["rss_ratio_to_small"] = round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 2)
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], out: Path) -> None:
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    fields = sorted(
+        {k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99
+    )
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        from bench.chart import draw
+    except ImportError as exc:  # matplotlib is the optional `bench` extra
+        print(f"(no chart: {exc})")
+        return
+    draw(rows, out / "results.png")
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    columns = [
+        "benchmark",
+        "mode",
+        "latency_ms",
+        "requests",
+        "seconds",
+        "requests_per_s",
+        "tokens_per_s",
+        "ratio_to_ceiling",
+        "ratio",
+        "peak_rss_mb",
+        "wall_s",
+    ]
+    present = [c for c in columns if any(c in r for r in rows)]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in present}
+    print(" | ".join(c.ljust(widths[c]) for c in present))
+    print("-+-".join("-" * widths[c] for c in present))
+    for r in rows:
+        print(" | ".join(str(r.get(c, "")).ljust(widths[c]) for c in present))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

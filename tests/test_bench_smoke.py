@@ -1,0 +1,49 @@
+"""The benchmark suite runs end to end at tiny sizes, so that `make bench` cannot rot.
+
+No timing is asserted: only that every contestant ran every prompt and reported its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPECTED_MODES = {
+    "(1) ceiling: aiohttp loop",
+    "(1b) plain httpx loop",
+    "(2) batchinfer engine, no Prefect",
+    "(3) batchinfer job: `batchinfer run`",
+    "(3) batchinfer job: submitted to `serve`",
+    "(4) naive Prefect: a task per prompt",
+}
+
+
+@pytest.mark.e2e
+def test_the_benchmark_runs_every_contestant_and_writes_its_results(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    http = {r["mode"]: r for r in rows if r["benchmark"] == "http"}
+    assert set(http) == EXPECTED_MODES
+    for r in http.values():
+        assert r["requests"] == 40 and r["requests_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["ratio_to_ceiling"] > 0
+    assert [r["mode"] for r in rows if r["benchmark"] == "overhead"]
+    memory = [r for r in rows if r["benchmark"] == "memory"]
+    assert [r["requests"] for r in memory] == [40, 400] and memory[1]["rss_ratio_to_small"] > 0
+    transformers = {r["mode"]: r for r in rows if r["benchmark"] == "transformers"}
+    assert set(transformers) == {"plain generate", "batchinfer engine"}
+    assert all(r["tokens_per_s"] > 0 for r in transformers.values())
+    assert (tmp_path / "results.csv").read_text().count("\n") == len(rows) + 1
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert "ceiling" in result.stdout  # the printed table
