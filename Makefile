@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DEMO_DIR ?= .batchinfer-demo
 
-.PHONY: install demo test test-fast lint serve clean
+.PHONY: install demo test test-fast lint serve bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ demo: install
 	$(PY) examples/show_outputs.py $(DEMO_DIR)
 
 test: install
+	# PostgreSQL for tests/test_postgres.py (README "PostgreSQL for shared deployments"); where it
+	# cannot be installed, that test skips and says why, so a failure here does not stop the run.
+	bash scripts/postgres-for-tests.sh install || echo "PostgreSQL unavailable: tests/test_postgres.py will skip"
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -36,6 +39,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Benchmarks (figures in README "Performance"): ~15 min on 2 cores. BENCH_ARGS=--smoke for a quick run.
+bench: install
+	$(PIP) install -q -e ".[bench]" $(QUIET)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 serve: install
 	$(VENV)/bin/batchinfer serve

@@ -7,8 +7,7 @@ plain modules that the tasks call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from collections import Counter
 from pathlib import Path as LocalPath
 from typing import Any
 
@@ -16,7 +15,7 @@ from batchinfer.tasks.gather import gather
 from batchinfer.tasks.infer import infer_chunk
 from batchinfer.tasks.validate import validate
 from prefect import flow
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -24,6 +23,7 @@ from batchinfer.api.backend import FLOW_NAME
 from batchinfer.catalog import load_catalog
 from batchinfer.chunking import chunk_key
 from batchinfer.contract import Options, Path
+from batchinfer.deadline import Deadline, DeadlinePassed, windowed
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import get_engine
 from batchinfer.errors import BatchInferError, JobError
@@ -33,23 +33,10 @@ from batchinfer.jobview import job_layout, sampling_params
 from batchinfer.reporting import RunReporter
 from batchinfer.settings import Settings
 from batchinfer.state import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
+from batchinfer.unreachable import model_unreachable, unreachable_error
 
 # Upper bound on chunk threads; the engine's ``max_parallel_chunks`` picks the actual window.
 MAX_CHUNK_THREADS = 32
-
-
-def _windowed(
-    submit: Callable[[Any], PrefectFuture[ChunkCounts]], items: Iterable[Any], window: int
-) -> Iterator[ChunkCounts]:
-    """Keep at most ``window`` chunk tasks in flight; yield each one's counts as it finishes."""
-    pending = iter(items)
-    in_flight = {submit(item) for item in islice(pending, window)}
-    while in_flight:
-        done = next(as_completed(list(in_flight)))
-        in_flight.remove(done)
-        for item in islice(pending, 1):
-            in_flight.add(submit(item))
-        yield done.result()
 
 
 def _job_name() -> str:
@@ -76,11 +63,12 @@ def batch_job(
 ) -> dict[str, Any]:
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files."""
     settings = Settings()
+    deadline = Deadline.after(settings.job_timeout_s)  # per run: a resumed job gets a fresh one
     job_id = str(flow_run.id)
     layout = job_layout(job_id, {"output_dir": output_dir}, settings.jobs_dir)
     reporter = RunReporter(job_id, layout)
     try:
-        return _run(settings, reporter, layout, model, prompt_file, options, num_generations)
+        return _run(settings, reporter, layout, deadline, model, prompt_file, options, num_generations)
     except BatchInferError as exc:
         reporter.progress.error_code = exc.code
         reporter.progress.error_message = exc.message
@@ -92,6 +80,7 @@ def _run(
     settings: Settings,
     reporter: RunReporter,
     layout: JobLayout,
+    deadline: Deadline,
     model: str,
     prompt_file: Path,
     options: Options | None,
@@ -128,19 +117,31 @@ def _run(
     def submit(chunk: Any) -> PrefectFuture[ChunkCounts]:
         return infer_chunk.submit(chunk.index, chunk.input_path, result_paths[chunk.index], config, context)
 
-    for counts in _windowed(submit, summary.chunks, window):
-        progress.completed += counts.succeeded
-        progress.failed += counts.failed
-        progress.prompt_tokens += counts.prompt_tokens
-        progress.completion_tokens += counts.completion_tokens
-        progress.chunks_done += 1
-        reporter.push()
+    error_codes: Counter[str] = Counter()
+    try:
+        for counts in windowed(submit, summary.chunks, window, deadline):
+            progress.completed += counts.succeeded
+            progress.failed += counts.failed
+            progress.prompt_tokens += counts.prompt_tokens
+            progress.completion_tokens += counts.completion_tokens
+            progress.chunks_done += 1
+            error_codes.update(counts.error_codes)
+            reporter.push()
+    except DeadlinePassed:
+        raise deadline.exceeded(reporter.flow_run_id, progress.chunks_done, progress.chunks) from None
 
     reporter.set_phase(PHASE_GATHERING)
     gathered = gather(str(layout.root), result_paths, summary.lines)
     progress.completed, progress.failed = gathered.succeeded, gathered.failed
     progress.outputs_ready = True
     reporter.push(force=True)
+    if model_unreachable(gathered.succeeded, error_codes):
+        # These results hold no answer, only connection errors: drop them, so that a resume
+        # (once the server is back) asks the server again instead of reusing them.
+        for result_path in result_paths:
+            LocalPath(result_path).unlink(missing_ok=True)
+        base_url = getattr(config, "base_url", None)
+        raise unreachable_error(reporter.flow_run_id, config.id, base_url, error_codes["connection_error"])
     return {
         "job_dir": str(layout.root),
         "request_counts": {

@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from batchinfer.contract import Path
 from batchinfer.engines.base import SamplingParams
 from batchinfer.jobfiles import JobLayout
-from batchinfer.prompt_source import fetch
+from batchinfer.prompt_source import SourceRules, fetch
+from batchinfer.settings import Settings
 from batchinfer.validation import ValidationSummary, validate_prompt_file
 
 
@@ -23,5 +24,7 @@ def validate(
     chunk_size: int,
 ) -> ValidationSummary:
     layout = JobLayout(LocalPath(job_dir))
-    source = fetch(prompt_file, [LocalPath(r) for r in roots], layout.staged_input)
-    return validate_prompt_file(source, layout, params, chunk_size)
+    settings = Settings()  # limits and URI rules, as configured where the job runs
+    rules = SourceRules.from_settings(settings)
+    source = fetch(prompt_file, [LocalPath(r) for r in roots], layout.staged_input, rules)
+    return validate_prompt_file(source, layout, params, chunk_size, settings.limits())

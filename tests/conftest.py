@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from tests.e2e_support import ServeProcess, serve_env
+from batchinfer.testing.served import ServeProcess, free_port, serve_env
 
 # No hub, no telemetry, one torch thread: the machines have 2 cores and no internet.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,13 +41,31 @@ def slow_openai() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="session")
+def flaky_openai() -> Iterator[FakeOpenAIServer]:
+    """A model server that answers 10% of requests with 429 and 10% with 500 (seeded)."""
+    with FakeOpenAIServer(fail_rate_429=0.1, fail_rate_500=0.1, seed=4) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def down_base_url() -> str:
+    """A model server that is down: nothing listens on this port."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+@pytest.fixture(scope="session")
 def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")
 
 
 @pytest.fixture(scope="session")
 def models_file(
-    e2e_root: Path, fake_openai: FakeOpenAIServer, slow_openai: FakeOpenAIServer, tiny_model_dir: Path
+    e2e_root: Path,
+    fake_openai: FakeOpenAIServer,
+    slow_openai: FakeOpenAIServer,
+    flaky_openai: FakeOpenAIServer,
+    down_base_url: str,
+    tiny_model_dir: Path,
 ) -> Path:
     models = [
         {"id": "fake", "engine": "openai", "base_url": fake_openai.base_url, "model": "fake-model"},
@@ -59,6 +77,35 @@ def models_file(
             "max_concurrency": 8,
         },
         {"id": "tiny", "engine": "transformers", "path": str(tiny_model_dir), "batch_size": 8},
+        # Fault models: short timeouts and backoffs, so that a fault costs a test milliseconds.
+        {
+            "id": "fake-flaky",
+            "engine": "openai",
+            "base_url": flaky_openai.base_url,
+            "model": "fake-model",
+            "max_retries": 12,  # a line fails 13 times in a row with odds 0.2**13: never
+            "backoff_s": 0.005,
+            "max_backoff_s": 0.02,
+        },
+        {
+            "id": "fake-faults",
+            "engine": "openai",
+            "base_url": fake_openai.base_url,
+            "model": "fake-model",
+            "timeout_s": 0.5,
+            "max_retries": 1,
+            "backoff_s": 0.01,
+            "max_backoff_s": 0.02,
+        },
+        {
+            "id": "fake-down",
+            "engine": "openai",
+            "base_url": down_base_url,
+            "model": "fake-model",
+            "max_retries": 1,
+            "backoff_s": 0.01,
+            "max_backoff_s": 0.02,
+        },
     ]
     path = e2e_root / "models.yaml"
     path.write_text(yaml.safe_dump({"models": models}), encoding="utf-8")

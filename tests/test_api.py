@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -70,14 +71,20 @@ def backend() -> RecordingBackend:
     return RecordingBackend()
 
 
-@pytest.fixture
-def client(settings: Settings, backend: RecordingBackend) -> Iterator[TestClient]:
+@contextlib.contextmanager
+def serving(settings: Settings, backend: RecordingBackend) -> Iterator[TestClient]:
     @contextlib.asynccontextmanager
     async def factory() -> AsyncIterator[RecordingBackend]:
         yield backend
 
     app = create_app(settings, load_catalog(None), factory)  # type: ignore[arg-type]
     with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def client(settings: Settings, backend: RecordingBackend) -> Iterator[TestClient]:
+    with serving(settings, backend) as test_client:
         yield test_client
 
 
@@ -202,6 +209,24 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], dict[str, Any]], list[str]]] = 
     "top_p 1.5": (_with(options={"top_p": 1.5}), ["body", "options", "top_p"]),
     "unknown option": (_with(options={"beam": 3}), ["body", "options", "beam"]),
     "unknown top-level field": (_with(priority="high"), ["body", "priority"]),
+    "num_generations over the limit": (_with(num_generations=17), ["body", "num_generations"]),
+    "max_tokens over the limit": (_with(options={"max_tokens": 32769}), ["body", "options", "max_tokens"]),
+    "gzip raw_bytes": (
+        _path("raw_bytes", lambda t, p: base64.b64encode(gzip.compress(JSONL.encode())).decode()),
+        ["body", "prompt_file_path", "value"],
+    ),
+    "a scheme off the allowlist": (
+        _path("uri", lambda t, p: "data:,[]"),
+        ["body", "prompt_file_path", "value"],
+    ),
+    "http to a loopback address": (
+        _path("uri", lambda t, p: "http://127.0.0.1/p.jsonl"),
+        ["body", "prompt_file_path", "value"],
+    ),
+    "http to a private address": (
+        _path("uri", lambda t, p: "https://10.0.0.1/p.jsonl"),
+        ["body", "prompt_file_path", "value"],
+    ),
 }
 
 
@@ -225,7 +250,9 @@ def test_an_unknown_model_refusal_lists_the_known_ids(client: TestClient, prompt
 
 
 @pytest.mark.parametrize(
-    "raw", [b'{"model": "x",', b"not json", b""], ids=["truncated", "not json", "empty body"]
+    "raw",
+    [b'{"model": "x",', b"not json", b"", b"[" * 100_000, b'{"model": "caf\xe9"}'],
+    ids=["truncated", "not json", "empty body", "nested too deeply", "not UTF-8"],
 )
 def test_a_malformed_json_body_is_a_422_located_in_the_body(
     raw: bytes, client: TestClient, backend: RecordingBackend
@@ -284,3 +311,138 @@ def test_an_unexpected_backend_exception_is_a_500_without_a_traceback(
     assert "Traceback" not in response.text
     assert "RuntimeError" not in response.text
     assert response.json()["detail"]
+
+
+# ---- limits -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "setting"),
+    [
+        ({"num_generations": 17}, "BATCHINFER_MAX_NUM_GENERATIONS"),
+        ({"options": {"max_tokens": 40_000}}, "BATCHINFER_MAX_MAX_TOKENS"),
+    ],
+    ids=["num_generations", "max_tokens"],
+)
+def test_a_refusal_past_a_limit_names_the_limit_and_its_setting(
+    fields: dict[str, Any], setting: str, client: TestClient, prompts: Path
+) -> None:
+    response = client.post("/batch_inference/submit_job", json=body(prompts, **fields))
+    assert response.status_code == 422
+    message = response.json()["detail"][0]["msg"]
+    assert "over the limit" in message and setting in message
+
+
+def test_limits_come_from_the_settings(tmp_path: Path, backend: RecordingBackend, prompts: Path) -> None:
+    settings = Settings(home=tmp_path / "home", allowed_roots=[tmp_path], max_num_generations=64)
+    with serving(settings, backend) as client:
+        response = client.post("/batch_inference/submit_job", json=body(prompts, num_generations=64))
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("kind", ["filepath", "raw_bytes"])
+def test_a_prompt_file_over_the_size_limit_is_a_413_naming_the_value_field(
+    kind: str, tmp_path: Path, backend: RecordingBackend, prompts: Path
+) -> None:
+    settings = Settings(home=tmp_path / "home", allowed_roots=[tmp_path], max_prompt_file_bytes=10)
+    value = str(prompts) if kind == "filepath" else JSONL
+    with serving(settings, backend) as client:
+        response = client.post(
+            "/batch_inference/submit_job",
+            json=body(prompts, prompt_file_path={"type": kind, "value": value}),
+        )
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "prompt_file_path", "value"]
+    assert detail["type"] == "file_too_large"
+    assert "BATCHINFER_MAX_PROMPT_FILE_BYTES" in detail["msg"]
+    assert backend.submitted == []
+
+
+def test_private_uris_are_accepted_when_the_settings_allow_them(
+    tmp_path: Path, backend: RecordingBackend, prompts: Path
+) -> None:
+    settings = Settings(home=tmp_path / "home", allowed_roots=[tmp_path], allow_private_uris=True)
+    uri = {"type": "uri", "value": "http://127.0.0.1:9/p.jsonl"}
+    with serving(settings, backend) as client:
+        response = client.post("/batch_inference/submit_job", json=body(prompts, prompt_file_path=uri))
+    assert response.status_code == 200, response.text
+
+
+# ---- bearer-token auth ------------------------------------------------------------------------
+
+TOKEN = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def authed(tmp_path: Path, backend: RecordingBackend) -> Iterator[TestClient]:
+    settings = Settings(home=tmp_path / "home", allowed_roots=[tmp_path], api_token=TOKEN)
+    with serving(settings, backend) as test_client:
+        yield test_client
+
+
+ENDPOINTS = {
+    "submit_job": lambda c, h, p: c.post("/batch_inference/submit_job", json=body(p), headers=h),
+    "job_status": lambda c, h, p: c.get(
+        "/batch_inference/job_status", params={"job_id": str(KNOWN_ID)}, headers=h
+    ),
+    "models": lambda c, h, p: c.get("/models", headers=h),
+    "openapi.json": lambda c, h, p: c.get("/openapi.json", headers=h),
+    "docs": lambda c, h, p: c.get("/docs", headers=h),
+}
+BAD_CREDENTIALS = {
+    "no header": {},
+    "a wrong token": {"Authorization": "Bearer wrong"},
+    "the token with another scheme": {"Authorization": f"Basic {TOKEN}"},
+    "the token without a scheme": {"Authorization": TOKEN},
+    "a prefix of the token": {"Authorization": f"Bearer {TOKEN[:-1]}"},
+}
+
+
+@pytest.mark.parametrize("credentials", list(BAD_CREDENTIALS))
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_with_a_token_set_every_endpoint_refuses_a_request_without_it_with_a_401(
+    endpoint: str, credentials: str, authed: TestClient, backend: RecordingBackend, prompts: Path
+) -> None:
+    response = ENDPOINTS[endpoint](authed, BAD_CREDENTIALS[credentials], prompts)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["header", "authorization"]
+    assert TOKEN not in response.text
+    assert backend.submitted == []
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer"])
+def test_with_a_token_set_the_right_bearer_token_is_let_through(
+    endpoint: str, scheme: str, authed: TestClient, prompts: Path
+) -> None:
+    response = ENDPOINTS[endpoint](authed, {"Authorization": f"{scheme} {TOKEN}"}, prompts)
+    assert response.status_code == 200, response.text
+
+
+def test_with_a_token_set_healthz_stays_open(authed: TestClient) -> None:
+    assert authed.get("/healthz").status_code == 200
+
+
+def test_without_a_token_set_no_header_is_needed(client: TestClient, prompts: Path) -> None:
+    assert client.post("/batch_inference/submit_job", json=body(prompts)).status_code == 200
+    assert client.get("/models").status_code == 200
+
+
+def test_the_token_is_compared_in_constant_time(authed: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hmac
+
+    from batchinfer.api import app as app_module
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(app_module.hmac, "compare_digest", spy)
+    authed.get("/models", headers={"Authorization": "Bearer guess"})
+    assert calls == [(b"guess", TOKEN.encode())]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_support import ServeProcess, read_jsonl, user_prompt, write_jsonl
+from batchinfer.testing.served import ServeProcess, read_jsonl, user_prompt, write_jsonl
 
 
 def _run_cli(served: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:

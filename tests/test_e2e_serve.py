@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from tests.e2e_support import ServeProcess, read_jsonl, user_prompt, write_jsonl
+from batchinfer.testing.served import ServeProcess, read_jsonl, user_prompt, write_jsonl
 
 pytestmark = pytest.mark.e2e
 

@@ -81,7 +81,14 @@ def test_run_chunk_writes_one_record_per_request_in_order_and_returns_counts(
 ) -> None:
     result = tmp_path / "result-00000-k.jsonl"
     counts = run_chunk(0, chunk, result, EchoEngine())
-    assert counts == ChunkCounts(index=0, succeeded=2, failed=1, prompt_tokens=6, completion_tokens=4)
+    assert counts == ChunkCounts(
+        index=0,
+        succeeded=2,
+        failed=1,
+        prompt_tokens=6,
+        completion_tokens=4,
+        error_codes={"http_400": 1},
+    )
     assert [r["line"] for r in records(result)] == [1, 2, 4]
 
 

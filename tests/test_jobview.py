@@ -21,6 +21,7 @@ from batchinfer.jobview import (
     sampling_params,
     write_progress,
 )
+from batchinfer.recovery import resume_hint
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 JOB_ID = "0b6f2f1e-4a54-4c1e-9a55-0d3c6c2f0a11"
@@ -124,7 +125,7 @@ def test_a_failed_job_reports_the_progress_error_code_and_message() -> None:
     ("state_type", "message", "code", "expected_message"),
     [
         ("FAILED", "Flow run encountered an exception", "job_failed", "Flow run encountered an exception"),
-        ("CRASHED", "Worker died", "crashed", "Worker died"),
+        ("CRASHED", "Worker died", "crashed", f"Worker died {resume_hint(JOB_ID)}"),
         ("CANCELLED", None, "cancelled", "The job failed."),
     ],
 )

@@ -11,6 +11,7 @@ from batchinfer.contract import MediaAttachmentDataType, MediaAttachmentType
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.parsing import parse_line
 from batchinfer.records import ErrorRecord
+from batchinfer.settings import Limits
 
 JOB_PARAMS = SamplingParams(max_tokens=64, temperature=0.5, top_p=0.9, n=1)
 LINE = 7
@@ -247,3 +248,28 @@ def test_a_parsed_request_round_trips_through_json() -> None:
         batch_line(body={"messages": [{"role": "user", "content": "hi", "name": "z"}], "n": 2})
     )
     assert PromptRequest.model_validate_json(request.model_dump_json()) == request
+
+
+@pytest.mark.parametrize(
+    ("body_field", "value", "setting"),
+    [
+        ("n", 17, "BATCHINFER_MAX_NUM_GENERATIONS"),
+        ("max_tokens", 32769, "BATCHINFER_MAX_MAX_TOKENS"),
+        ("max_completion_tokens", 10**6, "BATCHINFER_MAX_MAX_TOKENS"),
+    ],
+)
+def test_a_batch_line_override_past_a_limit_is_a_limit_exceeded_error_naming_the_setting(
+    body_field: str, value: int, setting: str
+) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], body_field: value}
+    outcome = parse_line(batch_line(body=body), LINE, JOB_PARAMS)
+    assert isinstance(outcome, ErrorRecord)
+    assert (outcome.custom_id, outcome.error.code) == ("req-1", "limit_exceeded")
+    assert setting in outcome.error.message
+
+
+def test_batch_line_overrides_within_configured_limits_are_accepted() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "n": 32}
+    outcome = parse_line(batch_line(body=body), LINE, JOB_PARAMS, Limits(max_num_generations=32))
+    assert isinstance(outcome, PromptRequest)
+    assert outcome.params.n == 32

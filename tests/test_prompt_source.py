@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import http.server
+import ipaddress
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path as LocalPath
+from typing import Any
 
 import pytest
 
+from batchinfer import prompt_source
 from batchinfer.contract import Path, PathType
-from batchinfer.errors import PromptFileError
-from batchinfer.prompt_source import check_and_stage, check_local_file, decode_raw_bytes, fetch
+from batchinfer.errors import FileTooLargeError, PromptFileError
+from batchinfer.prompt_source import (
+    SourceRules,
+    check_and_stage,
+    check_local_file,
+    decode_raw_bytes,
+    display_uri,
+    fetch,
+)
 
 JSONL = '[{"role": "user", "text": "hi"}]\n'
 
@@ -45,13 +59,15 @@ def uploads(tmp_path: LocalPath) -> LocalPath:
     return tmp_path / "uploads"
 
 
-def stage(path: Path, root: LocalPath, uploads: LocalPath) -> Path:
-    return check_and_stage(path, [root], uploads)
+def stage(path: Path, root: LocalPath, uploads: LocalPath, rules: SourceRules | None = None) -> Path:
+    return check_and_stage(path, [root], uploads, rules)
 
 
-def refused(path: Path, root: LocalPath, uploads: LocalPath) -> PromptFileError:
+def refused(
+    path: Path, root: LocalPath, uploads: LocalPath, rules: SourceRules | None = None
+) -> PromptFileError:
     with pytest.raises(PromptFileError) as raised:
-        stage(path, root, uploads)
+        stage(path, root, uploads, rules)
     assert raised.value.message
     assert raised.value.location == "body"
     return raised.value
@@ -256,3 +272,232 @@ def test_fetch_of_raw_bytes_stages_the_content_beside_the_job(root: LocalPath, t
 
 def test_check_local_file_accepts_a_file_in_any_of_several_roots(root: LocalPath, outside: LocalPath) -> None:
     assert check_local_file(str(outside), [root, outside.parent.resolve()]) == outside.resolve()
+
+
+# ---- the URI allowlist and private addresses --------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["data:,[]", "memory://p.jsonl", "HTTPX://x/p", "file2:///p"])
+def test_a_scheme_off_the_allowlist_is_refused_naming_the_setting(
+    uri: str, root: LocalPath, uploads: LocalPath
+) -> None:
+    error = refused(Path(type=PathType.uri, value=uri), root, uploads)
+    assert (error.field, error.code) == ("prompt_file_path.value", "scheme_not_allowed")
+    assert "BATCHINFER_ALLOWED_URI_SCHEMES" in error.message
+
+
+def test_the_allowlist_is_configurable(root: LocalPath, uploads: LocalPath, prompts: LocalPath) -> None:
+    only_s3 = SourceRules(schemes=frozenset({"s3"}))
+    assert stage(Path(type=PathType.uri, value="s3://b/k"), root, uploads, only_s3)
+    error = refused(Path(type=PathType.uri, value=prompts.as_uri()), root, uploads, only_s3)
+    assert error.code == "scheme_not_allowed"
+
+
+def test_a_file_uri_naming_another_host_is_refused(root: LocalPath, uploads: LocalPath) -> None:
+    error = refused(Path(type=PathType.uri, value="file://fileserver/share/p.jsonl"), root, uploads)
+    assert error.field == "prompt_file_path.value"
+
+
+PRIVATE_URIS = {
+    "loopback": "http://127.0.0.1:8000/p.jsonl",
+    "loopback, another /8 address": "http://127.1.2.3/p.jsonl",
+    "loopback by name": "http://localhost/p.jsonl",
+    "loopback as one decimal number": "http://2130706433/p.jsonl",
+    "IPv6 loopback": "http://[::1]:8000/p.jsonl",
+    "IPv4-mapped IPv6 loopback": "http://[::ffff:127.0.0.1]/p.jsonl",
+    "private 10/8": "https://10.0.0.1/p.jsonl",
+    "private 192.168/16": "https://192.168.1.10/p.jsonl",
+    "private 172.16/12": "http://172.20.0.1/p.jsonl",
+    "link-local (cloud metadata)": "http://169.254.169.254/latest/meta-data/",
+    "unspecified": "http://0.0.0.0/p.jsonl",
+    "carrier-grade NAT": "http://100.64.0.1/p.jsonl",
+    "multicast": "http://224.0.0.1/p.jsonl",
+    "IPv6 unique local": "http://[fd00::1]/p.jsonl",
+}
+
+
+@pytest.mark.parametrize("case", list(PRIVATE_URIS))
+def test_an_http_uri_to_a_non_public_address_is_refused_unless_allowed(
+    case: str, root: LocalPath, uploads: LocalPath
+) -> None:
+    path = Path(type=PathType.uri, value=PRIVATE_URIS[case])
+    error = refused(path, root, uploads)
+    assert (error.field, error.code) == ("prompt_file_path.value", "private_address")
+    assert "BATCHINFER_ALLOW_PRIVATE_URIS" in error.message
+    assert stage(path, root, uploads, SourceRules(allow_private=True)) == path
+
+
+@pytest.mark.parametrize("uri", ["http://93.184.215.14/p.jsonl", "https://[2606:4700::1111]/p.jsonl"])
+def test_an_http_uri_to_a_public_address_is_accepted(uri: str, root: LocalPath, uploads: LocalPath) -> None:
+    path = Path(type=PathType.uri, value=uri)
+    assert stage(path, root, uploads) == path
+
+
+@pytest.mark.parametrize("uri", ["http://:80/p.jsonl", "http://93.184.215.14:99999/p.jsonl"])
+def test_an_http_uri_without_a_host_or_with_a_bad_port_is_refused(
+    uri: str, root: LocalPath, uploads: LocalPath
+) -> None:
+    assert refused(Path(type=PathType.uri, value=uri), root, uploads).field == "prompt_file_path.value"
+
+
+def test_display_uri_drops_credentials_and_query() -> None:
+    shown = display_uri("https://user:pa55@host.example/p.jsonl?X-Amz-Signature=abc#frag")
+    assert shown == "https://host.example/p.jsonl"
+
+
+# ---- the size limit and compressed content ----------------------------------------------------
+
+
+def test_a_local_file_over_the_size_limit_is_a_413_naming_the_setting(
+    prompts: LocalPath, root: LocalPath, uploads: LocalPath
+) -> None:
+    small = SourceRules(max_bytes=len(JSONL) - 1)
+    for path in (
+        Path(type=PathType.filepath, value=str(prompts)),
+        Path(type=PathType.uri, value=prompts.as_uri()),
+    ):
+        error = refused(path, root, uploads, small)
+        assert isinstance(error, FileTooLargeError)
+        assert (error.http_status, error.code, error.field) == (
+            413,
+            "file_too_large",
+            "prompt_file_path.value",
+        )
+        assert "BATCHINFER_MAX_PROMPT_FILE_BYTES" in error.message
+    assert stage(
+        Path(type=PathType.filepath, value=str(prompts)), root, uploads, SourceRules(max_bytes=len(JSONL))
+    )
+
+
+@pytest.mark.parametrize("encoding", ["text", "base64"])
+def test_raw_bytes_over_the_size_limit_are_a_413_and_not_staged(
+    encoding: str, root: LocalPath, uploads: LocalPath
+) -> None:
+    value = JSONL * 10 if encoding == "text" else base64.b64encode((JSONL * 10).encode()).decode()
+    error = refused(
+        Path(type=PathType.raw_bytes, value=value), root, uploads, SourceRules(max_bytes=len(JSONL))
+    )
+    assert isinstance(error, FileTooLargeError)
+    assert not uploads.exists()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        base64.b64encode(gzip.compress(JSONL.encode())).decode(),
+        gzip.compress(JSONL.encode()).decode("latin-1"),  # the bytes pasted in as code points
+    ],
+    ids=["base64 of gzip", "gzip bytes as code points"],
+)
+def test_gzip_raw_bytes_are_refused_with_decompress_first(
+    value: str, root: LocalPath, uploads: LocalPath
+) -> None:
+    error = refused(Path(type=PathType.raw_bytes, value=value), root, uploads)
+    assert (error.field, error.code) == ("prompt_file_path.value", "compressed_content")
+    assert "decompress first" in error.message
+
+
+# ---- fetch over http ----------------------------------------------------------------------------
+
+Route = tuple[int, dict[str, str], bytes]
+
+
+@contextmanager
+def http_files(routes: dict[str, Route]) -> Iterator[str]:
+    """A loopback server answering GET path -> (status, headers, body); yields its base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, headers, body = routes.get(self.path, (404, {}, b"not found"))
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+LOOPBACK_OK = SourceRules(allow_private=True)
+
+
+def test_fetch_downloads_an_http_file_next_to_the_job(root: LocalPath, tmp_path: LocalPath) -> None:
+    staged_input = tmp_path / "job" / "work" / "input.jsonl"
+    with http_files({"/p.jsonl": (200, {}, JSONL.encode())}) as base:
+        local = fetch(Path(type=PathType.uri, value=f"{base}/p.jsonl"), [root], staged_input, LOOPBACK_OK)
+    assert local == staged_input and local.read_text() == JSONL
+
+
+def test_fetch_follows_a_redirect_between_allowed_hosts(root: LocalPath, tmp_path: LocalPath) -> None:
+    staged_input = tmp_path / "in.jsonl"
+    routes = {"/old": (302, {"Location": "/new"}, b""), "/new": (200, {}, JSONL.encode())}
+    with http_files(routes) as base:
+        fetch(Path(type=PathType.uri, value=f"{base}/old"), [root], staged_input, LOOPBACK_OK)
+    assert staged_input.read_text() == JSONL
+
+
+def test_fetch_stops_a_download_past_the_size_limit_and_leaves_no_file(
+    root: LocalPath, tmp_path: LocalPath
+) -> None:
+    staged_input = tmp_path / "work" / "input.jsonl"
+    rules = SourceRules(allow_private=True, max_bytes=1000)
+    with (
+        http_files({"/big": (200, {}, b"x" * 5000)}) as base,
+        pytest.raises(FileTooLargeError) as raised,
+    ):
+        fetch(Path(type=PathType.uri, value=f"{base}/big"), [root], staged_input, rules)
+    assert raised.value.code == "file_too_large"
+    assert "BATCHINFER_MAX_PROMPT_FILE_BYTES" in raised.value.message
+    assert list(staged_input.parent.iterdir()) == []
+
+
+def test_fetch_of_a_missing_http_file_says_it_could_not_download(
+    root: LocalPath, tmp_path: LocalPath
+) -> None:
+    with http_files({}) as base, pytest.raises(PromptFileError, match="Could not download") as raised:
+        missing = Path(type=PathType.uri, value=f"{base}/nope?token=s3cret")
+        fetch(missing, [root], tmp_path / "i", LOOPBACK_OK)
+    assert "s3cret" not in raised.value.message
+
+
+def test_fetch_rechecks_private_addresses_at_run_time(root: LocalPath, tmp_path: LocalPath) -> None:
+    with (
+        http_files({"/p.jsonl": (200, {}, JSONL.encode())}) as base,
+        pytest.raises(PromptFileError) as raised,
+    ):
+        fetch(Path(type=PathType.uri, value=f"{base}/p.jsonl"), [root], tmp_path / "i")
+    assert raised.value.code == "private_address"
+
+
+def test_a_public_url_that_redirects_to_a_private_address_is_refused(
+    root: LocalPath, tmp_path: LocalPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_resolve = prompt_source._resolve
+    public_port = 0
+
+    # Pretend the first server is on the internet: its port resolves to a public address.
+    def resolve(host: str, port: int) -> list[Any]:
+        if port == public_port:
+            return [ipaddress.ip_address("93.184.215.14")]
+        return real_resolve(host, port)
+
+    monkeypatch.setattr(prompt_source, "_resolve", resolve)
+    with (
+        http_files({"/p.jsonl": (200, {}, b"internal secrets\n")}) as internal,
+        http_files({"/go": (302, {"Location": f"{internal}/p.jsonl"}, b"")}) as public,
+        pytest.raises(PromptFileError) as raised,
+    ):
+        public_port = int(public.rsplit(":", 1)[1])
+        fetch(Path(type=PathType.uri, value=f"{public}/go"), [root], tmp_path / "i")
+    assert raised.value.code == "private_address"
+    assert not (tmp_path / "i").exists()

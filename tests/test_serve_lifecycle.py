@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e_support import ServeProcess, serve_env, user_prompt, write_jsonl
+from batchinfer.testing.served import ServeProcess, serve_env, user_prompt, write_jsonl
 
 pytestmark = pytest.mark.e2e
 

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -14,7 +15,8 @@ from batchinfer import validation
 from batchinfer.chunking import plan_chunk_size
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.jobfiles import JobLayout
-from batchinfer.validation import ValidationSummary, count_lines, validate_prompt_file
+from batchinfer.settings import Limits
+from batchinfer.validation import ValidationSummary, count_lines, iter_lines, validate_prompt_file
 
 PARAMS = SamplingParams(max_tokens=32, n=2)
 
@@ -28,10 +30,12 @@ def layout(tmp_path: Path) -> JobLayout:
     return JobLayout(tmp_path / "job")
 
 
-def validate(tmp_path: Path, layout: JobLayout, content: bytes, chunk_size: int = 100) -> ValidationSummary:
+def validate(
+    tmp_path: Path, layout: JobLayout, content: bytes, chunk_size: int = 100, limits: Limits | None = None
+) -> ValidationSummary:
     source = tmp_path / "prompts.jsonl"
     source.write_bytes(content)
-    return validate_prompt_file(source, layout, PARAMS, chunk_size)
+    return validate_prompt_file(source, layout, PARAMS, chunk_size, limits)
 
 
 def chunk_requests(path: str) -> list[PromptRequest]:
@@ -164,3 +168,76 @@ def test_no_temp_files_are_left_beside_the_outputs(tmp_path: Path, layout: JobLa
     validate(tmp_path, layout, "".join(good(i) + "\n" for i in range(5)).encode(), chunk_size=2)
     leftovers = [p for p in layout.root.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+# ---- limits -----------------------------------------------------------------------------------
+
+
+def test_a_line_over_the_line_limit_is_a_line_too_long_error_naming_the_setting(
+    tmp_path: Path, layout: JobLayout
+) -> None:
+    limit = len(good(1))
+    long_line = json.dumps([{"role": "user", "text": "x" * 5000}])
+    content = f"{good(1)}\n{long_line}\n{good(3)}\r\n{long_line}".encode()
+    summary = validate(tmp_path, layout, content, limits=Limits(max_line_bytes=limit + 1))
+    assert [(e["line"], e["error"]["code"]) for e in line_errors(layout)] == [
+        (2, "line_too_long"),
+        (4, "line_too_long"),
+    ]
+    assert "BATCHINFER_MAX_LINE_BYTES" in line_errors(layout)[0]["error"]["message"]
+    assert (summary.lines, summary.valid, summary.invalid) == (4, 2, 2)
+    assert [r.line for r in chunk_requests(summary.chunks[0].input_path)] == [1, 3]
+    assert summary.input_sha256 == hashlib.sha256(content).hexdigest()  # skipped bytes still hashed
+
+
+@pytest.mark.parametrize(
+    ("extra", "too_long"), [(0, False), (1, True)], ids=["exactly at the limit", "one byte over"]
+)
+def test_the_line_limit_counts_the_line_without_its_newline(
+    tmp_path: Path, layout: JobLayout, extra: int, too_long: bool
+) -> None:
+    line = good(1)
+    content = f"{line}\n{line}".encode()
+    summary = validate(tmp_path, layout, content, limits=Limits(max_line_bytes=len(line) - extra))
+    assert summary.invalid == (2 if too_long else 0)
+
+
+def test_a_too_long_line_is_read_in_bounded_pieces(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"[" * (3 * 1024 * 1024) + b"\nnext\n")
+    reads: list[int] = []
+
+    class Recording:
+        def __init__(self, handle: BinaryIO) -> None:
+            self.handle = handle
+
+        def readline(self, size: int = -1) -> bytes:
+            line = self.handle.readline(size)
+            reads.append(len(line))
+            return line
+
+    with open(path, "rb") as handle:
+        lines = list(iter_lines(Recording(handle), hashlib.sha256(), max_line_bytes=1000))
+    assert lines == [(1, None), (2, b"next")]
+    assert max(reads) <= 1 << 20
+
+
+def test_a_file_over_the_line_count_limit_fails_before_any_line_is_parsed(
+    tmp_path: Path, layout: JobLayout
+) -> None:
+    content = "".join(good(i) + "\n" for i in range(11)).encode()
+    summary = validate(tmp_path, layout, content, limits=Limits(max_lines=10))
+    assert summary.file_error is not None
+    assert summary.file_error.code == "too_many_lines"
+    assert "11 lines" in summary.file_error.message
+    assert "BATCHINFER_MAX_LINES" in summary.file_error.message
+    assert (summary.lines, summary.chunks) == (0, [])
+    assert not layout.root.exists() or not any(layout.root.rglob("*.jsonl"))
+    assert validate(tmp_path, layout, content, limits=Limits(max_lines=11)).file_error is None
+
+
+def test_batch_line_overrides_past_a_limit_are_line_errors(tmp_path: Path, layout: JobLayout) -> None:
+    line = json.dumps({"custom_id": "c", "body": {"messages": [{"role": "user", "content": "x"}], "n": 5}})
+    validate(tmp_path, layout, f"{line}\n".encode(), limits=Limits(max_num_generations=4))
+    (error,) = line_errors(layout)
+    assert (error["line"], error["custom_id"], error["error"]["code"]) == (1, "c", "limit_exceeded")

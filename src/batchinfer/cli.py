@@ -1,4 +1,5 @@
-"""The ``batchinfer`` command: ``serve`` (server + runner + adapter) and ``run`` (one job, foreground)."""
+"""The ``batchinfer`` command: ``serve`` (server + runner + adapter), ``run`` (one job, foreground)
+and ``resume`` (a failed or crashed job, again under its id)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="Run the Prefect server, a runner and the HTTP adapter.")
-    serve.add_argument("--host", default="127.0.0.1", help="Adapter bind address.")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="Adapter bind address; beyond loopback it requires BATCHINFER_API_TOKEN.",
+    )
     serve.add_argument("--port", type=int, default=8000, help="Adapter port.")
     serve.add_argument("--prefect-port", type=int, default=4200, help="Local Prefect server/UI port.")
 
@@ -30,6 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-generations", type=int, default=1)
     run.add_argument("--output-dir", help="Where success.jsonl and errors.jsonl go.")
 
+    resume = sub.add_parser(
+        "resume", help="Run a failed or crashed job again under the same id; finished chunks are reused."
+    )
+    resume.add_argument("job_id", help="The job id (flow run id) that submit_job returned.")
+    resume.add_argument(
+        "--prefect-api-url",
+        help="The Prefect API of the runner's server; default PREFECT_API_URL, else the local server "
+        "of `batchinfer serve` (http://127.0.0.1:4200/api).",
+    )
+
     sub.add_parser("models", help="List the model ids a job may name.")
     return parser
 
@@ -41,6 +56,13 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
+    if args.command == "serve":
+        from batchinfer.serve import bind_refusal
+
+        # Checked before anything starts, so a refusal is immediate and leaves nothing behind.
+        if refusal := bind_refusal(args.host, settings):
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
     settings.home.mkdir(parents=True, exist_ok=True)
     # Prefect reads these when it is imported: set them first, and only if the user has not.
     os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
@@ -59,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         for model in load_catalog(settings.models).models:
             print(f"{model.id}\t{model.engine}")
         return 0
+    if args.command == "resume":
+        from batchinfer.resume_job import prefect_api_url, resume_from_cli
+
+        return resume_from_cli(args.job_id, prefect_api_url(args.prefect_api_url), settings)
     from batchinfer.run_job import run_in_foreground
 
     return run_in_foreground(args, settings)

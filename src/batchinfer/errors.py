@@ -36,7 +36,7 @@ class RequestError(BatchInferError):
     def __init__(self, message: str, *, field: str, code: str | None = None, location: str = "body") -> None:
         super().__init__(message, code=code)
         self.field = field
-        self.location = location  # "body" or "query", as in FastAPI's own validation errors
+        self.location = location  # "body", "query" or "header", as in FastAPI's validation errors
 
 
 class UnknownModelError(RequestError):
@@ -56,6 +56,35 @@ class PromptFileError(RequestError):
     code = "invalid_prompt_file_path"
 
 
+class LimitExceededError(RequestError):
+    """A request past a configured limit. The message names the limit and its variable."""
+
+    code = "limit_exceeded"
+
+
+class FileTooLargeError(PromptFileError):
+    """The prompt file is over ``max_prompt_file_bytes``: 413 at submit; at run the job fails
+    with this code (the flow keeps ``code`` when it turns any of these into a ``JobError``)."""
+
+    code = "file_too_large"
+    http_status = 413
+
+
+class UnauthorizedError(RequestError):
+    """No or a wrong bearer token. The message never says which of the two, nor echoes it."""
+
+    code = "unauthorized"
+    http_status = 401
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Missing or invalid bearer token; send 'Authorization: Bearer <token>' with the "
+            "token the server was started with (BATCHINFER_API_TOKEN).",
+            field="authorization",
+            location="header",
+        )
+
+
 class JobNotFoundError(RequestError):
     code = "job_not_found"
     http_status = 404
@@ -66,6 +95,16 @@ class JobNotFoundError(RequestError):
             field="job_id",
             location="query",
         )
+
+
+class JobNotResumableError(RequestError):
+    """A resume of a job that is completed, still running, or has no runner to go back to."""
+
+    code = "job_not_resumable"
+    http_status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="job_id", location="query")
 
 
 class ServiceUnavailableError(BatchInferError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from batchinfer.engines.base import Engine, PromptRequest
 from batchinfer.jobfiles import atomic_write
@@ -20,6 +20,9 @@ class ChunkCounts(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reused: bool = False  # True when an earlier run had already written this chunk's result
+    # Codes of the failed requests: the flow tells a model server that was never reached
+    # (every one a connection_error) from one that answered (see ``unreachable.py``).
+    error_codes: dict[str, int] = Field(default_factory=dict)
 
 
 def read_requests(path: Path) -> list[PromptRequest]:
@@ -66,7 +69,7 @@ def count_results(index: int, result_path: Path) -> ChunkCounts:
                 counts.prompt_tokens += obj["usage"].get("prompt_tokens", 0)
                 counts.completion_tokens += obj["usage"].get("completion_tokens", 0)
             else:
-                counts.failed += 1
+                _count_error(counts, obj["error"]["code"])
     return counts
 
 
@@ -76,4 +79,9 @@ def _add(counts: ChunkCounts, record: SuccessRecord | ErrorRecord) -> None:
         counts.prompt_tokens += record.usage.prompt_tokens
         counts.completion_tokens += record.usage.completion_tokens
     else:
-        counts.failed += 1
+        _count_error(counts, record.error.code)
+
+
+def _count_error(counts: ChunkCounts, code: str) -> None:
+    counts.failed += 1
+    counts.error_codes[code] = counts.error_codes.get(code, 0) + 1

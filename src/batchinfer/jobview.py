@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from batchinfer.contract import BatchInference, JobStatus, Options, Path, PathType
 from batchinfer.engines.base import SamplingParams
 from batchinfer.jobfiles import ERROR_FILE, SUCCESS_FILE, JobLayout, atomic_write
+from batchinfer.recovery import INTERRUPTED_STATE_NAME, resume_hint
 from batchinfer.state import job_status
 
 
@@ -90,6 +91,22 @@ class RunSnapshot:
 
 
 _FAILURE_CODES = {"CRASHED": "crashed", "CANCELLED": "cancelled", "FAILED": "job_failed"}
+_ENDED = (JobStatus.completed, JobStatus.failed)
+
+
+def _failure(run: RunSnapshot, progress: JobProgress) -> dict[str, str]:
+    """``metadata.error``: what happened, and for a crash, how to resume."""
+    if run.state_type == "CRASHED":
+        # The process died, so any error in the progress file is from an earlier run: the state
+        # tells. `serve` names the state Interrupted when it finds a job its previous self left.
+        if run.state_name == INTERRUPTED_STATE_NAME:
+            return {"code": "interrupted", "message": run.state_message or resume_hint(run.id)}
+        message = (run.state_message or "The process running the job stopped.").rstrip()
+        return {"code": "crashed", "message": f"{message} {resume_hint(run.id)}"}
+    return {
+        "code": progress.error_code or _FAILURE_CODES.get(run.state_type, "job_failed"),
+        "message": progress.error_message or run.state_message or "The job failed.",
+    }
 
 
 def batch_inference(run: RunSnapshot) -> BatchInference:
@@ -116,12 +133,10 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
     if progress.blank_lines:
         metadata["blank_lines_skipped"] = progress.blank_lines
     if status is JobStatus.failed:
-        metadata["error"] = {
-            "code": progress.error_code or _FAILURE_CODES.get(run.state_type, "job_failed"),
-            "message": progress.error_message or run.state_message or "The job failed.",
-        }
+        metadata["error"] = _failure(run, progress)
     success = error = None
-    if progress.outputs_ready and progress.output_dir:
+    # Only once the job has ended: a resumed job still has the outputs of its previous run on disk.
+    if progress.outputs_ready and progress.output_dir and status in _ENDED:
         root = LocalPath(progress.output_dir)
         success = Path(type=PathType.filepath, value=str(root / SUCCESS_FILE))
         error = Path(type=PathType.filepath, value=str(root / ERROR_FILE))

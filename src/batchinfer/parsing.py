@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from batchinfer.contract import MediaAttachment, Message
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.records import ErrorDetail, ErrorRecord
+from batchinfer.settings import Limits, env_name
 
 KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool", "ipython"})
 CHAT_ENDPOINTS = frozenset({"/v1/chat/completions", "/chat/completions"})
@@ -43,8 +44,11 @@ class LineRejected(Exception):
         self.custom_id = custom_id
 
 
-def parse_line(text: str, line: int, params: SamplingParams) -> PromptRequest | ErrorRecord:
-    """Parse one decoded, non-blank line. Never raises for bad input."""
+def parse_line(
+    text: str, line: int, params: SamplingParams, limits: Limits | None = None
+) -> PromptRequest | ErrorRecord:
+    """Parse one decoded, non-blank line. Never raises for bad input. ``limits`` caps the sampling
+    overrides of batch lines, as submit caps the job's own options."""
     custom_id: str | None = None
     try:
         try:
@@ -53,7 +57,7 @@ def parse_line(text: str, line: int, params: SamplingParams) -> PromptRequest | 
             raise LineRejected("invalid_json", f"Line is not valid JSON ({_json_reason(exc)}).") from None
         if isinstance(value, dict) and "body" in value:
             custom_id = _custom_id(value)
-            raw_messages, params = _batch_line(value, params, custom_id)
+            raw_messages, params = _batch_line(value, params, custom_id, limits or Limits())
         elif isinstance(value, dict) and "messages" in value:
             custom_id = _custom_id(value)
             raw_messages = value["messages"]
@@ -161,7 +165,7 @@ def _check_attachments(attachments: Any, where: str) -> None:
 
 
 def _batch_line(
-    value: dict[str, Any], params: SamplingParams, custom_id: str | None
+    value: dict[str, Any], params: SamplingParams, custom_id: str | None, limits: Limits
 ) -> tuple[Any, SamplingParams]:
     url = value.get("url", "/v1/chat/completions")
     if url not in CHAT_ENDPOINTS:
@@ -185,7 +189,21 @@ def _batch_line(
             raise LineRejected(
                 "invalid_parameter", f"body.{first['loc'][0]}: {first['msg']}.", custom_id
             ) from None
+        _check_limits(params, limits, custom_id)
     return body["messages"], params
+
+
+def _check_limits(params: SamplingParams, limits: Limits, custom_id: str | None) -> None:
+    for name, value, limit, setting in (
+        ("n", params.n, limits.max_num_generations, "max_num_generations"),
+        ("max_tokens", params.max_tokens, limits.max_max_tokens, "max_max_tokens"),
+    ):
+        if value > limit:
+            raise LineRejected(
+                "limit_exceeded",
+                f"body.{name} {value} is over the limit of {limit} ({env_name(setting)}); ask for less.",
+                custom_id,
+            )
 
 
 def _custom_id(value: dict[str, Any]) -> str | None:

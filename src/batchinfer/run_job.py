@@ -36,7 +36,7 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
             ),
             num_generations=args.num_generations,
         )
-        params = prepare_job(request, settings, load_catalog(settings.models))
+        params = prepare_job(request, settings, load_catalog(settings.models), args.output_dir)
     except ValidationError as exc:
         for error in exc.errors():
             print(f"error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
@@ -47,8 +47,6 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
     except BatchInferError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    if args.output_dir:
-        params.output_dir = str(LocalPath(args.output_dir).expanduser().resolve())
     return _run_flow(params.model_dump(mode="json", exclude_none=True), settings)
 
 

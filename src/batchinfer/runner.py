@@ -5,9 +5,8 @@ Started as ``python -m batchinfer.runner``. Each flow run executes in a subproce
 
 from __future__ import annotations
 
-import os
-
 from batchinfer.api.backend import DEPLOYMENT_NAME
+from batchinfer.settings import Settings
 
 
 def main() -> None:
@@ -23,12 +22,13 @@ def main() -> None:
         tags=["batchinfer"],
         description="Batch inference jobs submitted through the batchinfer adapter.",
     )
+    settings = Settings()
     serve(
         deployment,
-        limit=int(os.environ.get("BATCHINFER_MAX_CONCURRENT_JOBS", "4")),
+        limit=settings.max_concurrent_jobs,
         # Prefect polls every 10 s by default; a job should start within a couple of seconds.
         # One cheap API query each half second is a fair price for that.
-        query_seconds=float(os.environ.get("BATCHINFER_RUNNER_POLL_SECONDS", "0.5")),
+        query_seconds=settings.runner_poll_seconds,
     )
 
 

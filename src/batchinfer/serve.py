@@ -4,8 +4,10 @@ deployment, and the HTTP adapter, in one command. Ctrl-C or SIGTERM stops all of
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,34 @@ from pathlib import Path
 from batchinfer.settings import Settings
 
 STARTUP_TIMEOUT_S = 90.0  # a fresh SQLite database takes 15-25 s to migrate on these machines
+
+
+def bind_refusal(host: str, settings: Settings) -> str | None:
+    """Why ``serve`` must not bind the adapter to ``host``, or None: beyond loopback, anyone who can
+    reach the port could submit jobs and read files under the allowed roots, so a token is required."""
+    if settings.api_token is not None or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve on {host!r} without an API token: anyone who can reach it could submit "
+        "jobs and read prompt files under the allowed roots. Set BATCHINFER_API_TOKEN (clients then "
+        "send 'Authorization: Bearer <token>'), or bind to 127.0.0.1."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address ``host`` names is a loopback address (0.0.0.0 is every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    return bool(addresses) and all(a.is_loopback for a in addresses)
 
 
 class Supervisor:
@@ -101,8 +131,36 @@ def prefect_server_env(settings: Settings, base: dict[str, str]) -> dict[str, st
         "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
     )
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect records task runs one insert at a time by default; with SQLite that falls behind by
+    # about a minute per 1,000 task runs and holds the write lock meanwhile. Batch the inserts.
+    env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE", "100")
+    env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "100")
+    env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
     env.setdefault("DO_NOT_TRACK", "1")
     return env
+
+
+def _mark_interrupted_jobs() -> None:
+    """Fail the jobs a previous ``serve`` left running (their processes died with it), saying how
+    to resume them; else they would show ``running`` forever. See ``recovery.py``.
+
+    Only with a Prefect server of our own: on a shared one (``PREFECT_API_URL``) other runners may
+    be running them, and Prefect's own zombie detection (flow-run heartbeats) is the tool there."""
+    import asyncio
+
+    from batchinfer.api.backend import mark_interrupted_jobs
+
+    try:
+        marked = asyncio.run(mark_interrupted_jobs())
+    except Exception as exc:  # never a reason not to serve: those jobs only keep a stale state
+        print(f"warning: could not look for interrupted jobs: {exc}", file=sys.stderr, flush=True)
+        return
+    if marked:
+        print(
+            f"Marked {len(marked)} job(s) left running by the previous serve as failed "
+            f"(interrupted); resume with `batchinfer resume <id>`: {', '.join(marked)}",
+            flush=True,
+        )
 
 
 def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
@@ -113,8 +171,10 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
     logs = settings.home / "logs"
     env = prefect_server_env(settings, dict(os.environ))
     supervisor = Supervisor()
+    # A server of our own was down while we were: nothing can be running its jobs (see below).
+    owns_server = not env.get("PREFECT_API_URL")
     try:
-        if not env.get("PREFECT_API_URL"):
+        if owns_server:
             env["PREFECT_API_URL"] = f"http://127.0.0.1:{prefect_port}/api"
             argv = [
                 sys.executable,
@@ -143,6 +203,8 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
         from batchinfer.api.app import create_app
         from batchinfer.api.backend import PrefectJobBackend
 
+        if owns_server:  # before the runner starts: from then on a RUNNING job may be its
+            _mark_interrupted_jobs()
         runner = supervisor.start(
             "runner", [sys.executable, "-m", "batchinfer.runner"], env, logs / "runner.log"
         )
@@ -151,7 +213,8 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
 
         app = create_app(settings, catalog, lambda: PrefectJobBackend(settings.jobs_dir))
         print(f"batchinfer is serving on http://{host}:{port} (logs: {logs})", flush=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # A request stuck on a busy Prefect server must not hold up a shutdown.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
         return 0
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,11 +5,35 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "BATCHINFER_"
+MiB = 1 << 20
+GiB = 1 << 30
+# Schemes a `uri` prompt file may use. Not `memory`, `data`, `ftp`, ...: each scheme is a way in.
+DEFAULT_URI_SCHEMES = ("file", "http", "https", "s3", "gs", "gcs", "az", "abfs")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets the Settings field ``field`` (errors name it)."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits that the pure modules (validation, parsing) enforce, without reading the
+    environment themselves. ``Settings.limits()`` builds one; the defaults are the Settings'."""
+
+    max_prompt_file_bytes: int = GiB
+    max_line_bytes: int = MiB
+    max_lines: int = 1_000_000
+    max_num_generations: int = 16
+    max_max_tokens: int = 32768
 
 
 def _default_home() -> Path:
@@ -17,7 +41,7 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BATCHINFER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     home: Path = Field(
         default_factory=_default_home,
@@ -45,6 +69,59 @@ class Settings(BaseSettings):
         description="CPU threads for local engines (torch) unless a model sets its own.",
     )
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a job omits it.")
+    max_concurrent_jobs: int = Field(
+        default=4, ge=1, description="Flow runs the `serve` runner executes at once."
+    )
+    runner_poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often the `serve` runner looks for new jobs."
+    )
+    job_timeout_s: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="Total deadline of one run of a job, in seconds: past it the job submits no more "
+        "chunks and fails `deadline_exceeded`, keeping finished chunks for a resume.",
+    )
+
+    # Limits. Past one, the error names the limit and the variable above that raises it.
+    max_prompt_file_bytes: int = Field(
+        default=Limits.max_prompt_file_bytes,
+        ge=1,
+        description="Largest prompt file, in bytes: 413 at submit (raw_bytes, local files), "
+        "job failed `file_too_large` at run (remote files).",
+    )
+    max_line_bytes: int = Field(
+        default=Limits.max_line_bytes,
+        ge=1,
+        description="Longest line, in bytes (without its newline); a longer one becomes that line's "
+        "`line_too_long` error and is never held in memory whole.",
+    )
+    max_lines: int = Field(
+        default=Limits.max_lines,
+        ge=1,
+        description="Most physical lines in a prompt file; more: job failed `too_many_lines`.",
+    )
+    max_num_generations: int = Field(
+        default=Limits.max_num_generations, ge=1, description="Largest num_generations (and `n`)."
+    )
+    max_max_tokens: int = Field(
+        default=Limits.max_max_tokens, ge=1, description="Largest options.max_tokens."
+    )
+
+    # Security.
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set, every adapter endpoint but /healthz requires "
+        "`Authorization: Bearer <token>`. Required to serve on a non-loopback address.",
+    )
+    allowed_uri_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_URI_SCHEMES),
+        description="URI schemes a `uri` prompt file may use, separated by ','.",
+    )
+    allow_private_uris: bool = Field(
+        default=False,
+        description="Allow http(s) prompt-file URIs whose host is loopback, private, link-local or "
+        "reserved. Off by default, so a job cannot be used to reach the server's own network.",
+    )
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -52,6 +129,28 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [p for p in value.split(os.pathsep) if p]
         return value
+
+    @field_validator("allowed_uri_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [s.strip().lower() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        # `BATCHINFER_API_TOKEN=` (empty) must not turn auth on with an empty, guessable token.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_prompt_file_bytes=self.max_prompt_file_bytes,
+            max_line_bytes=self.max_line_bytes,
+            max_lines=self.max_lines,
+            max_num_generations=self.max_num_generations,
+            max_max_tokens=self.max_max_tokens,
+        )
 
     def roots(self) -> list[Path]:
         """The allowed roots, resolved (symlinks followed) so that containment checks are honest."""

@@ -1,7 +1,8 @@
 """Streaming validation of a prompt file into chunk input files and line error records.
 
 Memory is bounded by one line, not by the file: the file is read twice as a byte stream (once to
-count lines, which sizes the chunks; once to parse), and every output is written as it goes.
+count lines, which sizes the chunks and enforces ``max_lines``; once to parse), every output is
+written as it goes, and a line over ``max_line_bytes`` is skipped in bounded reads, never held whole.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.jobfiles import JobLayout, atomic_write
 from batchinfer.parsing import parse_line
 from batchinfer.records import ErrorDetail, ErrorRecord
+from batchinfer.settings import Limits, env_name
 
 _BOM = b"\xef\xbb\xbf"
 _BLOCK = 1 << 20
@@ -53,20 +55,46 @@ def count_lines(path: Path) -> int:
     return count + (last != b"\n")
 
 
-def iter_lines(handle: IO[bytes], digest: hashlib._Hash) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, line bytes without CR/LF), feeding every byte read into ``digest``."""
-    for number, raw in enumerate(handle, start=1):
+def iter_lines(
+    handle: IO[bytes], digest: hashlib._Hash, max_line_bytes: int = Limits.max_line_bytes
+) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, line bytes without CR/LF), feeding every byte read into ``digest``.
+
+    A line longer than ``max_line_bytes`` (not counting its newline) comes as ``None``: it is read
+    in bounded pieces and dropped, so a 50 MB line costs one bounded buffer, not 50 MB."""
+    number = 0
+    while raw := handle.readline(max_line_bytes + 1):
+        number += 1
         digest.update(raw)
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            _skip_rest_of_line(handle, digest)
+            yield number, None
+            continue
         if number == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
         yield number, raw.rstrip(b"\r\n")
 
 
+def _skip_rest_of_line(handle: IO[bytes], digest: hashlib._Hash) -> None:
+    while block := handle.readline(_BLOCK):
+        digest.update(block)
+        if block.endswith(b"\n"):
+            return
+
+
 def validate_prompt_file(
-    source: Path, layout: JobLayout, params: SamplingParams, chunk_size: int
+    source: Path,
+    layout: JobLayout,
+    params: SamplingParams,
+    chunk_size: int,
+    limits: Limits | None = None,
 ) -> ValidationSummary:
     """Split ``source`` into chunk input files of valid prompts and a file of line errors."""
-    size = plan_chunk_size(count_lines(source), chunk_size)
+    limits = limits or Limits()
+    physical_lines = count_lines(source)
+    if physical_lines > limits.max_lines:  # refused before any line is parsed
+        return _too_many_lines(physical_lines, limits.max_lines, chunk_size)
+    size = plan_chunk_size(physical_lines, chunk_size)
     digest = hashlib.sha256()
     chunks: list[ChunkSpec] = []
     valid = invalid = blank = 0
@@ -75,11 +103,15 @@ def validate_prompt_file(
         errors_out = outer.enter_context(atomic_write(layout.line_errors))
         chunk_out: IO[str] | None = None
         chunk_stack = ExitStack()
-        for number, raw in iter_lines(handle, digest):
-            if not raw.strip():
+        for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
+            outcome: PromptRequest | ErrorRecord
+            if raw is None:
+                outcome = _line_too_long(number, limits.max_line_bytes)
+            elif not raw.strip():
                 blank += 1
                 continue
-            outcome = _parse(raw, number, params)
+            else:
+                outcome = _parse(raw, number, params, limits)
             if isinstance(outcome, ErrorRecord):
                 invalid += 1
                 error_codes.add(outcome.error.code)
@@ -117,7 +149,7 @@ def validate_prompt_file(
     )
 
 
-def _parse(raw: bytes, number: int, params: SamplingParams) -> PromptRequest | ErrorRecord:
+def _parse(raw: bytes, number: int, params: SamplingParams, limits: Limits) -> PromptRequest | ErrorRecord:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -128,7 +160,36 @@ def _parse(raw: bytes, number: int, params: SamplingParams) -> PromptRequest | E
                 message=f"Line is not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8.",
             ),
         )
-    return parse_line(text, number, params)
+    return parse_line(text, number, params, limits)
+
+
+def _line_too_long(number: int, limit: int) -> ErrorRecord:
+    return ErrorRecord(
+        line=number,
+        error=ErrorDetail(
+            code="line_too_long",
+            message=f"Line is longer than the limit of {limit:,} bytes ({env_name('max_line_bytes')}); "
+            "shorten the prompt (large attachments can go by filepath or uri) or raise the limit.",
+        ),
+    )
+
+
+def _too_many_lines(lines: int, limit: int, chunk_size: int) -> ValidationSummary:
+    """A file-level failure with no line parsed: no line is in an output file, so none is lost."""
+    return ValidationSummary(
+        input_sha256="",
+        lines=0,
+        valid=0,
+        invalid=0,
+        blank_lines=0,
+        chunk_size=chunk_size,
+        chunks=[],
+        file_error=ErrorDetail(
+            code="too_many_lines",
+            message=f"The prompt file has {lines:,} lines, over the limit of {limit:,} "
+            f"({env_name('max_lines')}); split it into smaller files or raise the limit.",
+        ),
+    )
 
 
 def _file_error(lines: int, valid: int, codes: set[str]) -> ErrorDetail | None:

@@ -2,39 +2,48 @@
 
 Every 4xx has FastAPI's own shape, ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``,
 so a client parses our refusals and FastAPI's the same way.
+
+With ``BATCHINFER_API_TOKEN`` set, every path but ``/healthz`` (docs and OpenAPI document included)
+requires ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchinfer import __version__
 from batchinfer.api.backend import JobBackend
 from batchinfer.catalog import ModelCatalog
 from batchinfer.contract import BatchInference, MediaAttachment, Message, SubmitJobRequest
-from batchinfer.errors import BatchInferError, RequestError
+from batchinfer.errors import BatchInferError, RequestError, UnauthorizedError
 from batchinfer.settings import Settings
 from batchinfer.submission import prepare_job
 
 logger = logging.getLogger(__name__)
 BackendFactory = Callable[[], AbstractAsyncContextManager[JobBackend]]
+OPEN_PATHS = frozenset({"/healthz"})  # a load balancer's health check carries no token
 
 
 def _error_response(exc: BatchInferError) -> JSONResponse:
     if isinstance(exc, RequestError):
-        loc = [exc.location, *exc.field.split(".")]
+        loc = [exc.location, *(exc.field.split(".") if exc.field else [])]
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
         return JSONResponse(
             status_code=exc.http_status,
             content={"detail": [{"loc": loc, "msg": exc.message, "type": exc.code}]},
+            headers=headers,
         )
     status = getattr(exc, "http_status", 500)
     return JSONResponse(status_code=status, content={"detail": exc.message, "type": exc.code})
@@ -51,9 +60,27 @@ def _publish_seed_schemas(schema: dict[str, Any]) -> None:
         components.setdefault(model.__name__, model_schema)
 
 
+def bearer_token_matches(authorization: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>``, compared in constant time (no timing side channel)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 def backend(request: Request) -> JobBackend:
     """The app's job backend (a FastAPI dependency; module-level so annotations resolve)."""
     return request.app.state.backend
+
+
+def _job_uuid(job_id: str) -> UUID:
+    try:
+        return UUID(job_id)
+    except ValueError:
+        raise RequestError(
+            f"{job_id!r} is not a job id (a UUID such as submit_job returns).",
+            field="job_id",
+            location="query",
+            code="invalid_job_id",
+        ) from None
 
 
 def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: BackendFactory) -> FastAPI:
@@ -72,6 +99,37 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
         lifespan=lifespan,
     )
 
+    if settings.api_token is not None:
+        token = settings.api_token.get_secret_value()
+
+        # A middleware, not a route dependency: it also guards the routes FastAPI adds itself
+        # (/docs, /openapi.json) and any route added later, and leaves the OpenAPI document as is.
+        @app.middleware("http")
+        async def _require_token(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            if request.url.path in OPEN_PATHS or bearer_token_matches(
+                request.headers.get("authorization"), token
+            ):
+                return await call_next(request)
+            return _error_response(UnauthorizedError())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body that json.loads raises on with something other than a decode error
+        # (nested too deeply: RecursionError; not UTF-8: UnicodeDecodeError) with a bare 400 string.
+        # Give it the same shape and status as any other malformed body.
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError | ValueError):
+            return _error_response(
+                RequestError(
+                    "The body cannot be read as JSON (nested too deeply, or not UTF-8); "
+                    "send one JSON object in UTF-8.",
+                    field="",
+                    code="json_invalid",
+                )
+            )
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(BatchInferError)
     async def _on_batchinfer_error(request: Request, exc: BatchInferError) -> JSONResponse:
         return _error_response(exc)
@@ -88,6 +146,8 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
     @app.post(
         "/batch_inference/submit_job",
         response_model=BatchInference,
+        # A Path that is not there yet is left out, not null: the seed's Path is an object, never null.
+        response_model_exclude_none=True,
         summary="Submit a batch inference job",
         description="This endpoint allows clients to submit a batch inference job using a model "
         "and a prompt file.",
@@ -102,6 +162,7 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
     @app.get(
         "/batch_inference/job_status",
         response_model=BatchInference,
+        response_model_exclude_none=True,
         summary="Get status for an already submitted job",
         description="Retrieve the status and details of a previously submitted batch inference job "
         "using its unique job ID.",
@@ -110,16 +171,22 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
         jobs: Annotated[JobBackend, Depends(backend)],
         job_id: Annotated[str, Query(description="Unique identifier for the batch inference job.")],
     ) -> BatchInference:
-        try:
-            parsed = UUID(job_id)
-        except ValueError:
-            raise RequestError(
-                f"{job_id!r} is not a job id (a UUID such as submit_job returns).",
-                field="job_id",
-                location="query",
-                code="invalid_job_id",
-            ) from None
-        return await jobs.status(parsed)
+        return await jobs.status(_job_uuid(job_id))
+
+    @app.post(
+        "/batch_inference/resume_job",
+        response_model=BatchInference,
+        response_model_exclude_none=True,
+        summary="Resume a failed, crashed or cancelled job (extension)",
+        description="Runs the job again under the same job ID, as the Prefect UI's Retry does. "
+        "Chunks that finished before are reused, not sent to the model again. 404 for an unknown "
+        "job; 409 for a job that completed or is still running.",
+    )
+    async def resume_job(
+        jobs: Annotated[JobBackend, Depends(backend)],
+        job_id: Annotated[str, Query(description="Unique identifier for the batch inference job.")],
+    ) -> BatchInference:
+        return await jobs.resume(_job_uuid(job_id))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -13,8 +13,14 @@ import anyio
 from pydantic import ValidationError
 
 from batchinfer.contract import BatchInference
-from batchinfer.errors import JobNotFoundError, ServiceUnavailableError
+from batchinfer.errors import JobNotFoundError, JobNotResumableError, ServiceUnavailableError
 from batchinfer.jobview import JobParameters, RunSnapshot, batch_inference, job_layout, read_progress
+from batchinfer.recovery import (
+    LEFT_RUNNING_STATE_TYPES,
+    RESUME_STATE_NAME,
+    interrupted_state,
+    resume_refusal,
+)
 
 DEPLOYMENT_NAME = "batchinfer"
 FLOW_NAME = "batch-inference"  # the @flow name in flows/batch_job.py
@@ -24,6 +30,8 @@ class JobBackend(Protocol):
     async def submit(self, params: JobParameters) -> BatchInference: ...
 
     async def status(self, job_id: UUID) -> BatchInference: ...
+
+    async def resume(self, job_id: UUID) -> BatchInference: ...
 
 
 def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
@@ -53,6 +61,11 @@ class PrefectJobBackend:
         self._client = get_client()
         self._deployment = f"{flow_name}/{deployment_name}"
         self._deployment_id: UUID | None = None
+        # One flow-run creation at a time. On SQLite (the database `serve` starts by default), writes
+        # that overlap fail inside the Prefect server with "database is locked", and Prefect's client
+        # backs off for seconds before each retry: 20 simultaneous submits took up to 30+ s each.
+        # In turn, each takes a fraction of a second.
+        self._create_lock = anyio.Lock()
 
     async def __aenter__(self) -> PrefectJobBackend:
         await self._client.__aenter__()
@@ -76,14 +89,39 @@ class PrefectJobBackend:
         return self._deployment_id
 
     async def submit(self, params: JobParameters) -> BatchInference:
-        flow_run = await self._client.create_flow_run_from_deployment(
-            await self._deployment_uuid(),
-            parameters=params.model_dump(mode="json", exclude_none=True),
-            tags=[f"model:{params.model}"],
-        )
+        deployment_id = await self._deployment_uuid()
+        async with self._create_lock:
+            flow_run = await self._client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters=params.model_dump(mode="json", exclude_none=True),
+                tags=[f"model:{params.model}"],
+            )
         return batch_inference(snapshot(flow_run, self._jobs_dir))
 
     async def status(self, job_id: UUID) -> BatchInference:
+        _, job = await self._read_job(job_id)
+        return job
+
+    async def resume(self, job_id: UUID) -> BatchInference:
+        """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"
+        does; the runner starts it again under the same id, reusing its finished chunks."""
+        from prefect.client.schemas.objects import State
+        from prefect.client.schemas.responses import SetStateStatus
+        from prefect.states import Scheduled
+
+        flow_run, _ = await self._read_job(job_id)
+        state_type = flow_run.state.type.value if flow_run.state else "PENDING"
+        refusal = resume_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
+        if refusal is not None:
+            raise JobNotResumableError(refusal)
+        state: State[Any] = Scheduled(name=RESUME_STATE_NAME, message="Resumed: finished chunks are reused.")
+        result = await self._client.set_flow_run_state(job_id, state, force=True)
+        if result.status != SetStateStatus.ACCEPT:  # force makes this unlikely; say so if it happens
+            raise JobNotResumableError(f"Prefect did not reschedule job {job_id}: {result.details}")
+        return await self.status(job_id)
+
+    async def _read_job(self, job_id: UUID) -> tuple[Any, BatchInference]:
+        """The flow run and its ``BatchInference``; 404 for an unknown id or another flow's run."""
         from prefect.exceptions import ObjectNotFound
 
         try:
@@ -92,6 +130,54 @@ class PrefectJobBackend:
             raise JobNotFoundError(str(job_id)) from None
         try:
             run = await anyio.to_thread.run_sync(snapshot, flow_run, self._jobs_dir)
-            return batch_inference(run)
+            return flow_run, batch_inference(run)
         except ValidationError:  # a flow run of some other flow: not one of our jobs
             raise JobNotFoundError(str(job_id)) from None
+
+
+async def mark_interrupted_jobs(deployment: str = f"{FLOW_NAME}/{DEPLOYMENT_NAME}") -> list[str]:
+    """Mark the jobs that a previous ``serve`` left PENDING, RUNNING or CANCELLING as CRASHED
+    "Interrupted" (CANCELLED for CANCELLING), with a message saying how to resume; their ids.
+
+    Only call it when no live process can be running them: ``serve`` does, when it owns the Prefect
+    server, before it starts its runner. Without this they would show ``running`` forever.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import State
+
+    async with get_client() as client:
+        try:
+            deployment_id = (await client.read_deployment_by_name(deployment)).id
+        except ObjectNotFound:  # a fresh database: no job ever ran
+            return []
+        left_running = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType(t) for t in LEFT_RUNNING_STATE_TYPES])
+            ),
+        )
+        runs: list[Any] = []
+        page = 200
+        while batch := await client.read_flow_runs(
+            flow_run_filter=left_running, limit=page, offset=len(runs)
+        ):
+            runs += batch
+            if len(batch) < page:
+                break
+        marked = []
+        for flow_run in runs:
+            spec = interrupted_state(str(flow_run.id), flow_run.state.type.value)
+            if spec is None:
+                continue
+            state = State(type=StateType(spec.type), name=spec.name, message=spec.message)
+            await client.set_flow_run_state(flow_run.id, state, force=True)
+            marked.append(str(flow_run.id))
+        return marked

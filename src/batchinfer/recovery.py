@@ -1,0 +1,82 @@
+"""Resuming a job after a crash, and recognising jobs a stopped ``serve`` left behind. Pure: state
+types and names in, decisions and messages out; the Prefect calls live in ``api/backend.py``.
+
+A resume sets the flow run back to SCHEDULED (named ``AwaitingRetry``, exactly what the Prefect UI's
+"Retry" does), so the runner starts it again under the same id, hence in the same job directory,
+where every finished chunk's result file is reused instead of re-sent to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The state a resume proposes. Same type and name as the Prefect UI's "Retry" button.
+RESUME_STATE_TYPE = "SCHEDULED"
+RESUME_STATE_NAME = "AwaitingRetry"
+
+# CRASHED under this name: `serve` found the job left running by a previous `serve` whose processes
+# are gone. jobview reports it with the error code ``interrupted``.
+INTERRUPTED_STATE_NAME = "Interrupted"
+
+# A job in one of these states may be resumed: it stopped, and it did not finish.
+RESUMABLE_STATE_TYPES = frozenset({"FAILED", "CRASHED", "CANCELLED"})
+
+# States that need a live process. Found at `serve` start, their process died with the last `serve`.
+LEFT_RUNNING_STATE_TYPES = ("PENDING", "RUNNING", "CANCELLING")
+
+
+def resume_hint(job_id: str) -> str:
+    return (
+        "Results of finished chunks are kept; resume the job with "
+        f"`batchinfer resume {job_id}` or POST /batch_inference/resume_job?job_id={job_id}."
+    )
+
+
+def resume_refusal(job_id: str, state_type: str, has_deployment: bool) -> str | None:
+    """Why job ``job_id`` in ``state_type`` cannot be resumed, or None when it can."""
+    if state_type == "COMPLETED":
+        return f"Job {job_id} has already completed; there is nothing to resume. Submit a new job instead."
+    if state_type not in RESUMABLE_STATE_TYPES:
+        return (
+            f"Job {job_id} is still {state_type.lower()}; only a failed, crashed or cancelled job can be "
+            "resumed. Wait for it to end (job_status)."
+        )
+    if not has_deployment:
+        # Prefect refuses to reschedule a run without a deployment: no runner would ever pick it up.
+        return (
+            f"Job {job_id} ran in the foreground (`batchinfer run`), not on a runner, so nothing can "
+            "pick it up again. Run the same command again with the same --output-dir: finished "
+            "chunks are reused."
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """A Prefect state to propose, as plain values (``type`` is a ``StateType`` value)."""
+
+    type: str
+    name: str
+    message: str
+
+
+def interrupted_state(job_id: str, state_type: str) -> StateSpec | None:
+    """The state for a job that a previous ``serve`` left in ``state_type``; None to leave it alone.
+
+    SCHEDULED jobs are left alone on purpose: the new runner starts them like any queued job.
+    """
+    if state_type == "CANCELLING":  # the user wanted it stopped, and it is
+        return StateSpec(
+            "CANCELLED",
+            "Cancelled",
+            "batchinfer serve stopped while this job was being cancelled; it is cancelled now.",
+        )
+    if state_type in ("PENDING", "RUNNING"):
+        doing = "starting" if state_type == "PENDING" else "running"
+        return StateSpec(
+            "CRASHED",
+            INTERRUPTED_STATE_NAME,
+            f"batchinfer serve stopped while this job was {doing}, and the process running it is "
+            f"gone. {resume_hint(job_id)}",
+        )
+    return None

@@ -1,0 +1,62 @@
+"""``batchinfer resume JOB_ID``: what ``POST /batch_inference/resume_job`` does, from a shell.
+
+It talks to the Prefect API directly (the runner does the rest), so it works while the adapter is
+down too. Prints the resumed job's ``BatchInference``; exit 0 when resumed, 1 when refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
+from uuid import UUID
+
+import httpx
+
+from batchinfer.contract import BatchInference
+from batchinfer.errors import BatchInferError
+from batchinfer.settings import Settings
+
+# Where `batchinfer serve` runs its Prefect server unless told otherwise (`--prefect-port`).
+DEFAULT_PREFECT_API_URL = "http://127.0.0.1:4200/api"
+
+
+def prefect_api_url(flag: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """``--prefect-api-url``, else ``PREFECT_API_URL``, else the local server of ``batchinfer serve``.
+
+    Never Prefect's ephemeral server: that would start a second server on serve's database."""
+    return flag or environ.get("PREFECT_API_URL") or DEFAULT_PREFECT_API_URL
+
+
+def resume_from_cli(job_id: str, api_url: str, settings: Settings) -> int:
+    try:
+        parsed = UUID(job_id)
+    except ValueError:
+        print(f"error: {job_id!r} is not a job id (a UUID such as submit_job returns).", file=sys.stderr)
+        return 2
+    os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported: it reads it once
+    try:
+        job = asyncio.run(_resume(parsed, settings))
+    except BatchInferError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:  # connection refused, DNS, timeouts: the server is not there
+        print(_unreachable(api_url, exc), file=sys.stderr)
+        return 1
+    print(job.model_dump_json(indent=2))
+    return 0
+
+
+def _unreachable(api_url: str, exc: Exception) -> str:
+    return (
+        f"error: cannot reach the Prefect API at {api_url} ({exc}); is `batchinfer serve` running? "
+        "Point at its server with --prefect-api-url or PREFECT_API_URL."
+    )
+
+
+async def _resume(job_id: UUID, settings: Settings) -> BatchInference:
+    from batchinfer.api.backend import PrefectJobBackend
+
+    async with PrefectJobBackend(settings.jobs_dir) as jobs:
+        return await jobs.resume(job_id)

@@ -1,0 +1,127 @@
+"""Resume and interrupted jobs, as pure decisions: which jobs may be resumed, what a stopped `serve`
+leaves behind, and how job_status reports a crash (with how to resume it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from batchinfer.contract import JobStatus, PathType
+from batchinfer.jobview import JobParameters, JobProgress, RunSnapshot, batch_inference
+from batchinfer.recovery import (
+    INTERRUPTED_STATE_NAME,
+    RESUME_STATE_NAME,
+    RESUME_STATE_TYPE,
+    interrupted_state,
+    resume_hint,
+    resume_refusal,
+)
+
+JOB_ID = "6f1c2a3b-0000-4000-8000-00000000beef"
+PARAMS = JobParameters(
+    model="fake", prompt_file={"type": PathType.filepath, "value": "/data/p.jsonl"}
+).model_dump(mode="json", exclude_none=True)
+
+
+def run(state_type: str, name: str | None, message: str | None = None, **progress: object) -> RunSnapshot:
+    return RunSnapshot(
+        id=JOB_ID,
+        created=datetime(2025, 1, 1, tzinfo=UTC),
+        state_type=state_type,
+        state_name=name,
+        state_message=message,
+        parameters=PARAMS,
+        progress=JobProgress(**progress) if progress else None,  # type: ignore[arg-type]
+    )
+
+
+# (state type, runs on a deployment, refused because ...) -- None: resumable
+RESUME_TABLE = [
+    ("FAILED", True, None),
+    ("CRASHED", True, None),
+    ("CANCELLED", True, None),
+    ("COMPLETED", True, "already completed"),
+    ("RUNNING", True, "still running"),
+    ("PENDING", True, "still pending"),
+    ("SCHEDULED", True, "still scheduled"),
+    ("PAUSED", True, "still paused"),
+    ("CANCELLING", True, "still cancelling"),
+    ("CRASHED", False, "same --output-dir"),
+]
+
+
+@pytest.mark.parametrize(("state_type", "has_deployment", "refused_because"), RESUME_TABLE)
+def test_only_a_job_that_stopped_without_finishing_and_has_a_runner_may_be_resumed(
+    state_type: str, has_deployment: bool, refused_because: str | None
+) -> None:
+    refusal = resume_refusal(JOB_ID, state_type, has_deployment)
+    if refused_because is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refused_because in refusal and JOB_ID in refusal
+
+
+def test_a_resume_proposes_the_same_state_as_the_prefect_ui_retry_button() -> None:
+    # The UI's retryFlowRun sets {type: SCHEDULED, name: "AwaitingRetry"}; so do we, so that both
+    # paths look and behave the same (the e2e tests take both).
+    assert (RESUME_STATE_TYPE, RESUME_STATE_NAME) == ("SCHEDULED", "AwaitingRetry")
+
+
+def test_the_resume_hint_names_the_command_and_the_endpoint() -> None:
+    hint = resume_hint(JOB_ID)
+    assert f"batchinfer resume {JOB_ID}" in hint
+    assert f"POST /batch_inference/resume_job?job_id={JOB_ID}" in hint
+
+
+# (state a stopped serve left, the state it becomes: (type, name) or None to leave it)
+LEFT_BEHIND = [
+    ("RUNNING", ("CRASHED", INTERRUPTED_STATE_NAME)),
+    ("PENDING", ("CRASHED", INTERRUPTED_STATE_NAME)),
+    ("CANCELLING", ("CANCELLED", "Cancelled")),
+    ("SCHEDULED", None),  # queued: the new runner simply starts it
+    ("PAUSED", None),
+    ("COMPLETED", None),
+    ("FAILED", None),
+    ("CRASHED", None),
+]
+
+
+@pytest.mark.parametrize(("state_type", "becomes"), LEFT_BEHIND)
+def test_a_job_a_stopped_serve_left_needing_a_process_is_ended_and_others_are_left_alone(
+    state_type: str, becomes: tuple[str, str] | None
+) -> None:
+    spec = interrupted_state(JOB_ID, state_type)
+    assert ((spec.type, spec.name) if spec else None) == becomes
+
+
+def test_an_interrupted_job_says_what_happened_and_how_to_resume() -> None:
+    spec = interrupted_state(JOB_ID, "RUNNING")
+    assert spec is not None
+    assert "serve stopped while this job was running" in spec.message
+    assert resume_hint(JOB_ID) in spec.message
+
+
+def test_job_status_reports_an_interrupted_job_as_failed_with_code_interrupted() -> None:
+    message = interrupted_state(JOB_ID, "RUNNING").message  # type: ignore[union-attr]
+    job = batch_inference(run("CRASHED", INTERRUPTED_STATE_NAME, message))
+    assert job.status is JobStatus.failed
+    assert job.metadata["error"] == {"code": "interrupted", "message": message}
+
+
+def test_job_status_of_a_crashed_job_adds_how_to_resume_to_prefects_message() -> None:
+    job = batch_inference(run("CRASHED", "Crashed", "Process exited with status code: -9."))
+    assert job.metadata["error"]["code"] == "crashed"
+    assert job.metadata["error"]["message"].startswith("Process exited with status code: -9.")
+    assert f"batchinfer resume {JOB_ID}" in job.metadata["error"]["message"]
+
+
+def test_a_crash_ignores_an_error_left_in_the_progress_file_by_an_earlier_run() -> None:
+    job = batch_inference(run("CRASHED", "Crashed", "killed", error_code="deadline_exceeded"))
+    assert job.metadata["error"]["code"] == "crashed"
+
+
+def test_a_resumed_job_does_not_point_at_the_outputs_of_its_previous_run() -> None:
+    previous = {"output_dir": "/jobs/x", "total": 3, "outputs_ready": True}
+    assert batch_inference(run("SCHEDULED", RESUME_STATE_NAME, **previous)).success_file_path is None
+    assert batch_inference(run("FAILED", "Failed", **previous)).success_file_path is not None
