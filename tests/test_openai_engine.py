@@ -8,10 +8,8 @@ the same spec."""
 from __future__ import annotations
 
 import base64
-import http.server
 import math
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +28,7 @@ from batchinfer.engines.openai_messages import sniff_image_mime, to_openai_messa
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail
 from batchinfer.testing.fake_openai import FakeOpenAIServer
+from batchinfer.testing.loopback_http import QuietHandler, loopback_server
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 8
@@ -98,30 +97,17 @@ def error(outcome: Completion | ErrorDetail) -> ErrorDetail:
 def one_off_server(body: bytes, seen: list[dict[str, str]] | None = None) -> Iterator[str]:
     """A base_url whose server answers every POST 200 with ``body``, noting request headers."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             if seen is not None:
                 seen.append({k.lower(): v for k, v in self.headers.items()})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback_server(Handler) as base:
+        yield base + "/v1"
 
 
 def test_aiohttp_is_the_default_http_client_and_others_are_refused() -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import http.server
 import ipaddress
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path as LocalPath
@@ -27,6 +25,7 @@ from batchinfer.prompt_source import (
     display_uri,
     fetch,
 )
+from batchinfer.testing.loopback_http import QuietHandler, loopback_server
 
 JSONL = '[{"role": "user", "text": "hi"}]\n'
 
@@ -406,26 +405,13 @@ Route = tuple[int, dict[str, str], bytes]
 def http_files(routes: dict[str, Route]) -> Iterator[str]:
     """A loopback server answering GET path -> (status, headers, body); yields its base URL."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             status, headers, body = routes.get(self.path, (404, {}, b"not found"))
-            self.send_response(status)
-            for name, value in {**headers, "Content-Length": str(len(body))}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(status, body, {"Content-Type": "application/octet-stream", **headers})
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as base:
+        yield base
 
 
 LOOPBACK_OK = SourceRules(allow_private=True)

@@ -4,18 +4,15 @@ test_api.py; prompt-file roots, schemes and private addresses in test_prompt_sou
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path as LocalPath
-from typing import Any
 
 import pytest
 
@@ -28,6 +25,7 @@ from batchinfer.records import ErrorDetail
 from batchinfer.serve import bind_refusal
 from batchinfer.settings import Settings
 from batchinfer.submission import check_output_dir
+from batchinfer.testing.loopback_http import QuietHandler, loopback_server
 
 # ---- serve on a public address ----------------------------------------------------------------
 
@@ -133,30 +131,16 @@ def echoing_server(status: int) -> Iterator[str]:
     """A model server that answers every request with ``status`` and echoes the key it was sent,
     as some servers do in their 'invalid API key' messages."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             message = f"Incorrect API key provided: {self.headers.get('Authorization')}"
-            body = json.dumps({"error": {"message": message}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(status, json.dumps({"error": {"message": message}}).encode())
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as base:
+        yield base + "/v1"
 
 
 @pytest.mark.parametrize("status", [401, 500], ids=["a refusal", "a server error, retried"])
