@@ -91,7 +91,6 @@ def _run(
     params = sampling_params(options or Options(), num_generations, settings.default_max_tokens)
     summary = validate(
         prompt_file,
-        [str(r) for r in [*settings.roots(), settings.uploads_dir.resolve()]],
         str(layout.root),
         params,
         settings.chunk_size,

@@ -18,7 +18,6 @@ from batchinfer.validation import ValidationSummary, validate_prompt_file
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(
     prompt_file: Path,
-    roots: list[str],
     job_dir: str,
     params: SamplingParams,
     chunk_size: int,
@@ -26,5 +25,5 @@ def validate(
     layout = JobLayout(LocalPath(job_dir))
     settings = Settings()  # limits and URI rules, as configured where the job runs
     rules = SourceRules.from_settings(settings)
-    source = fetch(prompt_file, [LocalPath(r) for r in roots], layout.staged_input, rules)
+    source = fetch(prompt_file, settings.input_roots(), layout.staged_input, rules)
     return validate_prompt_file(source, layout, params, chunk_size, settings.limits())

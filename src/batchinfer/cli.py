@@ -65,11 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     settings.home.mkdir(parents=True, exist_ok=True)
     # Prefect reads these when it is imported: set them first, and only if the user has not.
-    os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # A fresh SQLite database takes 15-25 s to migrate here; Prefect's default waits less.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    for name, value in settings.prefect_env().items():
+        os.environ.setdefault(name, value)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if args.command == "serve":
         from batchinfer.serve import serve

@@ -122,24 +122,6 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
-def prefect_server_env(settings: Settings, base: dict[str, str]) -> dict[str, str]:
-    """Environment for a local Prefect server whose state lives in the data dir."""
-    prefect_home = settings.home / "prefect"
-    env = dict(base)
-    env.setdefault("PREFECT_HOME", str(prefect_home))
-    env.setdefault(
-        "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
-    )
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Prefect records task runs one insert at a time by default; with SQLite that falls behind by
-    # about a minute per 1,000 task runs and holds the write lock meanwhile. Batch the inserts.
-    env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE", "100")
-    env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "100")
-    env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
-    return env
-
-
 def _mark_interrupted_jobs() -> None:
     """Fail the jobs a previous ``serve`` left running (their processes died with it), saying how
     to resume them; else they would show ``running`` forever. See ``recovery.py``.
@@ -169,7 +151,7 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
 
     catalog = load_catalog(settings.models)  # a broken models file fails here, before anything starts
     logs = settings.home / "logs"
-    env = prefect_server_env(settings, dict(os.environ))
+    env = dict(os.environ)  # cli.main has put Prefect's defaults in it (Settings.prefect_env)
     supervisor = Supervisor()
     # A server of our own was down while we were: nothing can be running its jobs (see below).
     owns_server = not env.get("PREFECT_API_URL")

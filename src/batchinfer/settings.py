@@ -157,6 +157,28 @@ class Settings(BaseSettings):
         roots = self.allowed_roots or [self.home, Path.cwd(), Path(tempfile.gettempdir())]
         return [Path(r).expanduser().resolve() for r in roots]
 
+    def input_roots(self) -> list[Path]:
+        """Where a job may read its prompt file: the allowed roots, plus the staged uploads."""
+        return [*self.roots(), self.uploads_dir.resolve()]
+
+    def prefect_env(self) -> dict[str, str]:
+        """Defaults for Prefect's environment, for every Prefect this process or its children
+        start (``serve``'s server, ``run``'s temporary one): state in the data dir, no telemetry."""
+        prefect_home = self.home / "prefect"
+        return {
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            # A fresh SQLite database takes 15-25 s to migrate here; Prefect's default waits less.
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+            # Prefect records task runs one insert at a time by default; with SQLite that falls
+            # behind by about a minute per 1,000 task runs and holds the write lock meanwhile.
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+        }
+
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"

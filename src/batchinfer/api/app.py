@@ -66,6 +66,10 @@ def bearer_token_matches(authorization: str | None, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+# The seed's job_id query parameter, shared by every route that takes one.
+JobIdQuery = Annotated[str, Query(description="Unique identifier for the batch inference job.")]
+
+
 def backend(request: Request) -> JobBackend:
     """The app's job backend (a FastAPI dependency; module-level so annotations resolve)."""
     return request.app.state.backend
@@ -169,7 +173,7 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
     )
     async def job_status(
         jobs: Annotated[JobBackend, Depends(backend)],
-        job_id: Annotated[str, Query(description="Unique identifier for the batch inference job.")],
+        job_id: JobIdQuery,
     ) -> BatchInference:
         return await jobs.status(_job_uuid(job_id))
 
@@ -184,7 +188,7 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
     )
     async def resume_job(
         jobs: Annotated[JobBackend, Depends(backend)],
-        job_id: Annotated[str, Query(description="Unique identifier for the batch inference job.")],
+        job_id: JobIdQuery,
     ) -> BatchInference:
         return await jobs.resume(_job_uuid(job_id))
 
