@@ -246,30 +246,15 @@ def http_benchmarks(args: argparse.Namespace, latencies: list[float], tmp: Path)
                 result, rss = client_mode(mode, url, file, args.concurrency, client_env)
                 rows.append(row("http", label, lat, result["requests"], result["seconds"], rss))
                 print(f"   {label}: {rows[-1]['requests_per_s']} req/s", flush=True)
-            job, wall, rss = job_via_run(served, model, prompts, tmp / f"run-{int(lat)}")
-            rows.append(
-                row(
-                    "http",
+            for label, (job, wall, rss) in (
+                (
                     "(3) batchinfer job: `batchinfer run`",
-                    lat,
-                    args.prompts,
-                    flow_run_seconds(served, job["job_id"]),
-                    rss,
-                    wall_s=round(wall, 2),
-                )
-            )
-            job, wall, rss = job_via_serve(served, model, prompts)
-            rows.append(
-                row(
-                    "http",
-                    "(3) batchinfer job: submitted to `serve`",
-                    lat,
-                    args.prompts,
-                    flow_run_seconds(served, job["job_id"]),
-                    rss,
-                    wall_s=round(wall, 2),
-                )
-            )
+                    job_via_run(served, model, prompts, tmp / f"run-{int(lat)}"),
+                ),
+                ("(3) batchinfer job: submitted to `serve`", job_via_serve(served, model, prompts)),
+            ):
+                seconds = flow_run_seconds(served, job["job_id"])
+                rows.append(row("http", label, lat, args.prompts, seconds, rss, wall_s=round(wall, 2)))
             ceilings[lat] = ceiling_rps
         lat0 = f"fake-{int(latencies[0])}ms"
         walls = [job_via_serve(served, lat0, one)[1] for _ in range(args.overhead_runs)]
