@@ -1,38 +1,57 @@
 """The batch job as a Prefect flow: validate -> infer-chunk x N (parallel) -> gather.
 
 The flow run id is the job id. The flow names its RUNNING phases (Validating, Inferring,
-Gathering) and publishes counts as it goes (``batchinfer.reporting``); everything else lives in
-plain modules that the tasks call.
+Gathering), publishes counts as it goes and a summary at the end (``batchinfer.reporting``), and
+stops early, keeping its results, when cancelled (``batchinfer.cancellation``); everything else
+lives in plain modules that the tasks call.
 """
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path as LocalPath
 from typing import Any
+from uuid import UUID
 
 from batchinfer.tasks.gather import gather
 from batchinfer.tasks.infer import infer_chunk
 from batchinfer.tasks.validate import validate
 from prefect import flow
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from batchinfer.api.backend import FLOW_NAME
+from batchinfer.cancellation import (
+    CANCEL_STATE_TYPES,
+    CANCELLED_CODE,
+    CancelWatcher,
+    StopSignal,
+    forget,
+    prefect_state_reader,
+    sigterm_sets,
+    stop_signal,
+)
 from batchinfer.catalog import load_catalog
 from batchinfer.chunking import chunk_key
 from batchinfer.contract import Options, Path
-from batchinfer.deadline import Deadline, DeadlinePassed, windowed
+from batchinfer.deadline import Deadline, DeadlinePassed, DoneFuture, windowed
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import get_engine
 from batchinfer.errors import BatchInferError, JobError
-from batchinfer.inference import ChunkCounts
+from batchinfer.gather import gather_outputs
+from batchinfer.inference import ChunkCounts, run_chunk
 from batchinfer.jobfiles import JobLayout
 from batchinfer.jobview import job_layout, sampling_params
+from batchinfer.model_limits import chunk_slots, ensure_limit, shared_limit
+from batchinfer.recovery import resume_hint
 from batchinfer.reporting import RunReporter
+from batchinfer.scaleout import dask_chunks
 from batchinfer.settings import Settings
 from batchinfer.state import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
+from batchinfer.summary import PhaseClock
 from batchinfer.unreachable import model_unreachable, unreachable_error
 
 # Upper bound on chunk threads; the engine's ``max_parallel_chunks`` picks the actual window.
@@ -45,6 +64,18 @@ def _job_name() -> str:
     value = source.get("value", "") if isinstance(source, dict) else getattr(source, "value", "")
     name = LocalPath(str(value)).name if len(str(value)) < 512 else "raw-bytes"
     return f"{params.get('model', 'model')} · {name or 'prompts'}"
+
+
+def _tag_with_model(job_id: str, model: str) -> None:
+    """``model:<id>``, as the adapter tags the runs it creates, also on runs started another way
+    (a deployment's schedule, the UI, a direct call), so the UI can filter every job by model."""
+    from prefect.client.orchestration import get_client
+
+    tag = f"model:{model}"
+    tags = list(flow_run.tags or [])
+    if tag not in tags:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(job_id), tags=[*tags, tag])
 
 
 @flow(
@@ -60,33 +91,42 @@ def batch_job(
     options: Options | None = None,
     num_generations: int = 1,
     output_dir: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files."""
     settings = Settings()
     deadline = Deadline.after(settings.job_timeout_s)  # per run: a resumed job gets a fresh one
     job_id = str(flow_run.id)
     layout = job_layout(job_id, {"output_dir": output_dir}, settings.jobs_dir)
     reporter = RunReporter(job_id, layout)
+    clock = PhaseClock()
+    _tag_with_model(job_id, model)
     try:
-        return _run(settings, reporter, layout, deadline, model, prompt_file, options, num_generations)
+        return _run(settings, reporter, clock, layout, deadline, model, prompt_file, options, num_generations)
     except BatchInferError as exc:
         reporter.progress.error_code = exc.code
         reporter.progress.error_message = exc.message
         reporter.push(force=True)
         raise JobError(exc.message, code=exc.code) from exc
+    finally:
+        clock.stop()
+        reporter.publish_summary(model, clock.seconds, PHASE_INFERRING)
+        forget(job_id)
 
 
 def _run(
     settings: Settings,
     reporter: RunReporter,
+    clock: PhaseClock,
     layout: JobLayout,
     deadline: Deadline,
     model: str,
     prompt_file: Path,
     options: Options | None,
     num_generations: int,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
+    job_id = reporter.flow_run_id
     reporter.set_phase(PHASE_VALIDATING)
+    clock.enter(PHASE_VALIDATING)
     config = load_catalog(settings.models).get(model)
     params = sampling_params(options or Options(), num_generations, settings.default_max_tokens)
     summary = validate(
@@ -105,47 +145,114 @@ def _run(
         raise JobError(summary.file_error.message, code=summary.file_error.code)
 
     reporter.set_phase(PHASE_INFERRING)
+    clock.enter(PHASE_INFERRING)
     context = EngineContext(cache_dir=settings.cache_dir, threads=settings.threads)
     engine = get_engine(config, context)  # load once here, so chunk threads share it
     window = min(settings.max_parallel_chunks or engine.max_parallel_chunks, MAX_CHUNK_THREADS)
+    limit = shared_limit(config) if settings.share_model_limits else None
+    slots = None
+    if limit is not None:
+        ensure_limit(config.id, limit)
+        slots = chunk_slots(limit, window)
     key = chunk_key(
         summary.input_sha256, summary.chunk_size, config.model_dump_json(), params.model_dump_json()
     )
     result_paths = [str(layout.chunk_result(c.index, key)) for c in summary.chunks]
+    submitted: set[int] = set()
 
-    def submit(chunk: Any) -> PrefectFuture[ChunkCounts]:
-        return infer_chunk.submit(chunk.index, chunk.input_path, result_paths[chunk.index], config, context)
+    dask = dask_chunks(settings, job_id)  # None: chunk tasks run on this process's threads
+
+    def submit(chunk: Any) -> DoneFuture[ChunkCounts]:
+        submitted.add(chunk.index)
+        if dask is not None:
+            params = {"model": config, "context": context, "job_id": job_id, "slots": slots}
+            return dask.submit(
+                infer_chunk, chunk.index, chunk.input_path, result_paths[chunk.index], **params
+            )
+        return infer_chunk.submit(
+            chunk.index, chunk.input_path, result_paths[chunk.index], config, context, job_id, slots
+        )
 
     error_codes: Counter[str] = Counter()
-    try:
-        for counts in windowed(submit, summary.chunks, window, deadline):
-            progress.completed += counts.succeeded
-            progress.failed += counts.failed
-            progress.prompt_tokens += counts.prompt_tokens
-            progress.completion_tokens += counts.completion_tokens
-            progress.chunks_done += 1
-            error_codes.update(counts.error_codes)
-            reporter.push()
-    except DeadlinePassed:
-        raise deadline.exceeded(reporter.flow_run_id, progress.chunks_done, progress.chunks) from None
 
-    reporter.set_phase(PHASE_GATHERING)
-    gathered = gather(str(layout.root), result_paths, summary.lines)
-    progress.completed, progress.failed = gathered.succeeded, gathered.failed
-    progress.outputs_ready = True
+    def count(counts: ChunkCounts) -> None:
+        progress.completed += counts.succeeded
+        progress.failed += counts.failed
+        progress.prompt_tokens += counts.prompt_tokens
+        progress.completion_tokens += counts.completion_tokens
+        progress.chunks_done += 1
+        error_codes.update(counts.error_codes)
+        reporter.push()
+
+    stop = stop_signal(job_id)
+    with sigterm_sets(stop):  # until the end: a cancel's SIGTERM must not cut the gather short
+        try:
+            with CancelWatcher(job_id, stop, prefect_state_reader(job_id)), dask or nullcontext():
+                for counts in windowed(submit, summary.chunks, window, deadline, stop):
+                    count(counts)
+        except DeadlinePassed:
+            raise deadline.exceeded(job_id, progress.chunks_done, progress.chunks) from None
+        if stop.is_set():  # the chunks in flight have finished; the ones never started are cancelled
+            for chunk in summary.chunks:
+                if chunk.index not in submitted:
+                    count(
+                        run_chunk(
+                            chunk.index,
+                            LocalPath(chunk.input_path),
+                            LocalPath(result_paths[chunk.index]),
+                            engine,
+                            stop,
+                        )
+                    )
+
+        clock.enter(PHASE_GATHERING)
+        if stop.is_set():
+            # Neither a phase change (it would overwrite CANCELLING) nor the gather *task* (a task
+            # re-arms Prefect's own SIGTERM handler while it runs, and the runner's SIGTERM for this
+            # cancel may land just then).
+            gathered = gather_outputs(layout, [LocalPath(p) for p in result_paths], summary.lines)
+        else:
+            reporter.set_phase(PHASE_GATHERING)
+            gathered = gather(str(layout.root), result_paths, summary.lines)
+        progress.completed, progress.failed = gathered.succeeded, gathered.failed
+        progress.outputs_ready = True
+        reporter.push(force=True)
+        if stop.is_set():
+            return _stopped(reporter, stop, cancelled=error_codes[CANCELLED_CODE])
+        if model_unreachable(gathered.succeeded, error_codes):
+            # These results hold no answer, only connection errors: drop them, so that a resume
+            # (once the server is back) asks the server again instead of reusing them.
+            for result_path in result_paths:
+                LocalPath(result_path).unlink(missing_ok=True)
+            base_url = getattr(config, "base_url", None)
+            raise unreachable_error(
+                reporter.flow_run_id, config.id, base_url, error_codes["connection_error"]
+            )
+        return {
+            "job_dir": str(layout.root),
+            "request_counts": {
+                "total": summary.lines,
+                "completed": gathered.succeeded,
+                "failed": gathered.failed,
+            },
+        }
+
+
+def _stopped(reporter: RunReporter, stop: StopSignal, cancelled: int) -> State[Any]:
+    """The end of a job that stopped early, its outputs written: Cancelled when someone asked (the
+    UI, ``cancel_job``). A SIGTERM with no cancel behind it (a worker shutting down) is handed back
+    to Prefect as the termination it is, so the job ends crashed, resumable, as it always did."""
+    from prefect.exceptions import TerminationSignal
+
+    job_id = reporter.flow_run_id
+    if prefect_state_reader(job_id)() not in CANCEL_STATE_TYPES:
+        raise TerminationSignal(signal.SIGTERM)
+    progress = reporter.progress
+    message = (
+        f"Cancelled: {progress.completed} lines succeeded and {progress.failed - cancelled} failed "
+        f"before the cancel; the {cancelled} lines it cut short are in the error file as "
+        f"`cancelled`. {resume_hint(job_id)}"
+    )
+    progress.error_code, progress.error_message = CANCELLED_CODE, message
     reporter.push(force=True)
-    if model_unreachable(gathered.succeeded, error_codes):
-        # These results hold no answer, only connection errors: drop them, so that a resume
-        # (once the server is back) asks the server again instead of reusing them.
-        for result_path in result_paths:
-            LocalPath(result_path).unlink(missing_ok=True)
-        base_url = getattr(config, "base_url", None)
-        raise unreachable_error(reporter.flow_run_id, config.id, base_url, error_codes["connection_error"])
-    return {
-        "job_dir": str(layout.root),
-        "request_counts": {
-            "total": summary.lines,
-            "completed": gathered.succeeded,
-            "failed": gathered.failed,
-        },
-    }
+    return Cancelled(message=message)

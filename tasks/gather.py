@@ -12,7 +12,7 @@ from batchinfer.jobfiles import JobLayout
 from batchinfer.records import ErrorDetail
 
 
-@task(name="gather", cache_policy=NO_CACHE)
+@task(name="gather", task_run_name="gather", cache_policy=NO_CACHE)
 def gather(
     job_dir: str,
     result_paths: list[str],

@@ -15,7 +15,7 @@ from batchinfer.settings import Settings
 from batchinfer.validation import ValidationSummary, validate_prompt_file
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(name="validate", task_run_name="validate", cache_policy=NO_CACHE)
 def validate(
     prompt_file: Path,
     job_dir: str,

@@ -11,6 +11,7 @@ import yaml
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, free_port, serve_env
+from batchinfer.testing.webhooks import Receiver, webhook_receiver
 
 # No hub, no telemetry, one torch thread: the machines have 2 cores and no internet.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,6 +49,14 @@ def flaky_openai() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="session")
+def limited_openai() -> Iterator[FakeOpenAIServer]:
+    """The server behind model ``fake-limited`` (max_concurrency 4): its ``max_in_flight`` shows
+    whether the model's limit held across jobs. Used by no other model."""
+    with FakeOpenAIServer(latency_ms=SLOW_LATENCY_MS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def down_base_url() -> str:
     """A model server that is down: nothing listens on this port."""
     return f"http://127.0.0.1:{free_port()}/v1"
@@ -65,6 +74,7 @@ def models_file(
     slow_openai: FakeOpenAIServer,
     flaky_openai: FakeOpenAIServer,
     down_base_url: str,
+    limited_openai: FakeOpenAIServer,
     tiny_model_dir: Path,
 ) -> Path:
     models = [
@@ -75,6 +85,13 @@ def models_file(
             "base_url": slow_openai.base_url,
             "model": "fake-model",
             "max_concurrency": 8,
+        },
+        {
+            "id": "fake-limited",
+            "engine": "openai",
+            "base_url": limited_openai.base_url,
+            "model": "fake-model",
+            "max_concurrency": 4,
         },
         {"id": "tiny", "engine": "transformers", "path": str(tiny_model_dir), "batch_size": 8},
         # Fault models: short timeouts and backoffs, so that a fault costs a test milliseconds.
@@ -113,13 +130,26 @@ def models_file(
 
 
 @pytest.fixture(scope="session")
-def served(e2e_root: Path, models_file: Path) -> Iterator[ServeProcess]:
+def job_webhook() -> Iterator[Receiver]:
+    """The webhook that the session's ``serve`` notifies of every finished job."""
+    with webhook_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def served(e2e_root: Path, models_file: Path, job_webhook: Receiver) -> Iterator[ServeProcess]:
     """One ``batchinfer serve`` for the whole session (a Prefect server costs ~15-25 s to start)."""
     home = e2e_root / "home"
     home.mkdir()
     data = e2e_root / "data"
     data.mkdir()
-    env = serve_env(home, models_file, roots=[data, home], BATCHINFER_CHUNK_SIZE="50")
+    env = serve_env(
+        home,
+        models_file,
+        roots=[data, home],
+        BATCHINFER_CHUNK_SIZE="50",
+        BATCHINFER_WEBHOOK_URL=job_webhook.url + "/jobs",
+    )
     process = ServeProcess(home=home, env=env).start()
     yield process
     process.stop()

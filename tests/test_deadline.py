@@ -98,3 +98,27 @@ def test_an_item_that_fails_fails_the_window() -> None:
     failed.set_exception(RuntimeError("engine broke"))
     with pytest.raises(RuntimeError, match="engine broke"):
         list(windowed(lambda _: failed, [1], 1, Deadline.after(60)))
+
+
+class Switch:
+    def __init__(self) -> None:
+        self.on = False
+
+    def is_set(self) -> bool:
+        return self.on
+
+
+def test_once_stopped_the_window_starts_nothing_more_and_yields_what_was_in_flight() -> None:
+    stop = Switch()
+    started: list[int] = []
+
+    def submit(item: int) -> Future[int]:
+        started.append(item)
+        return done(item)
+
+    results = []
+    for value in windowed(submit, range(10), 2, Deadline.after(60), stop):
+        results.append(value)
+        stop.on = True  # cancelled after the first result
+    assert started == [0, 1]  # the window held 2; nothing started after the stop
+    assert results == [0, 1]

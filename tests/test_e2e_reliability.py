@@ -23,7 +23,15 @@ import pytest
 
 from batchinfer.inference import read_requests
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from batchinfer.testing.served import ServeProcess, read_jsonl, serve_env, user_prompt, write_jsonl
+from batchinfer.testing.served import (
+    ServeProcess,
+    prompt_texts,
+    read_jsonl,
+    serve_env,
+    user_prompt,
+    wait_for,
+    write_prompts,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -42,20 +50,7 @@ def _submit(served: ServeProcess, path: Path, model: str) -> str:
     return str(served.submit_ok(_body(path, model))["job_id"])
 
 
-def _texts(tag: str, n: int) -> list[str]:
-    return [f"{tag} question {i}" for i in range(n)]
-
-
-def _prompt_file(directory: Path, tag: str, texts: list[str]) -> Path:
-    return write_jsonl(directory / f"{tag}.jsonl", [user_prompt(t) for t in texts])
-
-
-def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+_texts, _prompt_file, _wait_for = prompt_texts, write_prompts, wait_for
 
 
 def _chunks_done(served: ServeProcess, job_id: str) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams
+from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.errors import JobError
 from batchinfer.gather import GatherCounts, gather_outputs
 from batchinfer.inference import run_chunk
@@ -30,7 +30,12 @@ class UpperEngine:
 
     max_parallel_chunks = 1
 
-    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+    def infer(
+        self,
+        requests: Sequence[PromptRequest],
+        stop: StopFlag | None = None,
+        max_in_flight: int | None = None,
+    ) -> list[InferenceOutcome]:
         outcomes: list[InferenceOutcome] = []
         for request in requests:
             text = request.messages[-1].text or ""

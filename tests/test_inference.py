@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchinfer.contract import Message
-from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams
+from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.inference import ChunkCounts, read_requests, run_chunk
 from batchinfer.records import Completion, ErrorDetail, Generation, Usage
 
@@ -23,7 +23,12 @@ class EchoEngine:
         self.calls: list[list[int]] = []
         self.drop = drop  # return this many outcomes too few (a broken engine)
 
-    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+    def infer(
+        self,
+        requests: Sequence[PromptRequest],
+        stop: StopFlag | None = None,
+        max_in_flight: int | None = None,
+    ) -> list[InferenceOutcome]:
         self.calls.append([r.line for r in requests])
         outcomes: list[InferenceOutcome] = []
         for request in requests:
@@ -141,7 +146,12 @@ def test_an_engine_returning_the_wrong_number_of_outcomes_fails_the_chunk_and_wr
 
 def test_an_engine_exception_fails_the_chunk_and_leaves_no_result(tmp_path: Path, chunk: Path) -> None:
     class Broken(EchoEngine):
-        def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+        def infer(
+            self,
+            requests: Sequence[PromptRequest],
+            stop: StopFlag | None = None,
+            max_in_flight: int | None = None,
+        ) -> list[InferenceOutcome]:
             raise ConnectionError("engine down")
 
     result = tmp_path / "result.jsonl"
@@ -163,3 +173,44 @@ def test_read_requests_round_trips_the_chunk_file(chunk: Path) -> None:
         (2, None, 2),
         (4, None, 2),
     ]
+
+
+class Stopped:
+    """A job's cancel signal, already set."""
+
+    def is_set(self) -> bool:
+        return True
+
+
+def test_a_chunk_started_after_a_cancel_records_every_line_cancelled_without_the_engine(
+    tmp_path: Path, chunk: Path
+) -> None:
+    engine, result = EchoEngine(), tmp_path / "result.jsonl"
+    counts = run_chunk(0, chunk, result, engine, stop=Stopped())
+    assert engine.calls == []
+    assert [(r["line"], r["error"]["code"]) for r in records(result)] == [
+        (1, "cancelled"),
+        (2, "cancelled"),
+        (4, "cancelled"),
+    ]
+    assert counts.failed == 3 and counts.error_codes == {"cancelled": 3}
+
+
+def test_a_rerun_after_a_cancel_runs_only_the_cancelled_lines_and_keeps_the_rest(
+    tmp_path: Path, chunk: Path
+) -> None:
+    result = tmp_path / "result.jsonl"
+    run_chunk(0, chunk, result, EchoEngine())
+    cut_short = [json.loads(line) for line in result.read_text().splitlines()]
+    cut_short[2] = {"line": 4, "custom_id": None, "error": {"code": "cancelled", "message": "cut"}}
+    result.write_text("".join(json.dumps(r) + "\n" for r in cut_short))
+
+    engine = EchoEngine()
+    counts = run_chunk(0, chunk, result, engine)
+    assert engine.calls == [[4]]  # only the cancelled line went to the model again
+    lines = records(result)
+    assert [r["line"] for r in lines] == [1, 2, 4]
+    assert lines[0]["generations"][0]["text"] == "echo: a"  # kept, not re-run
+    assert lines[1]["error"]["code"] == "http_400"  # a real failure is kept, not re-run
+    assert lines[2]["generations"][0]["text"] == "echo: b"
+    assert (counts.succeeded, counts.failed, counts.reused) == (2, 1, False)

@@ -487,3 +487,38 @@ def test_audio_and_video_attachments_are_refused(kind: str) -> None:
     attachment = MediaAttachment(attachment_type=kind, data_type="uri", data="https://x/y")
     with pytest.raises(UnsupportedAttachment, match=kind):
         to_openai_message(Message(role="user", attachments=[attachment]))
+
+
+class Flag:
+    def __init__(self) -> None:
+        self.set_now = False
+
+    def is_set(self) -> bool:
+        return self.set_now
+
+
+def test_a_cancel_abandons_requests_in_flight_and_keeps_the_answered_ones(make_engine: MakeEngine) -> None:
+    engine = make_engine(timeout_s=30.0)
+    stop = Flag()
+    requests = [request(1, "cancel answered"), request(2, "cancel [fault:hang]")]
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(engine.infer, requests, stop)
+        time.sleep(0.5)  # the first is answered; the second hangs at the server
+        started = time.monotonic()
+        stop.set_now = True
+        outcomes = future.result(timeout=10)
+    assert time.monotonic() - started < 2.0  # not the 30 s the hang would take
+    assert completion(outcomes[0]).generations[0].text == "echo: cancel answered"
+    assert isinstance(outcomes[1], ErrorDetail) and outcomes[1].code == "cancelled"
+
+
+def test_max_in_flight_caps_one_calls_concurrent_requests_below_the_engine_limit() -> None:
+    with FakeOpenAIServer(latency_ms=30) as slow:
+        config = OpenAIEngineConfig(id="capped", base_url=slow.base_url, model="m", max_concurrency=64)
+        engine = OpenAIEngine(config)
+        try:
+            outcomes = engine.infer([request(i, f"capped {i}") for i in range(1, 31)], max_in_flight=3)
+        finally:
+            engine.close()
+        assert all(isinstance(o, Completion) for o in outcomes)
+        assert slow.max_in_flight == 3

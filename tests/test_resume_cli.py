@@ -39,10 +39,13 @@ def test_resume_refuses_a_job_id_that_is_not_a_uuid_with_exit_code_2(
     assert "not a job id" in capsys.readouterr().err
 
 
-def test_resume_without_a_reachable_prefect_server_says_where_it_looked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["resume", "cancel"])
+def test_resume_and_cancel_without_a_reachable_prefect_server_say_where_they_looked(
+    tmp_path: Path, command: str
+) -> None:
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     result = subprocess.run(
-        [sys.executable, "-m", "batchinfer.cli", "resume", str(uuid.uuid4()), "--prefect-api-url", url],
+        [sys.executable, "-m", "batchinfer.cli", command, str(uuid.uuid4()), "--prefect-api-url", url],
         env={"BATCHINFER_HOME": str(tmp_path), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -6,7 +6,14 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from batchinfer.contract import JobStatus
-from batchinfer.state import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING, job_status
+from batchinfer.state import (
+    PHASE_GATHERING,
+    PHASE_INFERRING,
+    PHASE_VALIDATING,
+    cancel_action,
+    job_status,
+    status_query,
+)
 
 # Every member of Prefect's StateType must be listed here: a new one fails
 # test_every_prefect_state_type_is_mapped until someone decides what it means for a job.
@@ -58,3 +65,51 @@ def test_the_phase_names_are_the_documented_ones() -> None:
 def test_an_unknown_state_type_raises_value_error(state_type: str) -> None:
     with pytest.raises(ValueError, match="Unmapped"):
         job_status(state_type, None)
+
+
+_RUN_STATES = [
+    ("SCHEDULED", "Scheduled"),
+    ("SCHEDULED", "AwaitingRetry"),
+    ("PENDING", "Pending"),
+    ("RUNNING", "Running"),
+    ("RUNNING", "Validating"),
+    ("RUNNING", "Inferring"),
+    ("RUNNING", "Gathering"),
+    ("RUNNING", "Retrying"),
+    ("PAUSED", "Paused"),
+    ("CANCELLING", "Cancelling"),
+    ("COMPLETED", "Completed"),
+    ("FAILED", "Failed"),
+    ("CRASHED", "Crashed"),
+    ("CANCELLED", "Cancelled"),
+]
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_the_list_filter_of_a_status_selects_exactly_the_runs_that_read_as_that_status(
+    status: JobStatus,
+) -> None:
+    query = status_query(status)
+    for state_type, name in _RUN_STATES:
+        selected = state_type in query.types or name in query.names
+        assert selected == (job_status(state_type, name) is status), (state_type, name)
+
+
+@pytest.mark.parametrize(
+    ("state_type", "action"),
+    [
+        ("SCHEDULED", "cancel_now"),
+        ("PENDING", "cancel_now"),
+        ("PAUSED", "cancel_now"),
+        ("RUNNING", "request_cancel"),
+        ("CANCELLING", "request_cancel"),
+        ("COMPLETED", "already_ended"),
+        ("FAILED", "already_ended"),
+        ("CRASHED", "already_ended"),
+        ("CANCELLED", "already_ended"),
+    ],
+)
+def test_a_cancel_ends_a_waiting_job_at_once_asks_a_running_one_and_refuses_an_ended_one(
+    state_type: str, action: str
+) -> None:
+    assert cancel_action(state_type) == action

@@ -1,5 +1,5 @@
-"""The ``batchinfer`` command: ``serve`` (server + runner + adapter), ``run`` (one job, foreground)
-and ``resume`` (a failed or crashed job, again under its id)."""
+"""The ``batchinfer`` command: ``serve`` (server + runner + adapter), ``run`` (one job, foreground),
+``resume`` (a failed, crashed or cancelled job, again under its id) and ``cancel`` (a job)."""
 
 from __future__ import annotations
 
@@ -35,15 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-generations", type=int, default=1)
     run.add_argument("--output-dir", help="Where success.jsonl and errors.jsonl go.")
 
-    resume = sub.add_parser(
-        "resume", help="Run a failed or crashed job again under the same id; finished chunks are reused."
-    )
-    resume.add_argument("job_id", help="The job id (flow run id) that submit_job returned.")
-    resume.add_argument(
-        "--prefect-api-url",
-        help="The Prefect API of the runner's server; default PREFECT_API_URL, else the local server "
-        "of `batchinfer serve` (http://127.0.0.1:4200/api).",
-    )
+    job_actions = {
+        "resume": "Run a failed, crashed or cancelled job again under its id; finished lines are reused.",
+        "cancel": "Cancel a job: it stops within seconds and writes what it finished to its output files.",
+    }
+    for name, help_text in job_actions.items():
+        action = sub.add_parser(name, help=help_text)
+        action.add_argument("job_id", help="The job id (flow run id) that submit_job returned.")
+        action.add_argument(
+            "--prefect-api-url",
+            help="The Prefect API of the runner's server; default PREFECT_API_URL, else the local "
+            "server of `batchinfer serve` (http://127.0.0.1:4200/api).",
+        )
 
     sub.add_parser("models", help="List the model ids a job may name.")
     return parser
@@ -78,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         for model in load_catalog(settings.models).models:
             print(f"{model.id}\t{model.engine}")
         return 0
-    if args.command == "resume":
-        from batchinfer.resume_job import prefect_api_url, resume_from_cli
+    if args.command in ("resume", "cancel"):
+        from batchinfer.resume_job import job_action_from_cli, prefect_api_url
 
-        return resume_from_cli(args.job_id, prefect_api_url(args.prefect_api_url), settings)
+        return job_action_from_cli(args.command, args.job_id, prefect_api_url(args.prefect_api_url), settings)
     from batchinfer.run_job import run_in_foreground
 
     return run_in_foreground(args, settings)

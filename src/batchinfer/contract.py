@@ -116,3 +116,16 @@ class BatchInference(BaseModel):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Additional metadata related to the job."
     )
+
+
+# -- Extensions (not in the seed; compatible additions) -------------------------------------------
+
+
+class JobPage(BaseModel):
+    """One page of ``GET /batch_inference/jobs``, newest first."""
+
+    data: list[BatchInference] = Field(description="The jobs on this page.")
+    total: int = Field(description="Jobs matching the filters, on all pages.")
+    limit: int = Field(description="Page size asked for.")
+    offset: int = Field(description="How many matching jobs come before this page.")
+    has_more: bool = Field(description="Whether a page follows (ask again with offset + limit).")

@@ -69,12 +69,22 @@ class DeadlinePassed(Exception):
     """The window stopped submitting and waiting because the deadline passed."""
 
 
+class Stop(Protocol):
+    def is_set(self) -> bool: ...
+
+
 def windowed(
-    submit: Callable[[Any], DoneFuture[T]], items: Iterable[Any], window: int, deadline: Deadline
+    submit: Callable[[Any], DoneFuture[T]],
+    items: Iterable[Any],
+    window: int,
+    deadline: Deadline,
+    stop: Stop | None = None,
 ) -> Iterator[T]:
     """Keep at most ``window`` items in flight; yield each one's result as it finishes.
 
     Raises ``DeadlinePassed`` as soon as the deadline passes, without waiting for what is in flight.
+    Once ``stop`` is set it starts nothing more, yields what is in flight as it finishes, and ends;
+    the items it never started are the caller's to account for.
     Finished futures arrive through a queue, a plain bounded wait, rather than Prefect's
     ``as_completed(timeout=)``, whose timeout works by cancelling the waiting thread's scope.
     """
@@ -84,6 +94,8 @@ def windowed(
     def start(count: int) -> int:
         started = 0
         for item in islice(pending, count):
+            if stop is not None and stop.is_set():
+                return started
             if deadline.expired():
                 raise DeadlinePassed
             submit(item).add_done_callback(finished.put)

@@ -107,6 +107,16 @@ class JobNotResumableError(RequestError):
         super().__init__(message, field="job_id", location="query")
 
 
+class JobNotCancellableError(RequestError):
+    """A cancel of a job that has already ended."""
+
+    code = "job_not_cancellable"
+    http_status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="job_id", location="query")
+
+
 class ServiceUnavailableError(BatchInferError):
     """The Prefect API is unreachable or not ready; the client may retry."""
 

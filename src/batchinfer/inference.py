@@ -1,14 +1,16 @@
 """Running one chunk through an engine into its result file. Idempotent: a result file that exists
-is the chunk's finished work (it was renamed into place whole), so a re-run only counts it."""
+is the chunk's finished work (it was renamed into place whole), so a re-run only counts it, unless
+the job was cancelled while the chunk ran: then its ``cancelled`` lines, and only those, run again."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from batchinfer.engines.base import Engine, PromptRequest
+from batchinfer.engines.base import CANCELLED, Engine, PromptRequest, StopFlag
 from batchinfer.jobfiles import atomic_write
 from batchinfer.records import Completion, ErrorDetail, ErrorRecord, SuccessRecord, dump_record
 
@@ -41,22 +43,49 @@ def to_record(request: PromptRequest, outcome: Completion | ErrorDetail) -> Succ
     )
 
 
-def run_chunk(index: int, input_path: Path, result_path: Path, engine: Engine) -> ChunkCounts:
-    if result_path.exists():
-        return count_results(index, result_path)
+def run_chunk(
+    index: int,
+    input_path: Path,
+    result_path: Path,
+    engine: Engine,
+    stop: StopFlag | None = None,
+    max_in_flight: int | None = None,
+) -> ChunkCounts:
+    """Run the chunk (or what a cancel left of it) and write its result file; its counts."""
     requests = read_requests(input_path)
-    outcomes = engine.infer(requests)
+    kept: dict[int, str] = {}  # line -> finished record (JSON) from an earlier, cancelled run
+    if result_path.exists():
+        kept = _finished_records(result_path)
+        if len(kept) == len(requests):
+            return count_results(index, result_path)
+        requests = [r for r in requests if r.line not in kept]
+    if stop is not None and stop.is_set():
+        outcomes: list[Any] = [CANCELLED] * len(requests)
+    else:
+        outcomes = engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
     if len(outcomes) != len(requests):
         raise RuntimeError(
             f"Engine returned {len(outcomes)} outcomes for {len(requests)} requests in chunk {index}"
         )
-    counts = ChunkCounts(index=index)
+    fresh = {r.line: dump_record(to_record(r, o)) for r, o in zip(requests, outcomes, strict=True)}
     with atomic_write(result_path) as out:
-        for request, outcome in zip(requests, outcomes, strict=True):
-            record = to_record(request, outcome)
-            _add(counts, record)
-            out.write(dump_record(record) + "\n")
+        for line in sorted(kept.keys() | fresh.keys()):
+            out.write(kept.get(line) or fresh[line])
+            out.write("\n")
+    counts = count_results(index, result_path)
+    counts.reused = False
     return counts
+
+
+def _finished_records(result_path: Path) -> dict[int, str]:
+    """An existing result file's records by line, without the ones a cancel cut short."""
+    finished = {}
+    with open(result_path, encoding="utf-8") as handle:
+        for raw in handle:
+            obj = json.loads(raw)
+            if obj.get("error", {}).get("code") != CANCELLED.code:
+                finished[obj["line"]] = raw.rstrip("\n")
+    return finished
 
 
 def count_results(index: int, result_path: Path) -> ChunkCounts:
@@ -71,15 +100,6 @@ def count_results(index: int, result_path: Path) -> ChunkCounts:
             else:
                 _count_error(counts, obj["error"]["code"])
     return counts
-
-
-def _add(counts: ChunkCounts, record: SuccessRecord | ErrorRecord) -> None:
-    if isinstance(record, SuccessRecord):
-        counts.succeeded += 1
-        counts.prompt_tokens += record.usage.prompt_tokens
-        counts.completion_tokens += record.usage.completion_tokens
-    else:
-        _count_error(counts, record.error.code)
 
 
 def _count_error(counts: ChunkCounts, code: str) -> None:

@@ -92,3 +92,21 @@ class RunReporter:
             )
         else:
             update_progress_artifact(self._artifact_id, progress=percent)
+
+    def publish_summary(self, model: str, seconds: dict[str, float], infer_phase: str) -> None:
+        """The end-of-job table and markdown artifacts (advisory, like the progress artifact)."""
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        from batchinfer.summary import outputs_markdown, summary_rows
+
+        try:
+            create_table_artifact(
+                table=summary_rows(self.progress, seconds, infer_phase),
+                description="Counts, timings, throughput and tokens of this job",
+            )
+            create_markdown_artifact(
+                markdown=outputs_markdown(self.flow_run_id, model, self.layout, self.progress),
+                description="Where this job's outputs are",
+            )
+        except Exception:
+            logger.warning("Could not publish the summary of %s", self.flow_run_id, exc_info=True)

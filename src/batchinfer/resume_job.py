@@ -1,7 +1,8 @@
-"""``batchinfer resume JOB_ID``: what ``POST /batch_inference/resume_job`` does, from a shell.
+"""``batchinfer resume JOB_ID`` and ``batchinfer cancel JOB_ID``: what ``POST
+/batch_inference/resume_job`` and ``cancel_job`` do, from a shell.
 
-It talks to the Prefect API directly (the runner does the rest), so it works while the adapter is
-down too. Prints the resumed job's ``BatchInference``; exit 0 when resumed, 1 when refused.
+They talk to the Prefect API directly (the runner and the job do the rest), so they work while the
+adapter is down too. Each prints the job's ``BatchInference``; exit 0 when done, 1 when refused.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping
+from typing import Literal
 from uuid import UUID
 
 import httpx
@@ -29,7 +31,14 @@ def prefect_api_url(flag: str | None, environ: Mapping[str, str] = os.environ) -
     return flag or environ.get("PREFECT_API_URL") or DEFAULT_PREFECT_API_URL
 
 
+JobAction = Literal["resume", "cancel"]
+
+
 def resume_from_cli(job_id: str, api_url: str, settings: Settings) -> int:
+    return job_action_from_cli("resume", job_id, api_url, settings)
+
+
+def job_action_from_cli(action: JobAction, job_id: str, api_url: str, settings: Settings) -> int:
     try:
         parsed = UUID(job_id)
     except ValueError:
@@ -37,7 +46,7 @@ def resume_from_cli(job_id: str, api_url: str, settings: Settings) -> int:
         return 2
     os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported: it reads it once
     try:
-        job = asyncio.run(_resume(parsed, settings))
+        job = asyncio.run(_act(action, parsed, settings))
     except BatchInferError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
@@ -55,8 +64,8 @@ def _unreachable(api_url: str, exc: Exception) -> str:
     )
 
 
-async def _resume(job_id: UUID, settings: Settings) -> BatchInference:
+async def _act(action: JobAction, job_id: UUID, settings: Settings) -> BatchInference:
     from batchinfer.api.backend import PrefectJobBackend
 
     async with PrefectJobBackend(settings.jobs_dir) as jobs:
-        return await jobs.resume(job_id)
+        return await (jobs.resume(job_id) if action == "resume" else jobs.cancel(job_id))

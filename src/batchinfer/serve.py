@@ -145,6 +145,24 @@ def _mark_interrupted_jobs() -> None:
         )
 
 
+def _ensure_job_webhook(settings: Settings) -> None:
+    """Set up (or update) the job webhook that BATCHINFER_WEBHOOK_URL asks for. A failure stops
+    ``serve``: someone relying on notifications should not get a server that silently sends none."""
+    import asyncio
+
+    from batchinfer.notifications import aensure_job_webhook
+
+    if settings.webhook_url is None:
+        return  # an automation set up by hand (notifications.py) is left as it is
+    token = settings.webhook_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else None
+    try:
+        asyncio.run(aensure_job_webhook(settings.webhook_url.get_secret_value(), headers=headers))
+    except Exception as exc:
+        raise RuntimeError(f"could not set up the job webhook (BATCHINFER_WEBHOOK_URL): {exc}") from exc
+    print("Finished jobs are posted to the webhook in BATCHINFER_WEBHOOK_URL.", flush=True)
+
+
 def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
     from batchinfer.api.backend import DEPLOYMENT_NAME, FLOW_NAME
     from batchinfer.catalog import load_catalog
@@ -185,6 +203,7 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
         from batchinfer.api.app import create_app
         from batchinfer.api.backend import PrefectJobBackend
 
+        _ensure_job_webhook(settings)  # before the runner starts, so that no job ends unnoticed
         if owns_server:  # before the runner starts: from then on a RUNNING job may be its
             _mark_interrupted_jobs()
         runner = supervisor.start(

@@ -75,11 +75,30 @@ class Settings(BaseSettings):
     runner_poll_seconds: float = Field(
         default=0.5, gt=0, description="How often the `serve` runner looks for new jobs."
     )
+    share_model_limits: bool = Field(
+        default=True,
+        description="Hold each HTTP model's `max_concurrency` across all jobs and processes with a "
+        "Prefect global concurrency limit (`batchinfer-model-<id>`); off: per job process only.",
+    )
     job_timeout_s: float = Field(
         default=24 * 3600,
         gt=0,
         description="Total deadline of one run of a job, in seconds: past it the job submits no more "
         "chunks and fails `deadline_exceeded`, keeping finished chunks for a resume.",
+    )
+
+    # Scale-out: one job's chunk tasks on a Dask cluster (``batchinfer.scaleout``).
+    dask_address: str | None = Field(
+        default=None,
+        description="Dask scheduler (`tcp://host:8786`) that runs every job's chunk tasks, through "
+        "prefect-dask's DaskTaskRunner. Unset: chunk tasks run on threads of the job's process. "
+        "Requires BATCHINFER_SHARED_STORAGE.",
+    )
+    shared_storage: str | None = Field(
+        default=None,
+        description="fsspec URL (`s3://bucket/batchinfer`, `file:///mnt/shared/batchinfer`) that "
+        "the job process and every Dask worker can read and write: chunk inputs and results live "
+        "under `<url>/<job_id>/chunks/`. Required when BATCHINFER_DASK_ADDRESS is set.",
     )
 
     # Limits. Past one, the error names the limit and the variable above that raises it.
@@ -123,6 +142,17 @@ class Settings(BaseSettings):
         "reserved. Off by default, so a job cannot be used to reach the server's own network.",
     )
 
+    # Notifications.
+    webhook_url: SecretStr | None = Field(
+        default=None,
+        description="When set, `serve` makes the Prefect server POST each finished job's id and state "
+        "to this URL (a Prefect automation named batchinfer-job-finished; see notifications.py).",
+    )
+    webhook_token: SecretStr | None = Field(
+        default=None,
+        description="Sent with each webhook call as `Authorization: Bearer <token>`.",
+    )
+
     @field_validator("allowed_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: Any) -> Any:
@@ -137,7 +167,7 @@ class Settings(BaseSettings):
             return [s.strip().lower() for s in value.split(",") if s.strip()]
         return value
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "webhook_url", "webhook_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: Any) -> Any:
         # `BATCHINFER_API_TOKEN=` (empty) must not turn auth on with an empty, guessable token.
@@ -177,6 +207,9 @@ class Settings(BaseSettings):
             "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
             "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
             "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+            # A chunk waiting for a model's concurrency slots (model_limits) is told to retry after
+            # up to 30 s by default; slots free up within seconds, so ask again sooner.
+            "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
         }
 
     @property

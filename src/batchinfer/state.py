@@ -6,6 +6,9 @@ The flow names its own RUNNING phases (``PHASE_*``); see ``flows/batch_job.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from batchinfer.contract import JobStatus
 
 PHASE_VALIDATING = "Validating"
@@ -14,6 +17,8 @@ PHASE_GATHERING = "Gathering"
 
 # RUNNING under the engine's default name comes before the flow names its first phase.
 _VALIDATING_RUN_NAMES = frozenset({PHASE_VALIDATING, "Running"})
+# Every other RUNNING name a job's run can carry (Retrying: Prefect's, for a retried run).
+_RUNNING_RUN_NAMES = frozenset({PHASE_INFERRING, PHASE_GATHERING, "Retrying"})
 
 _BY_TYPE = {
     "SCHEDULED": JobStatus.validating,  # includes Late and AwaitingRetry: the job has not started
@@ -39,3 +44,37 @@ def job_status(state_type: str, state_name: str | None) -> JobStatus:
         return _BY_TYPE[state_type]
     except KeyError:
         raise ValueError(f"Unmapped Prefect state type {state_type!r}") from None
+
+
+@dataclass(frozen=True)
+class StateQuery:
+    """Flow runs in one job status: state type in ``types`` OR state name in ``names`` (the names
+    only occur on RUNNING states, which is how RUNNING splits between validating and running)."""
+
+    types: frozenset[str]
+    names: frozenset[str] = frozenset()
+
+
+def status_query(status: JobStatus) -> StateQuery:
+    """The Prefect state filter that selects exactly the runs ``job_status`` maps to ``status``."""
+    types = frozenset(t for t, s in _BY_TYPE.items() if s is status)
+    if status is JobStatus.validating:
+        return StateQuery(types, _VALIDATING_RUN_NAMES)
+    if status is JobStatus.running:
+        return StateQuery(types, _RUNNING_RUN_NAMES)
+    return StateQuery(types)
+
+
+CancelAction = Literal["cancel_now", "request_cancel", "already_ended"]
+_ENDED_TYPES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+_NOT_STARTED_TYPES = frozenset({"SCHEDULED", "PENDING", "PAUSED"})
+
+
+def cancel_action(state_type: str) -> CancelAction:
+    """What a cancel does to a run in ``state_type``: a run no process has (yet) is CANCELLED at
+    once; a running one is asked (CANCELLING) and stops itself, keeping its results."""
+    if state_type in _ENDED_TYPES:
+        return "already_ended"
+    if state_type in _NOT_STARTED_TYPES:
+        return "cancel_now"
+    return "request_cancel"

@@ -26,7 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from batchinfer import __version__
 from batchinfer.api.backend import JobBackend
 from batchinfer.catalog import ModelCatalog
-from batchinfer.contract import BatchInference, MediaAttachment, Message, SubmitJobRequest
+from batchinfer.contract import (
+    BatchInference,
+    JobPage,
+    JobStatus,
+    MediaAttachment,
+    Message,
+    SubmitJobRequest,
+)
 from batchinfer.errors import BatchInferError, RequestError, UnauthorizedError
 from batchinfer.settings import Settings
 from batchinfer.submission import prepare_job
@@ -191,6 +198,39 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
         job_id: JobIdQuery,
     ) -> BatchInference:
         return await jobs.resume(_job_uuid(job_id))
+
+    @app.post(
+        "/batch_inference/cancel_job",
+        response_model=BatchInference,
+        response_model_exclude_none=True,
+        summary="Cancel a job (extension)",
+        description="A job that has not started is cancelled at once. A running job stops within "
+        "seconds: requests in flight are abandoned, every line already answered is kept, and the "
+        "output files are written (the lines cut short go to the error file as `cancelled`). "
+        "The job then reads `failed` with `metadata.error.code` `cancelled`; resume_job runs the "
+        "cancelled lines. 404 for an unknown job; 409 for a job that has already ended.",
+    )
+    async def cancel_job(
+        jobs: Annotated[JobBackend, Depends(backend)],
+        job_id: JobIdQuery,
+    ) -> BatchInference:
+        return await jobs.cancel(_job_uuid(job_id))
+
+    @app.get(
+        "/batch_inference/jobs",
+        response_model=JobPage,
+        response_model_exclude_none=True,
+        summary="List jobs, newest first (extension)",
+        description="Paged with `limit` and `offset`; filtered by `status` and `model`.",
+    )
+    async def list_jobs(
+        jobs: Annotated[JobBackend, Depends(backend)],
+        status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+        model: Annotated[str | None, Query(description="Only jobs of this model id.")] = None,
+        limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 20,
+        offset: Annotated[int, Query(ge=0, description="Jobs to skip (for the next page).")] = 0,
+    ) -> JobPage:
+        return await jobs.list_jobs(status, model, limit, offset)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

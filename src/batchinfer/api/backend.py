@@ -12,8 +12,14 @@ from uuid import UUID
 import anyio
 from pydantic import ValidationError
 
-from batchinfer.contract import BatchInference
-from batchinfer.errors import JobNotFoundError, JobNotResumableError, ServiceUnavailableError
+from batchinfer.cancellation import settle_delay
+from batchinfer.contract import BatchInference, JobPage, JobStatus
+from batchinfer.errors import (
+    JobNotCancellableError,
+    JobNotFoundError,
+    JobNotResumableError,
+    ServiceUnavailableError,
+)
 from batchinfer.jobview import JobParameters, RunSnapshot, batch_inference, job_layout, read_progress
 from batchinfer.recovery import (
     LEFT_RUNNING_STATE_TYPES,
@@ -21,6 +27,7 @@ from batchinfer.recovery import (
     interrupted_state,
     resume_refusal,
 )
+from batchinfer.state import cancel_action, status_query
 
 DEPLOYMENT_NAME = "batchinfer"
 FLOW_NAME = "batch-inference"  # the @flow name in flows/batch_job.py
@@ -32,6 +39,12 @@ class JobBackend(Protocol):
     async def status(self, job_id: UUID) -> BatchInference: ...
 
     async def resume(self, job_id: UUID) -> BatchInference: ...
+
+    async def cancel(self, job_id: UUID) -> BatchInference: ...
+
+    async def list_jobs(
+        self, status: JobStatus | None, model: str | None, limit: int, offset: int
+    ) -> JobPage: ...
 
 
 def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
@@ -58,6 +71,7 @@ class PrefectJobBackend:
         from prefect.client.orchestration import get_client
 
         self._jobs_dir = jobs_dir
+        self._flow_name = flow_name
         self._client = get_client()
         self._deployment = f"{flow_name}/{deployment_name}"
         self._deployment_id: UUID | None = None
@@ -111,6 +125,8 @@ class PrefectJobBackend:
 
         flow_run, _ = await self._read_job(job_id)
         state_type = flow_run.state.type.value if flow_run.state else "PENDING"
+        if state_type == "CANCELLED":
+            await anyio.sleep(settle_delay(flow_run.state.timestamp))
         refusal = resume_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
         if refusal is not None:
             raise JobNotResumableError(refusal)
@@ -119,6 +135,70 @@ class PrefectJobBackend:
         if result.status != SetStateStatus.ACCEPT:  # force makes this unlikely; say so if it happens
             raise JobNotResumableError(f"Prefect did not reschedule job {job_id}: {result.details}")
         return await self.status(job_id)
+
+    async def cancel(self, job_id: UUID) -> BatchInference:
+        """Cancel a job: at once if no process runs it yet, else ask it to stop (CANCELLING), which
+        it does within seconds, writing what it finished to its output files (as the UI's Cancel)."""
+        from prefect.client.schemas.objects import State
+        from prefect.states import Cancelled, Cancelling
+
+        flow_run, _ = await self._read_job(job_id)
+        state_type = flow_run.state.type.value if flow_run.state else "PENDING"
+        action = cancel_action(state_type)
+        if action == "already_ended":
+            raise JobNotCancellableError(
+                f"Job {job_id} has already ended ({state_type.lower()}); there is nothing to cancel."
+            )
+        message = "Cancelled through the batchinfer API."
+        state: State[Any] = (
+            Cancelled(message=message) if action == "cancel_now" else Cancelling(message=message)
+        )
+        await self._client.set_flow_run_state(job_id, state, force=True)
+        return await self.status(job_id)
+
+    async def list_jobs(
+        self, status: JobStatus | None, model: str | None, limit: int, offset: int
+    ) -> JobPage:
+        """A page of jobs, newest first, filtered by status and model (the ``model:<id>`` tag)."""
+        from prefect.client.schemas.filters import (
+            FlowFilter,
+            FlowFilterName,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateName,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+            Operator,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        # Every run of the flow, however it was started (adapter, deployment, UI, direct call).
+        flow_filter = FlowFilter(name=FlowFilterName(any_=[self._flow_name]))
+        run_filter = FlowRunFilter()
+        if model is not None:
+            run_filter.tags = FlowRunFilterTags(all_=[f"model:{model}"])
+        if status is not None:
+            query = status_query(status)
+            run_filter.state = FlowRunFilterState(  # type: ignore[call-arg]  # operator: a mixin field
+                operator=Operator.or_,
+                type=FlowRunFilterStateType(any_=[StateType(t) for t in sorted(query.types)]),
+                name=FlowRunFilterStateName(any_=sorted(query.names)) if query.names else None,
+            )
+        runs = await self._client.read_flow_runs(
+            flow_filter=flow_filter,
+            flow_run_filter=run_filter,
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+            offset=offset,
+        )
+        total = await self._client.count_flow_runs(flow_filter=flow_filter, flow_run_filter=run_filter)
+        jobs = [
+            batch_inference(await anyio.to_thread.run_sync(snapshot, run, self._jobs_dir)) for run in runs
+        ]
+        return JobPage(
+            data=jobs, total=total, limit=limit, offset=offset, has_more=offset + len(jobs) < total
+        )
 
     async def _read_job(self, job_id: UUID) -> tuple[Any, BatchInference]:
         """The flow run and its ``BatchInference``; 404 for an unknown id or another flow's run."""

@@ -40,6 +40,19 @@ class PromptRequest(BaseModel):
 InferenceOutcome: TypeAlias = Completion | ErrorDetail
 
 
+class StopFlag(Protocol):
+    """A cancel signal an engine polls (``cancellation.StopSignal`` in a job)."""
+
+    def is_set(self) -> bool: ...
+
+
+# What an engine returns for a request it abandoned because the job was cancelled.
+CANCELLED = ErrorDetail(
+    code="cancelled",
+    message="The job was cancelled before this line finished; resuming the job runs it again.",
+)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A loaded model that turns prompts into completions.
@@ -47,6 +60,11 @@ class Engine(Protocol):
     ``infer`` returns exactly one outcome per request, in request order. A request that fails for
     good (after the engine's own retries) is an ``ErrorDetail``, never an exception; an exception
     from ``infer`` means the engine itself is broken and fails the chunk.
+
+    ``stop`` is the job's cancel signal: once it is set, ``infer`` returns promptly (seconds at
+    most), with a ``cancelled`` ``ErrorDetail`` for each request it has not finished.
+    ``max_in_flight`` caps this call's concurrent requests (the chunk's share of the model's
+    cross-job limit, ``model_limits``); engines without a server to protect may ignore it.
     """
 
     @property
@@ -54,6 +72,11 @@ class Engine(Protocol):
         """How many chunks one process should feed this engine at once."""
         ...
 
-    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]: ...
+    def infer(
+        self,
+        requests: Sequence[PromptRequest],
+        stop: StopFlag | None = None,
+        max_in_flight: int | None = None,
+    ) -> list[InferenceOutcome]: ...
 
     def close(self) -> None: ...

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from batchinfer.engines.base import InferenceOutcome, PromptRequest
+from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, StopFlag
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.http_transports import RetryableError, Transport, make_transport
 from batchinfer.engines.messages import FileReader, read_local_file
@@ -32,6 +32,7 @@ from batchinfer.errors import EngineError, InferenceError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
 
 _MAX_ERROR_BODY = 500
+_STOP_POLL_S = 0.05  # how often a chunk looks at the job's cancel signal
 
 
 class _Failed(Exception):
@@ -155,7 +156,12 @@ class OpenAIEngine:
         # so there is always a chunk queued behind the one finishing.
         return max(2, math.ceil(self._config.max_concurrency / 16))
 
-    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+    def infer(
+        self,
+        requests: Sequence[PromptRequest],
+        stop: StopFlag | None = None,
+        max_in_flight: int | None = None,
+    ) -> list[InferenceOutcome]:
         # Translate in the caller's thread: reading attachment files would block the event loop.
         prepared: list[dict[str, Any] | ErrorDetail] = []
         for request in requests:
@@ -173,7 +179,9 @@ class OpenAIEngine:
         if not requests:
             return []
         loop = self._ensure_started()
-        future = asyncio.run_coroutine_threadsafe(self._infer_all(requests, prepared), loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._infer_all(requests, prepared, stop, max_in_flight), loop
+        )
         return future.result()
 
     def close(self) -> None:
@@ -231,16 +239,41 @@ class OpenAIEngine:
             await self._transport.aclose()
 
     async def _infer_all(
-        self, requests: Sequence[PromptRequest], prepared: list[dict[str, Any] | ErrorDetail]
+        self,
+        requests: Sequence[PromptRequest],
+        prepared: list[dict[str, Any] | ErrorDetail],
+        stop: StopFlag | None,
+        max_in_flight: int | None,
     ) -> list[InferenceOutcome]:
-        return list(
-            await asyncio.gather(
-                *(
-                    self._infer_one(request, item) if isinstance(item, dict) else _done(item)
-                    for request, item in zip(requests, prepared, strict=True)
-                )
+        # This call's own cap, inside the engine-wide semaphore: a chunk's share of the model's
+        # cross-job limit. A request holds it from its first attempt to its outcome.
+        cap = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        tasks = [
+            asyncio.ensure_future(
+                self._infer_capped(request, item, cap) if isinstance(item, dict) else _done(item)
             )
-        )
+            for request, item in zip(requests, prepared, strict=True)
+        ]
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        if stop is not None:
+            # Requests waiting for a permit, sleeping in backoff or in flight are all abandoned
+            # once the job is cancelled; the ones already answered keep their answers.
+            while not everything.done():
+                await asyncio.wait({everything}, timeout=_STOP_POLL_S)
+                if stop.is_set():
+                    for task in tasks:
+                        task.cancel()
+                    break
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return [_outcome(task) for task in tasks]
+
+    async def _infer_capped(
+        self, request: PromptRequest, base: dict[str, Any], cap: asyncio.Semaphore | None
+    ) -> InferenceOutcome:
+        if cap is None:
+            return await self._infer_one(request, base)
+        async with cap:
+            return await self._infer_one(request, base)
 
     async def _infer_one(self, request: PromptRequest, base: dict[str, Any]) -> InferenceOutcome:
         params = request.params
@@ -326,3 +359,12 @@ class OpenAIEngine:
 
 async def _done(outcome: InferenceOutcome) -> InferenceOutcome:
     return outcome
+
+
+def _outcome(task: asyncio.Future[InferenceOutcome]) -> InferenceOutcome:
+    if task.cancelled():
+        return CANCELLED
+    exc = task.exception()
+    if exc is not None:  # a bug, not a failed request: fail the chunk as before
+        raise exc
+    return task.result()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams
+from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
 from batchinfer.engines.messages import to_text_chat
 from batchinfer.errors import EngineError, InferenceError
@@ -170,7 +170,12 @@ class TransformersEngine:
             self._tokenizer = None
         gc.collect()
 
-    def infer(self, requests: Sequence[PromptRequest]) -> list[InferenceOutcome]:
+    def infer(
+        self,
+        requests: Sequence[PromptRequest],
+        stop: StopFlag | None = None,
+        max_in_flight: int | None = None,  # one process, one model: nothing shared to protect
+    ) -> list[InferenceOutcome]:
         outcomes: list[InferenceOutcome | None] = [None] * len(requests)
         with self._lock:
             self._ensure_loaded()
@@ -187,6 +192,10 @@ class TransformersEngine:
             for params, items in groups.items():
                 for start in range(0, len(items), size):
                     batch = items[start : start + size]
+                    if stop is not None and stop.is_set():  # checked between generate calls
+                        for item in batch:
+                            outcomes[item.index] = CANCELLED
+                        continue
                     for item, completion in zip(batch, self._generate(batch, params), strict=True):
                         outcomes[item.index] = completion
         assert all(outcome is not None for outcome in outcomes)

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,24 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def user_prompt(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "text": text}]
+
+
+def prompt_texts(tag: str, n: int) -> list[str]:
+    """``n`` distinct prompt texts; a per-test ``tag`` keeps a shared model server's counts apart."""
+    return [f"{tag} question {i}" for i in range(n)]
+
+
+def write_prompts(directory: Path, tag: str, texts: list[str]) -> Path:
+    return write_jsonl(directory / f"{tag}.jsonl", [user_prompt(t) for t in texts])
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``check`` until it holds; an AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 @dataclass
@@ -108,6 +126,12 @@ class ServeProcess:
 
     def resume(self, job_id: str) -> httpx.Response:
         return httpx.post(self.url + "/batch_inference/resume_job", params={"job_id": job_id}, timeout=30)
+
+    def cancel(self, job_id: str) -> httpx.Response:
+        return httpx.post(self.url + "/batch_inference/cancel_job", params={"job_id": job_id}, timeout=30)
+
+    def jobs(self, **params: Any) -> httpx.Response:
+        return httpx.get(self.url + "/batch_inference/jobs", params=params, timeout=30)
 
     def submit_ok(self, body: dict[str, Any]) -> dict[str, Any]:
         response = self.submit(body)

@@ -1,0 +1,87 @@
+"""A job's stop signal: set by its watcher when the flow run is cancelling, or by SIGTERM; and how
+long a resume waits after a cancel for the runner to let go."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from batchinfer.cancellation import (
+    RUNNER_SETTLE_S,
+    CancelWatcher,
+    StopSignal,
+    settle_delay,
+    sigterm_sets,
+    stop_signal,
+)
+
+
+def test_a_stop_signal_keeps_the_first_reason() -> None:
+    stop = StopSignal()
+    stop.set("cancel requested")
+    stop.set("SIGTERM")
+    assert stop.is_set() and stop.reason == "cancel requested"
+
+
+def test_each_job_has_its_own_signal_in_the_process() -> None:
+    assert stop_signal("job-a") is stop_signal("job-a")
+    assert stop_signal("job-a") is not stop_signal("job-b")
+
+
+def _watch(states: Iterator[str | None]) -> StopSignal:
+    stop = StopSignal()
+
+    def read() -> str | None:
+        value = next(states)
+        if value == "boom":
+            raise ConnectionError("API down for a moment")
+        return value
+
+    with CancelWatcher("job", stop, read, interval_s=0.01):
+        stop.wait(2)
+    return stop
+
+
+@pytest.mark.parametrize("cancel_state", ["CANCELLING", "CANCELLED"])
+def test_the_watcher_stops_the_job_once_its_run_is_cancelling(cancel_state: str) -> None:
+    stop = _watch(iter(["RUNNING", "boom", "RUNNING", cancel_state, *["RUNNING"] * 1000]))
+    assert stop.is_set() and stop.reason == "cancel requested"
+
+
+def test_the_watcher_leaves_a_running_job_alone() -> None:
+    stop = StopSignal()
+    with CancelWatcher("job", stop, lambda: "RUNNING", interval_s=0.01):
+        time.sleep(0.1)
+    assert not stop.is_set()
+
+
+def test_inside_sigterm_sets_a_sigterm_stops_the_job_instead_of_the_process() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopSignal()
+    try:
+        with sigterm_sets(stop):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(2)
+        assert stop.reason == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_without_a_stop_the_previous_sigterm_handler_comes_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_sets(StopSignal()):
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(
+    ("ago_s", "wait_s"), [(0.0, RUNNER_SETTLE_S), (2.0, RUNNER_SETTLE_S - 2.0), (60.0, 0.0)]
+)
+def test_a_resume_waits_out_the_runners_settling_time_after_a_cancel(ago_s: float, wait_s: float) -> None:
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    assert settle_delay(now - timedelta(seconds=ago_s), now) == pytest.approx(wait_s)

@@ -1,0 +1,36 @@
+"""A model's cross-job limit: its Prefect name, which engines have one, and each chunk's share."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchinfer.engines.configs import EMBEDDED_DEFAULT, OpenAIEngineConfig
+from batchinfer.model_limits import chunk_slots, limit_name, shared_limit
+
+
+@pytest.mark.parametrize(
+    ("model_id", "name"),
+    [
+        ("llama-8b", "batchinfer-model-llama-8b"),
+        ("meta/llama 3.1", "batchinfer-model-meta-llama-3.1"),
+        ("a%b", "batchinfer-model-a-b"),
+    ],
+)
+def test_a_limit_is_named_after_its_model_in_characters_prefect_accepts(model_id: str, name: str) -> None:
+    assert limit_name(model_id) == name
+
+
+def test_http_models_share_their_max_concurrency_and_local_models_share_nothing() -> None:
+    http = OpenAIEngineConfig(id="m", base_url="http://127.0.0.1:1/v1", model="m", max_concurrency=12)
+    assert shared_limit(http) == 12
+    assert shared_limit(EMBEDDED_DEFAULT) is None
+
+
+@pytest.mark.parametrize(
+    ("max_concurrency", "window", "slots"), [(64, 4, 16), (4, 2, 2), (5, 2, 3), (1, 8, 1), (10, 0, 10)]
+)
+def test_a_chunk_holds_an_even_share_so_one_job_alone_uses_the_whole_limit(
+    max_concurrency: int, window: int, slots: int
+) -> None:
+    assert chunk_slots(max_concurrency, window) == slots
+    assert slots * max(window, 1) >= max_concurrency
