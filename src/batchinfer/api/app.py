@@ -35,6 +35,7 @@ from batchinfer.contract import (
     SubmitJobRequest,
 )
 from batchinfer.errors import BatchInferError, RequestError, UnauthorizedError
+from batchinfer.openai_api import BATCH_ID_PREFIX, mount_openai_api
 from batchinfer.settings import Settings
 from batchinfer.submission import prepare_job
 
@@ -84,7 +85,7 @@ def backend(request: Request) -> JobBackend:
 
 def _job_uuid(job_id: str) -> UUID:
     try:
-        return UUID(job_id)
+        return UUID(job_id.removeprefix(BATCH_ID_PREFIX))  # an OpenAI batch id names its job too
     except ValueError:
         raise RequestError(
             f"{job_id!r} is not a job id (a UUID such as submit_job returns).",
@@ -251,4 +252,5 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
     async def models() -> dict[str, list[dict[str, str]]]:
         return {"models": [{"id": m.id, "engine": m.engine} for m in catalog.models]}
 
+    mount_openai_api(app, settings, catalog)  # /v1/files, /v1/batches: last, it wraps the handlers
     return app

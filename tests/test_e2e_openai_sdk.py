@@ -1,0 +1,320 @@
+"""The OpenAI-compatible Files and Batches API, driven by the official ``openai`` SDK, unmodified,
+against a running ``batchinfer serve``: a batch is a job of the same flow, so the seed API sees it too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.types import Batch
+
+from batchinfer.testing.served import ServeProcess, read_jsonl
+
+pytestmark = pytest.mark.e2e
+ENDED = {"completed", "failed", "expired", "cancelled"}
+
+
+@pytest.fixture
+def client(served: ServeProcess) -> openai.OpenAI:
+    # No token is set on the test server; the SDK still sends `Authorization: Bearer unused`.
+    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+
+
+def batch_line(custom_id: str, text: str, model: str = "fake", **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+    }
+
+
+def jsonl(rows: list[Any]) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def upload(client: openai.OpenAI, name: str, content: bytes) -> str:
+    return client.files.create(file=(name, content), purpose="batch").id
+
+
+def start(client: openai.OpenAI, content: bytes, name: str, window: str = "24h", **extra: Any) -> Batch:
+    file_id = upload(client, name, content)
+    return client.batches.create(
+        input_file_id=file_id,
+        endpoint="/v1/chat/completions",
+        completion_window=window,  # type: ignore[arg-type]  # the SDK's type knows only "24h"
+        **extra,
+    )
+
+
+def poll(
+    client: openai.OpenAI, batch_id: str, until: set[str], timeout_s: float = 120
+) -> tuple[Batch, list[str]]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if not seen or seen[-1] != batch.status:
+            seen.append(batch.status)
+        if batch.status in until:
+            return batch, seen
+        assert time.monotonic() < deadline, f"batch {batch_id} still {batch.status}: {seen}"
+        time.sleep(0.1)
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def answers(lines: list[dict[str, Any]]) -> dict[str, str]:
+    return {line["custom_id"]: line["response"]["body"]["choices"][0]["message"]["content"] for line in lines}
+
+
+# ---- the whole cycle ------------------------------------------------------------------------
+
+
+CYCLE_TEXTS = {f"req-{i}": f"openai cycle question {i}" for i in range(1, 31)}
+
+
+def cycle_rows() -> list[Any]:
+    rows: list[Any] = [batch_line(cid, text, max_tokens=16) for cid, text in CYCLE_TEXTS.items()]
+    rows[9] = "this line is not JSON {"  # line 10
+    rows[19] = {**batch_line("req-20", "x"), "body": {"model": "fake", "messages": "not a list"}}
+    rows[24] = {**batch_line("req-25", "x"), "url": "/v1/embeddings"}
+    return rows
+
+
+def test_the_whole_cycle_upload_create_poll_download_through_the_openai_sdk(
+    client: openai.OpenAI, served: ServeProcess, data_dir: Path
+) -> None:
+    content = jsonl(cycle_rows())
+    uploaded = client.files.create(file=("cycle.jsonl", content), purpose="batch")
+    assert (uploaded.object, uploaded.purpose, uploaded.bytes, uploaded.filename) == (
+        "file",
+        "batch",
+        len(content),
+        "cycle.jsonl",
+    )
+    assert client.files.retrieve(uploaded.id) == uploaded
+    assert client.files.content(uploaded.id).read() == content
+
+    created = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"purpose": "e2e"},
+    )
+    assert created.id.startswith("batch_") and created.status in {"validating", "in_progress"}
+    batch, seen = poll(client, created.id, ENDED)
+    print(f"statuses seen: {seen}")
+
+    assert batch.status == "completed", batch
+    assert seen[0] == "validating" and set(seen) <= {"validating", "in_progress", "finalizing", "completed"}
+    assert batch.model == "fake" and batch.metadata == {"purpose": "e2e"}
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
+        30,
+        27,
+        3,
+    )
+    assert batch.expires_at == batch.created_at + 24 * 3600
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+    assert batch.created_at <= batch.in_progress_at <= batch.finalizing_at <= batch.completed_at
+    assert batch.failed_at is None and batch.cancelled_at is None
+    # Validation failures, by line.
+    assert batch.errors is not None and batch.errors.data is not None
+    assert {(e.line, e.code) for e in batch.errors.data} == {
+        (10, "invalid_json"),
+        (20, "not_a_list"),
+        (25, "unsupported_endpoint"),
+    }
+
+    output = lines_of(client, batch.output_file_id)
+    expected = {
+        cid: f"echo: {text}" for cid, text in CYCLE_TEXTS.items() if cid not in {"req-10", "req-20", "req-25"}
+    }
+    assert answers(output) == expected
+    first = output[0]
+    assert first["id"].startswith("batch_req_") and first["error"] is None
+    assert first["response"]["status_code"] == 200 and isinstance(first["response"]["body"], dict)
+    assert first["response"]["body"]["object"] == "chat.completion"
+    assert first["response"]["body"]["model"] == "fake"
+    errors = lines_of(client, batch.error_file_id)
+    assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in errors] == [
+        (None, "invalid_json", None),
+        ("req-20", "not_a_list", None),
+        ("req-25", "unsupported_endpoint", None),
+    ]
+    # Stable: retrieving again gives the same output files.
+    again = client.batches.retrieve(batch.id)
+    assert (again.output_file_id, again.error_file_id) == (batch.output_file_id, batch.error_file_id)
+    outputs = {f.id for f in client.files.list(purpose="batch_output")}
+    assert {batch.output_file_id, batch.error_file_id} <= outputs
+
+    # The seed API describes the same run.
+    job = served.status(batch.id).json()
+    assert job["status"] == "completed" and batch.id == "batch_" + job["job_id"].replace("-", "")
+    assert job["metadata"]["request_counts"] == batch.request_counts.model_dump()
+
+    # The same file through the seed API gives the same answers (vllm run-batch's line format).
+    path = data_dir / "openai-cycle.jsonl"
+    path.write_bytes(content)
+    seed_job = served.submit_ok(
+        {"model": "fake", "prompt_file_path": {"type": "filepath", "value": str(path)}}
+    )
+    seed_done = served.wait(seed_job["job_id"])
+    seed_answers = {
+        r["custom_id"]: r["generations"][0]["text"]
+        for r in read_jsonl(seed_done["success_file_path"]["value"])
+    }
+    assert seed_answers == answers(output)
+    seed_errors = [
+        (r["custom_id"], r["error"]["code"]) for r in read_jsonl(seed_done["error_file_path"]["value"])
+    ]
+    assert seed_errors == [(e["custom_id"], e["error"]["code"]) for e in errors]
+
+    # Deleting the input file leaves the batch (its job read a staged copy) and its outputs.
+    deleted = client.files.delete(uploaded.id)
+    assert deleted.deleted is True and deleted.id == uploaded.id
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+    assert client.batches.retrieve(batch.id).output_file_id == batch.output_file_id
+
+
+# ---- list -----------------------------------------------------------------------------------
+
+
+def test_batches_list_newest_first_with_limit_and_after_and_files_list_filters_by_purpose(
+    client: openai.OpenAI,
+) -> None:
+    ids = [
+        start(client, jsonl([batch_line(f"l{i}", f"listed batch {i}")]), f"list-{i}.jsonl").id
+        for i in range(3)
+    ]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == ids[::-1][:2] and first.has_more is True
+    second = client.batches.list(limit=2, after=first.data[-1].id)
+    assert second.data[0].id == ids[0]
+    every = [b.id for b in client.batches.list(limit=2)]  # the SDK follows `after` by itself
+    assert every[:3] == ids[::-1] and len(every) == len(set(every))
+
+    inputs = client.files.list(purpose="batch", limit=2)
+    assert len(inputs.data) == 2 and all(f.purpose == "batch" for f in inputs.data)
+    assert inputs.data[0].created_at >= inputs.data[1].created_at
+    for batch_id in ids:
+        poll(client, batch_id, ENDED)
+
+
+# ---- cancel and expire ----------------------------------------------------------------------
+
+
+SLOW_LINES = 2000
+
+
+def slow_rows(tag: str, lines: int = SLOW_LINES) -> tuple[bytes, dict[str, str]]:
+    texts = {f"{tag}-{i}": f"{tag} question {i}" for i in range(lines)}
+    return jsonl([batch_line(cid, t, model="fake-slow", max_tokens=8) for cid, t in texts.items()]), texts
+
+
+def check_stopped_outputs(
+    client: openai.OpenAI, batch: Batch, texts: dict[str, str], code: str
+) -> tuple[int, int]:
+    output, errors = lines_of(client, batch.output_file_id), lines_of(client, batch.error_file_id)
+    assert answers(output) == {line["custom_id"]: f"echo: {texts[line['custom_id']]}" for line in output}
+    assert {e["error"]["code"] for e in errors} == {code}
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(texts)
+    return len(output), len(errors)
+
+
+def test_a_cancelled_batch_goes_cancelling_then_cancelled_keeping_its_finished_lines(
+    client: openai.OpenAI, served: ServeProcess
+) -> None:
+    content, texts = slow_rows("cancel-batch")
+    batch = start(client, content, "cancel.jsonl")
+
+    def done(b: Batch) -> int:
+        return b.request_counts.completed if b.request_counts else 0
+
+    deadline = time.monotonic() + 60
+    while done(client.batches.retrieve(batch.id)) < 100:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in {"cancelling", "cancelled"} and cancelling.cancelling_at
+    cancelled, seen = poll(client, batch.id, ENDED, timeout_s=60)
+    print(f"after cancel: {seen}")
+    assert cancelled.status == "cancelled", cancelled
+    assert cancelled.cancelled_at and cancelled.cancelled_at >= cancelled.cancelling_at  # type: ignore[operator]
+    answered, cut_short = check_stopped_outputs(client, cancelled, texts, "cancelled")
+    assert 100 <= answered < SLOW_LINES and answered + cut_short == SLOW_LINES
+    assert cancelled.request_counts is not None and cancelled.request_counts.completed == answered
+
+    job = served.status(batch.id).json()  # the seed's view of the same run
+    assert job["status"] == "failed" and job["metadata"]["error"]["code"] == "cancelled"
+    assert job["metadata"]["request_counts"] == cancelled.request_counts.model_dump()
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(batch.id)
+
+
+def test_a_batch_past_its_completion_window_expires_keeping_the_work_done(
+    client: openai.OpenAI, served: ServeProcess
+) -> None:
+    lines = 6000  # ~20 s at the slow model server: the 10 s window passes part-way
+    content, texts = slow_rows("expire-batch", lines)
+    batch = start(client, content, "expire.jsonl", window="10s")
+    assert batch.expires_at == batch.created_at + 10
+    expired, seen = poll(client, batch.id, ENDED, timeout_s=90)
+    print(f"expiring: {seen}")
+    assert expired.status == "expired", expired
+    assert expired.expired_at and expired.expired_at >= expired.expires_at  # type: ignore[operator]
+    assert expired.cancelling_at is None and expired.cancelled_at is None
+    answered, left = check_stopped_outputs(client, expired, texts, "batch_expired")
+    assert 0 < answered < lines and answered + left == lines
+    # The job stopped itself at its expires_at (not cancelled from outside): the seed API says so.
+    job = served.status(batch.id).json()
+    assert job["status"] == "failed" and job["metadata"]["error"]["code"] == "expired", job["metadata"]
+
+
+# ---- refusals -------------------------------------------------------------------------------
+
+
+def test_refusals_come_as_the_sdks_typed_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_" + "0" * 32)
+    with pytest.raises(openai.NotFoundError):
+        client.files.content("file-000000000000")
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(
+            input_file_id="file-missing", endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        client.files.create(file=("x.jsonl", b"{}\n"), purpose="nonsense")  # type: ignore[arg-type]
+
+    def refused(rows: list[Any], **extra: Any) -> openai.BadRequestError:
+        with pytest.raises(openai.BadRequestError) as caught:
+            start(client, jsonl(rows), "refused.jsonl", **extra)
+        return caught.value
+
+    assert refused([batch_line("a", "x", model="no-such-model")]).code == "model_not_found"
+    no_model = {"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}]}}
+    assert refused([no_model]).code == "missing_model"
+    mixed = refused([batch_line("a", "x"), batch_line("b", "y", model="fake-slow")])
+    assert mixed.code == "mismatched_model" and "line 2" in mixed.message.replace("lines 2", "line 2")
+    assert refused([batch_line("a", "x")], window="soon").param == "completion_window"
+    output_file = client.files.create(file=("o.jsonl", jsonl([batch_line("a", "x")])), purpose="batch_output")
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        client.batches.create(
+            input_file_id=output_file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    with pytest.raises(openai.BadRequestError, match="not supported"):
+        client.batches.create(
+            input_file_id=upload(client, "e.jsonl", jsonl([batch_line("a", "x")])),
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+        )

@@ -1,0 +1,441 @@
+"""The OpenAI-compatible API's pure parts: status mapping, timestamps, line conversion, the file
+store, pagination; and the /v1 routes against an in-memory job backend (no Prefect)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from fastapi.testclient import TestClient
+
+from batchinfer.api.app import create_app
+from batchinfer.catalog import load_catalog
+from batchinfer.contract import BatchInference, JobStatus
+from batchinfer.errors import JobNotFoundError
+from batchinfer.jobview import JobParameters
+from batchinfer.openai_api import history
+from batchinfer.openai_api.batches import window_seconds
+from batchinfer.openai_api.files import FileStore, FileTooLarge
+from batchinfer.openai_api.ids import batch_id_of, job_uuid_of
+from batchinfer.openai_api.lines import (
+    OutputContext,
+    batch_errors,
+    convert,
+    error_line,
+    scan_models,
+    success_line,
+    unrun_records,
+)
+from batchinfer.openai_api.pagination import cursor_page, list_body
+from batchinfer.openai_api.status import SEED_STATUS, BatchStatus, StateEvent, batch_status, timestamps
+from batchinfer.settings import Settings
+from batchinfer.state import job_status
+
+# ---- status ---------------------------------------------------------------------------------
+
+STATUS_TABLE = [
+    # (state type, state name, job error code, expiring) -> batch status
+    ("SCHEDULED", "Scheduled", None, False, "validating"),
+    ("SCHEDULED", "Late", None, False, "validating"),
+    ("PENDING", "Pending", None, False, "validating"),
+    ("RUNNING", "Running", None, False, "validating"),
+    ("RUNNING", "Validating", None, False, "validating"),
+    ("RUNNING", "Inferring", None, False, "in_progress"),
+    ("RUNNING", "Retrying", None, False, "in_progress"),
+    ("RUNNING", "Gathering", None, False, "finalizing"),
+    ("PAUSED", "Paused", None, False, "in_progress"),
+    ("COMPLETED", "Completed", None, False, "completed"),
+    ("CANCELLING", "Cancelling", None, False, "cancelling"),
+    ("CANCELLED", "Cancelled", "cancelled", False, "cancelled"),
+    ("FAILED", "Failed", "cancelled", False, "cancelled"),
+    ("FAILED", "Failed", "no_valid_lines", False, "failed"),
+    ("FAILED", "Failed", "model_unreachable", False, "failed"),
+    ("CRASHED", "Crashed", "crashed", False, "failed"),
+    ("FAILED", "Failed", "deadline_exceeded", False, "expired"),
+    ("FAILED", "Failed", "expired", False, "expired"),
+    ("CANCELLED", "Cancelled", "expired", False, "expired"),
+    # The adapter stopped it for its completion window: its stop reads expired.
+    ("CANCELLING", "Cancelling", None, True, "finalizing"),
+    ("CANCELLED", "Cancelled", "cancelled", True, "expired"),
+    ("COMPLETED", "Completed", None, True, "completed"),  # it finished before the stop landed
+    ("RUNNING", "Inferring", None, True, "in_progress"),
+]
+
+
+@pytest.mark.parametrize(("state_type", "name", "code", "expiring", "expected"), STATUS_TABLE)
+def test_batch_status_from_the_flow_run_state(
+    state_type: str, name: str, code: str | None, expiring: bool, expected: str
+) -> None:
+    assert batch_status(state_type, name, code, expiring) is BatchStatus(expected)
+
+
+@pytest.mark.parametrize(("state_type", "name", "code", "expiring", "expected"), STATUS_TABLE)
+def test_the_batch_status_and_the_seed_status_of_a_run_agree(
+    state_type: str, name: str, code: str | None, expiring: bool, expected: str
+) -> None:
+    assert SEED_STATUS[BatchStatus(expected)] is job_status(state_type, name)
+
+
+def test_every_prefect_state_type_is_mapped() -> None:
+    from prefect.client.schemas.objects import StateType
+
+    for state_type in StateType:
+        batch_status(state_type.value, None, None)
+    with pytest.raises(ValueError, match="Unmapped"):
+        batch_status("NEW_STATE", None, None)
+
+
+T0 = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_timestamps_come_from_the_state_history() -> None:
+    history = [
+        StateEvent("SCHEDULED", "Scheduled", at(0)),
+        StateEvent("RUNNING", "Running", at(1)),
+        StateEvent("RUNNING", "Validating", at(2)),
+        StateEvent("RUNNING", "Inferring", at(3)),
+        StateEvent("RUNNING", "Gathering", at(9)),
+        StateEvent("COMPLETED", "Completed", at(10)),
+    ]
+    stamps = timestamps(list(reversed(history)), BatchStatus.completed)  # any order in
+    base = int(T0.timestamp())
+    assert stamps == {
+        "in_progress_at": base + 3,
+        "finalizing_at": base + 9,
+        "completed_at": base + 10,
+        "failed_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "expired_at": None,
+    }
+
+
+def test_a_cancelled_run_has_cancelling_and_cancelled_times_and_an_expired_one_expired_at() -> None:
+    history = [
+        StateEvent("RUNNING", "Inferring", at(3)),
+        StateEvent("CANCELLING", "Cancelling", at(5)),
+        StateEvent("CANCELLED", "Cancelled", at(7)),
+    ]
+    base = int(T0.timestamp())
+    cancelled = timestamps(history, BatchStatus.cancelled)
+    assert (cancelled["cancelling_at"], cancelled["cancelled_at"], cancelled["expired_at"]) == (
+        base + 5,
+        base + 7,
+        None,
+    )
+    expired = timestamps(history, BatchStatus.expired)
+    assert (expired["cancelled_at"], expired["expired_at"]) == (None, base + 7)
+
+
+# ---- ids, windows ---------------------------------------------------------------------------
+
+
+def test_a_batch_id_names_its_job() -> None:
+    job = UUID("6f1c2a3e-0000-4000-8000-000000000001")
+    assert batch_id_of(job) == "batch_6f1c2a3e000040008000000000000001"
+    assert job_uuid_of(batch_id_of(job)) == job == job_uuid_of(str(job))
+    assert job_uuid_of("batch_nothex") is None and job_uuid_of("../etc") is None
+
+
+@pytest.mark.parametrize(("window", "seconds"), [("24h", 86400), ("90m", 5400), ("3s", 3), ("2d", 172800)])
+def test_completion_windows(window: str, seconds: int) -> None:
+    assert window_seconds(window) == seconds
+
+
+@pytest.mark.parametrize("window", ["", "24", "0h", "soon", "-1h", "1w"])
+def test_completion_windows_refused(window: str) -> None:
+    with pytest.raises(ValueError):
+        window_seconds(window)
+
+
+# ---- lines ----------------------------------------------------------------------------------
+
+
+def test_the_model_is_read_off_the_lines_and_other_models_are_reported_by_line() -> None:
+    lines = [
+        b"not json\n",
+        b'{"custom_id": "a", "body": {"messages": []}}\n',
+        b'{"custom_id": "b", "body": {"model": "m1", "messages": []}}\n',
+        b'{"custom_id": "c", "body": {"model": "m2", "messages": []}}\n',
+        b'{"custom_id": "d", "body": {"model": "m1", "messages": []}}\n',
+    ]
+    found = scan_models(lines)
+    assert (found.model, found.first_line, found.mismatched) == ("m1", 3, [4])
+    assert scan_models([b"[]\n"]).model is None
+
+
+CTX = OutputContext(batch_id="batch_abc", model="fake", created=1_700_000_000)
+
+
+def test_a_success_record_becomes_a_chat_completion_line_with_an_object_body() -> None:
+    record = {
+        "line": 3,
+        "custom_id": "r3",
+        "generations": [
+            {"role": "assistant", "text": "hi", "finish_reason": "stop"},
+            {"role": "assistant", "text": "ho", "finish_reason": "length", "logprobs": {"content": []}},
+        ],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+    }
+    line = success_line(record, CTX)
+    assert line["custom_id"] == "r3" and line["error"] is None and line["id"].startswith("batch_req_")
+    assert line["response"]["status_code"] == 200 and line["response"]["request_id"]
+    body = line["response"]["body"]
+    assert (body["object"], body["model"], body["created"]) == ("chat.completion", "fake", 1_700_000_000)
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "hi"},
+            "finish_reason": "stop",
+            "logprobs": None,
+        },
+        {
+            "index": 1,
+            "message": {"role": "assistant", "content": "ho"},
+            "finish_reason": "length",
+            "logprobs": {"content": []},
+        },
+    ]
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert success_line(record, CTX) == line  # ids are stable: the same file made twice is the same
+
+
+def test_error_records_become_error_lines_and_a_model_servers_http_status_is_kept() -> None:
+    invalid = error_line(
+        {"line": 2, "custom_id": None, "error": {"code": "invalid_json", "message": "m"}}, CTX
+    )
+    assert invalid["response"] is None and invalid["error"] == {"code": "invalid_json", "message": "m"}
+    refused = error_line({"line": 5, "custom_id": "x", "error": {"code": "http_400", "message": "bad"}}, CTX)
+    assert refused["response"]["status_code"] == 400
+    assert refused["response"]["body"]["error"]["message"] == "bad"
+    assert refused["error"]["code"] == "http_400"
+
+
+def test_lines_cut_short_by_an_expiry_read_batch_expired() -> None:
+    cut = {"line": 7, "custom_id": "y", "error": {"code": "cancelled", "message": "m"}}
+    expired = OutputContext(batch_id="b", model="fake", created=0, expired=True)
+    assert error_line(cut, expired)["error"]["code"] == "batch_expired"
+    assert error_line(cut, CTX)["error"]["code"] == "cancelled"
+    other = {"line": 8, "custom_id": "z", "error": {"code": "http_500", "message": "m"}}
+    assert error_line(other, expired)["error"]["code"] == "http_500"
+
+
+def test_convert_tells_records_apart_and_writes_jsonl() -> None:
+    records = [
+        '{"line":1,"custom_id":"a","generations":[{"role":"assistant","text":"t"}],"usage":{}}\n',
+        "\n",
+        '{"line":2,"custom_id":"b","error":{"code":"invalid_json","message":"m"}}\n',
+    ]
+    lines = [json.loads(raw) for raw in convert(records, CTX)]
+    assert [(x["custom_id"], x["error"] is None) for x in lines] == [("a", True), ("b", False)]
+
+
+def test_a_batch_that_never_ran_has_every_line_in_its_error_file() -> None:
+    lines = [b'{"custom_id": "a"}\n', b"\n", b"broken\n", b'{"custom_id": 5}\n']
+    records = [json.loads(r) for r in unrun_records(lines, "batch_expired", "late")]
+    assert [(r["line"], r["custom_id"]) for r in records] == [(1, "a"), (3, None), (4, None)]
+
+
+def test_validation_line_errors_become_batch_errors_up_to_a_limit() -> None:
+    raws = [
+        json.dumps({"line": n, "custom_id": None, "error": {"code": "invalid_json", "message": "m"}})
+        for n in range(5)
+    ]
+    assert batch_errors(raws, 2) == [
+        {"code": "invalid_json", "message": "m", "param": None, "line": 0},
+        {"code": "invalid_json", "message": "m", "param": None, "line": 1},
+    ]
+
+
+# ---- file store, pagination -----------------------------------------------------------------
+
+
+def test_the_file_store_keeps_bytes_and_file_objects_and_deletes_both(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "files")
+    first = store.create("a.jsonl", "batch", [b"ab", b"c"])
+    second = store.create("b.jsonl", "batch_output", [b""])
+    assert store.path(first.id).read_bytes() == b"abc"
+    assert first.public() | {"created_at": 0} == {
+        "id": first.id,
+        "object": "file",
+        "bytes": 3,
+        "created_at": 0,
+        "filename": "a.jsonl",
+        "purpose": "batch",
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+    }
+    assert [f.id for f in store.list()] == [second.id, first.id]  # newest first
+    assert [f.id for f in store.list("batch")] == [first.id]
+    assert store.delete(first.id) and not store.delete(first.id)
+    assert store.get(first.id) is None and not store.path(first.id).exists()
+    assert store.get("../../etc/passwd") is None and store.get("file-../x") is None
+
+
+def test_a_file_over_the_limit_is_not_stored(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "files")
+    with pytest.raises(FileTooLarge):
+        store.create("big.jsonl", "batch", [b"x" * 6, b"x" * 6], max_bytes=10)
+    assert store.list() == [] and list((tmp_path / "files").iterdir()) == []
+
+
+def test_cursor_pages_follow_after() -> None:
+    items = ["e", "d", "c", "b", "a"]
+    assert cursor_page(items, str, None, 2) == (["e", "d"], True)
+    assert cursor_page(items, str, "d", 2) == (["c", "b"], True)
+    assert cursor_page(items, str, "b", 2) == (["a"], False)
+    assert cursor_page(items, str, "gone", 2) == ([], False)
+    assert list_body([{"id": "x"}, {"id": "y"}], True) == {
+        "object": "list",
+        "data": [{"id": "x"}, {"id": "y"}],
+        "first_id": "x",
+        "last_id": "y",
+        "has_more": True,
+    }
+    assert list_body([], False)["first_id"] is None
+
+
+# ---- the routes, on an in-memory backend ----------------------------------------------------
+
+JOB = UUID("4f0c5a3e-0000-4000-8000-000000000002")
+
+
+class OneJobBackend:
+    """Submits one job and reports it in whatever state a test sets."""
+
+    def __init__(self) -> None:
+        self.submitted: list[JobParameters] = []
+        self.state: dict[str, Any] = {"type": "SCHEDULED", "name": "Scheduled"}
+
+    def _job(self) -> BatchInference:
+        params = self.submitted[0]
+        return BatchInference(
+            job_id=str(JOB),
+            created=T0,
+            status=job_status(self.state["type"], self.state["name"]),
+            input_file_path=params.prompt_file,
+            metadata={"model": params.model, "state": self.state, "request_counts": {"total": 1}},
+        )
+
+    async def submit(self, params: JobParameters) -> BatchInference:
+        self.submitted.append(params)
+        return self._job()
+
+    async def status(self, job_id: UUID) -> BatchInference:
+        if job_id != JOB or not self.submitted:
+            raise JobNotFoundError(str(job_id))
+        return self._job()
+
+
+@pytest.fixture
+def backend() -> OneJobBackend:
+    return OneJobBackend()
+
+
+@pytest.fixture
+def client(tmp_path: Path, backend: OneJobBackend, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setattr(history, "prefect_history", history.no_history)  # no Prefect here
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[OneJobBackend]:
+        yield backend
+
+    settings = Settings(home=tmp_path / "home", allowed_roots=[tmp_path])
+    catalog = load_catalog(None)
+    app = create_app(settings, catalog, factory)  # type: ignore[arg-type]
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def default_model() -> str:
+    return load_catalog(None).models[0].id
+
+
+def upload(client: TestClient, content: bytes, purpose: str = "batch") -> Any:
+    return client.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": purpose})
+
+
+def test_upload_and_create_submit_one_job_reading_a_staged_copy(
+    client: TestClient, backend: OneJobBackend, tmp_path: Path
+) -> None:
+    line = {
+        "custom_id": "a",
+        "body": {"model": default_model(), "messages": [{"role": "user", "content": "x"}]},
+    }
+    content = (json.dumps(line) + "\n").encode()
+    file_id = upload(client, content).json()["id"]
+    response = client.post(
+        "/v1/batches",
+        json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "1h"},
+    )
+    assert response.status_code == 200, response.text
+    batch = response.json()
+    assert batch["id"] == batch_id_of(JOB) and batch["status"] == "validating"
+    assert batch["expires_at"] == int(T0.timestamp()) + 3600 and batch["errors"] is None
+    params = backend.submitted[0]
+    assert params.model == default_model()
+    staged = Path(params.prompt_file.value)
+    assert staged.read_bytes() == content and staged.is_relative_to(tmp_path / "home" / "uploads")
+    # The seed's job_status takes the batch id; the route reaches the same job.
+    seed = client.get("/batch_inference/job_status", params={"job_id": batch["id"]})
+    assert seed.status_code == 200 and seed.json()["job_id"] == str(JOB)
+
+
+def test_v1_errors_have_openais_shape(client: TestClient) -> None:
+    missing = client.get("/v1/batches/batch_" + "0" * 32)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "invalid_request_error" and missing.json()["error"]["message"]
+    bad_limit = client.get("/v1/batches", params={"limit": 0})
+    assert bad_limit.status_code == 400 and bad_limit.json()["error"]["param"] == "limit"
+    not_json = client.post("/v1/batches", content=b"{", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400 and "error" in not_json.json()
+    no_field = client.post("/v1/batches", json={"endpoint": "/v1/chat/completions"})
+    assert no_field.status_code == 400 and no_field.json()["error"]["param"] == "input_file_id"
+    assert upload(client, b"{}\n", purpose="nope").json()["error"]["param"] == "purpose"
+    no_route = client.get("/v1/nothing")
+    assert no_route.status_code == 404 and "error" in no_route.json()
+    # Outside /v1 the seed's shapes stay as they were.
+    seed = client.get("/batch_inference/job_status", params={"job_id": "nope"})
+    assert seed.status_code == 422 and "detail" in seed.json()
+
+
+def test_file_routes_list_retrieve_content_delete(client: TestClient) -> None:
+    ids = [upload(client, f"{i}\n".encode()).json()["id"] for i in range(3)]
+    listed = client.get("/v1/files", params={"limit": 2}).json()
+    assert [f["id"] for f in listed["data"]] == ids[::-1][:2] and listed["has_more"] is True
+    rest = client.get("/v1/files", params={"limit": 2, "after": listed["last_id"]}).json()
+    assert [f["id"] for f in rest["data"]] == [ids[0]] and rest["has_more"] is False
+    assert client.get(f"/v1/files/{ids[1]}/content").content == b"1\n"
+    assert client.delete(f"/v1/files/{ids[1]}").json() == {"id": ids[1], "object": "file", "deleted": True}
+    assert client.get(f"/v1/files/{ids[1]}").status_code == 404
+    assert client.delete(f"/v1/files/{ids[1]}").status_code == 404
+
+
+def test_a_batch_of_a_finished_job_with_no_outputs_stays_without_files(
+    client: TestClient, backend: OneJobBackend
+) -> None:
+    line = {
+        "custom_id": "a",
+        "body": {"model": default_model(), "messages": [{"role": "user", "content": "x"}]},
+    }
+    file_id = upload(client, (json.dumps(line) + "\n").encode()).json()["id"]
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    batch_id = client.post("/v1/batches", json=body).json()["id"]
+    backend.state = {"type": "CANCELLED", "name": "Cancelled"}  # cancelled before it ran
+    batch = client.get(f"/v1/batches/{batch_id}").json()
+    assert batch["status"] == "cancelled" and batch["error_file_id"]
+    errors = client.get(f"/v1/files/{batch['error_file_id']}/content").text.splitlines()
+    assert [json.loads(e)["custom_id"] for e in errors] == ["a"]
+    assert client.get(f"/v1/batches/{batch_id}").json()["error_file_id"] == batch["error_file_id"]
+    assert JobStatus.failed is job_status("CANCELLED", "Cancelled")
