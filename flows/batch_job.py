@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from contextlib import nullcontext
+from datetime import datetime
 from pathlib import Path as LocalPath
 from typing import Any
 from uuid import UUID
@@ -20,15 +21,16 @@ from batchinfer.tasks.infer import infer_chunk
 from batchinfer.tasks.validate import validate
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from batchinfer.api.backend import FLOW_NAME
 from batchinfer.cancellation import (
     CANCEL_STATE_TYPES,
-    CANCELLED_CODE,
+    EXPIRED_REASON,
     CancelWatcher,
     StopSignal,
+    expiring,
     forget,
     prefect_state_reader,
     sigterm_sets,
@@ -91,8 +93,13 @@ def batch_job(
     options: Options | None = None,
     num_generations: int = 1,
     output_dir: str | None = None,
+    expires_at: datetime | None = None,
 ) -> dict[str, Any] | State[Any]:
-    """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files."""
+    """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files.
+
+    ``expires_at``: when it passes, the job stops as for a cancel and fails ``expired``, its finished
+    lines in the success file and the rest in the error file as ``expired`` (an OpenAI batch's
+    ``completion_window``)."""
     settings = Settings()
     deadline = Deadline.after(settings.job_timeout_s)  # per run: a resumed job gets a fresh one
     job_id = str(flow_run.id)
@@ -101,7 +108,18 @@ def batch_job(
     clock = PhaseClock()
     _tag_with_model(job_id, model)
     try:
-        return _run(settings, reporter, clock, layout, deadline, model, prompt_file, options, num_generations)
+        return _run(
+            settings,
+            reporter,
+            clock,
+            layout,
+            deadline,
+            model,
+            prompt_file,
+            options,
+            num_generations,
+            expires_at,
+        )
     except BatchInferError as exc:
         reporter.progress.error_code = exc.code
         reporter.progress.error_message = exc.message
@@ -123,6 +141,7 @@ def _run(
     prompt_file: Path,
     options: Options | None,
     num_generations: int,
+    expires_at: datetime | None,
 ) -> dict[str, Any] | State[Any]:
     job_id = reporter.flow_run_id
     reporter.set_phase(PHASE_VALIDATING)
@@ -187,7 +206,11 @@ def _run(
     stop = stop_signal(job_id)
     with sigterm_sets(stop):  # until the end: a cancel's SIGTERM must not cut the gather short
         try:
-            with CancelWatcher(job_id, stop, prefect_state_reader(job_id)), dask or nullcontext():
+            with (
+                CancelWatcher(job_id, stop, prefect_state_reader(job_id)),
+                expiring(stop, expires_at),
+                dask or nullcontext(),
+            ):
                 for counts in windowed(submit, summary.chunks, window, deadline, stop):
                     count(counts)
         except DeadlinePassed:
@@ -218,7 +241,7 @@ def _run(
         progress.outputs_ready = True
         reporter.push(force=True)
         if stop.is_set():
-            return _stopped(reporter, stop, cancelled=error_codes[CANCELLED_CODE])
+            return _stopped(reporter, stop, cut_short=error_codes[stop.abandoned.code])
         if model_unreachable(gathered.succeeded, error_codes):
             # These results hold no answer, only connection errors: drop them, so that a resume
             # (once the server is back) asks the server again instead of reusing them.
@@ -238,21 +261,25 @@ def _run(
         }
 
 
-def _stopped(reporter: RunReporter, stop: StopSignal, cancelled: int) -> State[Any]:
-    """The end of a job that stopped early, its outputs written: Cancelled when someone asked (the
-    UI, ``cancel_job``). A SIGTERM with no cancel behind it (a worker shutting down) is handed back
-    to Prefect as the termination it is, so the job ends crashed, resumable, as it always did."""
+def _stopped(reporter: RunReporter, stop: StopSignal, cut_short: int) -> State[Any]:
+    """The end of a job that stopped early, its outputs written: Failed ``expired`` when its
+    completion window passed, Cancelled when someone asked (the UI, ``cancel_job``). A SIGTERM with
+    no cancel behind it (a worker shutting down) is handed back to Prefect as the termination it
+    is, so the job ends crashed, resumable, as it always did."""
     from prefect.exceptions import TerminationSignal
 
     job_id = reporter.flow_run_id
-    if prefect_state_reader(job_id)() not in CANCEL_STATE_TYPES:
+    expired = stop.reason == EXPIRED_REASON
+    if not expired and prefect_state_reader(job_id)() not in CANCEL_STATE_TYPES:
         raise TerminationSignal(signal.SIGTERM)
     progress = reporter.progress
+    code = stop.abandoned.code
     message = (
-        f"Cancelled: {progress.completed} lines succeeded and {progress.failed - cancelled} failed "
-        f"before the cancel; the {cancelled} lines it cut short are in the error file as "
-        f"`cancelled`. {resume_hint(job_id)}"
+        f"{'Expired: the completion window passed' if expired else 'Cancelled'}: "
+        f"{progress.completed} lines succeeded and {progress.failed - cut_short} failed before "
+        f"that; the {cut_short} lines it cut short are in the error file as `{code}`. "
+        f"{resume_hint(job_id)}"
     )
-    progress.error_code, progress.error_message = CANCELLED_CODE, message
+    progress.error_code, progress.error_message = code, message
     reporter.push(force=True)
-    return Cancelled(message=message)
+    return Failed(message=message) if expired else Cancelled(message=message)

@@ -15,6 +15,7 @@ from batchinfer.cancellation import (
     RUNNER_SETTLE_S,
     CancelWatcher,
     StopSignal,
+    expiring,
     settle_delay,
     sigterm_sets,
     stop_signal,
@@ -85,3 +86,18 @@ def test_without_a_stop_the_previous_sigterm_handler_comes_back() -> None:
 def test_a_resume_waits_out_the_runners_settling_time_after_a_cancel(ago_s: float, wait_s: float) -> None:
     now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     assert settle_delay(now - timedelta(seconds=ago_s), now) == pytest.approx(wait_s)
+
+
+def test_a_job_past_its_expiry_stops_at_once_and_its_cut_lines_read_expired() -> None:
+    stop = StopSignal()
+    with expiring(stop, datetime.now(UTC) - timedelta(seconds=1)):
+        assert stop.wait(2)
+    assert stop.reason == "expired" and stop.abandoned.code == "expired"
+
+
+def test_a_job_expiring_later_runs_on_and_a_cancel_reads_cancelled() -> None:
+    stop = StopSignal()
+    with expiring(stop, datetime.now(UTC) + timedelta(hours=1)):
+        assert not stop.wait(0.1)
+        stop.set("cancel requested")
+    assert stop.abandoned.code == "cancelled"

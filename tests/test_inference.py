@@ -214,3 +214,20 @@ def test_a_rerun_after_a_cancel_runs_only_the_cancelled_lines_and_keeps_the_rest
     assert lines[1]["error"]["code"] == "http_400"  # a real failure is kept, not re-run
     assert lines[2]["generations"][0]["text"] == "echo: b"
     assert (counts.succeeded, counts.failed, counts.reused) == (2, 1, False)
+
+
+class Expired(Stopped):
+    """A job's stop signal, set because its completion window passed."""
+
+    abandoned = ErrorDetail(code="expired", message="window passed")
+
+
+def test_lines_cut_short_by_an_expiry_read_expired_and_a_rerun_runs_them_again(
+    tmp_path: Path, chunk: Path
+) -> None:
+    result = tmp_path / "result.jsonl"
+    run_chunk(0, chunk, result, EchoEngine(), stop=Expired())
+    assert {r["error"]["code"] for r in records(result)} == {"expired"}
+    engine = EchoEngine()
+    run_chunk(0, chunk, result, engine)
+    assert engine.calls == [[1, 2, 4]]

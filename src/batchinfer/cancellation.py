@@ -23,11 +23,13 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
-from batchinfer.engines.base import CANCELLED
+from batchinfer.engines.base import CANCELLED, EXPIRED
+from batchinfer.records import ErrorDetail
 
 logger = logging.getLogger(__name__)
 
 CANCELLED_CODE = CANCELLED.code
+EXPIRED_REASON = "expired"  # the StopSignal reason when the job's completion window passes
 # Prefect state types in which a job is being, or has been, cancelled.
 CANCEL_STATE_TYPES = frozenset({"CANCELLING", "CANCELLED"})
 # After a cancelled job's process exits, the runner that owned it checks every few seconds and then
@@ -55,6 +57,11 @@ class StopSignal:
 
     def is_set(self) -> bool:
         return self._event.is_set()
+
+    @property
+    def abandoned(self) -> ErrorDetail:
+        """The error record of a line this stop cut short."""
+        return EXPIRED if self.reason == EXPIRED_REASON else CANCELLED
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
@@ -144,3 +151,20 @@ def sigterm_sets(stop: StopSignal) -> Iterator[None]:
         # Once stopping, keep it: the runner's SIGTERM may still come while the job finishes.
         if not stop.is_set():
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def expiring(stop: StopSignal, expires_at: datetime | None) -> Iterator[None]:
+    """While inside, ``stop`` is set (reason ``expired``) when ``expires_at`` passes (at once if it
+    has); the job then stops as for a cancel, keeping what it finished."""
+    if expires_at is None:
+        yield
+        return
+    delay = (expires_at - datetime.now(UTC)).total_seconds()
+    timer = threading.Timer(max(0.0, delay), stop.set, args=(EXPIRED_REASON,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from batchinfer.engines.base import CANCELLED, Engine, PromptRequest, StopFlag
+from batchinfer.engines.base import ABANDONED_CODES, CANCELLED, Engine, PromptRequest, StopFlag
 from batchinfer.jobfiles import atomic_write
 from batchinfer.records import Completion, ErrorDetail, ErrorRecord, SuccessRecord, dump_record
 
@@ -59,10 +59,15 @@ def run_chunk(
         if len(kept) == len(requests):
             return count_results(index, result_path)
         requests = [r for r in requests if r.line not in kept]
+    # Why the lines cut short were abandoned (cancelled, expired): the stop signal knows.
+    abandoned = getattr(stop, "abandoned", CANCELLED)
     if stop is not None and stop.is_set():
-        outcomes: list[Any] = [CANCELLED] * len(requests)
+        outcomes: list[Any] = [abandoned] * len(requests)
     else:
-        outcomes = engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
+        outcomes = [
+            abandoned if isinstance(o, ErrorDetail) and o.code == CANCELLED.code else o
+            for o in engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
+        ]
     if len(outcomes) != len(requests):
         raise RuntimeError(
             f"Engine returned {len(outcomes)} outcomes for {len(requests)} requests in chunk {index}"
@@ -78,12 +83,12 @@ def run_chunk(
 
 
 def _finished_records(result_path: Path) -> dict[int, str]:
-    """An existing result file's records by line, without the ones a cancel cut short."""
+    """An existing result file's records by line, without the ones a cancel or expiry cut short."""
     finished = {}
     with open(result_path, encoding="utf-8") as handle:
         for raw in handle:
             obj = json.loads(raw)
-            if obj.get("error", {}).get("code") != CANCELLED.code:
+            if obj.get("error", {}).get("code") not in ABANDONED_CODES:
                 finished[obj["line"]] = raw.rstrip("\n")
     return finished
 

@@ -67,6 +67,9 @@ class JobParameters(BaseModel):
     options: Options = Field(default_factory=Options)
     num_generations: int = Field(default=1, ge=1)
     output_dir: str | None = None
+    expires_at: datetime | None = Field(
+        default=None, description="When it passes, the job stops and fails `expired`, keeping its work."
+    )
 
 
 def sampling_params(options: Options, num_generations: int, default_max_tokens: int) -> SamplingParams:

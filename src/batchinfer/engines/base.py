@@ -51,6 +51,13 @@ CANCELLED = ErrorDetail(
     code="cancelled",
     message="The job was cancelled before this line finished; resuming the job runs it again.",
 )
+# The same, when the job stopped because its completion window (``expires_at``) passed.
+EXPIRED = ErrorDetail(
+    code="expired",
+    message="The job's completion window passed before this line finished; resuming the job runs it again.",
+)
+# Codes of lines a stopped job never finished: a resume runs them again, and only them.
+ABANDONED_CODES = frozenset({CANCELLED.code, EXPIRED.code})
 
 
 @runtime_checkable
