@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path as LocalPath
 from typing import Any
@@ -47,7 +47,7 @@ from batchinfer.gather import gather_outputs
 from batchinfer.inference import ChunkCounts, run_chunk
 from batchinfer.jobfiles import JobLayout
 from batchinfer.jobview import job_layout, sampling_params
-from batchinfer.model_limits import chunk_slots, ensure_limit, shared_limit
+from batchinfer.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
 from batchinfer.recovery import resume_hint
 from batchinfer.reporting import RunReporter
 from batchinfer.scaleout import dask_chunks
@@ -184,7 +184,7 @@ def _run(
     def submit(chunk: Any) -> DoneFuture[ChunkCounts]:
         submitted.add(chunk.index)
         if dask is not None:
-            params = {"model": config, "context": context, "job_id": job_id, "slots": slots}
+            params = {"model": config, "context": context, "job_id": job_id, "max_in_flight": slots}
             return dask.submit(
                 infer_chunk, chunk.index, chunk.input_path, result_paths[chunk.index], **params
             )
@@ -210,8 +210,10 @@ def _run(
                 CancelWatcher(job_id, stop, prefect_state_reader(job_id)),
                 expiring(stop, expires_at),
                 dask or nullcontext(),
+                _model_share(config.id, slots, min(window, len(summary.chunks)), stop, layout) as held,
             ):
-                for counts in windowed(submit, summary.chunks, window, deadline, stop):
+                chunks_at_once = window if held is None else held
+                for counts in windowed(submit, summary.chunks, chunks_at_once, deadline, stop):
                     count(counts)
         except DeadlinePassed:
             raise deadline.exceeded(job_id, progress.chunks_done, progress.chunks) from None
@@ -259,6 +261,15 @@ def _run(
                 "failed": gathered.failed,
             },
         }
+
+
+def _model_share(
+    model_id: str, slots: int | None, window: int, stop: StopSignal, layout: JobLayout
+) -> AbstractContextManager[int | None]:
+    """The job's share of its model's cross-job limit, in chunks (None: the model has none)."""
+    if slots is None:
+        return nullcontext(None)
+    return holding_share(model_id, slots, max(window, 1), stop, layout.work / "model-lease.txt")
 
 
 def _stopped(reporter: RunReporter, stop: StopSignal, cut_short: int) -> State[Any]:

@@ -9,11 +9,7 @@ from batchinfer.cancellation import stop_signal
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import ModelConfig, get_engine
 from batchinfer.inference import ChunkCounts
-from batchinfer.model_limits import SlotsBusy, holding_slots
 from batchinfer.scaleout import run_chunk_at
-
-# How long one wait for the model's slots lasts before the chunk looks at its job's cancel signal.
-SLOT_WAIT_S = 2.0
 
 
 @task(
@@ -32,20 +28,12 @@ def infer_chunk(
     model: ModelConfig,
     context: EngineContext,
     job_id: str | None = None,
-    slots: int | None = None,
+    max_in_flight: int | None = None,
 ) -> ChunkCounts:
-    """``slots``: the chunk's share of the model's cross-job limit (None: no shared limit).
+    """``max_in_flight``: the chunk's part of the share of the model's cross-job limit that its job
+    holds (``batchinfer.model_limits``); None: no shared limit.
     ``input_path``/``result_path``: local paths, or URLs on shared storage when the chunk runs on a
     Dask worker (``batchinfer.scaleout``)."""
     engine = get_engine(model, context)
     stop = stop_signal(job_id) if job_id else None
-    if slots is None:
-        return run_chunk_at(index, input_path, result_path, engine, stop)
-    while True:
-        if stop is not None and stop.is_set():  # cancelled while waiting: no slots needed
-            return run_chunk_at(index, input_path, result_path, engine, stop)
-        try:
-            with holding_slots(model.id, slots, timeout_s=SLOT_WAIT_S):
-                return run_chunk_at(index, input_path, result_path, engine, stop, slots)
-        except SlotsBusy:
-            continue
+    return run_chunk_at(index, input_path, result_path, engine, stop, max_in_flight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchinfer.engines.configs import EMBEDDED_DEFAULT, OpenAIEngineConfig
-from batchinfer.model_limits import chunk_slots, limit_name, shared_limit
+from batchinfer.model_limits import chunk_slots, limit_name, share_chunks, shared_limit
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,13 @@ def test_a_chunk_holds_an_even_share_so_one_job_alone_uses_the_whole_limit(
 ) -> None:
     assert chunk_slots(max_concurrency, window) == slots
     assert slots * max(window, 1) >= max_concurrency
+
+
+@pytest.mark.parametrize(
+    ("free", "per_chunk", "window", "chunks"),
+    [(64, 16, 4, 4), (40, 16, 4, 2), (15, 16, 4, 0), (64, 16, 2, 2), (4, 2, 2, 2), (3, 2, 2, 1)],
+)
+def test_a_job_takes_the_free_slots_it_can_use_up_to_its_window(
+    free: int, per_chunk: int, window: int, chunks: int
+) -> None:
+    assert share_chunks(free, per_chunk, window) == chunks

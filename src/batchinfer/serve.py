@@ -143,6 +143,22 @@ def _mark_interrupted_jobs() -> None:
             f"(interrupted); resume with `batchinfer resume <id>`: {', '.join(marked)}",
             flush=True,
         )
+    _release_model_slots()
+
+
+def _release_model_slots() -> None:
+    """Give back the model slots that jobs of the previous serve held (``model_limits``)."""
+    import asyncio
+
+    from batchinfer.model_limits import reset_model_limits
+
+    try:
+        reset = asyncio.run(reset_model_limits())
+    except Exception as exc:  # a model limit stuck full would show as jobs waiting: say so
+        print(f"warning: could not reset the model concurrency limits: {exc}", file=sys.stderr, flush=True)
+        return
+    if reset:
+        print(f"Released the model slots the previous serve's jobs held: {', '.join(reset)}", flush=True)
 
 
 def _ensure_job_webhook(settings: Settings) -> None:
