@@ -5,9 +5,11 @@ subprocesses), their files on shared storage (a ``file://`` URL), driven through
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -98,10 +100,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             child.kill()
 
 
+@dataclass
+class Cluster:
+    address: str
+    shared: Path
+    env: dict[str, str]  # a job's environment: the session's Prefect server, this cluster
+
+
 @pytest.fixture
-def cluster_and_serve(tmp_path: Path, models_file: Path) -> Iterator[tuple[ServeProcess, str, Path]]:
-    """A Dask scheduler, a ``serve`` pointed at it, then two workers that know the serve's Prefect
-    API (they record task runs and take the models' concurrency slots there)."""
+def cluster(tmp_path: Path, models_file: Path, served: ServeProcess) -> Iterator[Cluster]:
+    """A Dask scheduler and two workers that record their task runs on the session's Prefect
+    server (and take the models' concurrency slots there), and the environment of a job that
+    sends its chunks to them."""
     from distributed import Client
 
     home, data, shared = tmp_path / "home", tmp_path / "data", tmp_path / "shared"
@@ -114,24 +124,12 @@ def cluster_and_serve(tmp_path: Path, models_file: Path) -> Iterator[tuple[Serve
             tmp_path / "scheduler.log",
         )
     ]
-    serve = ServeProcess(
-        home=home,
-        env=serve_env(
-            home,
-            models_file,
-            roots=[data, home],
-            BATCHINFER_DASK_ADDRESS=address,
-            BATCHINFER_SHARED_STORAGE=shared.as_uri(),
-            BATCHINFER_CHUNK_SIZE=str(CHUNK_SIZE),
-        ),
-    )
     try:
-        serve.start()
         worker_env = serve_env(
             tmp_path / "worker-home",
             models_file,
             roots=[data, home],
-            PREFECT_API_URL=serve.prefect_api_url,
+            PREFECT_API_URL=served.prefect_api_url,
             PREFECT_HOME=str(tmp_path / "worker-prefect"),
         )
         for name in ("worker-a", "worker-b"):
@@ -139,27 +137,40 @@ def cluster_and_serve(tmp_path: Path, models_file: Path) -> Iterator[tuple[Serve
             procs.append(_start([*argv, "--no-dashboard"], tmp_path / f"{name}.log", worker_env))
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
-        yield serve, address, shared
+        job_env = serve_env(
+            home,
+            models_file,
+            roots=[data, home],
+            PREFECT_API_URL=served.prefect_api_url,
+            BATCHINFER_DASK_ADDRESS=address,
+            BATCHINFER_SHARED_STORAGE=shared.as_uri(),
+            BATCHINFER_CHUNK_SIZE=str(CHUNK_SIZE),
+        )
+        yield Cluster(address, shared, job_env)
     finally:
-        serve.stop()
         for proc in reversed(procs):
             _stop(proc)
 
 
 @pytest.mark.e2e
 def test_a_job_spreads_its_chunks_over_the_dask_workers(
-    cluster_and_serve: tuple[ServeProcess, str, Path], limited_openai: FakeOpenAIServer
+    cluster: Cluster, tmp_path: Path, limited_openai: FakeOpenAIServer
 ) -> None:
-    """Model ``fake-limited`` (max_concurrency 4): its limit is a Prefect global concurrency limit,
-    so the chunks on the workers must reach the serve's Prefect API to take their slots."""
+    """Model ``fake-limited`` (max_concurrency 4): its limit is a Prefect global concurrency limit
+    that the job holds on the Prefect server while its chunks run on the workers."""
     from distributed import Client
 
-    serve, address, shared = cluster_and_serve
     texts = prompt_texts("dask-scaleout", PROMPTS)
-    prompts = write_prompts(serve.home.parent / "data", "dask-scaleout", texts)
-    source = {"type": "filepath", "value": str(prompts)}
-    job = serve.submit_ok({"model": "fake-limited", "prompt_file_path": source})
-    job = serve.wait(job["job_id"], timeout_s=90)
+    prompts = write_prompts(tmp_path / "data", "dask-scaleout", texts)
+    run = subprocess.run(
+        [sys.executable, "-m", "batchinfer.cli", "run", str(prompts), "--model", "fake-limited"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    job = json.loads(run.stdout)
 
     assert job["status"] == "completed", job
     assert job["metadata"]["request_counts"] == {"total": PROMPTS, "completed": PROMPTS, "failed": 0}
@@ -169,12 +180,13 @@ def test_a_job_spreads_its_chunks_over_the_dask_workers(
     assert all(limited_openai.prompts[t] == 1 for t in texts)  # every line answered exactly once
     assert limited_openai.max_in_flight <= 4  # the model's limit held across both workers
 
-    chunks = shared / job["job_id"] / "chunks"
+    chunks = cluster.shared / job["job_id"] / "chunks"
     chunk_count = PROMPTS // CHUNK_SIZE
     assert len(list(chunks.glob("input-*.jsonl"))) == chunk_count
     assert len(list(chunks.glob("result-*.jsonl"))) == chunk_count
     assert not list(chunks.glob(".*.tmp"))  # uploads renamed into place, none left half-done
 
+    address = cluster.address
     # Each worker counts the tasks it executed; both must have run chunks, and all of them together.
     with Client(address, timeout=30) as client:
         wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 10, "both workers")
