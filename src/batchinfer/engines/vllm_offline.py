@@ -28,8 +28,8 @@ from typing import Any
 
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.configs import EngineContext, VLLMEngineConfig
-from batchinfer.engines.messages import to_text_chat
-from batchinfer.errors import EngineError, InferenceError
+from batchinfer.engines.local_common import context_length_exceeded, text_chat_or_error
+from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
 
 INSTALL_HINT = (
@@ -137,24 +137,13 @@ class VLLMEngine:
     # -- one request --------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: PromptRequest) -> _Prepared | ErrorDetail:
-        try:
-            chat = to_text_chat(request.messages)
-        except InferenceError as exc:
-            return ErrorDetail(code=exc.code, message=exc.message)
-        except OSError as exc:
-            return ErrorDetail(
-                code="unsupported_attachment",
-                message=f"Cannot read an attachment file ({exc}); fix the path or send raw_bytes.",
-            )
+        chat = text_chat_or_error(request.messages)
+        if isinstance(chat, ErrorDetail):
+            return chat
         input_ids = self._encode(chat)
         if self._max_len is not None and len(input_ids) + request.params.max_tokens > self._max_len:
-            return ErrorDetail(
-                code="context_length_exceeded",
-                message=(
-                    f"The prompt is {len(input_ids)} tokens and max_tokens is "
-                    f"{request.params.max_tokens}, but model {self._config.id!r} holds "
-                    f"{self._max_len} tokens in all. Shorten the prompt or lower max_tokens."
-                ),
+            return context_length_exceeded(
+                self._config.id, len(input_ids), request.params.max_tokens, self._max_len
             )
         return _Prepared(index=index, input_ids=input_ids, params=request.params)
 
