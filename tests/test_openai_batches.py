@@ -382,9 +382,11 @@ def test_upload_and_create_submit_one_job_reading_a_staged_copy(
     assert response.status_code == 200, response.text
     batch = response.json()
     assert batch["id"] == batch_id_of(JOB) and batch["status"] == "validating"
-    assert batch["expires_at"] == int(T0.timestamp()) + 3600 and batch["errors"] is None
+    assert batch["expires_at"] == batch["created_at"] + 3600 and batch["errors"] is None
     params = backend.submitted[0]
     assert params.model == default_model()
+    # The job stops itself at the batch's expires_at, to the second.
+    assert params.expires_at is not None and params.expires_at.timestamp() == batch["expires_at"]
     staged = Path(params.prompt_file.value)
     assert staged.read_bytes() == content and staged.is_relative_to(tmp_path / "home" / "uploads")
     # The seed's job_status takes the batch id; the route reaches the same job.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -112,17 +112,18 @@ class BatchService:
         # apart from the file store: deleting the input file does not pull it from under the job.
         staged = self.settings.uploads_dir / f"{stored.sha256}.jsonl"
         await anyio.to_thread.run_sync(link_or_copy, source, staged)
-        # The flow stops the job when the window ends, keeping its finished lines (``expires_at``).
+        # The batch's own clock, whole seconds as OpenAI's: the flow stops the job exactly at
+        # expires_at (keeping its finished lines), so expired_at is never before it.
+        created = int(time.time())
         params = JobParameters(
             model=model,
             prompt_file=Path(type=PathType.filepath, value=str(staged)),
-            expires_at=datetime.now(UTC) + timedelta(seconds=window_s),
+            expires_at=datetime.fromtimestamp(created + window_s, UTC),
         )
         try:
             job = await backend.submit(params)
         except BatchInferError as exc:
             raise from_batchinfer_error(exc) from None
-        created = int(job.created.timestamp())
         record = BatchRecord(
             id=batch_id_of(job.job_id),
             job_id=job.job_id,
