@@ -50,9 +50,6 @@ def _submit(served: ServeProcess, path: Path, model: str) -> str:
     return str(served.submit_ok(_body(path, model))["job_id"])
 
 
-_texts, _prompt_file, _wait_for = prompt_texts, write_prompts, wait_for
-
-
 def _chunks_done(served: ServeProcess, job_id: str) -> int:
     return int(served.status(job_id).json()["metadata"].get("chunks", {}).get("done", 0))
 
@@ -120,9 +117,9 @@ def test_a_job_killed_mid_way_finishes_on_resume_without_resending_its_finished_
     slow_openai: FakeOpenAIServer,
     resume: Callable[[ServeProcess, str], None],
 ) -> None:
-    texts = _texts(f"killed-{resume.__name__}", 800)  # 16 chunks; ~3 s at the slow server
-    job_id = _submit(served, _prompt_file(data_dir, f"killed{resume.__name__}", texts), "fake-slow")
-    _wait_for(lambda: _chunks_done(served, job_id) >= 3, 60, "three chunks done")
+    texts = prompt_texts(f"killed-{resume.__name__}", 800)  # 16 chunks; ~3 s at the slow server
+    job_id = _submit(served, write_prompts(data_dir, f"killed{resume.__name__}", texts), "fake-slow")
+    wait_for(lambda: _chunks_done(served, job_id) >= 3, 60, "three chunks done")
 
     _flow_run_process(served, job_id).kill()  # SIGKILL: no cleanup, no last words
     crashed = served.wait(job_id, timeout_s=60)
@@ -148,9 +145,9 @@ def test_a_job_left_running_by_a_killed_serve_shows_interrupted_after_a_restart_
     home.mkdir()
     env = serve_env(home, models_file, roots=[tmp_path], BATCHINFER_CHUNK_SIZE=str(CHUNK_SIZE))
     first = ServeProcess(home=home, env=env).start()
-    texts = _texts("restart", 800)
-    job_id = _submit(first, _prompt_file(tmp_path, "restart", texts), "fake-slow")
-    _wait_for(lambda: _chunks_done(first, job_id) >= 2, 60, "two chunks done")
+    texts = prompt_texts("restart", 800)
+    job_id = _submit(first, write_prompts(tmp_path, "restart", texts), "fake-slow")
+    wait_for(lambda: _chunks_done(first, job_id) >= 2, 60, "two chunks done")
 
     assert first.proc is not None
     family = [psutil.Process(first.proc.pid), *psutil.Process(first.proc.pid).children(recursive=True)]
@@ -185,8 +182,8 @@ def test_a_job_left_running_by_a_killed_serve_shows_interrupted_after_a_restart_
 def test_resume_refuses_a_completed_job_with_409_and_an_unknown_one_with_404(
     served: ServeProcess, data_dir: Path
 ) -> None:
-    texts = _texts("resume-refused", 3)
-    job_id = _submit(served, _prompt_file(data_dir, "resume-refused", texts), "fake")
+    texts = prompt_texts("resume-refused", 3)
+    job_id = _submit(served, write_prompts(data_dir, "resume-refused", texts), "fake")
     assert served.wait(job_id)["status"] == "completed"
     response = served.resume(job_id)
     assert response.status_code == 409
@@ -201,8 +198,8 @@ def test_ten_percent_500s_and_ten_percent_429s_are_retried_until_every_line_succ
     served: ServeProcess, data_dir: Path, flaky_openai: FakeOpenAIServer
 ) -> None:
     flaky_openai.reset()  # this server is this test's alone
-    texts = _texts("flaky", 300)
-    job = served.wait(_submit(served, _prompt_file(data_dir, "flaky", texts), "fake-flaky"))
+    texts = prompt_texts("flaky", 300)
+    job = served.wait(_submit(served, write_prompts(data_dir, "flaky", texts), "fake-flaky"))
     _assert_every_line_answered_once_in_order(job, texts)
     assert flaky_openai.statuses[200] == len(texts)  # each line answered exactly once
     assert flaky_openai.statuses[429] > 0 and flaky_openai.statuses[500] > 0
@@ -212,10 +209,10 @@ def test_ten_percent_500s_and_ten_percent_429s_are_retried_until_every_line_succ
 def test_a_hang_is_retried_then_a_timeout_record_and_a_permanent_400_is_a_record_with_the_servers_message(
     served: ServeProcess, data_dir: Path, fake_openai: FakeOpenAIServer
 ) -> None:
-    texts = _texts("faults", 6)
+    texts = prompt_texts("faults", 6)
     texts[2] = "[fault:400] e2e refused"
     texts[4] = "[fault:hang] e2e hangs"
-    job = served.wait(_submit(served, _prompt_file(data_dir, "faults", texts), "fake-faults"))
+    job = served.wait(_submit(served, write_prompts(data_dir, "faults", texts), "fake-faults"))
     assert job["status"] == "completed"
     errors = read_jsonl(job["error_file_path"]["value"])
     assert [(e["line"], e["error"]["code"]) for e in errors] == [(3, "http_400"), (5, "timeout")]
@@ -230,8 +227,8 @@ def test_a_hang_is_retried_then_a_timeout_record_and_a_permanent_400_is_a_record
 def test_a_model_server_down_for_the_whole_job_fails_it_model_unreachable_with_every_line_recorded(
     served: ServeProcess, data_dir: Path, down_base_url: str
 ) -> None:
-    texts = _texts("down", 120)
-    path = _prompt_file(data_dir, "down", texts)
+    texts = prompt_texts("down", 120)
+    path = write_prompts(data_dir, "down", texts)
     path.write_text(path.read_text().replace(json.dumps(user_prompt(texts[1])), "not json", 1))
     job = served.wait(_submit(served, path, "fake-down"))
     assert job["status"] == "failed"
@@ -265,9 +262,9 @@ def test_a_job_past_its_deadline_fails_deadline_exceeded_and_a_rerun_reuses_its_
 ) -> None:
     # Four chunks of 10, two in flight at a time. Chunks 1 and 2 stall (their first requests take
     # 7 s) past the 5 s deadline, so chunk 3 is never started, however slow the machine is.
-    texts = _texts("deadline", 40)
+    texts = prompt_texts("deadline", 40)
     texts[10:30] = [f"[fault:hangx1] {t}" for t in texts[10:30]]
-    prompts, out = _prompt_file(data_dir, "deadline", texts), data_dir / "deadline-out"
+    prompts, out = write_prompts(data_dir, "deadline", texts), data_dir / "deadline-out"
     with FakeOpenAIServer(hang_s=7) as server:
         models = tmp_path / "models.yaml"
         models.write_text(
@@ -307,8 +304,8 @@ def test_a_job_past_its_deadline_fails_deadline_exceeded_and_a_rerun_reuses_its_
 def test_a_reader_polling_the_job_dir_never_sees_a_partial_output_file(
     served: ServeProcess, data_dir: Path
 ) -> None:
-    texts = _texts("atomic", 2000)
-    path = _prompt_file(data_dir, "atomic", texts)
+    texts = prompt_texts("atomic", 2000)
+    path = write_prompts(data_dir, "atomic", texts)
     path.write_text(path.read_text().replace(json.dumps(user_prompt(texts[9])), "{broken", 1))
     job_id = _submit(served, path, "fake")
     job_dir = served.home / "jobs" / job_id

@@ -53,11 +53,14 @@ def run_chunk(
 ) -> ChunkCounts:
     """Run the chunk (or what a cancel left of it) and write its result file; its counts."""
     requests = read_requests(input_path)
-    kept: dict[int, str] = {}  # line -> finished record (JSON) from an earlier, cancelled run
+    kept: dict[int, tuple[str, dict[str, Any]]] = {}  # line -> finished record, raw and parsed
     if result_path.exists():
         kept = _finished_records(result_path)
-        if len(kept) == len(requests):
-            return count_results(index, result_path)
+        if len(kept) == len(requests):  # the whole chunk is done: count it, run nothing
+            counts = ChunkCounts(index=index, reused=True)
+            for _, obj in kept.values():
+                _count_parsed(counts, obj)
+            return counts
         requests = [r for r in requests if r.line not in kept]
     # Why the lines cut short were abandoned (cancelled, expired): the stop signal knows.
     abandoned = getattr(stop, "abandoned", CANCELLED)
@@ -72,39 +75,52 @@ def run_chunk(
         raise RuntimeError(
             f"Engine returned {len(outcomes)} outcomes for {len(requests)} requests in chunk {index}"
         )
-    fresh = {r.line: dump_record(to_record(r, o)) for r, o in zip(requests, outcomes, strict=True)}
+    fresh = {r.line: to_record(r, o) for r, o in zip(requests, outcomes, strict=True)}
+    counts = ChunkCounts(index=index)
     with atomic_write(result_path) as out:
         for line in sorted(kept.keys() | fresh.keys()):
-            out.write(kept.get(line) or fresh[line])
-            out.write("\n")
-    counts = count_results(index, result_path)
-    counts.reused = False
+            if line in kept:
+                raw, obj = kept[line]
+                _count_parsed(counts, obj)
+            else:
+                record = fresh[line]
+                _count_record(counts, record)
+                raw = dump_record(record)
+            out.write(raw + "\n")
     return counts
 
 
-def _finished_records(result_path: Path) -> dict[int, str]:
+def _finished_records(result_path: Path) -> dict[int, tuple[str, dict[str, Any]]]:
     """An existing result file's records by line, without the ones a cancel or expiry cut short."""
     finished = {}
     with open(result_path, encoding="utf-8") as handle:
         for raw in handle:
             obj = json.loads(raw)
             if obj.get("error", {}).get("code") not in ABANDONED_CODES:
-                finished[obj["line"]] = raw.rstrip("\n")
+                finished[obj["line"]] = (raw.rstrip("\n"), obj)
     return finished
 
 
-def count_results(index: int, result_path: Path) -> ChunkCounts:
-    counts = ChunkCounts(index=index, reused=True)
-    with open(result_path, encoding="utf-8") as handle:
-        for line in handle:
-            obj = json.loads(line)
-            if "generations" in obj:
-                counts.succeeded += 1
-                counts.prompt_tokens += obj["usage"].get("prompt_tokens", 0)
-                counts.completion_tokens += obj["usage"].get("completion_tokens", 0)
-            else:
-                _count_error(counts, obj["error"]["code"])
-    return counts
+def _count_parsed(counts: ChunkCounts, obj: dict[str, Any]) -> None:
+    """Count a record read back from a result file."""
+    if "generations" in obj:
+        _count_success(counts, obj["usage"].get("prompt_tokens", 0), obj["usage"].get("completion_tokens", 0))
+    else:
+        _count_error(counts, obj["error"]["code"])
+
+
+def _count_record(counts: ChunkCounts, record: SuccessRecord | ErrorRecord) -> None:
+    """Count a record this run produced (no need to read it back)."""
+    if isinstance(record, SuccessRecord):
+        _count_success(counts, record.usage.prompt_tokens, record.usage.completion_tokens)
+    else:
+        _count_error(counts, record.error.code)
+
+
+def _count_success(counts: ChunkCounts, prompt_tokens: int, completion_tokens: int) -> None:
+    counts.succeeded += 1
+    counts.prompt_tokens += prompt_tokens
+    counts.completion_tokens += completion_tokens
 
 
 def _count_error(counts: ChunkCounts, code: str) -> None:
