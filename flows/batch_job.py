@@ -40,13 +40,14 @@ from batchinfer.catalog import load_catalog
 from batchinfer.chunking import chunk_key
 from batchinfer.contract import Options, Path
 from batchinfer.deadline import Deadline, DeadlinePassed, DoneFuture, windowed
+from batchinfer.endpoints import Endpoint
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import get_engine
 from batchinfer.errors import BatchInferError, JobError
 from batchinfer.gather import gather_outputs
 from batchinfer.inference import ChunkCounts, run_chunk
 from batchinfer.jobfiles import JobLayout
-from batchinfer.jobview import job_layout, sampling_params
+from batchinfer.jobview import job_layout, request_defaults, sampling_params
 from batchinfer.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
 from batchinfer.recovery import resume_hint
 from batchinfer.reporting import RunReporter
@@ -94,12 +95,14 @@ def batch_job(
     num_generations: int = 1,
     output_dir: str | None = None,
     expires_at: datetime | None = None,
+    endpoint: Endpoint | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files.
 
     ``expires_at``: when it passes, the job stops as for a cancel and fails ``expired``, its finished
     lines in the success file and the rest in the error file as ``expired`` (an OpenAI batch's
-    ``completion_window``)."""
+    ``completion_window``). ``endpoint``: the one endpoint every line must name (an OpenAI batch's);
+    None: the first valid line's."""
     settings = Settings()
     deadline = Deadline.after(settings.job_timeout_s)  # per run: a resumed job gets a fresh one
     job_id = str(flow_run.id)
@@ -119,6 +122,7 @@ def batch_job(
             options,
             num_generations,
             expires_at,
+            endpoint,
         )
     except BatchInferError as exc:
         reporter.progress.error_code = exc.code
@@ -142,19 +146,18 @@ def _run(
     options: Options | None,
     num_generations: int,
     expires_at: datetime | None,
+    endpoint: Endpoint | None,
 ) -> dict[str, Any] | State[Any]:
     job_id = reporter.flow_run_id
     reporter.set_phase(PHASE_VALIDATING)
     clock.enter(PHASE_VALIDATING)
     config = load_catalog(settings.models).get(model)
-    params = sampling_params(options or Options(), num_generations, settings.default_max_tokens)
-    summary = validate(
-        prompt_file,
-        str(layout.root),
-        params,
-        settings.chunk_size,
-    )
+    options = options or Options()
+    params = sampling_params(options, num_generations, settings.default_max_tokens)
+    defaults = request_defaults(options, num_generations)
+    summary = validate(prompt_file, str(layout.root), params, settings.chunk_size, defaults, endpoint)
     progress = reporter.progress
+    progress.endpoint = summary.endpoint
     progress.total, progress.failed = summary.lines, summary.invalid
     progress.chunks, progress.blank_lines = len(summary.chunks), summary.blank_lines
 
@@ -173,9 +176,9 @@ def _run(
     if limit is not None:
         ensure_limit(config.id, limit)
         slots = chunk_slots(limit, window)
-    key = chunk_key(
-        summary.input_sha256, summary.chunk_size, config.model_dump_json(), params.model_dump_json()
-    )
+    # Everything that shapes a chunk's requests: a resumed job reuses results only when all match.
+    requests_key = f"{params.model_dump_json()}|{defaults.model_dump_json()}|{endpoint}"
+    key = chunk_key(summary.input_sha256, summary.chunk_size, config.model_dump_json(), requests_key)
     result_paths = [str(layout.chunk_result(c.index, key)) for c in summary.chunks]
     submitted: set[int] = set()
 

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from batchinfer.contract import Path
+from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import SamplingParams
 from batchinfer.jobfiles import JobLayout
 from batchinfer.prompt_source import SourceRules, fetch
@@ -21,9 +22,11 @@ def validate(
     job_dir: str,
     params: SamplingParams,
     chunk_size: int,
+    defaults: RequestDefaults | None = None,
+    endpoint: Endpoint | None = None,
 ) -> ValidationSummary:
     layout = JobLayout(LocalPath(job_dir))
     settings = Settings()  # limits and URI rules, as configured where the job runs
     rules = SourceRules.from_settings(settings)
     source = fetch(prompt_file, settings.input_roots(), layout.staged_input, rules)
-    return validate_prompt_file(source, layout, params, chunk_size, settings.limits())
+    return validate_prompt_file(source, layout, params, chunk_size, settings.limits(), defaults, endpoint)

@@ -86,7 +86,8 @@ def cycle_rows() -> list[Any]:
     rows: list[Any] = [batch_line(cid, text, max_tokens=16) for cid, text in CYCLE_TEXTS.items()]
     rows[9] = "this line is not JSON {"  # line 10
     rows[19] = {**batch_line("req-20", "x"), "body": {"model": "fake", "messages": "not a list"}}
-    rows[24] = {**batch_line("req-25", "x"), "url": "/v1/embeddings"}
+    rows[24] = {**batch_line("req-25", "x"), "url": "/v1/embeddings", "body": {"model": "fake", "input": "x"}}
+    rows[29] = {**batch_line("req-30", "x"), "url": "/v1/images/generations"}
     return rows
 
 
@@ -120,8 +121,8 @@ def test_the_whole_cycle_upload_create_poll_download_through_the_openai_sdk(
     assert batch.request_counts is not None
     assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
         30,
-        27,
-        3,
+        26,
+        4,
     )
     assert batch.expires_at == batch.created_at + 24 * 3600
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
@@ -132,24 +133,28 @@ def test_the_whole_cycle_upload_create_poll_download_through_the_openai_sdk(
     assert {(e.line, e.code) for e in batch.errors.data} == {
         (10, "invalid_json"),
         (20, "not_a_list"),
-        (25, "unsupported_endpoint"),
+        (25, "mismatched_endpoint"),
+        (30, "unsupported_endpoint"),
     }
 
     output = lines_of(client, batch.output_file_id)
     expected = {
-        cid: f"echo: {text}" for cid, text in CYCLE_TEXTS.items() if cid not in {"req-10", "req-20", "req-25"}
+        cid: f"echo: {text}"
+        for cid, text in CYCLE_TEXTS.items()
+        if cid not in {"req-10", "req-20", "req-25", "req-30"}
     }
     assert answers(output) == expected
     first = output[0]
     assert first["id"].startswith("batch_req_") and first["error"] is None
     assert first["response"]["status_code"] == 200 and isinstance(first["response"]["body"], dict)
     assert first["response"]["body"]["object"] == "chat.completion"
-    assert first["response"]["body"]["model"] == "fake"
+    assert first["response"]["body"]["model"] == "fake-model"  # the server's answer, as it gave it
     errors = lines_of(client, batch.error_file_id)
     assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in errors] == [
         (None, "invalid_json", None),
         ("req-20", "not_a_list", None),
-        ("req-25", "unsupported_endpoint", None),
+        ("req-25", "mismatched_endpoint", None),
+        ("req-30", "unsupported_endpoint", None),
     ]
     # Stable: retrieving again gives the same output files.
     again = client.batches.retrieve(batch.id)
@@ -315,6 +320,6 @@ def test_refusals_come_as_the_sdks_typed_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="not supported"):
         client.batches.create(
             input_file_id=upload(client, "e.jsonl", jsonl([batch_line("a", "x")])),
-            endpoint="/v1/embeddings",
+            endpoint="/v1/images/generations",
             completion_window="24h",
         )

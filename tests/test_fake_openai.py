@@ -45,7 +45,9 @@ def test_the_answer_echoes_the_last_user_text_and_counts_words(server: FakeOpenA
     data = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=5).json()
     assert data["choices"][0]["message"]["content"] == "echo: hello there"
     assert data["choices"][0]["finish_reason"] == "stop"
-    assert data["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    counts = {k: data["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert counts == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    assert data["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
 
 
 def test_n_choices_get_suffixes_and_max_tokens_cuts_with_finish_reason_length(

@@ -210,6 +210,52 @@ def test_a_success_record_becomes_a_chat_completion_line_with_an_object_body() -
     assert success_line(record, CTX) == line  # ids are stable: the same file made twice is the same
 
 
+def test_a_record_that_carries_the_servers_answer_is_output_with_that_answer_as_its_body() -> None:
+    answer = {
+        "id": "chatcmpl-server-1",
+        "object": "chat.completion",
+        "model": "served",
+        "system_fingerprint": "fp_1",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2, "prompt_tokens_details": {}},
+    }
+    record = {"line": 1, "custom_id": "a", "generations": [], "usage": {}, "response": answer}
+    assert success_line(record, CTX)["response"]["body"] == answer
+
+
+def test_a_local_engines_tool_call_and_refusal_go_back_into_the_built_message() -> None:
+    generation = {
+        "role": "assistant",
+        "text": "",
+        "tool_call": True,
+        "metadata": {"tool_calls": [{"id": "c"}]},
+    }
+    record = {"line": 1, "custom_id": None, "generations": [generation], "usage": {}}
+    message = success_line(record, CTX)["response"]["body"]["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "", "tool_calls": [{"id": "c"}]}
+
+
+def test_local_records_of_completions_and_embeddings_are_built_in_their_endpoints_shape() -> None:
+    completions = OutputContext(batch_id="b", model="m", created=0, endpoint="/v1/completions")
+    record = {
+        "line": 1,
+        "custom_id": None,
+        "generations": [{"text": "t", "finish_reason": "length"}],
+        "usage": {},
+    }
+    body = success_line(record, completions)["response"]["body"]
+    assert (body["object"], body["choices"][0]["text"], body["choices"][0]["finish_reason"]) == (
+        "text_completion",
+        "t",
+        "length",
+    )
+    vectors = {"line": 2, "custom_id": None, "generations": [], "embeddings": [[0.5], [1.0]], "usage": {}}
+    data = success_line(vectors, CTX)["response"]["body"]["data"]
+    assert [(d["index"], d["embedding"]) for d in data] == [(0, [0.5]), (1, [1.0])]
+
+
 def test_error_records_become_error_lines_and_a_model_servers_http_status_is_kept() -> None:
     invalid = error_line(
         {"line": 2, "custom_id": None, "error": {"code": "invalid_json", "message": "m"}}, CTX

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from batchinfer.contract import MediaAttachmentDataType, MediaAttachmentType
+from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.parsing import parse_line
 from batchinfer.records import ErrorRecord
@@ -85,7 +86,16 @@ BAD_LINES = [
         '[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]',
         "invalid_message",
     ),
-    ("a batch line with an unsupported url", batch_line(url="/v1/embeddings"), "unsupported_endpoint"),
+    (
+        "a batch line with an unsupported url",
+        batch_line(url="/v1/images/generations"),
+        "unsupported_endpoint",
+    ),
+    (
+        "a batch line with a url that is not a string",
+        batch_line(url=["/v1/chat/completions"]),
+        "unsupported_endpoint",
+    ),
     ("a batch line with a non-POST method", batch_line(method="GET"), "unsupported_method"),
     ("a batch line whose body has no messages", batch_line(body={"model": "m"}), "invalid_body"),
     ("a batch line whose body is not an object", batch_line(body=[USER]), "invalid_body"),
@@ -151,7 +161,7 @@ def test_a_seed_format_line_parses_with_the_job_params_and_no_custom_id() -> Non
     assert request.messages[1].eot is True
 
 
-@pytest.mark.parametrize("role", ["system", "user", "assistant", "tool", "ipython"])
+@pytest.mark.parametrize("role", ["system", "developer", "user", "assistant", "tool", "ipython"])
 def test_every_known_role_is_accepted(role: str) -> None:
     assert parse_ok(json.dumps([{"role": role, "text": "x"}])).messages[0].role == role
 
@@ -273,3 +283,163 @@ def test_batch_line_overrides_within_configured_limits_are_accepted() -> None:
     outcome = parse_line(batch_line(body=body), LINE, JOB_PARAMS, Limits(max_num_generations=32))
     assert isinstance(outcome, PromptRequest)
     assert outcome.params.n == 32
+
+
+# -- batch lines say what they mean: bodies kept, endpoints, the job's options as defaults -------
+
+
+def test_a_batch_lines_body_is_kept_as_written_less_its_model() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [], "user": "u-1"}
+    request = parse_ok(batch_line(body=body))
+    assert request.body == {"messages": [{"role": "user", "content": "hi"}], "tools": [], "user": "u-1"}
+    assert request.endpoint is Endpoint.chat
+
+
+def test_a_seed_format_line_has_no_body_the_engine_builds_one() -> None:
+    assert parse_ok(json.dumps([USER])).body is None
+
+
+def test_stream_is_refused_naming_the_field_and_stream_false_is_kept() -> None:
+    refused = parse_line(batch_line(body={"messages": [USER], "stream": True}), LINE, JOB_PARAMS)
+    assert isinstance(refused, ErrorRecord)
+    assert (refused.custom_id, refused.error.code) == ("req-1", "unsupported_parameter")
+    assert "body.stream" in refused.error.message
+    assert parse_ok(batch_line(body={"messages": [USER], "stream": False})).body == {
+        "messages": [USER],
+        "stream": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "endpoint"),
+    [
+        ("/v1/completions", {"prompt": "Once"}, Endpoint.completions),
+        ("/completions", {"prompt": ["a", "b"]}, Endpoint.completions),
+        ("/v1/embeddings", {"input": "text"}, Endpoint.embeddings),
+        ("/v1/embeddings", {"input": [1, 2, 3]}, Endpoint.embeddings),
+        ("/v1/responses", {"input": "hi"}, Endpoint.responses),
+        ("/v1/responses", {"input": [{"role": "user", "content": "hi"}]}, Endpoint.responses),
+    ],
+)
+def test_a_line_for_each_endpoint_is_a_request_for_that_endpoint(
+    url: str, body: dict[str, Any], endpoint: Endpoint
+) -> None:
+    request = parse_ok(batch_line(url=url, body=body))
+    assert (request.endpoint, request.body, request.messages) == (endpoint, body, [])
+
+
+# (case, url, body): each is an invalid_body naming the endpoint's prompt field
+BAD_BODIES = [
+    ("completions without a prompt", "/v1/completions", {"messages": [USER]}),
+    ("completions with an empty prompt", "/v1/completions", {"prompt": ""}),
+    ("embeddings without input", "/v1/embeddings", {"prompt": "x"}),
+    ("embeddings with an empty list", "/v1/embeddings", {"input": []}),
+    ("responses with a numeric input", "/v1/responses", {"input": 5}),
+]
+
+
+@pytest.mark.parametrize(("url", "body"), [c[1:] for c in BAD_BODIES], ids=[c[0] for c in BAD_BODIES])
+def test_a_body_without_its_endpoints_prompt_is_an_invalid_body(url: str, body: dict[str, Any]) -> None:
+    outcome = parse_line(batch_line(url=url, body=body), LINE, JOB_PARAMS)
+    assert isinstance(outcome, ErrorRecord) and outcome.error.code == "invalid_body"
+    assert "prompt" in outcome.error.message or "input" in outcome.error.message
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "filled"),
+    [
+        (
+            "/v1/chat/completions",
+            {"messages": [USER]},
+            {"max_tokens": 9, "temperature": 0.0, "logprobs": True, "n": 2},
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [USER], "max_completion_tokens": 3},
+            {"temperature": 0.0, "logprobs": True, "n": 2},
+        ),
+        ("/v1/completions", {"prompt": "p"}, {"max_tokens": 9, "temperature": 0.0, "logprobs": 0, "n": 2}),
+    ],
+)
+def test_the_jobs_own_options_fill_what_a_line_leaves_out_in_the_endpoints_words(
+    url: str, body: dict[str, Any], filled: dict[str, Any]
+) -> None:
+    defaults = RequestDefaults(max_tokens=9, temperature=0.0, logprobs=True, n=2)
+    outcome = parse_line(batch_line(url=url, body=body), LINE, JOB_PARAMS, defaults=defaults)
+    assert isinstance(outcome, PromptRequest)
+    assert outcome.body == {**body, **{k: v for k, v in filled.items() if k not in body}}
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "named"),
+    [
+        ("/v1/embeddings", {"input": "x"}, "options.max_tokens"),
+        ("/v1/responses", {"input": "x"}, "num_generations"),
+    ],
+)
+def test_job_options_that_mean_nothing_for_an_endpoint_are_a_line_error_naming_them(
+    url: str, body: dict[str, Any], named: str
+) -> None:
+    defaults = RequestDefaults(max_tokens=9, n=2)
+    outcome = parse_line(batch_line(url=url, body=body), LINE, JOB_PARAMS, defaults=defaults)
+    assert isinstance(outcome, ErrorRecord) and outcome.error.code == "unsupported_parameter"
+    assert named in outcome.error.message
+
+
+def test_a_responses_line_takes_the_jobs_max_tokens_as_max_output_tokens() -> None:
+    defaults = RequestDefaults(max_tokens=9)
+    outcome = parse_line(
+        batch_line(url="/v1/responses", body={"input": "x"}), LINE, JOB_PARAMS, defaults=defaults
+    )
+    assert isinstance(outcome, PromptRequest) and outcome.body == {"input": "x", "max_output_tokens": 9}
+
+
+def test_sampling_fields_of_a_body_become_the_lines_params() -> None:
+    format_ = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    body = {"messages": [USER], "stop": "END", "seed": 3, "logprobs": True, "top_logprobs": 4}
+    params = parse_ok(batch_line(body={**body, "response_format": format_})).params
+    assert (params.stop, params.seed, params.logprobs, params.top_logprobs) == (("END",), 3, True, 4)
+    assert params.response_format is not None and json.loads(params.response_format) == format_
+    assert (
+        parse_ok(batch_line(body={"messages": [USER], "response_format": {"type": "text"}})).params
+        == JOB_PARAMS
+    )
+
+
+def test_a_completions_lines_logprobs_count_is_its_top_logprobs() -> None:
+    params = parse_ok(batch_line(url="/v1/completions", body={"prompt": "p", "logprobs": 3})).params
+    assert (params.logprobs, params.top_logprobs) == (True, 3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("top_logprobs", 21), ("stop", 5), ("seed", "x"), ("response_format", "json"), ("response_format", {})],
+)
+def test_a_malformed_sampling_field_is_an_invalid_parameter_naming_it(field: str, value: Any) -> None:
+    outcome = parse_line(batch_line(body={"messages": [USER], field: value}), LINE, JOB_PARAMS)
+    assert isinstance(outcome, ErrorRecord) and outcome.error.code == "invalid_parameter"
+    assert f"body.{field}" in outcome.error.message
+
+
+def test_an_assistant_turn_that_only_called_tools_and_the_tool_result_are_accepted() -> None:
+    messages = [
+        {"role": "developer", "content": "terse"},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    request = parse_ok(batch_line(body={"messages": messages}))
+    assert request.messages[2].model_extra == {"tool_calls": [{"id": "c1", "type": "function"}]}
+    assert request.messages[3].model_extra == {"tool_call_id": "c1"}
+
+
+def test_a_content_part_we_only_pass_on_is_accepted_in_a_batch_line_but_not_in_a_plain_list() -> None:
+    audio = [
+        {
+            "role": "user",
+            "content": [{"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}],
+        }
+    ]
+    assert parse_ok(batch_line(body={"messages": audio})).body == {"messages": audio}
+    plain = parse_line(json.dumps(audio), LINE, JOB_PARAMS)
+    assert isinstance(plain, ErrorRecord) and plain.error.code == "invalid_message"

@@ -13,6 +13,7 @@ import pytest
 
 from batchinfer import validation
 from batchinfer.chunking import plan_chunk_size
+from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.jobfiles import JobLayout
 from batchinfer.settings import Limits
@@ -241,3 +242,35 @@ def test_batch_line_overrides_past_a_limit_are_line_errors(tmp_path: Path, layou
     validate(tmp_path, layout, f"{line}\n".encode(), limits=Limits(max_num_generations=4))
     (error,) = line_errors(layout)
     assert (error["line"], error["custom_id"], error["error"]["code"]) == (1, "c", "limit_exceeded")
+
+
+def embeddings_line(text: str) -> str:
+    return json.dumps({"custom_id": text, "url": "/v1/embeddings", "body": {"model": "m", "input": text}})
+
+
+def test_a_job_runs_the_endpoint_of_its_first_valid_line_and_refuses_lines_of_another(
+    tmp_path: Path, layout: JobLayout
+) -> None:
+    content = "\n".join(["not json", embeddings_line("a"), good(3), embeddings_line("d")]) + "\n"
+    summary = validate(tmp_path, layout, content.encode())
+    assert summary.endpoint is Endpoint.embeddings
+    assert [r.line for r in chunk_requests(summary.chunks[0].input_path)] == [2, 4]
+    mismatched = [e for e in line_errors(layout) if e["error"]["code"] == "mismatched_endpoint"]
+    assert [e["line"] for e in mismatched] == [3]
+    assert "/v1/chat/completions" in mismatched[0]["error"]["message"]
+
+
+def test_a_declared_endpoint_refuses_every_line_of_another_even_the_first(
+    tmp_path: Path, layout: JobLayout
+) -> None:
+    source = tmp_path / "prompts.jsonl"
+    source.write_text(good(1) + "\n" + embeddings_line("b") + "\n")
+    summary = validate_prompt_file(source, layout, PARAMS, 100, endpoint=Endpoint.embeddings)
+    assert (summary.endpoint, summary.valid, summary.invalid) == (Endpoint.embeddings, 1, 1)
+    (error,) = line_errors(layout)
+    assert (error["line"], error["error"]["code"]) == (1, "mismatched_endpoint")
+    assert "the batch's endpoint" in error["error"]["message"]
+
+
+def test_a_seed_file_is_a_chat_job(tmp_path: Path, layout: JobLayout) -> None:
+    assert validate(tmp_path, layout, (good(1) + "\n").encode()).endpoint is Endpoint.chat

@@ -40,6 +40,8 @@ def to_record(request: PromptRequest, outcome: Completion | ErrorDetail) -> Succ
         custom_id=request.custom_id,
         generations=outcome.generations,
         usage=outcome.usage,
+        embeddings=outcome.embeddings,
+        response=outcome.response,
     )
 
 

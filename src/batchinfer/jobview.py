@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from batchinfer.contract import BatchInference, JobStatus, Options, Path, PathType
+from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import SamplingParams
 from batchinfer.jobfiles import ERROR_FILE, SUCCESS_FILE, JobLayout, atomic_write
 from batchinfer.recovery import INTERRUPTED_STATE_NAME, resume_hint
@@ -27,6 +28,7 @@ class JobProgress(BaseModel):
     """What the flow publishes about itself while it works (``work/progress.json``)."""
 
     output_dir: str | None = None
+    endpoint: Endpoint | None = None
     total: int = 0
     completed: int = 0
     failed: int = 0
@@ -70,6 +72,15 @@ class JobParameters(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="When it passes, the job stops and fails `expired`, keeping its work."
     )
+    endpoint: Endpoint | None = Field(
+        default=None,
+        description="The endpoint every line must name (an OpenAI batch's); None: the first line's.",
+    )
+
+
+def request_defaults(options: Options, num_generations: int) -> RequestDefaults:
+    """The job's options where it set them: what fills a batch line's body where it says nothing."""
+    return RequestDefaults(**options.model_dump(exclude_none=True), n=num_generations)
 
 
 def sampling_params(options: Options, num_generations: int, default_max_tokens: int) -> SamplingParams:
@@ -120,6 +131,7 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
         "model": params.model,
         "options": params.options.model_dump(exclude_none=True),
         "num_generations": params.num_generations,
+        "endpoint": (progress.endpoint or params.endpoint or Endpoint.chat).value,
         "request_counts": {
             "total": progress.total,
             "completed": progress.completed,

@@ -16,6 +16,7 @@ from typing import IO
 from pydantic import BaseModel
 
 from batchinfer.chunking import plan_chunk_size
+from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.jobfiles import JobLayout, atomic_write
 from batchinfer.parsing import parse_line
@@ -43,6 +44,7 @@ class ValidationSummary(BaseModel):
     chunk_size: int
     chunks: list[ChunkSpec]
     file_error: ErrorDetail | None = None  # set when the file as a whole is unusable
+    endpoint: Endpoint = Endpoint.chat  # the one endpoint every valid line of the job names
 
 
 def count_lines(path: Path) -> int:
@@ -88,9 +90,15 @@ def validate_prompt_file(
     params: SamplingParams,
     chunk_size: int,
     limits: Limits | None = None,
+    defaults: RequestDefaults | None = None,
+    endpoint: Endpoint | None = None,
 ) -> ValidationSummary:
-    """Split ``source`` into chunk input files of valid prompts and a file of line errors."""
+    """Split ``source`` into chunk input files of valid prompts and a file of line errors.
+
+    A job runs one endpoint: ``endpoint`` when the job declares it (an OpenAI batch does), else the
+    first valid line's; a line naming another is a ``mismatched_endpoint`` line error."""
     limits = limits or Limits()
+    endpoints = _EndpointCheck(endpoint)
     physical_lines = count_lines(source)
     if physical_lines > limits.max_lines:  # refused before any line is parsed
         return _too_many_lines(physical_lines, limits.max_lines, chunk_size)
@@ -111,7 +119,7 @@ def validate_prompt_file(
                 blank += 1
                 continue
             else:
-                outcome = _parse(raw, number, params, limits)
+                outcome = endpoints.check(_parse(raw, number, params, limits, defaults))
             if isinstance(outcome, ErrorRecord):
                 invalid += 1
                 error_codes.add(outcome.error.code)
@@ -146,10 +154,40 @@ def validate_prompt_file(
         chunk_size=size,
         chunks=chunks,
         file_error=_file_error(lines, valid, error_codes),
+        endpoint=endpoints.job_endpoint or Endpoint.chat,
     )
 
 
-def _parse(raw: bytes, number: int, params: SamplingParams, limits: Limits) -> PromptRequest | ErrorRecord:
+class _EndpointCheck:
+    """The job's one endpoint: declared, or set by its first valid line."""
+
+    def __init__(self, declared: Endpoint | None) -> None:
+        self.declared = declared
+        self.job_endpoint = declared
+
+    def check(self, outcome: PromptRequest | ErrorRecord) -> PromptRequest | ErrorRecord:
+        if isinstance(outcome, ErrorRecord):
+            return outcome
+        if self.job_endpoint is None:
+            self.job_endpoint = outcome.endpoint
+        if outcome.endpoint is self.job_endpoint:
+            return outcome
+        why = "the batch's endpoint" if self.declared else "the endpoint of the job's first valid line"
+        return ErrorRecord(
+            line=outcome.line,
+            custom_id=outcome.custom_id,
+            error=ErrorDetail(
+                code="mismatched_endpoint",
+                message=f"This line is a {outcome.endpoint.value} request, but the job runs "
+                f"{self.job_endpoint.value} ({why}); a job runs one endpoint, so put these lines "
+                "in a file of their own.",
+            ),
+        )
+
+
+def _parse(
+    raw: bytes, number: int, params: SamplingParams, limits: Limits, defaults: RequestDefaults | None
+) -> PromptRequest | ErrorRecord:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -160,7 +198,7 @@ def _parse(raw: bytes, number: int, params: SamplingParams, limits: Limits) -> P
                 message=f"Line is not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8.",
             ),
         )
-    return parse_line(text, number, params, limits)
+    return parse_line(text, number, params, limits, defaults)
 
 
 def _line_too_long(number: int, limit: int) -> ErrorRecord:

@@ -8,32 +8,52 @@ inside is its own business (an asyncio loop for HTTP engines, batched ``generate
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchinfer.contract import Message
+from batchinfer.endpoints import Endpoint
 from batchinfer.records import Completion, ErrorDetail
 
 
 class SamplingParams(BaseModel):
-    """Resolved sampling parameters for one request: job options with defaults filled in."""
+    """Resolved sampling parameters for one request: job options with defaults filled in, and for a
+    batch line the sampling fields of its body. Local engines generate from these; HTTP engines send
+    the line's body itself (``PromptRequest.body``) and use these for limits and ``n``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True)  # hashable: local engines batch requests that share them
 
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     logprobs: bool = False
     n: int = Field(default=1, ge=1, description="num_generations")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Most likely alternatives per token, with logprobs."
+    )
+    stop: tuple[str, ...] = Field(default=(), description="Text that ends a generation, not included.")
+    seed: int | None = Field(default=None, description="Sampling seed: same seed, same answer.")
+    response_format: str | None = Field(
+        default=None,
+        description="The body's `response_format` as canonical JSON when it constrains the answer "
+        "(json_object, json_schema); None for plain text.",
+    )
 
 
 class PromptRequest(BaseModel):
-    """One validated input line, ready for an engine."""
+    """One validated input line, ready for an engine.
+
+    ``messages`` is the seed's view of a chat prompt (what local engines render); ``body`` is an
+    OpenAI batch line's request body as the user wrote it, less ``model``, with the job's options
+    filled in where the line gave none: what an OpenAI-compatible engine sends. Seed-format lines
+    have no body; the engine builds one from ``messages`` and ``params``."""
 
     line: int
     custom_id: str | None = None
-    messages: list[Message]
+    endpoint: Endpoint = Endpoint.chat
+    messages: list[Message] = Field(default_factory=list)
+    body: dict[str, Any] | None = None
     params: SamplingParams
 
 

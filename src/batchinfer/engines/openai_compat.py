@@ -1,4 +1,5 @@
-"""The engine for any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, llama.cpp, TGI, ...).
+"""The engine for any OpenAI-compatible server (vLLM, llama.cpp, TGI, OpenAI, ...): chat
+completions, completions, embeddings and responses, each request's body sent as the line gave it.
 
 Shape: ``infer`` is synchronous and called from many Prefect task threads at once. All HTTP runs
 on ONE private asyncio loop in a daemon thread, through ONE HTTP transport (connection reuse;
@@ -23,13 +24,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, StopFlag
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.http_transports import RetryableError, Transport, make_transport
 from batchinfer.engines.messages import FileReader, read_local_file
-from batchinfer.engines.openai_messages import to_openai_messages
+from batchinfer.engines.openai_answers import merge, parse_answer
+from batchinfer.engines.openai_messages import request_payload
 from batchinfer.errors import EngineError, InferenceError
-from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
+from batchinfer.records import Completion, ErrorDetail
 
 _MAX_ERROR_BODY = 500
 _STOP_POLL_S = 0.05  # how often a chunk looks at the job's cancel signal
@@ -75,50 +78,14 @@ def _server_message(body: bytes) -> str:
     return text[:_MAX_ERROR_BODY] or "(empty body)"
 
 
-def _parse_choices(data: Any, want_logprobs: bool) -> tuple[list[Generation], Usage]:
-    """Generations and usage from a 200 body; ``ValueError`` says what is wrong with it."""
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise ValueError("no 'choices' list")
-    generations = []
-    for choice in data["choices"]:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            raise ValueError("a choice has no 'message' object")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise ValueError("a choice's message content is not a string")
-        finish = choice.get("finish_reason")
-        logprobs = None
-        raw = choice.get("logprobs")
-        if want_logprobs and isinstance(raw, dict) and isinstance(raw.get("content"), list):
-            logprobs = Logprobs(
-                content=[TokenLogprob(token=t["token"], logprob=t["logprob"]) for t in raw["content"]]
-            )
-        generations.append(
-            Generation(
-                role="assistant",
-                text=content or "",
-                eot=finish == "stop",
-                finish_reason=finish,
-                logprobs=logprobs,
-            )
-        )
-    raw_usage = data.get("usage")
-    if not isinstance(raw_usage, dict):  # usage is optional for some servers; count what we get
-        raw_usage = {}
-    prompt = int(raw_usage.get("prompt_tokens") or 0)
-    completion = int(raw_usage.get("completion_tokens") or 0)
-    total = int(raw_usage.get("total_tokens") or prompt + completion)
-    return generations, Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
-
-
 class OpenAIEngine:
     """``Engine`` over HTTP. Thread-safe; build once per process (``registry.get_engine``)."""
 
     def __init__(self, config: OpenAIEngineConfig, *, read_file: FileReader = read_local_file) -> None:
         self._config = config
         self._read_file = read_file
-        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        base = config.base_url.rstrip("/")
+        self._urls = {endpoint: base + endpoint.value.removeprefix("/v1") for endpoint in Endpoint}
         self._headers = {"Content-Type": "application/json"}
         self._api_key: str | None = None
         if config.api_key_env:
@@ -163,19 +130,7 @@ class OpenAIEngine:
         max_in_flight: int | None = None,
     ) -> list[InferenceOutcome]:
         # Translate in the caller's thread: reading attachment files would block the event loop.
-        prepared: list[dict[str, Any] | ErrorDetail] = []
-        for request in requests:
-            try:
-                prepared.append({"messages": to_openai_messages(request.messages, self._read_file)})
-            except InferenceError as exc:
-                prepared.append(ErrorDetail(code=exc.code, message=exc.message))
-            except OSError as exc:
-                prepared.append(
-                    ErrorDetail(
-                        code="unreadable_attachment",
-                        message=f"Cannot read an attachment file ({exc}); check the path.",
-                    )
-                )
+        prepared = [self._prepare(request) for request in requests]
         if not requests:
             return []
         loop = self._ensure_started()
@@ -183,6 +138,17 @@ class OpenAIEngine:
             self._infer_all(requests, prepared, stop, max_in_flight), loop
         )
         return future.result()
+
+    def _prepare(self, request: PromptRequest) -> dict[str, Any] | ErrorDetail:
+        try:
+            return request_payload(request, self._config.model, self._read_file)
+        except InferenceError as exc:
+            return ErrorDetail(code=exc.code, message=exc.message)
+        except OSError as exc:
+            return ErrorDetail(
+                code="unreadable_attachment",
+                message=f"Cannot read an attachment file ({exc}); check the path.",
+            )
 
     def close(self) -> None:
         with self._start_lock:
@@ -275,56 +241,47 @@ class OpenAIEngine:
         async with cap:
             return await self._infer_one(request, base)
 
-    async def _infer_one(self, request: PromptRequest, base: dict[str, Any]) -> InferenceOutcome:
-        params = request.params
-        payload: dict[str, Any] = {
-            "model": self._config.model,
-            "messages": base["messages"],
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-        }
-        if params.logprobs:
-            payload["logprobs"] = True
-        generations: list[Generation] = []
-        usage = Usage()
+    async def _infer_one(self, request: PromptRequest, payload: dict[str, Any]) -> InferenceOutcome:
+        endpoint = request.endpoint
+        want = request.params.n if endpoint in _N_ENDPOINTS and not _many_prompts(request) else 1
+        if want > 1:
+            payload["n"] = want
         try:
+            completion = await self._answer(endpoint, payload)
             # n emulation: some servers return one choice whatever n says; ask for the rest.
-            while len(generations) < params.n:
-                payload["n"] = params.n - len(generations)
-                body = await self._post(json.dumps(payload).encode())
-                try:
-                    got, got_usage = _parse_choices(json.loads(body), params.logprobs)
-                except (ValueError, TypeError, KeyError) as exc:
+            while endpoint in _N_ENDPOINTS and len(completion.generations) < want:
+                have = len(completion.generations)
+                more = await self._answer(endpoint, {**payload, "n": want - have}) if have else None
+                if more is None or not more.generations:
                     raise _Failed(
                         "bad_response",
-                        f"The server at {self._config.base_url} answered 200 with a body that is "
-                        f"not a chat completion ({exc}); check that base_url is an "
-                        "OpenAI-compatible /v1 endpoint.",
-                    ) from exc
-                if not got:
-                    raise _Failed(
-                        "bad_response",
-                        f"The server returned no choices after {len(generations)} of "
-                        f"{params.n} generations; lower num_generations or check the server.",
+                        f"The server returned no choices after {have} of {want} generations; "
+                        "lower num_generations or check the server.",
                     )
-                generations.extend(got[: payload["n"]])
-                usage = Usage(
-                    prompt_tokens=usage.prompt_tokens + got_usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens + got_usage.completion_tokens,
-                    total_tokens=usage.total_tokens + got_usage.total_tokens,
-                )
+                completion = merge(completion, more)
         except _Failed as exc:
             return self._redacted(exc.detail)
-        return Completion(generations=generations, usage=usage)
+        return completion
 
-    async def _post(self, data: bytes) -> bytes:
+    async def _answer(self, endpoint: Endpoint, payload: dict[str, Any]) -> Completion:
+        body = await self._post(self._urls[endpoint], json.dumps(payload).encode())
+        try:
+            return parse_answer(endpoint, json.loads(body))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise _Failed(
+                "bad_response",
+                f"The server at {self._config.base_url} answered 200 with a body that is not a "
+                f"{endpoint.value} answer ({exc}); check that base_url is an OpenAI-compatible /v1 "
+                "endpoint that serves it.",
+            ) from exc
+
+    async def _post(self, url: str, data: bytes) -> bytes:
         """The 200 body for one request, retrying what is worth it; else raises ``_Failed``."""
         config = self._config
         attempts = config.max_retries + 1
         for attempt in range(attempts):
             try:
-                return await self._attempt(data)
+                return await self._attempt(url, data)
             except RetryableError as exc:
                 if attempt + 1 == attempts:
                     raise _Failed(exc.code, self._gave_up(exc, attempts)) from exc
@@ -335,10 +292,10 @@ class OpenAIEngine:
                 await asyncio.sleep(delay * (1 + 0.1 * random.random()))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, data: bytes) -> bytes:
+    async def _attempt(self, url: str, data: bytes) -> bytes:
         assert self._transport is not None and self._semaphore is not None
         async with self._semaphore:  # timeouts and connection errors raise RetryableError
-            status, headers, body = await self._transport.post(self._url, data, self._headers)
+            status, headers, body = await self._transport.post(url, data, self._headers)
         if status == 200:
             return body
         if status in (408, 429) or status >= 500:
@@ -355,6 +312,16 @@ class OpenAIEngine:
         }.get(exc.code, "check the server's health and logs, or raise max_retries")
         tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
         return f"Gave up after {tries} (last: {exc.reason}); {advice}."
+
+
+# Endpoints whose answers are ``choices``, of which a request may ask ``n``.
+_N_ENDPOINTS = frozenset({Endpoint.chat, Endpoint.completions})
+
+
+def _many_prompts(request: PromptRequest) -> bool:
+    """A completions line with a list of prompts: the server answers n choices for each, so the
+    count of choices says nothing about a missing one (no n emulation)."""
+    return request.endpoint is Endpoint.completions and isinstance((request.body or {}).get("prompt"), list)
 
 
 async def _done(outcome: InferenceOutcome) -> InferenceOutcome:

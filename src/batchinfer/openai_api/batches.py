@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from batchinfer.api.backend import JobBackend
 from batchinfer.catalog import ModelCatalog
 from batchinfer.contract import BatchInference, JobStatus, Path, PathType
+from batchinfer.endpoints import Endpoint
 from batchinfer.errors import BatchInferError, JobNotCancellableError, UnknownModelError
 from batchinfer.jobview import JobParameters, job_layout
 from batchinfer.openai_api.errors import OpenAIError, from_batchinfer_error, not_found
@@ -32,7 +33,7 @@ from batchinfer.openai_api.records import BatchRecord, BatchStore
 from batchinfer.openai_api.status import BatchStatus, StateEvent, batch_status, timestamps
 from batchinfer.settings import Settings
 
-ENDPOINTS = frozenset({"/v1/chat/completions"})  # the flow's engines answer chat requests
+ENDPOINTS = frozenset(e.value for e in Endpoint)  # each line's url must name the batch's
 _WINDOW = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_ERRORS_LISTED = 1000
@@ -119,6 +120,7 @@ class BatchService:
             model=model,
             prompt_file=Path(type=PathType.filepath, value=str(staged)),
             expires_at=datetime.fromtimestamp(created + window_s, UTC),
+            endpoint=Endpoint(request.endpoint),
         )
         try:
             job = await backend.submit(params)

@@ -2,7 +2,9 @@
 records (``batchinfer.records``) into OpenAI's output lines. Pure, apart from reading files.
 
 An output line is ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``
-with ``body`` the object the endpoint would have answered (a chat.completion), not a string.
+with ``body`` an object, not a string: the model server's answer as it sent it when the record
+carries one (engines that talk to a server), else the endpoint's answer built from the record
+(local engines).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchinfer.endpoints import Endpoint
 from batchinfer.openai_api.ids import derived_id
 
 EXPIRED_CODE = "batch_expired"
@@ -67,34 +70,13 @@ class OutputContext:
     model: str
     created: int
     expired: bool = False  # lines the job did not run read batch_expired, not cancelled
+    endpoint: str = Endpoint.chat.value
 
 
 def success_line(record: dict[str, Any], ctx: OutputContext) -> dict[str, Any]:
-    """A success record as OpenAI's output line with a chat.completion body."""
+    """A success record as OpenAI's output line: the server's own answer, or one built from it."""
     line = record["line"]
-    choices = []
-    for index, generation in enumerate(record["generations"]):
-        choice: dict[str, Any] = {
-            "index": index,
-            "message": {"role": generation.get("role") or "assistant", "content": generation.get("text")},
-            "finish_reason": generation.get("finish_reason") or "stop",
-            "logprobs": generation.get("logprobs"),
-        }
-        choices.append(choice)
-    usage = record.get("usage") or {}
-    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    body = {
-        "id": derived_id("chatcmpl-", ctx.batch_id, line),
-        "object": "chat.completion",
-        "created": ctx.created,
-        "model": ctx.model,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": int(usage.get("total_tokens") or prompt + completion),
-        },
-    }
+    body = record.get("response") or _built_body(record, ctx)
     return {
         "id": derived_id("batch_req_", ctx.batch_id, line),
         "custom_id": record.get("custom_id"),
@@ -104,6 +86,61 @@ def success_line(record: dict[str, Any], ctx: OutputContext) -> dict[str, Any]:
             "body": body,
         },
         "error": None,
+    }
+
+
+def _built_body(record: dict[str, Any], ctx: OutputContext) -> dict[str, Any]:
+    """The endpoint's answer for a record that carries none (a local engine's)."""
+    usage = record.get("usage") or {}
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    counts = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+    }
+    common = {"created": ctx.created, "model": ctx.model}
+    if record.get("embeddings") is not None:
+        data = [
+            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(record["embeddings"])
+        ]
+        return {"object": "list", "data": data, "model": ctx.model, "usage": counts}
+    generations = record["generations"]
+    if ctx.endpoint == Endpoint.completions.value:
+        choices = [
+            {
+                "index": i,
+                "text": g.get("text"),
+                "finish_reason": g.get("finish_reason") or "stop",
+                "logprobs": None,
+            }
+            for i, g in enumerate(generations)
+        ]
+        return {
+            "id": derived_id("cmpl-", ctx.batch_id, record["line"]),
+            "object": "text_completion",
+            **common,
+            "choices": choices,
+            "usage": counts,
+        }
+    choices = [
+        {
+            "index": index,
+            "message": {
+                "role": generation.get("role") or "assistant",
+                "content": generation.get("text"),
+                **(generation.get("metadata") or {}),
+            },
+            "finish_reason": generation.get("finish_reason") or "stop",
+            "logprobs": generation.get("logprobs"),
+        }
+        for index, generation in enumerate(generations)
+    ]
+    return {
+        "id": derived_id("chatcmpl-", ctx.batch_id, record["line"]),
+        "object": "chat.completion",
+        **common,
+        "choices": choices,
+        "usage": counts,
     }
 
 

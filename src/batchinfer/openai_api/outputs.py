@@ -48,7 +48,7 @@ def make_outputs(
         signature = f"{_signature(success)};{_signature(errors)};{int(expired)}"
         if signature == record.outputs_signature:
             return None
-        ctx = OutputContext(record.id, record.model, int(success.stat().st_mtime), expired)
+        ctx = OutputContext(record.id, record.model, int(success.stat().st_mtime), expired, record.endpoint)
         return _store(record, files, signature, _text(success), _text(errors), ctx)
     if status in (BatchStatus.cancelled, BatchStatus.expired):
         # Stopped before the job read its file: every line goes to the error file, none is lost.
@@ -56,7 +56,7 @@ def make_outputs(
             return None
         code, message = (EXPIRED_CODE, EXPIRED_MESSAGE) if expired else ("cancelled", CANCELLED_MESSAGE)
         unrun = unrun_records(read_lines(Path(record.input_path)), code, message)
-        ctx = OutputContext(record.id, record.model, int(job.created.timestamp()), expired)
+        ctx = OutputContext(record.id, record.model, int(job.created.timestamp()), expired, record.endpoint)
         return _store(record, files, UNRUN_SIGNATURE, iter(()), unrun, ctx)
     return None
 

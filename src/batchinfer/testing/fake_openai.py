@@ -1,8 +1,11 @@
-"""A deterministic OpenAI-compatible chat server: the test double at the model boundary.
+"""A deterministic OpenAI-compatible server: the test double at the model boundary.
 
-Every answer is derived from its prompt (``"echo: <last user text>"``), so a test can check that
-each output landed on its own input line. Faults are scripted *inside the prompt*, so one shared
-server can serve a clean line and a failing line side by side:
+It serves ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and ``/v1/responses``.
+Every answer is derived from its prompt (``"echo: <last user text>"``, see ``fake_answers``), so a
+test can check that each output landed on its own input line; with ``record_bodies`` it keeps
+every request body it was sent (``bodies``), so a test can check what reached the server. Faults
+are scripted *inside the prompt*, so one shared server can serve a clean line and a failing line
+side by side:
 
 * ``[fault:429x2]`` the first 2 requests with this exact last-user text get 429 with
   ``Retry-After: 0``, later ones succeed. ``[fault:500x1]`` likewise with 500; any 3-digit status
@@ -27,12 +30,14 @@ import re
 import signal
 import socket
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
+
+from batchinfer.testing import fake_answers
 
 try:  # orjson is several times faster, which matters when benchmarks push thousands of req/s.
     import orjson
@@ -52,23 +57,14 @@ except ImportError:  # pragma: no cover - orjson ships with prefect, but stay us
 
 
 HOST = "127.0.0.1"  # a test double must never be reachable from outside the machine
+_ROUTES = {
+    "/v1/chat/completions": fake_answers.CHAT,
+    "/v1/completions": fake_answers.COMPLETIONS,
+    "/v1/embeddings": fake_answers.EMBEDDINGS,
+    "/v1/responses": fake_answers.RESPONSES,
+}
 _FAULT = re.compile(r"\[fault:(\d{3}|hang)(?:x(\d+))?\]")
 _BAD_REQUEST_MESSAGE = "scripted bad request"
-
-
-def _text_of(content: Any) -> str:
-    """A message's text: the string itself, or its text parts joined by a space."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
-def _words(text: str) -> int:
-    return len(text.split())
 
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -88,6 +84,7 @@ class FakeOpenAI:
     seed: int = 0
     hang_s: float = 30.0
     model: str = "fake-model"
+    record_bodies: bool = False  # keep every request body (``bodies``) for tests that check them
 
     requests_total: int = field(default=0, init=False)
     in_flight: int = field(default=0, init=False)
@@ -95,6 +92,7 @@ class FakeOpenAI:
     prompts: Counter[str] = field(default_factory=Counter, init=False)  # also drives fault scripts
     statuses: Counter[int] = field(default_factory=Counter, init=False)
     last_authorization: str | None = field(default=None, init=False)
+    bodies: list[tuple[str, Any]] = field(default_factory=list, init=False)  # (endpoint kind, body)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # seeded: a reliability run is reproducible
@@ -106,6 +104,7 @@ class FakeOpenAI:
         self.prompts = Counter()
         self.statuses = Counter()
         self.last_authorization = None
+        self.bodies = []
         self._rng = random.Random(self.seed)
 
     def stats(self) -> dict[str, Any]:
@@ -120,42 +119,45 @@ class FakeOpenAI:
 
     def make_app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
+        for path, kind in _ROUTES.items():
+            app.router.add_post(path, partial(self._serve, kind))
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._get_stats)
         app.router.add_post("/stats/reset", self._reset_stats)
         return app
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _serve(self, kind: str, request: web.Request) -> web.Response:
         self.requests_total += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.last_authorization = request.headers.get("Authorization")
         try:
-            response = await self._answer(request)
+            response = await self._answer(kind, request)
         finally:
             self.in_flight -= 1
         self.statuses[response.status] += 1
         return response
 
-    async def _answer(self, request: web.Request) -> web.Response:
+    async def _answer(self, kind: str, request: web.Request) -> web.Response:
         try:
             body = _loads(await request.read())
-            messages = body["messages"]
-            if not isinstance(messages, list):
-                raise TypeError("messages must be a list")
+            if self.record_bodies:
+                self.bodies.append((kind, body))
+            text = fake_answers.prompt_text(kind, body)
         except (ValueError, KeyError, TypeError) as exc:
-            message = f"request body is not a chat completion request: {exc}"
+            message = f"request body is not a {kind} request: {exc}"
             return _error(400, message, "invalid_request_error")
-        last_user = next(
-            (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {}
-        )
-        text = _text_of(last_user.get("content"))
         self.prompts[text] += 1
         seen = self.prompts[text]
 
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
+        failure = await self._scripted_failure(text, seen)
+        if failure is not None:
+            return failure
+        return web.Response(body=_dumps(self._payload(kind, body, text)), content_type="application/json")
+
+    async def _scripted_failure(self, text: str, seen: int) -> web.Response | None:
         if self.fail_rate_429 or self.fail_rate_500:
             roll = self._rng.random()
             if roll < self.fail_rate_429:
@@ -163,58 +165,27 @@ class FakeOpenAI:
             if roll < self.fail_rate_429 + self.fail_rate_500:
                 return _error(500, "random server error", "server_error")
         fault = _FAULT.search(text)
-        if fault and (fault.group(2) is None or seen <= int(fault.group(2))):
-            kind = fault.group(1)
-            if kind == "hang":
-                await asyncio.sleep(self.hang_s)
-            elif (status := int(kind)) == 429:
-                return _error(429, "scripted rate limit", "rate_limit_error", {"Retry-After": "0"})
-            elif status >= 500:
-                return _error(status, f"scripted server error {status}", "server_error")
-            else:
-                return _error(status, _BAD_REQUEST_MESSAGE, "invalid_request_error")
-        return self._completion(body, messages, text)
+        if not fault or (fault.group(2) is not None and seen > int(fault.group(2))):
+            return None
+        kind = fault.group(1)
+        if kind == "hang":
+            await asyncio.sleep(self.hang_s)
+            return None
+        if (status := int(kind)) == 429:
+            return _error(429, "scripted rate limit", "rate_limit_error", {"Retry-After": "0"})
+        if status >= 500:
+            return _error(status, f"scripted server error {status}", "server_error")
+        return _error(status, _BAD_REQUEST_MESSAGE, "invalid_request_error")
 
-    def _completion(self, body: dict[str, Any], messages: list[Any], text: str) -> web.Response:
-        n = int(body.get("n") or 1)
-        if self.max_choices is not None:
-            n = min(n, self.max_choices)
-        max_tokens = body.get("max_tokens")
-        choices = []
-        completion_tokens = 0
-        for i in range(n):
-            answer, finish = f"echo: {text}" + (f" #{i}" if i else ""), "stop"
-            words = answer.split()
-            if max_tokens is not None and len(words) > int(max_tokens):
-                answer, finish = " ".join(words[: int(max_tokens)]), "length"
-            choice: dict[str, Any] = {
-                "index": i,
-                "message": {"role": "assistant", "content": answer},
-                "finish_reason": finish,
-            }
-            if body.get("logprobs"):
-                choice["logprobs"] = {
-                    "content": [
-                        {"token": w, "logprob": -0.1 * (k + 1), "bytes": None, "top_logprobs": []}
-                        for k, w in enumerate(answer.split())
-                    ]
-                }
-            completion_tokens += _words(answer)
-            choices.append(choice)
-        prompt_tokens = sum(_words(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
-        payload = {
-            "id": f"chatcmpl-fake-{self.requests_total}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", self.model),
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-        return web.Response(body=_dumps(payload), content_type="application/json")
+    def _payload(self, kind: str, body: dict[str, Any], text: str) -> dict[str, Any]:
+        number = self.requests_total
+        if kind == fake_answers.CHAT:
+            return fake_answers.chat_answer(body, text, number, self.model, self.max_choices)
+        if kind == fake_answers.COMPLETIONS:
+            return fake_answers.completions_answer(body, number, self.model, self.max_choices)
+        if kind == fake_answers.EMBEDDINGS:
+            return fake_answers.embeddings_answer(body, self.model)
+        return fake_answers.responses_answer(body, text, number, self.model)
 
     async def _models(self, request: web.Request) -> web.Response:
         data = {
