@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 import yaml
 
@@ -57,6 +58,14 @@ def limited_openai() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="session")
+def recording_openai() -> Iterator[FakeOpenAIServer]:
+    """The server behind model ``fake-recording``: it keeps every request body it was sent, so a
+    test can check that a line reached the server as written. Used by no other model."""
+    with FakeOpenAIServer(record_bodies=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def down_base_url() -> str:
     """A model server that is down: nothing listens on this port."""
     return f"http://127.0.0.1:{free_port()}/v1"
@@ -75,6 +84,7 @@ def models_file(
     flaky_openai: FakeOpenAIServer,
     down_base_url: str,
     limited_openai: FakeOpenAIServer,
+    recording_openai: FakeOpenAIServer,
     tiny_model_dir: Path,
 ) -> Path:
     models = [
@@ -92,6 +102,12 @@ def models_file(
             "base_url": limited_openai.base_url,
             "model": "fake-model",
             "max_concurrency": 4,
+        },
+        {
+            "id": "fake-recording",
+            "engine": "openai",
+            "base_url": recording_openai.base_url,
+            "model": "served-name",
         },
         {"id": "tiny", "engine": "transformers", "path": str(tiny_model_dir), "batch_size": 8},
         # Fault models: short timeouts and backoffs, so that a fault costs a test milliseconds.
@@ -153,6 +169,13 @@ def served(e2e_root: Path, models_file: Path, job_webhook: Receiver) -> Iterator
     process = ServeProcess(home=home, env=env).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def client(served: ServeProcess) -> openai.OpenAI:
+    """The official OpenAI SDK, unmodified, pointed at the session's ``serve``. No token is set on
+    the test server; the SDK still sends `Authorization: Bearer unused`."""
+    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
 
 
 @pytest.fixture

@@ -19,12 +19,6 @@ pytestmark = pytest.mark.e2e
 ENDED = {"completed", "failed", "expired", "cancelled"}
 
 
-@pytest.fixture
-def client(served: ServeProcess) -> openai.OpenAI:
-    # No token is set on the test server; the SDK still sends `Authorization: Bearer unused`.
-    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-
-
 def batch_line(custom_id: str, text: str, model: str = "fake", **body: Any) -> dict[str, Any]:
     return {
         "custom_id": custom_id,
@@ -42,11 +36,18 @@ def upload(client: openai.OpenAI, name: str, content: bytes) -> str:
     return client.files.create(file=(name, content), purpose="batch").id
 
 
-def start(client: openai.OpenAI, content: bytes, name: str, window: str = "24h", **extra: Any) -> Batch:
+def start(
+    client: openai.OpenAI,
+    content: bytes,
+    name: str,
+    window: str = "24h",
+    endpoint: str = "/v1/chat/completions",
+    **extra: Any,
+) -> Batch:
     file_id = upload(client, name, content)
     return client.batches.create(
         input_file_id=file_id,
-        endpoint="/v1/chat/completions",
+        endpoint=endpoint,  # type: ignore[arg-type]
         completion_window=window,  # type: ignore[arg-type]  # the SDK's type knows only "24h"
         **extra,
     )

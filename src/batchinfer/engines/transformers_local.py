@@ -22,11 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
-from batchinfer.engines.local_common import context_length_exceeded, package_dir, text_chat_or_error
+from batchinfer.engines.local_common import (
+    CHAT_FIELDS,
+    Capabilities,
+    context_length_exceeded,
+    package_dir,
+    text_chat_or_error,
+)
+from batchinfer.engines.structured import JsonGrammars
 from batchinfer.errors import EngineError
-from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
+from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +42,16 @@ if TYPE_CHECKING:
 
 # Bump when the cached layout changes, so old caches are not reused.
 _CACHE_FORMAT = 1
+_SAMPLING = frozenset({"top_logprobs", "stop", "seed"})
+CAPABILITIES = Capabilities(
+    "transformers",
+    {
+        Endpoint.chat: CHAT_FIELDS | _SAMPLING | {"response_format"},
+        Endpoint.completions: frozenset(
+            {"prompt", "max_tokens", "temperature", "top_p", "n", "logprobs", "stop", "seed", "stream"}
+        ),
+    },
+)
 
 
 def resolve_model_dir(config: TransformersEngineConfig) -> Path:
@@ -134,6 +152,7 @@ class TransformersEngine:
         self._eos_ids: set[int] = set()
         self._pad_id = 0
         self._max_positions: int | None = None
+        self._grammars: JsonGrammars | None = None
 
     @property
     def max_parallel_chunks(self) -> int:
@@ -176,9 +195,11 @@ class TransformersEngine:
                 else:
                     groups.setdefault(request.params, []).append(prepared)
             # One generate call per batch of requests that share sampling parameters, because
-            # generate takes a single set of them.
-            size = self._config.batch_size
+            # generate takes a single set of them. A seeded sampled request runs alone, after its
+            # seed: its answer then depends on the seed only, not on what it was batched with.
             for params, items in groups.items():
+                seeded = params.seed is not None and params.temperature > 0
+                size = 1 if seeded else self._config.batch_size
                 for start in range(0, len(items), size):
                     batch = items[start : start + size]
                     if stop is not None and stop.is_set():  # checked between generate calls
@@ -225,16 +246,35 @@ class TransformersEngine:
         self._eos_ids = eos_ids
         self._pad_id = int(tokenizer.pad_token_id)
         self._max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._grammars = JsonGrammars(tokenizer, int(model.config.vocab_size), int(tokenizer.eos_token_id))
         self._tokenizer, self._model = tokenizer, model
 
     # -- one request --------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: PromptRequest) -> _Prepared | ErrorDetail:
         assert self._tokenizer is not None
-        chat = text_chat_or_error(request.messages)
-        if isinstance(chat, ErrorDetail):
-            return chat
-        input_ids = self._encode(chat)
+        refusal = CAPABILITIES.refusal(request, self._config.id)
+        if refusal is not None:
+            return refusal
+        if request.endpoint is Endpoint.completions:
+            prompt = (request.body or {}).get("prompt")
+            if not isinstance(prompt, str):
+                return ErrorDetail(
+                    code="unsupported_parameter",
+                    message="body.prompt must be one string on the transformers engine (not a list "
+                    "of prompts or token ids); write one line per prompt.",
+                )
+            input_ids = list(self._tokenizer(prompt)["input_ids"])
+        else:
+            chat = text_chat_or_error(request.messages)
+            if isinstance(chat, ErrorDetail):
+                return chat
+            input_ids = self._encode(chat)
+        if request.params.response_format is not None:
+            assert self._grammars is not None
+            grammar = self._grammars.matcher(request.params.response_format)
+            if isinstance(grammar, ErrorDetail):
+                return grammar
         limit = self._max_positions
         if limit is not None and len(input_ids) > limit - request.params.max_tokens:
             return context_length_exceeded(self._config.id, len(input_ids), request.params.max_tokens, limit)
@@ -267,6 +307,16 @@ class TransformersEngine:
             attention_mask[row, width - len(item.input_ids) :] = 1
 
         kwargs: dict[str, Any] = {}
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        if params.response_format is not None:
+            from transformers import LogitsProcessorList
+
+            assert self._grammars is not None
+            matcher = self._grammars.matcher(params.response_format)
+            kwargs["logits_processor"] = LogitsProcessorList([self._grammars.processor(matcher)])
         if params.temperature > 0:
             # top_k=0 turns off transformers' default top-k of 50, which OpenAI semantics lack.
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -283,27 +333,25 @@ class TransformersEngine:
                 **kwargs,
             )
         new_tokens = output.sequences[:, width:].tolist()
-        logprob_rows = self._chosen_logprobs(output, width) if params.logprobs else None
+        logprob_rows = self._token_logprobs(output, width, params.top_logprobs) if params.logprobs else None
 
         completions = []
         for row, item in enumerate(batch):
             generations, completion_tokens = [], 0
             for seq in range(row * params.n, (row + 1) * params.n):
                 tokens, finish = self._trim(new_tokens[seq])
+                text = str(
+                    tokenizer.decode(tokens[:-1] if finish == "stop" else tokens, skip_special_tokens=True)
+                )
+                text, tokens, finish = _cut_at_stop(text, tokens, finish, params.stop, self._pad_id)
                 completion_tokens += len(tokens)
                 logprobs = None
                 if logprob_rows is not None:
-                    logprobs = Logprobs(
-                        content=[
-                            TokenLogprob(token=tokenizer.decode([token]), logprob=value)
-                            for token, value in zip(tokens, logprob_rows[seq], strict=False)
-                        ]
-                    )
-                text_tokens = tokens[:-1] if finish == "stop" else tokens
+                    logprobs = Logprobs(content=logprob_rows[seq][: len(tokens)])
                 generations.append(
                     Generation(
                         role="assistant",
-                        text=tokenizer.decode(text_tokens, skip_special_tokens=True),
+                        text=text,
                         eot=finish == "stop",
                         finish_reason=finish,
                         logprobs=logprobs,
@@ -326,14 +374,52 @@ class TransformersEngine:
                 return tokens[: position + 1], "stop"
         return tokens, "length"
 
-    @staticmethod
-    def _chosen_logprobs(output: Any, width: int) -> list[list[float]]:
-        """Per sequence, the log-probability of each chosen token under the model's raw logits
-        (before temperature or top-p reshaped them), as OpenAI reports them."""
+    def _token_logprobs(self, output: Any, width: int, top: int | None) -> list[list[TokenLogprob]]:
+        """Per sequence, each chosen token's log-probability under the model's raw logits (before
+        temperature or top-p reshaped them), as OpenAI reports them, and the ``top`` most likely
+        alternatives at its place."""
         import torch
 
+        tokenizer = self._tokenizer
+        assert tokenizer is not None
         logits = torch.stack(output.logits, dim=1).float()  # (sequences, steps, vocab)
         chosen = output.sequences[:, width : width + logits.shape[1]]
-        values = torch.log_softmax(logits, dim=-1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-        rows: list[list[float]] = values.tolist()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        values = logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).tolist()
+        best = logprobs.topk(top, dim=-1) if top else None
+        rows = []
+        for seq, (ids, row) in enumerate(zip(chosen.tolist(), values, strict=True)):
+            entries = []
+            for step, (token_id, value) in enumerate(zip(ids, row, strict=True)):
+                alternatives = None
+                if best is not None:
+                    pairs = zip(
+                        best.indices[seq, step].tolist(), best.values[seq, step].tolist(), strict=True
+                    )
+                    alternatives = [_top(str(tokenizer.decode([i])), v) for i, v in pairs]
+                token = str(tokenizer.decode([token_id]))
+                entries.append(
+                    TokenLogprob(
+                        token=token, logprob=value, bytes=list(token.encode()), top_logprobs=alternatives
+                    )
+                )
+            rows.append(entries)
         return rows
+
+
+def _top(token: str, logprob: float) -> TopLogprob:
+    return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode()))
+
+
+def _cut_at_stop(
+    text: str, tokens: list[int], finish: str, stops: tuple[str, ...], pad_id: int
+) -> tuple[str, list[int], str]:
+    """The answer up to its first stop sequence (left out, as OpenAI does), finishing ``stop``.
+    A row that generate stopped at a stop string ends in padding, not an eos: that is dropped."""
+    found = [text.index(stop) for stop in stops if stop and stop in text]
+    if not found:
+        return text, tokens, finish
+    generated = list(tokens)
+    while generated and generated[-1] == pad_id:
+        generated.pop()
+    return text[: min(found)], generated, "stop"

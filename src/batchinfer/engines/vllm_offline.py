@@ -26,16 +26,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.configs import EngineContext, VLLMEngineConfig
-from batchinfer.engines.local_common import context_length_exceeded, text_chat_or_error
+from batchinfer.engines.local_common import (
+    CHAT_FIELDS,
+    Capabilities,
+    context_length_exceeded,
+    text_chat_or_error,
+)
 from batchinfer.errors import EngineError
-from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, Usage
+from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
 
 INSTALL_HINT = (
     "install a CUDA build of torch first, then `pip install -e '.[vllm]'` (see README, Engines); "
     "vLLM needs an NVIDIA GPU"
 )
+
+
+# Structured output and the rest of the OpenAI fields are served by `vllm serve` (engine openai).
+CAPABILITIES = Capabilities("vllm", {Endpoint.chat: CHAT_FIELDS | {"top_logprobs", "stop", "seed"}})
 
 
 @dataclass
@@ -137,6 +147,9 @@ class VLLMEngine:
     # -- one request --------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: PromptRequest) -> _Prepared | ErrorDetail:
+        refusal = CAPABILITIES.refusal(request, self._config.id)
+        if refusal is not None:
+            return refusal
         chat = text_chat_or_error(request.messages)
         if isinstance(chat, ErrorDetail):
             return chat
@@ -186,8 +199,10 @@ class VLLMEngine:
             # vLLM wants top_p 1 under greedy decoding; it means nothing there anyway.
             top_p=params.top_p if params.temperature > 0 else 1.0,
             max_tokens=params.max_tokens,
-            # 1: the top token's, plus the chosen token's, which is the one reported.
-            logprobs=1 if params.logprobs else None,
+            # k alternatives (at least 1: the top token's), plus the chosen token's.
+            logprobs=max(1, params.top_logprobs or 0) if params.logprobs else None,
+            stop=list(params.stop) or None,
+            seed=params.seed,
         )
 
     def _completion(self, item: _Prepared, result: Any) -> Completion:
@@ -198,16 +213,9 @@ class VLLMEngine:
             finish = output.finish_reason or "length"
             logprobs = None
             if item.params.logprobs and output.logprobs is not None:
-                content = []
-                for token_id, position in zip(token_ids, output.logprobs, strict=False):
-                    entry = position.get(token_id)
-                    if entry is None:
-                        continue
-                    token = entry.decoded_token
-                    if token is None:
-                        token = self._tokenizer.decode([token_id])
-                    content.append(TokenLogprob(token=token, logprob=float(entry.logprob)))
-                logprobs = Logprobs(content=content)
+                logprobs = Logprobs(
+                    content=self._token_logprobs(token_ids, output.logprobs, item.params.top_logprobs)
+                )
             generations.append(
                 Generation(
                     role="assistant",
@@ -224,3 +232,28 @@ class VLLMEngine:
             total_tokens=prompt_tokens + completion_tokens,
         )
         return Completion(generations=generations, usage=usage)
+
+    def _token_logprobs(self, token_ids: list[int], positions: Any, top: int | None) -> list[TokenLogprob]:
+        """Each chosen token's logprob and, when asked, the ``top`` alternatives by vLLM's rank."""
+        content = []
+        for token_id, position in zip(token_ids, positions, strict=False):
+            entry = position.get(token_id)
+            if entry is None:
+                continue
+            alternatives = None
+            if top:
+                ranked = sorted((e for e in position.items() if getattr(e[1], "rank", 0) <= top), key=_rank)
+                alternatives = [
+                    TopLogprob(token=self._decoded(i, e), logprob=float(e.logprob)) for i, e in ranked
+                ]
+            token = self._decoded(token_id, entry)
+            content.append(TokenLogprob(token=token, logprob=float(entry.logprob), top_logprobs=alternatives))
+        return content
+
+    def _decoded(self, token_id: int, entry: Any) -> str:
+        token = entry.decoded_token
+        return str(token) if token is not None else str(self._tokenizer.decode([token_id]))
+
+
+def _rank(item: tuple[int, Any]) -> int:
+    return int(getattr(item[1], "rank", 0) or 0)
