@@ -9,6 +9,8 @@ import signal
 import sys
 from types import FrameType
 
+from batchinfer.errors import ConfigError
+from batchinfer.prefect_env import apply_prefect_env
 from batchinfer.settings import Settings
 
 
@@ -66,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         if refusal := bind_refusal(args.host, settings):
             print(f"error: {refusal}", file=sys.stderr)
             return 2
-    settings.home.mkdir(parents=True, exist_ok=True)
-    # Prefect reads these when it is imported: set them first, and only if the user has not.
-    for name, value in settings.prefect_env().items():
-        os.environ.setdefault(name, value)
+    # Prefect reads these when it is imported: set them first, and only where the user has not.
+    try:
+        apply_prefect_env(settings, os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if args.command == "serve":
         from batchinfer.serve import serve

@@ -213,7 +213,7 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
                 logs / "prefect-server.log",
             )
         # Prefect reads its settings when first imported: only now may this process import it.
-        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")})
+        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME") if k in env})
         import uvicorn
 
         from batchinfer.api.app import create_app
