@@ -9,7 +9,7 @@ import signal
 import sys
 from types import FrameType
 
-from batchinfer.errors import ConfigError
+from batchinfer.errors import ConfigError, EngineError
 from batchinfer.prefect_env import apply_prefect_env
 from batchinfer.settings import Settings
 
@@ -25,7 +25,12 @@ def _parser() -> argparse.ArgumentParser:
         help="Adapter bind address; beyond loopback it requires BATCHINFER_API_TOKEN.",
     )
     serve.add_argument("--port", type=int, default=8000, help="Adapter port.")
-    serve.add_argument("--prefect-port", type=int, default=4200, help="Local Prefect server/UI port.")
+    serve.add_argument(
+        "--prefect-port",
+        type=int,
+        default=None,
+        help="Port of serve's own Prefect server and UI (default: 4200, or a free port when 4200 is taken).",
+    )
 
     run = sub.add_parser("run", help="Run one job in the foreground with a progress bar.")
     run.add_argument("prompts", help="A JSONL prompt file (a path, or a URI such as https://...).")
@@ -62,12 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command == "serve":
-        from batchinfer.serve import bind_refusal
+        from batchinfer.errors import BatchInferError
+        from batchinfer.serve import serve_from_cli
 
-        # Checked before anything starts, so a refusal is immediate and leaves nothing behind.
-        if refusal := bind_refusal(args.host, settings):
-            print(f"error: {refusal}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        try:  # every check comes before anything starts, so a refusal leaves nothing behind
+            return serve_from_cli(args, settings)
+        except (ConfigError, EngineError) as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
             return 2
+        except BatchInferError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
     # Prefect reads these when it is imported: set them first, and only where the user has not.
     try:
         apply_prefect_env(settings, os.environ)
@@ -75,10 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    if args.command == "serve":
-        from batchinfer.serve import serve
-
-        return serve(args.host, args.port, args.prefect_port, settings)
     if args.command == "models":
         from batchinfer.catalog import load_catalog
 
