@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path as LocalPath
 from urllib.parse import urlparse
@@ -11,6 +12,8 @@ from batchinfer.catalog import load_catalog
 from batchinfer.contract import Options, Path, PathType, SubmitJobRequest
 from batchinfer.errors import BatchInferError, RequestError
 from batchinfer.jobview import JobProgress
+from batchinfer.prefect_env import apply_prefect_env
+from batchinfer.preflight import check_prefect_api
 from batchinfer.settings import Settings
 from batchinfer.submission import prepare_job
 
@@ -47,6 +50,13 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
     except BatchInferError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    apply_prefect_env(settings, os.environ)  # Prefect reads it when first imported: before that
+    if external := os.environ.get("PREFECT_API_URL"):
+        check_prefect_api(
+            external,
+            "start that server, fix PREFECT_API_URL (or the Prefect profile that sets it), or unset it "
+            "to run on a temporary Prefect server.",
+        )
     return _run_flow(params.model_dump(mode="json", exclude_none=True), settings)
 
 
