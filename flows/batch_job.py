@@ -28,6 +28,7 @@ from batchinfer.api.backend import FLOW_NAME
 from batchinfer.cancellation import (
     CANCEL_STATE_TYPES,
     EXPIRED_REASON,
+    INTERRUPTED_REASON,
     CancelWatcher,
     StopSignal,
     expiring,
@@ -49,7 +50,7 @@ from batchinfer.inference import ChunkCounts, run_chunk
 from batchinfer.jobfiles import JobLayout
 from batchinfer.jobview import job_layout, request_defaults, sampling_params
 from batchinfer.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
-from batchinfer.recovery import resume_hint
+from batchinfer.recovery import rerun_hint, resume_hint
 from batchinfer.reporting import RunReporter
 from batchinfer.scaleout import dask_chunks
 from batchinfer.settings import Settings
@@ -284,7 +285,8 @@ def _stopped(reporter: RunReporter, stop: StopSignal, cut_short: int) -> State[A
 
     job_id = reporter.flow_run_id
     expired = stop.reason == EXPIRED_REASON
-    if not expired and prefect_state_reader(job_id)() not in CANCEL_STATE_TYPES:
+    interrupted = stop.reason == INTERRUPTED_REASON  # `batchinfer run` was: a cancel without a runner
+    if not (expired or interrupted) and prefect_state_reader(job_id)() not in CANCEL_STATE_TYPES:
         raise TerminationSignal(signal.SIGTERM)
     progress = reporter.progress
     code = stop.abandoned.code
@@ -292,7 +294,7 @@ def _stopped(reporter: RunReporter, stop: StopSignal, cut_short: int) -> State[A
         f"{'Expired: the completion window passed' if expired else 'Cancelled'}: "
         f"{progress.completed} lines succeeded and {progress.failed - cut_short} failed before "
         f"that; the {cut_short} lines it cut short are in the error file as `{code}`. "
-        f"{resume_hint(job_id)}"
+        f"{rerun_hint(str(reporter.layout.root)) if interrupted else resume_hint(job_id)}"
     )
     progress.error_code, progress.error_message = code, message
     reporter.push(force=True)

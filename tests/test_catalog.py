@@ -121,3 +121,37 @@ def test_an_unknown_model_error_lists_the_known_ids(tmp_path: Path) -> None:
     assert "'gpt-9'" in error.message
     for known in catalog.ids():
         assert known in error.message
+
+
+TWO_MODELS = "models:\n  - id: a\n    engine: openai\n    base_url: http://x/v1\n    model: m\n  - id: b\n"
+LOCATED = [
+    ("a field out of range",
+     TWO_MODELS + "    engine: openai\n    base_url: u\n    model: m\n    max_concurrency: 0\n",
+     "line 10", "models[1], field 'max_concurrency'"),
+    ("a missing field", TWO_MODELS + "    engine: openai\n    model: m\n", "line 6", "field 'base_url'"),
+    ("an unknown engine", TWO_MODELS + "    engine: gpt5000\n", "line 7", "field 'engine'"),
+    ("bad YAML", "models:\n  - id: a\n  engine: [\n", "line 3", "invalid YAML"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line", "where"), [c[1:] for c in LOCATED], ids=[c[0] for c in LOCATED])
+def test_a_broken_models_file_is_one_line_naming_the_file_the_line_and_the_field(
+    tmp_path: Path, text: str, line: str, where: str
+) -> None:
+    path = models_file(tmp_path, text)
+    with pytest.raises(EngineError) as raised:
+        load_catalog(path)
+    message = raised.value.message
+    assert str(path) in message and line in message and where in message
+    assert "\n" not in message
+
+
+def test_prices_are_optional_fields_that_stay_out_of_the_configs_json(tmp_path: Path) -> None:
+    text = (
+        "models:\n  - {id: a, engine: openai, base_url: 'http://x/v1', model: m,\n"
+        "     price_per_million_input_tokens: 0.15, price_per_million_output_tokens: 0.6}\n"
+    )
+    model = load_catalog(models_file(tmp_path, text)).get("a")
+    assert (model.price_per_million_input_tokens, model.price_per_million_output_tokens) == (0.15, 0.6)
+    # The JSON keys the engine cache and the chunk results: a new price must not redo finished work.
+    assert "price" not in model.model_dump_json()

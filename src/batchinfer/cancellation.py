@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 CANCELLED_CODE = CANCELLED.code
 EXPIRED_REASON = "expired"  # the StopSignal reason when the job's completion window passes
+# The reason when `batchinfer run` is interrupted (Ctrl-C, SIGTERM): a cancel of a job that no runner
+# owns, so no CANCELLING state stands behind it.
+INTERRUPTED_REASON = "interrupted"
 # Prefect state types in which a job is being, or has been, cancelled.
 CANCEL_STATE_TYPES = frozenset({"CANCELLING", "CANCELLED"})
 # After a cancelled job's process exits, the runner that owned it checks every few seconds and then

@@ -1,5 +1,13 @@
-"""The ``batchinfer`` command: ``serve`` (server + runner + adapter), ``run`` (one job, foreground),
-``resume`` (a failed, crashed or cancelled job, again under its id) and ``cancel`` (a job)."""
+"""The ``batchinfer`` command.
+
+``serve`` (Prefect server + runner + HTTP API), ``run`` (one job in the foreground), ``resume`` and
+``cancel`` (a job, through Prefect); ``status``, ``jobs`` and ``results`` (through a running
+``serve``); ``validate`` (a dry run) and ``models``. Flags are in ``cli_args``.
+
+Every mistake ends the command with one line on stderr that says how to fix it, and a non-zero exit:
+2 for something given wrong (a flag, a file, a model, a setting), 1 for something that failed or is
+not there (a job that failed, a server that does not answer). It is found before any server starts.
+"""
 
 from __future__ import annotations
 
@@ -9,82 +17,84 @@ import signal
 import sys
 from types import FrameType
 
-from batchinfer.settings import Settings
+from pydantic import ValidationError
 
+from batchinfer.cli_args import build_parser
+from batchinfer.errors import BatchInferError, ConfigError, EngineError, RequestError
+from batchinfer.settings import Settings, env_name
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchinfer", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="Run the Prefect server, a runner and the HTTP adapter.")
-    serve.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="Adapter bind address; beyond loopback it requires BATCHINFER_API_TOKEN.",
-    )
-    serve.add_argument("--port", type=int, default=8000, help="Adapter port.")
-    serve.add_argument("--prefect-port", type=int, default=4200, help="Local Prefect server/UI port.")
-
-    run = sub.add_parser("run", help="Run one job in the foreground with a progress bar.")
-    run.add_argument("prompts", help="A JSONL prompt file (a path, or a URI such as https://...).")
-    run.add_argument("--model", required=True, help="A model id from the models file.")
-    run.add_argument("--max-tokens", type=int)
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--top-p", type=float)
-    run.add_argument("--logprobs", action="store_true")
-    run.add_argument("--num-generations", type=int, default=1)
-    run.add_argument("--output-dir", help="Where success.jsonl and errors.jsonl go.")
-
-    job_actions = {
-        "resume": "Run a failed, crashed or cancelled job again under its id; finished lines are reused.",
-        "cancel": "Cancel a job: it stops within seconds and writes what it finished to its output files.",
-    }
-    for name, help_text in job_actions.items():
-        action = sub.add_parser(name, help=help_text)
-        action.add_argument("job_id", help="The job id (flow run id) that submit_job returned.")
-        action.add_argument(
-            "--prefect-api-url",
-            help="The Prefect API of the runner's server; default PREFECT_API_URL, else the local "
-            "server of `batchinfer serve` (http://127.0.0.1:4200/api).",
-        )
-
-    sub.add_parser("models", help="List the model ids a job may name.")
-    return parser
+# Commands that start or talk to Prefect: Prefect's environment is set up for them (prefect_env).
+_PREFECT_COMMANDS = frozenset({"serve", "run", "resume", "cancel"})
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    settings = Settings()
-    if args.command == "serve":
-        from batchinfer.serve import bind_refusal
+def load_settings() -> Settings:
+    """``Settings()``, or one ``ConfigError`` line naming each variable that is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"{env_name(str(error['loc'][0]))}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise ConfigError(f"{'; '.join(problems)}. Fix or unset the variable.") from None
 
-        # Checked before anything starts, so a refusal is immediate and leaves nothing behind.
-        if refusal := bind_refusal(args.host, settings):
-            print(f"error: {refusal}", file=sys.stderr)
-            return 2
-    settings.home.mkdir(parents=True, exist_ok=True)
-    # Prefect reads these when it is imported: set them first, and only if the user has not.
-    for name, value in settings.prefect_env().items():
-        os.environ.setdefault(name, value)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except RequestError as exc:  # what the API answers with a 4xx: the same words here
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except (ConfigError, EngineError) as exc:  # EngineError here: the models file (catalog)
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except BatchInferError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `batchinfer jobs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    except KeyboardInterrupt:  # before a command set up its own handling (run does, once it runs)
+        print("Interrupted.", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("status", "jobs", "results"):
+        from batchinfer.cli_jobs import jobs_command, results_command, status_command
+
+        command = {"status": status_command, "jobs": jobs_command, "results": results_command}
+        return command[args.command](args)
+    settings = load_settings()
+    if args.command == "models":
+        from batchinfer.cli_jobs import models_command
+
+        return models_command(args, settings)
+    if args.command == "validate":
+        from batchinfer.cli_validate import validate_command
+
+        return validate_command(args, settings)
+    return _prefect_command(args, settings)
+
+
+def _prefect_command(args: argparse.Namespace, settings: Settings) -> int:
+    """The commands that start or talk to Prefect. Each checks what it was given first, then sets up
+    Prefect's environment (``prefect_env.apply_prefect_env``, which creates the data dir)."""
+    assert args.command in _PREFECT_COMMANDS
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if args.command == "serve":
-        from batchinfer.serve import serve
+        from batchinfer.serve import serve_from_cli
 
-        return serve(args.host, args.port, args.prefect_port, settings)
-    if args.command == "models":
-        from batchinfer.catalog import load_catalog
-
-        for model in load_catalog(settings.models).models:
-            print(f"{model.id}\t{model.engine}")
-        return 0
+        return serve_from_cli(args, settings)
     if args.command in ("resume", "cancel"):
-        from batchinfer.resume_job import job_action_from_cli, prefect_api_url
+        from batchinfer.resume_job import job_action_from_cli
 
-        return job_action_from_cli(args.command, args.job_id, prefect_api_url(args.prefect_api_url), settings)
+        return job_action_from_cli(args.command, args.job_id, args.prefect_api_url, settings)
     from batchinfer.run_job import run_in_foreground
 
     return run_in_foreground(args, settings)

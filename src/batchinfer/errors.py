@@ -130,6 +130,13 @@ class JobError(BatchInferError):
     code = "job_failed"
 
 
+class ConfigError(BatchInferError):
+    """The environment a command starts in is unusable (a folder it cannot create, a profiles file it
+    cannot read, a Prefect API that does not answer); the command stops before it starts anything."""
+
+    code = "config_error"
+
+
 class EngineError(BatchInferError):
     """An engine could not be built or loaded (bad config, missing model file)."""
 

@@ -32,6 +32,14 @@ def resume_hint(job_id: str) -> str:
     )
 
 
+def rerun_hint(output_dir: str) -> str:
+    """How to finish a foreground job (``batchinfer run``) that stopped: it has no runner to resume it."""
+    return (
+        "Results of finished lines are kept; to finish the rest, run the same `batchinfer run` command "
+        f"again with --output-dir {output_dir}: the lines already answered are not sent again."
+    )
+
+
 def resume_refusal(job_id: str, state_type: str, has_deployment: bool) -> str | None:
     """Why job ``job_id`` in ``state_type`` cannot be resumed, or None when it can."""
     if state_type == "COMPLETED":

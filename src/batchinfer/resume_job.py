@@ -18,6 +18,8 @@ import httpx
 
 from batchinfer.contract import BatchInference
 from batchinfer.errors import BatchInferError
+from batchinfer.prefect_env import apply_prefect_env
+from batchinfer.preflight import check_prefect_api
 from batchinfer.settings import Settings
 
 # Where `batchinfer serve` runs its Prefect server unless told otherwise (`--prefect-port`).
@@ -34,17 +36,22 @@ def prefect_api_url(flag: str | None, environ: Mapping[str, str] = os.environ) -
 JobAction = Literal["resume", "cancel"]
 
 
-def resume_from_cli(job_id: str, api_url: str, settings: Settings) -> int:
+def resume_from_cli(job_id: str, api_url: str | None, settings: Settings) -> int:
     return job_action_from_cli("resume", job_id, api_url, settings)
 
 
-def job_action_from_cli(action: JobAction, job_id: str, api_url: str, settings: Settings) -> int:
+def job_action_from_cli(action: JobAction, job_id: str, flag: str | None, settings: Settings) -> int:
+    """``flag``: ``--prefect-api-url`` (see ``prefect_api_url``)."""
     try:
         parsed = UUID(job_id)
     except ValueError:
         print(f"error: {job_id!r} is not a job id (a UUID such as submit_job returns).", file=sys.stderr)
         return 2
-    os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported: it reads it once
+    apply_prefect_env(settings, os.environ)  # a Prefect profile's PREFECT_API_URL counts too
+    api_url = prefect_api_url(flag)
+    # Before Prefect is imported (it reads the URL once), and at once: Prefect's client would retry.
+    check_prefect_api(api_url, _WHERE_IS_SERVE)
+    os.environ["PREFECT_API_URL"] = api_url
     try:
         job = asyncio.run(_act(action, parsed, settings))
     except BatchInferError as exc:
@@ -57,11 +64,13 @@ def job_action_from_cli(action: JobAction, job_id: str, api_url: str, settings: 
     return 0
 
 
+_WHERE_IS_SERVE = (
+    "is `batchinfer serve` running? Point at its server with --prefect-api-url or PREFECT_API_URL."
+)
+
+
 def _unreachable(api_url: str, exc: Exception) -> str:
-    return (
-        f"error: cannot reach the Prefect API at {api_url} ({exc}); is `batchinfer serve` running? "
-        "Point at its server with --prefect-api-url or PREFECT_API_URL."
-    )
+    return f"error: cannot reach the Prefect API at {api_url} ({exc}); {_WHERE_IS_SERVE}"
 
 
 async def _act(action: JobAction, job_id: UUID, settings: Settings) -> BatchInference:

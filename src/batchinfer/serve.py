@@ -3,22 +3,23 @@ deployment, and the HTTP adapter, in one command. Ctrl-C or SIGTERM stops all of
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import ipaddress
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
+from batchinfer.children import TOKEN_ENV, Owner, Supervisor, claim_home
+from batchinfer.errors import ConfigError
+from batchinfer.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
+from batchinfer.prefect_env import apply_prefect_env
+from batchinfer.preflight import DEFAULT_PREFECT_PORT, check_prefect_api, prefect_port, require_free_port
 from batchinfer.settings import Settings
 
-STARTUP_TIMEOUT_S = 90.0  # a fresh SQLite database takes 15-25 s to migrate on these machines
+if TYPE_CHECKING:
+    from batchinfer.catalog import ModelCatalog
 
 
 def bind_refusal(host: str, settings: Settings) -> str | None:
@@ -47,79 +48,6 @@ def is_loopback(host: str) -> bool:
         return False
     addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
     return bool(addresses) and all(a.is_loopback for a in addresses)
-
-
-class Supervisor:
-    """Owns child processes, each in its own session so their whole group can be stopped."""
-
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(log, "ab")  # noqa: SIM115 - the child keeps it for its lifetime
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.children.append((name, proc))
-        return proc
-
-    def stop_all(self, grace_s: float = 10.0) -> None:
-        """SIGTERM every child's process group, then SIGKILL whatever is left after ``grace_s``.
-
-        Descendants are collected first because Prefect's runner starts each flow run in a new
-        session of its own, out of reach of the runner's process group."""
-        import psutil
-
-        family: list[psutil.Process] = []
-        for _, proc in self.children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                top = psutil.Process(proc.pid)
-                family += [top, *top.children(recursive=True)]
-        for _, proc in reversed(self.children):
-            _signal_group(proc, signal.SIGTERM)
-        for member in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                member.terminate()
-        _, alive = psutil.wait_procs(family, timeout=grace_s)
-        for straggler in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                straggler.kill()
-        psutil.wait_procs(alive, timeout=5)
-        for _, proc in self.children:
-            proc.poll()  # reap, so no zombie is left behind
-        self.children.clear()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
-def wait_until(
-    check: Callable[[], bool],
-    timeout_s: float,
-    what: str,
-    proc: subprocess.Popen[bytes] | None,
-    log: Path,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}; see {log}")
-        if check():
-            return
-        time.sleep(0.25)
-    raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s; see {log}")
-
-
-def _http_ok(url: str) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    return check
 
 
 def _mark_interrupted_jobs() -> None:
@@ -179,41 +107,54 @@ def _ensure_job_webhook(settings: Settings) -> None:
     print("Finished jobs are posted to the webhook in BATCHINFER_WEBHOOK_URL.", flush=True)
 
 
-def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
-    from batchinfer.api.backend import DEPLOYMENT_NAME, FLOW_NAME
+def serve_from_cli(args: argparse.Namespace, settings: Settings) -> int:
+    """``batchinfer serve``: every check first (so a refusal is immediate and leaves nothing behind),
+    then ``serve``, owning the data dir while it runs."""
     from batchinfer.catalog import load_catalog
 
-    catalog = load_catalog(settings.models)  # a broken models file fails here, before anything starts
+    if refusal := bind_refusal(args.host, settings):
+        raise ConfigError(refusal)
+    catalog = load_catalog(settings.models)
+    require_free_port(args.host, args.port, "--port")
+    apply_prefect_env(settings, os.environ)  # Prefect reads it when first imported: before that
+    external = os.environ.get("PREFECT_API_URL")
+    if external:
+        check_prefect_api(
+            external,
+            "start that server, fix PREFECT_API_URL (or the Prefect profile that "
+            "sets it), or unset it so that serve starts a Prefect server of its own.",
+        )
+    port = None if external else prefect_port(args.prefect_port)
+    if port not in (None, args.prefect_port, DEFAULT_PREFECT_PORT):
+        print(
+            f"Port {DEFAULT_PREFECT_PORT} is taken (another Prefect server?); this serve's own Prefect "
+            f"server uses port {port}.",
+            flush=True,
+        )
+    with claim_home(settings.home, f"http://{args.host}:{args.port}") as owner:
+        return serve(args.host, args.port, port, settings, catalog, owner)
+
+
+def serve(
+    host: str, port: int, prefect_port: int | None, settings: Settings, catalog: ModelCatalog, owner: Owner
+) -> int:
+    """Run everything until Ctrl-C or SIGTERM; ``prefect_port`` None: use ``PREFECT_API_URL``'s server."""
+    from batchinfer.api.backend import DEPLOYMENT_NAME, FLOW_NAME
+
     logs = settings.home / "logs"
-    env = dict(os.environ)  # cli.main has put Prefect's defaults in it (Settings.prefect_env)
+    # cli.main has put Prefect's defaults in the environment (prefect_env); the token marks our children.
+    env = {**os.environ, TOKEN_ENV: owner.token}
     supervisor = Supervisor()
     # A server of our own was down while we were: nothing can be running its jobs (see below).
-    owns_server = not env.get("PREFECT_API_URL")
+    owns_server = prefect_port is not None
     try:
-        if owns_server:
-            env["PREFECT_API_URL"] = f"http://127.0.0.1:{prefect_port}/api"
-            argv = [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(prefect_port),
-            ]
-            server = supervisor.start("prefect-server", argv, env, logs / "prefect-server.log")
+        if prefect_port is not None:
             print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}) ...", flush=True)
-            wait_until(
-                _http_ok(env["PREFECT_API_URL"] + "/health"),
-                STARTUP_TIMEOUT_S,
-                "The Prefect server",
-                server,
-                logs / "prefect-server.log",
+            env["PREFECT_API_URL"] = start_prefect_server(
+                supervisor, prefect_port, env, logs / "prefect-server.log"
             )
         # Prefect reads its settings when first imported: only now may this process import it.
-        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")})
+        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME") if k in env})
         import uvicorn
 
         from batchinfer.api.app import create_app
@@ -222,11 +163,9 @@ def serve(host: str, port: int, prefect_port: int, settings: Settings) -> int:
         _ensure_job_webhook(settings)  # before the runner starts, so that no job ends unnoticed
         if owns_server:  # before the runner starts: from then on a RUNNING job may be its
             _mark_interrupted_jobs()
-        runner = supervisor.start(
-            "runner", [sys.executable, "-m", "batchinfer.runner"], env, logs / "runner.log"
-        )
+        runner = supervisor.start("runner", ["batchinfer.runner"], env, logs / "runner.log")
         deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
-        wait_until(_http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
+        wait_until(http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
 
         app = create_app(settings, catalog, lambda: PrefectJobBackend(settings.jobs_dir))
         print(f"batchinfer is serving on http://{host}:{port} (logs: {logs})", flush=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
@@ -34,6 +36,25 @@ class Limits:
     max_lines: int = 1_000_000
     max_num_generations: int = 16
     max_max_tokens: int = 32768
+
+
+# Prefect's two names for its database URL (the second is the newer one); either counts as set.
+PREFECT_DATABASE_URL_NAMES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+_NOTHING_SET: Mapping[str, str] = MappingProxyType({})
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    # A fresh SQLite database takes 15-25 s to migrate here; Prefect's default waits less.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # Prefect records task runs one insert at a time by default; with SQLite that falls
+    # behind by about a minute per 1,000 task runs and holds the write lock meanwhile.
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    # A chunk waiting for a model's concurrency slots (model_limits) is told to retry after
+    # up to 30 s by default; slots free up within seconds, so ask again sooner.
+    "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
+}
 
 
 def _default_home() -> Path:
@@ -191,26 +212,23 @@ class Settings(BaseSettings):
         """Where a job may read its prompt file: the allowed roots, plus the staged uploads."""
         return [*self.roots(), self.uploads_dir.resolve()]
 
-    def prefect_env(self) -> dict[str, str]:
+    def prefect_home(self, user: Mapping[str, str] = _NOTHING_SET) -> Path:
+        """The Prefect home that applies: the user's ``PREFECT_HOME``, else ``<data dir>/prefect``."""
+        given = user.get("PREFECT_HOME")
+        return Path(given).expanduser() if given else self.home / "prefect"
+
+    def prefect_env(self, user: Mapping[str, str] = _NOTHING_SET) -> dict[str, str]:
         """Defaults for Prefect's environment, for every Prefect this process or its children
-        start (``serve``'s server, ``run``'s temporary one): state in the data dir, no telemetry."""
-        prefect_home = self.home / "prefect"
-        return {
-            "PREFECT_HOME": str(prefect_home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-            # A fresh SQLite database takes 15-25 s to migrate here; Prefect's default waits less.
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-            # Prefect records task runs one insert at a time by default; with SQLite that falls
-            # behind by about a minute per 1,000 task runs and holds the write lock meanwhile.
-            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
-            # A chunk waiting for a model's concurrency slots (model_limits) is told to retry after
-            # up to 30 s by default; slots free up within seconds, so ask again sooner.
-            "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
-        }
+        start (``serve``'s server, ``run``'s temporary one): state in the data dir, no telemetry.
+
+        ``user`` is what the user set for Prefect (their environment over their active profile,
+        see ``prefect_env.user_prefect_settings``): those names are left out, and the database
+        goes into whichever Prefect home applies, so the two never disagree."""
+        prefect_home = self.prefect_home(user)
+        defaults = {**_PREFECT_DEFAULTS, "PREFECT_HOME": str(prefect_home)}
+        if not any(user.get(name) for name in PREFECT_DATABASE_URL_NAMES):
+            defaults[PREFECT_DATABASE_URL_NAMES[0]] = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
+        return {name: value for name, value in defaults.items() if not user.get(name)}
 
     @property
     def jobs_dir(self) -> Path:

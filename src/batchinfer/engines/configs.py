@@ -23,6 +23,14 @@ class _ModelConfigBase(BaseModel):
 
     id: str = Field(min_length=1, description="The id a request names in `model`.")
     description: str | None = None
+    # Prices are what `batchinfer validate` quotes, not how the model runs: exclude=True keeps them
+    # out of the config's JSON, which keys the engine cache and the chunk results.
+    price_per_million_input_tokens: float | None = Field(
+        default=None, ge=0, exclude=True, description="Price of one million prompt tokens."
+    )
+    price_per_million_output_tokens: float | None = Field(
+        default=None, ge=0, exclude=True, description="Price of one million generated tokens."
+    )
 
 
 class OpenAIEngineConfig(_ModelConfigBase):

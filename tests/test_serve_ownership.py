@@ -1,0 +1,164 @@
+"""`serve` owns its Prefect server and its data dir: it never attaches to a Prefect server it did not
+start, its children end when it dies (even by `kill -9`), and a new `serve` over a home cleans up
+what a killed one left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from batchinfer.children import OWNER_FILE, TOKEN_ENV, claim_home
+from batchinfer.errors import ConfigError
+from batchinfer.preflight import DEFAULT_PREFECT_PORT, listens_on, port_free, prefect_port
+from batchinfer.testing.fake_openai import FakeOpenAIServer
+from batchinfer.testing.served import ServeProcess, serve_env, user_prompt, write_jsonl
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _family(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    top = psutil.Process(proc.pid)
+    return [top, *top.children(recursive=True)]
+
+
+def _home_with_model(root: Path, model_id: str, base_url: str) -> tuple[Path, Path]:
+    home = root / model_id
+    home.mkdir()
+    models = [{"id": model_id, "engine": "openai", "base_url": base_url, "model": "fake-model"}]
+    models_file = home / "models.yaml"
+    models_file.write_text(yaml.safe_dump({"models": models}), encoding="utf-8")
+    return home, models_file
+
+
+def _submit(serve: ServeProcess, model: str, prompts: Path) -> str:
+    return str(
+        serve.submit_ok({"model": model, "prompt_file_path": {"type": "filepath", "value": str(prompts)}})[
+            "job_id"
+        ]
+    )
+
+
+@pytest.mark.e2e
+def test_two_serves_of_different_homes_on_default_ports_each_run_their_own_jobs_and_kill_9_leaves_nothing(
+    tmp_path: Path, fake_openai: FakeOpenAIServer, slow_openai: FakeOpenAIServer
+) -> None:
+    busy = [port for port in (8000, DEFAULT_PREFECT_PORT) if not port_free("127.0.0.1", port)]
+    assert not busy, f"this test starts serve on its default ports, but {busy} are taken on this machine"
+    home_a, models_a = _home_with_model(tmp_path, "model-a", slow_openai.base_url)
+    first = ServeProcess(home_a, serve_env(home_a, models_a, [tmp_path]), default_ports=True).start()
+    assert first.proc is not None and first.prefect_port == DEFAULT_PREFECT_PORT
+    prompts = write_jsonl(tmp_path / "a.jsonl", [user_prompt(f"kill-9 {i}") for i in range(3000)])
+    job_a = _submit(first, "model-a", prompts)
+    deadline = time.monotonic() + 90
+    while first.status(job_a).json()["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    family = _family(first.proc)
+    assert len(family) >= 4, f"expected serve, a Prefect server, a runner and a flow run: {family}"
+
+    first.proc.kill()  # kill -9: no handler of serve's runs
+    _, alive = psutil.wait_procs(family, timeout=15)
+    assert alive == [], f"left running after kill -9: {[p.pid for p in alive]}"
+    assert not _listening(8000) and not _listening(DEFAULT_PREFECT_PORT)
+
+    home_b, models_b = _home_with_model(tmp_path, "model-b", fake_openai.base_url)
+    second = ServeProcess(home_b, serve_env(home_b, models_b, [tmp_path]), default_ports=True).start()
+    try:
+        job_b = _submit(second, "model-b", write_jsonl(tmp_path / "b.jsonl", [user_prompt("b")]))
+        assert second.wait(job_b)["status"] == "completed"
+        assert second.status(job_a).status_code == 404, "the second serve sees the first one's jobs"
+        assert (
+            second.submit(
+                {"model": "model-a", "prompt_file_path": {"type": "filepath", "value": str(prompts)}}
+            ).status_code
+            == 422
+        )
+        assert [job["job_id"] for job in second.jobs().json()["data"]] == [job_b]
+    finally:
+        second.stop()
+
+
+def test_serve_picks_another_prefect_port_when_4200_is_taken_and_refuses_a_taken_one_asked_for() -> None:
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past old connections' TIME_WAIT
+        try:  # hold 4200, unless something on this machine already does: taken either way
+            holder.bind(("127.0.0.1", DEFAULT_PREFECT_PORT))
+            holder.listen()
+        except OSError:
+            pass
+        chosen = prefect_port(None)
+        assert chosen != DEFAULT_PREFECT_PORT and port_free("127.0.0.1", chosen)
+        with pytest.raises(ConfigError, match=f"Port {DEFAULT_PREFECT_PORT} .*--prefect-port"):
+            prefect_port(DEFAULT_PREFECT_PORT)
+
+
+def test_a_server_is_trusted_only_when_the_process_we_started_is_the_one_listening() -> None:
+    with socket.socket() as ours:
+        ours.bind(("127.0.0.1", 0))
+        ours.listen()
+        port = ours.getsockname()[1]
+        assert listens_on(os.getpid(), port)
+        assert not listens_on(os.getppid(), port), "another process answering on the port is not ours"
+    assert not listens_on(os.getpid(), port)
+
+
+def _sleeper(**env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env={**os.environ, **env})
+
+
+def test_a_new_serve_over_a_killed_ones_home_ends_what_it_left_and_refuses_a_live_one(tmp_path: Path) -> None:
+    dead = _sleeper()
+    dead_started = psutil.Process(dead.pid).create_time()
+    dead.kill()
+    dead.wait()
+    leftover = _sleeper(**{TOKEN_ENV: "token-of-the-killed-serve"})  # a flow run, say
+    stranger = _sleeper(**{TOKEN_ENV: "another-serves-token"})
+    owner = {
+        "pid": dead.pid,
+        "started": dead_started,
+        "token": "token-of-the-killed-serve",
+        "url": "http://x",
+    }
+    (tmp_path / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+    try:
+        with claim_home(tmp_path, "http://127.0.0.1:1") as me:
+            assert leftover.wait(timeout=10) is not None, "the killed serve's leftover still runs"
+            assert stranger.poll() is None, "a process of another serve was touched"
+            refused = pytest.raises(ConfigError, match=f"Another batchinfer serve \\(pid {me.pid}")
+            with refused, claim_home(tmp_path, "http://127.0.0.1:2"):
+                pass
+        assert not (tmp_path / OWNER_FILE).exists()
+    finally:
+        for proc in (leftover, stranger):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_guarded_child_ends_as_soon_as_its_parent_is_killed() -> None:
+    code = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'batchinfer.guard', str(os.getpid()),"
+        " 'http.server', '0', '--bind', '127.0.0.1'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(1)  # the guard has asked the kernel, and started to watch
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    _, alive = psutil.wait_procs([child], timeout=5)
+    assert alive == []
