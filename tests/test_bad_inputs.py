@@ -273,9 +273,13 @@ BAD_LINES: dict[str, tuple[bytes, str]] = {
         _j([{"role": "user", "text": "x", "attachments": "cat.png"}]),
         "invalid_attachment",
     ),
-    "a batch line for another endpoint": (
-        _j({"url": "/v1/embeddings", "body": {"messages": MESSAGES_OK}}),
+    "a batch line for an endpoint no batch runs": (
+        _j({"url": "/v1/images/generations", "body": {"messages": MESSAGES_OK}}),
         "unsupported_endpoint",
+    ),
+    "a batch line for another endpoint than the job's": (
+        _j({"url": "/v1/embeddings", "body": {"input": "x"}}),
+        "mismatched_endpoint",
     ),
     "a batch line over the num_generations limit": (_batch(n=1000), "limit_exceeded"),
     "a batch line over the max_tokens limit": (_batch(max_tokens=10**7), "limit_exceeded"),
