@@ -1,8 +1,8 @@
 """The batch job as a Prefect flow: validate -> infer-chunk x N (parallel) -> gather.
 
 The flow run id is the job id. The flow names its RUNNING phases (Validating, Inferring,
-Gathering), publishes counts as it goes and a summary at the end (``batchinfer.reporting``), and
-stops early, keeping its results, when cancelled (``batchinfer.cancellation``); everything else
+Gathering), publishes counts as it goes and a summary at the end (``batchinfer.runtime.reporting``), and
+stops early, keeping its results, when cancelled (``batchinfer.runtime.cancellation``); everything else
 lives in plain modules that the tasks call.
 """
 
@@ -24,8 +24,21 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from batchinfer.api.backend import FLOW_NAME
-from batchinfer.cancellation import (
+from batchinfer.contract import Options, Path
+from batchinfer.control.backend import FLOW_NAME
+from batchinfer.control.jobview import job_layout, request_defaults, sampling_params
+from batchinfer.control.recovery import rerun_hint, resume_hint
+from batchinfer.control.states import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
+from batchinfer.endpoints import Endpoint
+from batchinfer.engines.catalog import load_catalog
+from batchinfer.engines.configs import EngineContext
+from batchinfer.engines.registry import get_engine
+from batchinfer.errors import BatchInferError, JobError
+from batchinfer.pipeline.chunk_run import ChunkCounts, run_chunk
+from batchinfer.pipeline.chunking import chunk_key
+from batchinfer.pipeline.gather import gather_outputs
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.runtime.cancellation import (
     CANCEL_STATE_TYPES,
     EXPIRED_REASON,
     INTERRUPTED_REASON,
@@ -37,26 +50,13 @@ from batchinfer.cancellation import (
     sigterm_sets,
     stop_signal,
 )
-from batchinfer.catalog import load_catalog
-from batchinfer.chunking import chunk_key
-from batchinfer.contract import Options, Path
-from batchinfer.deadline import Deadline, DeadlinePassed, DoneFuture, windowed
-from batchinfer.endpoints import Endpoint
-from batchinfer.engines.configs import EngineContext
-from batchinfer.engines.registry import get_engine
-from batchinfer.errors import BatchInferError, JobError
-from batchinfer.gather import gather_outputs
-from batchinfer.inference import ChunkCounts, run_chunk
-from batchinfer.jobfiles import JobLayout
-from batchinfer.jobview import job_layout, request_defaults, sampling_params
-from batchinfer.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
-from batchinfer.recovery import rerun_hint, resume_hint
-from batchinfer.reporting import RunReporter
-from batchinfer.scaleout import dask_chunks
+from batchinfer.runtime.deadline import Deadline, DeadlinePassed, DoneFuture, windowed
+from batchinfer.runtime.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
+from batchinfer.runtime.reporting import RunReporter
+from batchinfer.runtime.scaleout import dask_chunks
+from batchinfer.runtime.summary import PhaseClock
+from batchinfer.runtime.unreachable import model_unreachable, unreachable_error
 from batchinfer.settings import Settings
-from batchinfer.state import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
-from batchinfer.summary import PhaseClock
-from batchinfer.unreachable import model_unreachable, unreachable_error
 
 # Upper bound on chunk threads; the engine's ``max_parallel_chunks`` picks the actual window.
 MAX_CHUNK_THREADS = 32

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from batchinfer.gather import GatherCounts, gather_outputs
-from batchinfer.jobfiles import JobLayout
+from batchinfer.pipeline.gather import GatherCounts, gather_outputs
+from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.records import ErrorDetail
 
 

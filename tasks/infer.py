@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from batchinfer.cancellation import stop_signal
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import ModelConfig, get_engine
-from batchinfer.inference import ChunkCounts
-from batchinfer.scaleout import run_chunk_at
+from batchinfer.pipeline.chunk_run import ChunkCounts
+from batchinfer.runtime.cancellation import stop_signal
+from batchinfer.runtime.scaleout import run_chunk_at
 
 
 @task(
@@ -31,9 +31,9 @@ def infer_chunk(
     max_in_flight: int | None = None,
 ) -> ChunkCounts:
     """``max_in_flight``: the chunk's part of the share of the model's cross-job limit that its job
-    holds (``batchinfer.model_limits``); None: no shared limit.
+    holds (``batchinfer.runtime.model_limits``); None: no shared limit.
     ``input_path``/``result_path``: local paths, or URLs on shared storage when the chunk runs on a
-    Dask worker (``batchinfer.scaleout``)."""
+    Dask worker (``batchinfer.runtime.scaleout``)."""
     engine = get_engine(model, context)
     stop = stop_signal(job_id) if job_id else None
     return run_chunk_at(index, input_path, result_path, engine, stop, max_in_flight)

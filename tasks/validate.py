@@ -10,10 +10,10 @@ from prefect.cache_policies import NO_CACHE
 from batchinfer.contract import Path
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import SamplingParams
-from batchinfer.jobfiles import JobLayout
-from batchinfer.prompt_source import SourceRules, fetch
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.prompt_source import SourceRules, fetch
+from batchinfer.pipeline.validation import ValidationSummary, validate_prompt_file
 from batchinfer.settings import Settings
-from batchinfer.validation import ValidationSummary, validate_prompt_file
 
 
 @task(name="validate", task_run_name="validate", cache_policy=NO_CACHE)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer import gather as gather_module
-from batchinfer.gather import gather_outputs
-from batchinfer.jobfiles import JobLayout
+from batchinfer.pipeline import gather as gather_module
+from batchinfer.pipeline.gather import gather_outputs
+from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.records import ErrorDetail, ErrorRecord, Generation, SuccessRecord, Usage, dump_record
 
 LINES = 40
@@ -107,7 +107,7 @@ def test_an_exception_mid_gather_leaves_the_earlier_files_or_none_and_no_temp_fi
 _KILLED_MID_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from batchinfer.jobfiles import atomic_write
+from batchinfer.pipeline.jobfiles import atomic_write
 with atomic_write(Path(sys.argv[1])) as out:
     out.write('{"line": 1}\\n' * 1000)
     out.flush()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchinfer.cancellation import (
+from batchinfer.runtime.cancellation import (
     RUNNER_SETTLE_S,
     CancelWatcher,
     StopSignal,

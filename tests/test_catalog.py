@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer.catalog import load_catalog
+from batchinfer.engines.catalog import load_catalog
 from batchinfer.engines.configs import (
     DEFAULT_MODEL_ID,
     EMBEDDED_DEFAULT,

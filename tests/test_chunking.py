@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchinfer.chunking import MAX_CHUNKS, chunk_key, plan_chunk_size
+from batchinfer.pipeline.chunking import MAX_CHUNKS, chunk_key, plan_chunk_size
 
 # (lines, requested, max_chunks, planned size)
 PLANS = [

@@ -16,7 +16,7 @@ import pytest
 
 from batchinfer import __version__
 from batchinfer.cli import main
-from batchinfer.cli_args import build_parser
+from batchinfer.cli.args import build_parser
 from batchinfer.testing.served import ServeProcess, free_port, read_jsonl, user_prompt, write_jsonl
 
 

@@ -32,7 +32,7 @@ from batchinfer.client import (
 )
 from batchinfer.contract import BatchInference, JobStatus, Options, Path, PathType
 from batchinfer.errors import BatchInferError
-from batchinfer.prompt_source import decode_raw_bytes
+from batchinfer.pipeline.prompt_source import decode_raw_bytes
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, read_jsonl, user_prompt, write_jsonl
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from batchinfer.api.app import create_app
-from batchinfer.catalog import load_catalog
+from batchinfer.engines.catalog import load_catalog
 from batchinfer.settings import Settings
 
 SEED_COMPONENTS = [

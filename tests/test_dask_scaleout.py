@@ -1,4 +1,4 @@
-"""Scale-out on Dask (``batchinfer.scaleout``): the configuration check and the shared-storage chunk
+"""Scale-out on Dask (``batchinfer.runtime.scaleout``): the configuration check and the shared-storage chunk
 run on their own, then one job's chunk tasks on a real Dask cluster (a scheduler and two workers, as
 subprocesses), their files on shared storage (a ``file://`` URL), driven through ``batchinfer serve``."""
 
@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from batchinfer.errors import JobError
-from batchinfer.scaleout import _mirror_result, dask_chunks, run_chunk_at
+from batchinfer.runtime.scaleout import _mirror_result, dask_chunks, run_chunk_at
 from batchinfer.settings import Settings
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import (

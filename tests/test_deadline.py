@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from batchinfer.deadline import Deadline, DeadlinePassed, windowed
+from batchinfer.runtime.deadline import Deadline, DeadlinePassed, windowed
 
 
 class FakeClock:

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from batchinfer.inference import read_requests
+from batchinfer.pipeline.chunk_run import read_requests
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import (
     ServeProcess,

@@ -38,7 +38,7 @@ from batchinfer.engines.configs import (
     VLLMEngineConfig,
 )
 from batchinfer.engines.registry import build_engine
-from batchinfer.parsing import parse_line
+from batchinfer.pipeline.parsing import parse_line
 from batchinfer.records import Completion, ErrorDetail, Generation
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 

@@ -10,9 +10,10 @@ import pytest
 
 from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.errors import JobError
-from batchinfer.gather import GatherCounts, gather_outputs
-from batchinfer.inference import run_chunk
-from batchinfer.jobfiles import JobLayout
+from batchinfer.pipeline.chunk_run import run_chunk
+from batchinfer.pipeline.gather import GatherCounts, gather_outputs
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.validation import validate_prompt_file
 from batchinfer.records import (
     Completion,
     ErrorDetail,
@@ -22,7 +23,6 @@ from batchinfer.records import (
     Usage,
     dump_record,
 )
-from batchinfer.validation import validate_prompt_file
 
 
 class UpperEngine:

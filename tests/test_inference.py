@@ -10,7 +10,7 @@ import pytest
 
 from batchinfer.contract import Message
 from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
-from batchinfer.inference import ChunkCounts, read_requests, run_chunk
+from batchinfer.pipeline.chunk_run import ChunkCounts, read_requests, run_chunk
 from batchinfer.records import Completion, ErrorDetail, Generation, Usage
 
 

@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 
 from batchinfer.contract import JobStatus, Options, Path, PathType
-from batchinfer.engines.base import SamplingParams
-from batchinfer.jobfiles import JobLayout
-from batchinfer.jobview import (
+from batchinfer.control.jobview import (
     JobParameters,
     JobProgress,
     RunSnapshot,
@@ -21,7 +19,9 @@ from batchinfer.jobview import (
     sampling_params,
     write_progress,
 )
-from batchinfer.recovery import resume_hint
+from batchinfer.control.recovery import resume_hint
+from batchinfer.engines.base import SamplingParams
+from batchinfer.pipeline.jobfiles import JobLayout
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 JOB_ID = "0b6f2f1e-4a54-4c1e-9a55-0d3c6c2f0a11"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchinfer.engines.configs import EMBEDDED_DEFAULT, OpenAIEngineConfig
-from batchinfer.model_limits import chunk_slots, limit_name, share_chunks, shared_limit
+from batchinfer.runtime.model_limits import chunk_slots, limit_name, share_chunks, shared_limit
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from batchinfer.notifications import (
+from batchinfer.control.notifications import (
     PAYLOAD_TEMPLATE,
     aensure_job_webhook,
     aremove_job_webhook,

@@ -15,15 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from batchinfer.api.app import create_app
-from batchinfer.catalog import load_catalog
-from batchinfer.contract import BatchInference, JobStatus
-from batchinfer.errors import JobNotFoundError
-from batchinfer.jobview import JobParameters
-from batchinfer.openai_api import history
-from batchinfer.openai_api.batches import window_seconds
-from batchinfer.openai_api.files import FileStore, FileTooLarge
-from batchinfer.openai_api.ids import batch_id_of, job_uuid_of
-from batchinfer.openai_api.lines import (
+from batchinfer.api.openai import history
+from batchinfer.api.openai.batches import window_seconds
+from batchinfer.api.openai.files import FileStore, FileTooLarge
+from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
+from batchinfer.api.openai.lines import (
     OutputContext,
     batch_errors,
     convert,
@@ -32,10 +28,14 @@ from batchinfer.openai_api.lines import (
     success_line,
     unrun_records,
 )
-from batchinfer.openai_api.pagination import cursor_page, list_body
-from batchinfer.openai_api.status import SEED_STATUS, BatchStatus, StateEvent, batch_status, timestamps
+from batchinfer.api.openai.pagination import cursor_page, list_body
+from batchinfer.api.openai.status import SEED_STATUS, BatchStatus, StateEvent, batch_status, timestamps
+from batchinfer.contract import BatchInference, JobStatus
+from batchinfer.control.jobview import JobParameters
+from batchinfer.control.states import job_status
+from batchinfer.engines.catalog import load_catalog
+from batchinfer.errors import JobNotFoundError
 from batchinfer.settings import Settings
-from batchinfer.state import job_status
 
 # ---- status ---------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.openai_answers import parse_answer
 from batchinfer.engines.openai_compat import OpenAIEngine
-from batchinfer.parsing import parse_line
+from batchinfer.pipeline.parsing import parse_line
 from batchinfer.records import Completion, ErrorDetail, SuccessRecord, dump_record
 from batchinfer.testing import fake_answers
 from batchinfer.testing.fake_openai import FakeOpenAIServer

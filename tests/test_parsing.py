@@ -10,7 +10,7 @@ import pytest
 from batchinfer.contract import MediaAttachmentDataType, MediaAttachmentType
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
-from batchinfer.parsing import parse_line
+from batchinfer.pipeline.parsing import parse_line
 from batchinfer.records import ErrorRecord
 from batchinfer.settings import Limits
 

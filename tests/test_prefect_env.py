@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from batchinfer.cli.prefect_env import apply_prefect_env, sqlite_folder, user_prefect_settings
 from batchinfer.errors import ConfigError
-from batchinfer.prefect_env import apply_prefect_env, sqlite_folder, user_prefect_settings
 from batchinfer.settings import Settings
 
 DB = "PREFECT_API_DATABASE_CONNECTION_URL"

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from batchinfer import prompt_source
+from batchinfer.pipeline import prompt_source
 from batchinfer.contract import Path, PathType
 from batchinfer.errors import FileTooLargeError, PromptFileError
-from batchinfer.prompt_source import (
+from batchinfer.pipeline.prompt_source import (
     SourceRules,
     check_and_stage,
     check_local_file,

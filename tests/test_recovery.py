@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from batchinfer.contract import JobStatus, PathType
-from batchinfer.jobview import JobParameters, JobProgress, RunSnapshot, batch_inference
-from batchinfer.recovery import (
+from batchinfer.control.jobview import JobParameters, JobProgress, RunSnapshot, batch_inference
+from batchinfer.control.recovery import (
     INTERRUPTED_STATE_NAME,
     RESUME_STATE_NAME,
     RESUME_STATE_TYPE,

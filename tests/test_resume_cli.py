@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer.resume_job import DEFAULT_PREFECT_API_URL, prefect_api_url, resume_from_cli
+from batchinfer.cli.resume import DEFAULT_PREFECT_API_URL, prefect_api_url, resume_from_cli
 from batchinfer.settings import Settings
 from batchinfer.testing.served import free_port
 

@@ -16,15 +16,15 @@ from pathlib import Path as LocalPath
 
 import pytest
 
+from batchinfer.api.submission import check_output_dir
+from batchinfer.cli.serve import bind_refusal
 from batchinfer.contract import Message, Path, PathType
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.openai_compat import OpenAIEngine
 from batchinfer.errors import RequestError
 from batchinfer.records import ErrorDetail
-from batchinfer.serve import bind_refusal
 from batchinfer.settings import Settings
-from batchinfer.submission import check_output_dir
 from batchinfer.testing.loopback_http import QuietHandler, loopback_server
 
 # ---- serve on a public address ----------------------------------------------------------------

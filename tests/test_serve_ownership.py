@@ -17,9 +17,9 @@ import psutil
 import pytest
 import yaml
 
-from batchinfer.children import OWNER_FILE, TOKEN_ENV, claim_home
+from batchinfer.cli.children import OWNER_FILE, TOKEN_ENV, claim_home
+from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, listens_on, port_free, prefect_port
 from batchinfer.errors import ConfigError
-from batchinfer.preflight import DEFAULT_PREFECT_PORT, listens_on, port_free, prefect_port
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, serve_env, user_prompt, write_jsonl
 
@@ -149,7 +149,7 @@ def test_a_new_serve_over_a_killed_ones_home_ends_what_it_left_and_refuses_a_liv
 def test_a_guarded_child_ends_as_soon_as_its_parent_is_killed() -> None:
     code = (
         "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-m', 'batchinfer.guard', str(os.getpid()),"
+        "child = subprocess.Popen([sys.executable, '-m', 'batchinfer.cli.guard', str(os.getpid()),"
         " 'http.server', '0', '--bind', '127.0.0.1'])\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"

@@ -6,7 +6,7 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from batchinfer.contract import JobStatus
-from batchinfer.state import (
+from batchinfer.control.states import (
     PHASE_GATHERING,
     PHASE_INFERRING,
     PHASE_VALIDATING,

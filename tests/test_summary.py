@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchinfer.jobfiles import JobLayout
-from batchinfer.jobview import JobProgress
-from batchinfer.summary import PhaseClock, outputs_markdown, summary_rows
+from batchinfer.control.jobview import JobProgress
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.runtime.summary import PhaseClock, outputs_markdown, summary_rows
 
 
 class Clock:

@@ -25,10 +25,10 @@ from batchinfer.engines.configs import EMBEDDED_DEFAULT, EngineContext, Transfor
 from batchinfer.engines.registry import build_engine
 from batchinfer.engines.transformers_local import TransformersEngine, gguf_cache_dir
 from batchinfer.errors import EngineError
-from batchinfer.inference import run_chunk
-from batchinfer.jobfiles import JobLayout
+from batchinfer.pipeline.chunk_run import run_chunk
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.validation import validate_prompt_file
 from batchinfer.records import Completion, ErrorDetail
-from batchinfer.validation import validate_prompt_file
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, logprobs=True)
 

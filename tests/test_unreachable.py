@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchinfer.unreachable import model_unreachable, unreachable_error
+from batchinfer.runtime.unreachable import model_unreachable, unreachable_error
 
 # (case, lines that succeeded, error codes of the requests that failed, unreachable?)
 CASES = [

@@ -11,13 +11,13 @@ from typing import BinaryIO
 
 import pytest
 
-from batchinfer import validation
-from batchinfer.chunking import plan_chunk_size
+from batchinfer.pipeline import validation
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import PromptRequest, SamplingParams
-from batchinfer.jobfiles import JobLayout
+from batchinfer.pipeline.chunking import plan_chunk_size
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.validation import ValidationSummary, count_lines, iter_lines, validate_prompt_file
 from batchinfer.settings import Limits
-from batchinfer.validation import ValidationSummary, count_lines, iter_lines, validate_prompt_file
 
 PARAMS = SamplingParams(max_tokens=32, n=2)
 

@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from batchinfer.catalog import ModelCatalog
 from batchinfer.contract import Message
 from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.engines.configs import EngineContext, TransformersEngineConfig, VLLMEngineConfig
 from batchinfer.engines.registry import build_engine
 from batchinfer.engines.vllm_offline import VLLMEngine

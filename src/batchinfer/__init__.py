@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ provides th
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        # An AttributeError (not an ImportError) lets `from batchinfer import validation` go on to
+        # An AttributeError (not an ImportError) lets `from batchinfer import pipeline` go on to
         # import the submodule, as it does without a module __getattr__.
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         "chunks and fails `deadline_exceeded`, keeping finished chunks for a resume.",
     )
 
-    # Scale-out: one job's chunk tasks on a Dask cluster (``batchinfer.scaleout``).
+    # Scale-out: one job's chunk tasks on a Dask cluster (``batchinfer.runtime.scaleout``).
     dask_address: str | None = Field(
         default=None,
         description="Dask scheduler (`tcp://host:8786`) that runs every job's chunk tasks, through "

@@ -24,8 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchinfer import __version__
-from batchinfer.api.backend import JobBackend
-from batchinfer.catalog import ModelCatalog
+from batchinfer.api.openai import BATCH_ID_PREFIX, mount_openai_api
+from batchinfer.api.submission import prepare_job
 from batchinfer.contract import (
     BatchInference,
     JobPage,
@@ -34,10 +34,10 @@ from batchinfer.contract import (
     Message,
     SubmitJobRequest,
 )
+from batchinfer.control.backend import JobBackend
+from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import BatchInferError, RequestError, UnauthorizedError
-from batchinfer.openai_api import BATCH_ID_PREFIX, mount_openai_api
 from batchinfer.settings import Settings
-from batchinfer.submission import prepare_job
 
 logger = logging.getLogger(__name__)
 BackendFactory = Callable[[], AbstractAsyncContextManager[JobBackend]]

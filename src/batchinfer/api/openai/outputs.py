@@ -1,0 +1,89 @@
+"""A batch's output and error files: made once its job has ended, in OpenAI's line format, as
+files of purpose ``batch_output`` in the file store, so that their ids are stable.
+
+They are made again only if the job's own outputs change (a resumed job gathers again): the
+record keeps a signature (size and mtime) of the outputs it converted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchinfer.api.openai.files import FileStore
+from batchinfer.api.openai.lines import (
+    EXPIRED_CODE,
+    EXPIRED_MESSAGE,
+    OutputContext,
+    convert,
+    read_lines,
+    unrun_records,
+)
+from batchinfer.api.openai.records import BatchRecord
+from batchinfer.api.openai.status import BatchStatus
+from batchinfer.contract import BatchInference
+
+OUTPUT_PURPOSE = "batch_output"
+UNRUN_SIGNATURE = "unrun"
+CANCELLED_MESSAGE = "This request was not executed: the batch was cancelled before it ran."
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    output_file_id: str | None
+    error_file_id: str | None
+    signature: str | None
+
+
+def make_outputs(
+    record: BatchRecord, job: BatchInference, status: BatchStatus, files: FileStore
+) -> OutputFiles | None:
+    """The batch's files, made now if they are missing or stale; None when there is nothing to
+    make (the job has not ended, or failed before it wrote outputs)."""
+    expired = status is BatchStatus.expired
+    if job.success_file_path is not None and job.error_file_path is not None:
+        success, errors = Path(job.success_file_path.value), Path(job.error_file_path.value)
+        signature = f"{_signature(success)};{_signature(errors)};{int(expired)}"
+        if signature == record.outputs_signature:
+            return None
+        ctx = OutputContext(record.id, record.model, int(success.stat().st_mtime), expired, record.endpoint)
+        return _store(record, files, signature, _text(success), _text(errors), ctx)
+    if status in (BatchStatus.cancelled, BatchStatus.expired):
+        # Stopped before the job read its file: every line goes to the error file, none is lost.
+        if record.outputs_signature == UNRUN_SIGNATURE:
+            return None
+        code, message = (EXPIRED_CODE, EXPIRED_MESSAGE) if expired else ("cancelled", CANCELLED_MESSAGE)
+        unrun = unrun_records(read_lines(Path(record.input_path)), code, message)
+        ctx = OutputContext(record.id, record.model, int(job.created.timestamp()), expired, record.endpoint)
+        return _store(record, files, UNRUN_SIGNATURE, iter(()), unrun, ctx)
+    return None
+
+
+def _store(
+    record: BatchRecord,
+    files: FileStore,
+    signature: str,
+    success: Iterator[str],
+    errors: Iterator[str],
+    ctx: OutputContext,
+) -> OutputFiles:
+    output = files.create(f"{record.id}_output.jsonl", OUTPUT_PURPOSE, convert(success, ctx))
+    error = files.create(f"{record.id}_error.jsonl", OUTPUT_PURPOSE, convert(errors, ctx))
+    if error.bytes == 0:  # OpenAI leaves error_file_id null when no request failed
+        files.delete(error.id)
+    for stale in (record.output_file_id, record.error_file_id):
+        if stale is not None:
+            files.delete(stale)
+    return OutputFiles(output.id, error.id if error.bytes else None, signature)
+
+
+def _signature(path: Path) -> str:
+    stat = os.stat(path)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _text(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as handle:
+        yield from handle

@@ -1,0 +1,215 @@
+"""The /v1 routes, and ``mount_openai_api``, which adds them to the adapter app.
+
+Handlers read their bodies themselves (JSON, multipart) rather than through FastAPI's models, so that
+every refusal has OpenAI's error shape and status, and so that the app starts even where
+python-multipart (needed only to read an upload) is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+from uuid import UUID
+
+import anyio
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from batchinfer.api.openai import history as run_history
+from batchinfer.api.openai.batches import BatchService
+from batchinfer.api.openai.errors import (
+    OpenAIError,
+    from_batchinfer_error,
+    not_found,
+    openai_error_response,
+)
+from batchinfer.api.openai.files import PURPOSES, FileStore, FileTooLarge
+from batchinfer.api.openai.history import HistoryReader
+from batchinfer.api.openai.pagination import cursor_page, list_body
+from batchinfer.api.openai.records import BatchStore
+from batchinfer.api.openai.status import StateEvent
+from batchinfer.control.backend import JobBackend
+from batchinfer.engines.catalog import ModelCatalog
+from batchinfer.errors import BatchInferError
+from batchinfer.settings import Settings
+
+PREFIX = "/v1"
+_FORM_SLACK = 64 * 1024  # multipart boundaries and the purpose field around the file's bytes
+Handler = Callable[[Request, Any], Response | Awaitable[Response]]
+
+
+def _backend(request: Request) -> JobBackend:
+    backend: JobBackend = request.app.state.backend
+    return backend
+
+
+def build_router(service: BatchService, max_upload_bytes: int) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible (extension)"])
+    files = service.files
+
+    @router.post("/files", summary="Upload a file (multipart: file, purpose)")
+    async def upload_file(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_upload_bytes + _FORM_SLACK:
+            raise _too_large(max_upload_bytes)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except AssertionError as exc:  # Starlette's way of saying python-multipart is missing
+            raise OpenAIError(500, f"File uploads are unavailable on this server: {exc}") from None
+        except Exception as exc:  # a malformed multipart body
+            raise OpenAIError(400, f"Send multipart/form-data with 'file' and 'purpose': {exc}") from None
+        try:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(upload, UploadFile):
+                raise OpenAIError(400, "Missing the 'file' part (the file's bytes).", param="file")
+            if not isinstance(purpose, str) or purpose not in PURPOSES:
+                raise OpenAIError(
+                    400,
+                    f"'purpose' is {purpose!r}; use one of {', '.join(sorted(PURPOSES))}.",
+                    param="purpose",
+                )
+            try:
+                stored = await anyio.to_thread.run_sync(
+                    lambda: files.create(
+                        upload.filename or "upload.jsonl",
+                        purpose,
+                        iter(lambda: upload.file.read(1 << 20), b""),
+                        max_upload_bytes,
+                    )
+                )
+            except FileTooLarge:
+                raise _too_large(max_upload_bytes) from None
+        finally:
+            await form.close()
+        return stored.public()
+
+    @router.get("/files", summary="List files, newest first")
+    async def list_files(
+        purpose: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+        after: str | None = None,
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    ) -> dict[str, Any]:
+        stored = files.list(purpose)
+        if order == "asc":
+            stored.reverse()
+        page, has_more = cursor_page(stored, lambda f: f.id, after, limit)
+        return list_body([f.public() for f in page], has_more)
+
+    @router.get("/files/{file_id}", summary="Retrieve a file's File object")
+    async def retrieve_file(file_id: str) -> dict[str, Any]:
+        stored = files.get(file_id)
+        if stored is None:
+            raise not_found("File", file_id, "file_id")
+        return stored.public()
+
+    @router.get("/files/{file_id}/content", summary="A file's bytes")
+    async def file_content(file_id: str) -> Response:
+        stored = files.get(file_id)
+        if stored is None:
+            raise not_found("File", file_id, "file_id")
+        return FileResponse(files.path(stored.id), media_type="application/octet-stream")
+
+    @router.delete("/files/{file_id}", summary="Delete a file")
+    async def delete_file(file_id: str) -> dict[str, Any]:
+        if not await anyio.to_thread.run_sync(files.delete, file_id):
+            raise not_found("File", file_id, "file_id")
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    @router.post("/batches", summary="Create a batch: a job of the batch-inference flow")
+    async def create_batch(request: Request) -> dict[str, Any]:
+        try:
+            payload = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            raise OpenAIError(400, "The body is not JSON; send one JSON object.") from None
+        return await service.create(_backend(request), payload)
+
+    @router.get("/batches", summary="List batches, newest first")
+    async def list_batches(
+        request: Request,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        return await service.list_batches(_backend(request), after, limit)
+
+    @router.get("/batches/{batch_id}", summary="Retrieve a batch")
+    async def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
+        return await service.retrieve(_backend(request), batch_id)
+
+    @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
+    async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
+        return await service.cancel(_backend(request), batch_id)
+
+    return router
+
+
+def _too_large(limit: int) -> OpenAIError:
+    return OpenAIError(
+        413,
+        f"The file is over the limit of {limit} bytes (BATCHINFER_MAX_PROMPT_FILE_BYTES).",
+        param="file",
+        code="file_too_large",
+    )
+
+
+def mount_openai_api(
+    app: FastAPI, settings: Settings, catalog: ModelCatalog, history: HistoryReader | None = None
+) -> None:
+    """Serve /v1/files and /v1/batches on ``app``, answering errors under /v1 in OpenAI's shape.
+    Call it last in ``create_app``: it wraps the app's own error handlers for /v1 paths."""
+    service = BatchService(
+        settings,
+        catalog,
+        FileStore(settings.home / "files"),
+        BatchStore(settings.home / "batches"),
+        history or _prefect_history,
+    )
+    app.include_router(build_router(service, settings.max_prompt_file_bytes))
+
+    async def on_openai_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OpenAIError)
+        return openai_error_response(exc)
+
+    app.add_exception_handler(OpenAIError, on_openai_error)
+    for kind, convert in _V1_CONVERSIONS.items():
+        previous = app.exception_handlers.get(kind)
+        if previous is not None:
+            app.add_exception_handler(kind, _for_v1(convert, previous))
+
+
+async def _prefect_history(job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
+    # Looked up at each call, so that a test can swap the module's reader for one without Prefect.
+    return await run_history.prefect_history(job_ids)
+
+
+def _for_v1(convert: Callable[[Any], OpenAIError], previous: Handler) -> Handler:
+    """``previous`` outside /v1; OpenAI's error shape under it."""
+
+    async def handler(request: Request, exc: Any) -> Response:
+        if request.url.path.startswith(PREFIX + "/"):
+            return openai_error_response(convert(exc))
+        answer = previous(request, exc)
+        return answer if isinstance(answer, Response) else await answer
+
+    return handler
+
+
+def _from_validation(exc: RequestValidationError) -> OpenAIError:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    param = str(first["loc"][-1]) if first["loc"] else None
+    return OpenAIError(400, f"{param or 'request'}: {first['msg']}.", param=param)
+
+
+def _from_http(exc: StarletteHTTPException) -> OpenAIError:
+    return OpenAIError(exc.status_code, str(exc.detail))
+
+
+_V1_CONVERSIONS: dict[type[Exception], Callable[[Any], OpenAIError]] = {
+    BatchInferError: from_batchinfer_error,
+    RequestValidationError: _from_validation,
+    StarletteHTTPException: _from_http,
+}

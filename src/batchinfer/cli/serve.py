@@ -1,0 +1,185 @@
+"""``batchinfer serve``: a Prefect server (unless ``PREFECT_API_URL`` is set), a runner for the
+deployment, and the HTTP adapter, in one command. Ctrl-C or SIGTERM stops all of it."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+from batchinfer.cli.children import TOKEN_ENV, Owner, Supervisor, claim_home
+from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
+from batchinfer.cli.prefect_env import apply_prefect_env
+from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, check_prefect_api, prefect_port, require_free_port
+from batchinfer.errors import ConfigError
+from batchinfer.settings import Settings
+
+if TYPE_CHECKING:
+    from batchinfer.engines.catalog import ModelCatalog
+
+
+def bind_refusal(host: str, settings: Settings) -> str | None:
+    """Why ``serve`` must not bind the adapter to ``host``, or None: beyond loopback, anyone who can
+    reach the port could submit jobs and read files under the allowed roots, so a token is required."""
+    if settings.api_token is not None or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve on {host!r} without an API token: anyone who can reach it could submit "
+        "jobs and read prompt files under the allowed roots. Set BATCHINFER_API_TOKEN (clients then "
+        "send 'Authorization: Bearer <token>'), or bind to 127.0.0.1."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address ``host`` names is a loopback address (0.0.0.0 is every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    return bool(addresses) and all(a.is_loopback for a in addresses)
+
+
+def _mark_interrupted_jobs() -> None:
+    """Fail the jobs a previous ``serve`` left running (their processes died with it), saying how
+    to resume them; else they would show ``running`` forever. See ``recovery.py``.
+
+    Only with a Prefect server of our own: on a shared one (``PREFECT_API_URL``) other runners may
+    be running them, and Prefect's own zombie detection (flow-run heartbeats) is the tool there."""
+    import asyncio
+
+    from batchinfer.control.backend import mark_interrupted_jobs
+
+    try:
+        marked = asyncio.run(mark_interrupted_jobs())
+    except Exception as exc:  # never a reason not to serve: those jobs only keep a stale state
+        print(f"warning: could not look for interrupted jobs: {exc}", file=sys.stderr, flush=True)
+        return
+    if marked:
+        print(
+            f"Marked {len(marked)} job(s) left running by the previous serve as failed "
+            f"(interrupted); resume with `batchinfer resume <id>`: {', '.join(marked)}",
+            flush=True,
+        )
+    _release_model_slots()
+
+
+def _release_model_slots() -> None:
+    """Give back the model slots that jobs of the previous serve held (``model_limits``)."""
+    import asyncio
+
+    from batchinfer.runtime.model_limits import reset_model_limits
+
+    try:
+        reset = asyncio.run(reset_model_limits())
+    except Exception as exc:  # a model limit stuck full would show as jobs waiting: say so
+        print(f"warning: could not reset the model concurrency limits: {exc}", file=sys.stderr, flush=True)
+        return
+    if reset:
+        print(f"Released the model slots the previous serve's jobs held: {', '.join(reset)}", flush=True)
+
+
+def _ensure_job_webhook(settings: Settings) -> None:
+    """Set up (or update) the job webhook that BATCHINFER_WEBHOOK_URL asks for. A failure stops
+    ``serve``: someone relying on notifications should not get a server that silently sends none."""
+    import asyncio
+
+    from batchinfer.control.notifications import aensure_job_webhook
+
+    if settings.webhook_url is None:
+        return  # an automation set up by hand (notifications.py) is left as it is
+    token = settings.webhook_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else None
+    try:
+        asyncio.run(aensure_job_webhook(settings.webhook_url.get_secret_value(), headers=headers))
+    except Exception as exc:
+        raise RuntimeError(f"could not set up the job webhook (BATCHINFER_WEBHOOK_URL): {exc}") from exc
+    print("Finished jobs are posted to the webhook in BATCHINFER_WEBHOOK_URL.", flush=True)
+
+
+def serve_from_cli(args: argparse.Namespace, settings: Settings) -> int:
+    """``batchinfer serve``: every check first (so a refusal is immediate and leaves nothing behind),
+    then ``serve``, owning the data dir while it runs."""
+    from batchinfer.engines.catalog import load_catalog
+
+    if refusal := bind_refusal(args.host, settings):
+        raise ConfigError(refusal)
+    catalog = load_catalog(settings.models)
+    require_free_port(args.host, args.port, "--port")
+    apply_prefect_env(settings, os.environ)  # Prefect reads it when first imported: before that
+    external = os.environ.get("PREFECT_API_URL")
+    if external:
+        check_prefect_api(
+            external,
+            "start that server, fix PREFECT_API_URL (or the Prefect profile that "
+            "sets it), or unset it so that serve starts a Prefect server of its own.",
+        )
+    port = None if external else prefect_port(args.prefect_port)
+    if port not in (None, args.prefect_port, DEFAULT_PREFECT_PORT):
+        print(
+            f"Port {DEFAULT_PREFECT_PORT} is taken (another Prefect server?); this serve's own Prefect "
+            f"server uses port {port}.",
+            flush=True,
+        )
+    with claim_home(settings.home, f"http://{args.host}:{args.port}") as owner:
+        return serve(args.host, args.port, port, settings, catalog, owner)
+
+
+def serve(
+    host: str, port: int, prefect_port: int | None, settings: Settings, catalog: ModelCatalog, owner: Owner
+) -> int:
+    """Run everything until Ctrl-C or SIGTERM; ``prefect_port`` None: use ``PREFECT_API_URL``'s server."""
+    from batchinfer.control.backend import DEPLOYMENT_NAME, FLOW_NAME
+
+    logs = settings.home / "logs"
+    # cli.main has put Prefect's defaults in the environment (prefect_env); the token marks our children.
+    env = {**os.environ, TOKEN_ENV: owner.token}
+    supervisor = Supervisor()
+    # A server of our own was down while we were: nothing can be running its jobs (see below).
+    owns_server = prefect_port is not None
+    try:
+        if prefect_port is not None:
+            print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}) ...", flush=True)
+            env["PREFECT_API_URL"] = start_prefect_server(
+                supervisor, prefect_port, env, logs / "prefect-server.log"
+            )
+        # Prefect reads its settings when first imported: only now may this process import it.
+        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME") if k in env})
+        import uvicorn
+
+        from batchinfer.api.app import create_app
+        from batchinfer.control.backend import PrefectJobBackend
+
+        _ensure_job_webhook(settings)  # before the runner starts, so that no job ends unnoticed
+        if owns_server:  # before the runner starts: from then on a RUNNING job may be its
+            _mark_interrupted_jobs()
+        runner = supervisor.start("runner", ["batchinfer.cli.runner"], env, logs / "runner.log")
+        deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
+        wait_until(http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
+
+        app = create_app(settings, catalog, lambda: PrefectJobBackend(settings.jobs_dir))
+        print(f"batchinfer is serving on http://{host}:{port} (logs: {logs})", flush=True)
+        # A request stuck on a busy Prefect server must not hold up a shutdown.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        return 0
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:
+        # SIGTERM (see cli.py) is how a service manager asks us to stop: a clean exit, like Ctrl-C.
+        if exc.code == 128 + signal.SIGTERM:
+            return 0
+        raise
+    finally:
+        print("Stopping ...", flush=True)
+        supervisor.stop_all()

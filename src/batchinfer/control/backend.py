@@ -1,0 +1,263 @@
+"""Where jobs live: the ``JobBackend`` Protocol and its Prefect implementation.
+
+The adapter only ever talks to a ``JobBackend``; tests and other front ends may inject their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID
+
+import anyio
+from pydantic import ValidationError
+
+from batchinfer.contract import BatchInference, JobPage, JobStatus
+from batchinfer.control.jobview import JobParameters, RunSnapshot, batch_inference, job_layout, read_progress
+from batchinfer.control.recovery import (
+    LEFT_RUNNING_STATE_TYPES,
+    RESUME_STATE_NAME,
+    interrupted_state,
+    resume_refusal,
+)
+from batchinfer.control.states import cancel_action, status_query
+from batchinfer.errors import (
+    JobNotCancellableError,
+    JobNotFoundError,
+    JobNotResumableError,
+    ServiceUnavailableError,
+)
+from batchinfer.runtime.cancellation import settle_delay
+
+DEPLOYMENT_NAME = "batchinfer"
+FLOW_NAME = "batch-inference"  # the @flow name in flows/batch_job.py
+
+
+class JobBackend(Protocol):
+    async def submit(self, params: JobParameters) -> BatchInference: ...
+
+    async def status(self, job_id: UUID) -> BatchInference: ...
+
+    async def resume(self, job_id: UUID) -> BatchInference: ...
+
+    async def cancel(self, job_id: UUID) -> BatchInference: ...
+
+    async def list_jobs(
+        self, status: JobStatus | None, model: str | None, limit: int, offset: int
+    ) -> JobPage: ...
+
+
+def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
+    """A ``RunSnapshot`` of a Prefect ``FlowRun`` and its job's progress file."""
+    state = flow_run.state
+    parameters = dict(flow_run.parameters)
+    return RunSnapshot(
+        id=str(flow_run.id),
+        created=flow_run.created,
+        state_type=state.type.value if state else "PENDING",
+        state_name=state.name if state else None,
+        state_message=state.message if state else None,
+        parameters=parameters,
+        progress=read_progress(job_layout(str(flow_run.id), parameters, jobs_dir)),
+    )
+
+
+class PrefectJobBackend:
+    """Jobs as flow runs of the ``batch-inference/batchinfer`` deployment."""
+
+    def __init__(
+        self, jobs_dir: Path, flow_name: str = FLOW_NAME, deployment_name: str = DEPLOYMENT_NAME
+    ) -> None:
+        from prefect.client.orchestration import get_client
+
+        self._jobs_dir = jobs_dir
+        self._flow_name = flow_name
+        self._client = get_client()
+        self._deployment = f"{flow_name}/{deployment_name}"
+        self._deployment_id: UUID | None = None
+        # One flow-run creation at a time. On SQLite (the database `serve` starts by default), writes
+        # that overlap fail inside the Prefect server with "database is locked", and Prefect's client
+        # backs off for seconds before each retry: 20 simultaneous submits took up to 30+ s each.
+        # In turn, each takes a fraction of a second.
+        self._create_lock = anyio.Lock()
+
+    async def __aenter__(self) -> PrefectJobBackend:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.__aexit__(*exc)
+
+    async def _deployment_uuid(self) -> UUID:
+        from prefect.exceptions import ObjectNotFound
+
+        if self._deployment_id is None:
+            try:
+                deployment = await self._client.read_deployment_by_name(self._deployment)
+            except ObjectNotFound:
+                raise ServiceUnavailableError(
+                    f"The deployment {self._deployment} is not registered yet; "
+                    "is `batchinfer serve` (or a worker) running? Retry in a few seconds."
+                ) from None
+            self._deployment_id = deployment.id
+        return self._deployment_id
+
+    async def submit(self, params: JobParameters) -> BatchInference:
+        deployment_id = await self._deployment_uuid()
+        async with self._create_lock:
+            flow_run = await self._client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters=params.model_dump(mode="json", exclude_none=True),
+                tags=[f"model:{params.model}"],
+            )
+        return batch_inference(snapshot(flow_run, self._jobs_dir))
+
+    async def status(self, job_id: UUID) -> BatchInference:
+        _, job = await self._read_job(job_id)
+        return job
+
+    async def resume(self, job_id: UUID) -> BatchInference:
+        """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"
+        does; the runner starts it again under the same id, reusing its finished chunks."""
+        from prefect.client.schemas.objects import State
+        from prefect.client.schemas.responses import SetStateStatus
+        from prefect.states import Scheduled
+
+        flow_run, _ = await self._read_job(job_id)
+        state_type = flow_run.state.type.value if flow_run.state else "PENDING"
+        if state_type == "CANCELLED":
+            await anyio.sleep(settle_delay(flow_run.state.timestamp))
+        refusal = resume_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
+        if refusal is not None:
+            raise JobNotResumableError(refusal)
+        state: State[Any] = Scheduled(name=RESUME_STATE_NAME, message="Resumed: finished chunks are reused.")
+        result = await self._client.set_flow_run_state(job_id, state, force=True)
+        if result.status != SetStateStatus.ACCEPT:  # force makes this unlikely; say so if it happens
+            raise JobNotResumableError(f"Prefect did not reschedule job {job_id}: {result.details}")
+        return await self.status(job_id)
+
+    async def cancel(self, job_id: UUID) -> BatchInference:
+        """Cancel a job: at once if no process runs it yet, else ask it to stop (CANCELLING), which
+        it does within seconds, writing what it finished to its output files (as the UI's Cancel)."""
+        from prefect.client.schemas.objects import State
+        from prefect.states import Cancelled, Cancelling
+
+        flow_run, _ = await self._read_job(job_id)
+        state_type = flow_run.state.type.value if flow_run.state else "PENDING"
+        action = cancel_action(state_type)
+        if action == "already_ended":
+            raise JobNotCancellableError(
+                f"Job {job_id} has already ended ({state_type.lower()}); there is nothing to cancel."
+            )
+        message = "Cancelled through the batchinfer API."
+        state: State[Any] = (
+            Cancelled(message=message) if action == "cancel_now" else Cancelling(message=message)
+        )
+        await self._client.set_flow_run_state(job_id, state, force=True)
+        return await self.status(job_id)
+
+    async def list_jobs(
+        self, status: JobStatus | None, model: str | None, limit: int, offset: int
+    ) -> JobPage:
+        """A page of jobs, newest first, filtered by status and model (the ``model:<id>`` tag)."""
+        from prefect.client.schemas.filters import (
+            FlowFilter,
+            FlowFilterName,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateName,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+            Operator,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        # Every run of the flow, however it was started (adapter, deployment, UI, direct call).
+        flow_filter = FlowFilter(name=FlowFilterName(any_=[self._flow_name]))
+        run_filter = FlowRunFilter()
+        if model is not None:
+            run_filter.tags = FlowRunFilterTags(all_=[f"model:{model}"])
+        if status is not None:
+            query = status_query(status)
+            run_filter.state = FlowRunFilterState(  # type: ignore[call-arg]  # operator: a mixin field
+                operator=Operator.or_,
+                type=FlowRunFilterStateType(any_=[StateType(t) for t in sorted(query.types)]),
+                name=FlowRunFilterStateName(any_=sorted(query.names)) if query.names else None,
+            )
+        runs = await self._client.read_flow_runs(
+            flow_filter=flow_filter,
+            flow_run_filter=run_filter,
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+            offset=offset,
+        )
+        total = await self._client.count_flow_runs(flow_filter=flow_filter, flow_run_filter=run_filter)
+        jobs = [
+            batch_inference(await anyio.to_thread.run_sync(snapshot, run, self._jobs_dir)) for run in runs
+        ]
+        return JobPage(
+            data=jobs, total=total, limit=limit, offset=offset, has_more=offset + len(jobs) < total
+        )
+
+    async def _read_job(self, job_id: UUID) -> tuple[Any, BatchInference]:
+        """The flow run and its ``BatchInference``; 404 for an unknown id or another flow's run."""
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            flow_run = await self._client.read_flow_run(job_id)
+        except ObjectNotFound:
+            raise JobNotFoundError(str(job_id)) from None
+        try:
+            run = await anyio.to_thread.run_sync(snapshot, flow_run, self._jobs_dir)
+            return flow_run, batch_inference(run)
+        except ValidationError:  # a flow run of some other flow: not one of our jobs
+            raise JobNotFoundError(str(job_id)) from None
+
+
+async def mark_interrupted_jobs(deployment: str = f"{FLOW_NAME}/{DEPLOYMENT_NAME}") -> list[str]:
+    """Mark the jobs that a previous ``serve`` left PENDING, RUNNING or CANCELLING as CRASHED
+    "Interrupted" (CANCELLED for CANCELLING), with a message saying how to resume; their ids.
+
+    Only call it when no live process can be running them: ``serve`` does, when it owns the Prefect
+    server, before it starts its runner. Without this they would show ``running`` forever.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import State
+
+    async with get_client() as client:
+        try:
+            deployment_id = (await client.read_deployment_by_name(deployment)).id
+        except ObjectNotFound:  # a fresh database: no job ever ran
+            return []
+        left_running = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType(t) for t in LEFT_RUNNING_STATE_TYPES])
+            ),
+        )
+        runs: list[Any] = []
+        page = 200
+        while batch := await client.read_flow_runs(
+            flow_run_filter=left_running, limit=page, offset=len(runs)
+        ):
+            runs += batch
+            if len(batch) < page:
+                break
+        marked = []
+        for flow_run in runs:
+            spec = interrupted_state(str(flow_run.id), flow_run.state.type.value)
+            if spec is None:
+                continue
+            state = State(type=StateType(spec.type), name=spec.name, message=spec.message)
+            await client.set_flow_run_state(flow_run.id, state, force=True)
+            marked.append(str(flow_run.id))
+        return marked

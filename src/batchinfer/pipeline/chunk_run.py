@@ -1,0 +1,130 @@
+"""Running one chunk through an engine into its result file. Idempotent: a result file that exists
+is the chunk's finished work (it was renamed into place whole), so a re-run only counts it, unless
+the job was cancelled while the chunk ran: then its ``cancelled`` lines, and only those, run again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from batchinfer.engines.base import ABANDONED_CODES, CANCELLED, Engine, PromptRequest, StopFlag
+from batchinfer.pipeline.jobfiles import atomic_write
+from batchinfer.records import Completion, ErrorDetail, ErrorRecord, SuccessRecord, dump_record
+
+
+class ChunkCounts(BaseModel):
+    index: int
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reused: bool = False  # True when an earlier run had already written this chunk's result
+    # Codes of the failed requests: the flow tells a model server that was never reached
+    # (every one a connection_error) from one that answered (see ``unreachable.py``).
+    error_codes: dict[str, int] = Field(default_factory=dict)
+
+
+def read_requests(path: Path) -> list[PromptRequest]:
+    with open(path, encoding="utf-8") as handle:
+        return [PromptRequest.model_validate_json(line) for line in handle]
+
+
+def to_record(request: PromptRequest, outcome: Completion | ErrorDetail) -> SuccessRecord | ErrorRecord:
+    if isinstance(outcome, ErrorDetail):
+        return ErrorRecord(line=request.line, custom_id=request.custom_id, error=outcome)
+    return SuccessRecord(
+        line=request.line,
+        custom_id=request.custom_id,
+        generations=outcome.generations,
+        usage=outcome.usage,
+        embeddings=outcome.embeddings,
+        response=outcome.response,
+    )
+
+
+def run_chunk(
+    index: int,
+    input_path: Path,
+    result_path: Path,
+    engine: Engine,
+    stop: StopFlag | None = None,
+    max_in_flight: int | None = None,
+) -> ChunkCounts:
+    """Run the chunk (or what a cancel left of it) and write its result file; its counts."""
+    requests = read_requests(input_path)
+    kept: dict[int, tuple[str, dict[str, Any]]] = {}  # line -> finished record, raw and parsed
+    if result_path.exists():
+        kept = _finished_records(result_path)
+        if len(kept) == len(requests):  # the whole chunk is done: count it, run nothing
+            counts = ChunkCounts(index=index, reused=True)
+            for _, obj in kept.values():
+                _count_parsed(counts, obj)
+            return counts
+        requests = [r for r in requests if r.line not in kept]
+    # Why the lines cut short were abandoned (cancelled, expired): the stop signal knows.
+    abandoned = getattr(stop, "abandoned", CANCELLED)
+    if stop is not None and stop.is_set():
+        outcomes: list[Any] = [abandoned] * len(requests)
+    else:
+        outcomes = [
+            abandoned if isinstance(o, ErrorDetail) and o.code == CANCELLED.code else o
+            for o in engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
+        ]
+    if len(outcomes) != len(requests):
+        raise RuntimeError(
+            f"Engine returned {len(outcomes)} outcomes for {len(requests)} requests in chunk {index}"
+        )
+    fresh = {r.line: to_record(r, o) for r, o in zip(requests, outcomes, strict=True)}
+    counts = ChunkCounts(index=index)
+    with atomic_write(result_path) as out:
+        for line in sorted(kept.keys() | fresh.keys()):
+            if line in kept:
+                raw, obj = kept[line]
+                _count_parsed(counts, obj)
+            else:
+                record = fresh[line]
+                _count_record(counts, record)
+                raw = dump_record(record)
+            out.write(raw + "\n")
+    return counts
+
+
+def _finished_records(result_path: Path) -> dict[int, tuple[str, dict[str, Any]]]:
+    """An existing result file's records by line, without the ones a cancel or expiry cut short."""
+    finished = {}
+    with open(result_path, encoding="utf-8") as handle:
+        for raw in handle:
+            obj = json.loads(raw)
+            if obj.get("error", {}).get("code") not in ABANDONED_CODES:
+                finished[obj["line"]] = (raw.rstrip("\n"), obj)
+    return finished
+
+
+def _count_parsed(counts: ChunkCounts, obj: dict[str, Any]) -> None:
+    """Count a record read back from a result file."""
+    if "generations" in obj:
+        _count_success(counts, obj["usage"].get("prompt_tokens", 0), obj["usage"].get("completion_tokens", 0))
+    else:
+        _count_error(counts, obj["error"]["code"])
+
+
+def _count_record(counts: ChunkCounts, record: SuccessRecord | ErrorRecord) -> None:
+    """Count a record this run produced (no need to read it back)."""
+    if isinstance(record, SuccessRecord):
+        _count_success(counts, record.usage.prompt_tokens, record.usage.completion_tokens)
+    else:
+        _count_error(counts, record.error.code)
+
+
+def _count_success(counts: ChunkCounts, prompt_tokens: int, completion_tokens: int) -> None:
+    counts.succeeded += 1
+    counts.prompt_tokens += prompt_tokens
+    counts.completion_tokens += completion_tokens
+
+
+def _count_error(counts: ChunkCounts, code: str) -> None:
+    counts.failed += 1
+    counts.error_codes[code] = counts.error_codes.get(code, 0) + 1

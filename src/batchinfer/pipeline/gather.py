@@ -1,0 +1,66 @@
+"""Merging line errors and chunk results, in input order, into the success and error files.
+
+Every source is already sorted by line, so a streaming k-way merge keeps memory flat. The merge
+checks the one promise that matters: each non-blank input line lands in exactly one output file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from batchinfer.errors import JobError
+from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
+from batchinfer.records import ErrorDetail, ErrorRecord
+
+
+class GatherCounts(BaseModel):
+    succeeded: int
+    failed: int
+
+
+def _records(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line, raw JSON line, is_success) for each record in ``path``."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as handle:
+        for raw in handle:
+            obj = json.loads(raw)
+            yield obj["line"], raw if raw.endswith("\n") else raw + "\n", "generations" in obj
+
+
+def gather_outputs(
+    layout: JobLayout,
+    result_paths: list[Path],
+    expected_lines: int,
+    file_error: ErrorDetail | None = None,
+) -> GatherCounts:
+    """Write ``success.jsonl`` and ``errors.jsonl``. ``file_error`` adds a whole-file record (line null)."""
+    sources = [_records(layout.line_errors), *(_records(p) for p in result_paths)]
+    succeeded = failed = 0
+    previous = 0
+    with atomic_write(layout.success) as success, atomic_write(layout.errors) as errors:
+        for line, raw, ok in heapq.merge(*sources, key=lambda record: record[0]):
+            if line <= previous:
+                raise JobError(f"Line {line} appears twice in the chunk results", code="duplicate_line")
+            previous = line
+            if ok:
+                succeeded += 1
+                success.write(raw)
+            else:
+                failed += 1
+                errors.write(raw)
+        if file_error is not None:
+            errors.write(ErrorRecord(line=None, error=file_error).model_dump_json() + "\n")
+        if succeeded + failed != expected_lines:
+            # Raised before the files are renamed into place: no output that looks complete.
+            raise JobError(
+                f"Gathered {succeeded + failed} records for {expected_lines} input lines; "
+                "re-run the job to redo the missing chunks.",
+                code="lost_lines",
+            )
+    return GatherCounts(succeeded=succeeded, failed=failed)

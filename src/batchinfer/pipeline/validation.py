@@ -1,0 +1,250 @@
+"""Streaming validation of a prompt file into chunk input files and line error records.
+
+Memory is bounded by one line, not by the file: the file is read twice as a byte stream (once to
+count lines, which sizes the chunks and enforces ``max_lines``; once to parse), every output is
+written as it goes, and a line over ``max_line_bytes`` is skipped in bounded reads, never held whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel
+
+from batchinfer.endpoints import Endpoint, RequestDefaults
+from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.pipeline.chunking import plan_chunk_size
+from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
+from batchinfer.pipeline.parsing import parse_line
+from batchinfer.records import ErrorDetail, ErrorRecord
+from batchinfer.settings import Limits, env_name
+
+_BOM = b"\xef\xbb\xbf"
+_BLOCK = 1 << 20
+
+
+class ChunkSpec(BaseModel):
+    index: int
+    input_path: str
+    count: int
+    first_line: int
+    last_line: int
+
+
+class ValidationSummary(BaseModel):
+    input_sha256: str
+    lines: int  # non-blank lines: each one ends up in exactly one output file
+    valid: int
+    invalid: int
+    blank_lines: int
+    chunk_size: int
+    chunks: list[ChunkSpec]
+    file_error: ErrorDetail | None = None  # set when the file as a whole is unusable
+    endpoint: Endpoint = Endpoint.chat  # the one endpoint every valid line of the job names
+
+
+def count_lines(path: Path) -> int:
+    """Physical lines (a last line without a newline counts)."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(_BLOCK):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def iter_lines(
+    handle: IO[bytes], digest: hashlib._Hash, max_line_bytes: int = Limits.max_line_bytes
+) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, line bytes without CR/LF), feeding every byte read into ``digest``.
+
+    A line longer than ``max_line_bytes`` (not counting its newline) comes as ``None``: it is read
+    in bounded pieces and dropped, so a 50 MB line costs one bounded buffer, not 50 MB."""
+    number = 0
+    while raw := handle.readline(max_line_bytes + 1):
+        number += 1
+        digest.update(raw)
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            _skip_rest_of_line(handle, digest)
+            yield number, None
+            continue
+        if number == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        yield number, raw.rstrip(b"\r\n")
+
+
+def _skip_rest_of_line(handle: IO[bytes], digest: hashlib._Hash) -> None:
+    while block := handle.readline(_BLOCK):
+        digest.update(block)
+        if block.endswith(b"\n"):
+            return
+
+
+def validate_prompt_file(
+    source: Path,
+    layout: JobLayout,
+    params: SamplingParams,
+    chunk_size: int,
+    limits: Limits | None = None,
+    defaults: RequestDefaults | None = None,
+    endpoint: Endpoint | None = None,
+) -> ValidationSummary:
+    """Split ``source`` into chunk input files of valid prompts and a file of line errors.
+
+    A job runs one endpoint: ``endpoint`` when the job declares it (an OpenAI batch does), else the
+    first valid line's; a line naming another is a ``mismatched_endpoint`` line error."""
+    limits = limits or Limits()
+    endpoints = _EndpointCheck(endpoint)
+    physical_lines = count_lines(source)
+    if physical_lines > limits.max_lines:  # refused before any line is parsed
+        return _too_many_lines(physical_lines, limits.max_lines, chunk_size)
+    size = plan_chunk_size(physical_lines, chunk_size)
+    digest = hashlib.sha256()
+    chunks: list[ChunkSpec] = []
+    valid = invalid = blank = 0
+    error_codes: set[str] = set()
+    with ExitStack() as outer, open(source, "rb") as handle:
+        errors_out = outer.enter_context(atomic_write(layout.line_errors))
+        chunk_out: IO[str] | None = None
+        chunk_stack = ExitStack()
+        for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
+            outcome: PromptRequest | ErrorRecord
+            if raw is None:
+                outcome = _line_too_long(number, limits.max_line_bytes)
+            elif not raw.strip():
+                blank += 1
+                continue
+            else:
+                outcome = endpoints.check(_parse(raw, number, params, limits, defaults))
+            if isinstance(outcome, ErrorRecord):
+                invalid += 1
+                error_codes.add(outcome.error.code)
+                errors_out.write(outcome.model_dump_json() + "\n")
+                continue
+            valid += 1
+            if chunk_out is None or chunks[-1].count == size:
+                chunk_stack.close()
+                index = len(chunks)
+                path = layout.chunk_input(index)
+                chunk_out = chunk_stack.enter_context(atomic_write(path))
+                chunks.append(
+                    ChunkSpec(
+                        index=index,
+                        input_path=str(path),
+                        count=0,
+                        first_line=number,
+                        last_line=number,
+                    )
+                )
+            chunk_out.write(outcome.model_dump_json() + "\n")
+            chunks[-1].count += 1
+            chunks[-1].last_line = number
+        chunk_stack.close()
+    lines = valid + invalid
+    return ValidationSummary(
+        input_sha256=digest.hexdigest(),
+        lines=lines,
+        valid=valid,
+        invalid=invalid,
+        blank_lines=blank,
+        chunk_size=size,
+        chunks=chunks,
+        file_error=_file_error(lines, valid, error_codes),
+        endpoint=endpoints.job_endpoint or Endpoint.chat,
+    )
+
+
+class _EndpointCheck:
+    """The job's one endpoint: declared, or set by its first valid line."""
+
+    def __init__(self, declared: Endpoint | None) -> None:
+        self.declared = declared
+        self.job_endpoint = declared
+
+    def check(self, outcome: PromptRequest | ErrorRecord) -> PromptRequest | ErrorRecord:
+        if isinstance(outcome, ErrorRecord):
+            return outcome
+        if self.job_endpoint is None:
+            self.job_endpoint = outcome.endpoint
+        if outcome.endpoint is self.job_endpoint:
+            return outcome
+        why = "the batch's endpoint" if self.declared else "the endpoint of the job's first valid line"
+        return ErrorRecord(
+            line=outcome.line,
+            custom_id=outcome.custom_id,
+            error=ErrorDetail(
+                code="mismatched_endpoint",
+                message=f"This line is a {outcome.endpoint.value} request, but the job runs "
+                f"{self.job_endpoint.value} ({why}); a job runs one endpoint, so put these lines "
+                "in a file of their own.",
+            ),
+        )
+
+
+def _parse(
+    raw: bytes, number: int, params: SamplingParams, limits: Limits, defaults: RequestDefaults | None
+) -> PromptRequest | ErrorRecord:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ErrorRecord(
+            line=number,
+            error=ErrorDetail(
+                code="invalid_utf8",
+                message=f"Line is not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8.",
+            ),
+        )
+    return parse_line(text, number, params, limits, defaults)
+
+
+def _line_too_long(number: int, limit: int) -> ErrorRecord:
+    return ErrorRecord(
+        line=number,
+        error=ErrorDetail(
+            code="line_too_long",
+            message=f"Line is longer than the limit of {limit:,} bytes ({env_name('max_line_bytes')}); "
+            "shorten the prompt (large attachments can go by filepath or uri) or raise the limit.",
+        ),
+    )
+
+
+def _too_many_lines(lines: int, limit: int, chunk_size: int) -> ValidationSummary:
+    """A file-level failure with no line parsed: no line is in an output file, so none is lost."""
+    return ValidationSummary(
+        input_sha256="",
+        lines=0,
+        valid=0,
+        invalid=0,
+        blank_lines=0,
+        chunk_size=chunk_size,
+        chunks=[],
+        file_error=ErrorDetail(
+            code="too_many_lines",
+            message=f"The prompt file has {lines:,} lines, over the limit of {limit:,} "
+            f"({env_name('max_lines')}); split it into smaller files or raise the limit.",
+        ),
+    )
+
+
+def _file_error(lines: int, valid: int, codes: set[str]) -> ErrorDetail | None:
+    if lines == 0:
+        return ErrorDetail(
+            code="empty_file",
+            message="The prompt file has no lines; give one JSON list of messages per line.",
+        )
+    if valid:
+        return None
+    if "invalid_utf8" in codes:  # binary or UTF-16 text may hold lines that decode, but no prompt
+        return ErrorDetail(
+            code="not_utf8",
+            message="The prompt file is not UTF-8 text (is it compressed or binary?); "
+            "give a UTF-8 JSONL file.",
+        )
+    return ErrorDetail(
+        code="no_valid_lines",
+        message=f"None of the {lines} lines is a valid prompt; the error file lists why for each.",
+    )

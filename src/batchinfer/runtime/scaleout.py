@@ -1,0 +1,223 @@
+"""Scale-out of one job's chunk tasks on a Dask cluster (``BATCHINFER_DASK_ADDRESS``).
+
+Dask workers on other machines cannot see the job's directory, so the chunk files travel through
+shared storage (``BATCHINFER_SHARED_STORAGE``, an fsspec URL):
+
+1. the flow copies a chunk's input to ``<shared>/<job_id>/chunks/input-NNNNN.jsonl`` and submits
+   ``infer_chunk`` with URLs for its input and result, through prefect-dask's ``DaskTaskRunner``;
+2. on the worker, ``run_chunk_at`` stages the input into a local temp dir, runs the unchanged
+   ``run_chunk`` there (so a result that already exists is reused, as on threads), and uploads the
+   result whole;
+3. when the flow takes the chunk's counts (``StagedFuture.result``), it first copies the result back
+   to the path in the job dir that the threads path writes, so ``gather`` never knows the difference.
+
+What does not cross the wire: a job's cancel signal (``batchinfer.runtime.cancellation``) lives in the job's
+process, so a cancel stops the flow submitting chunks, while the chunks already on workers finish.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from batchinfer.engines.base import Engine, StopFlag
+from batchinfer.errors import JobError
+from batchinfer.pipeline.chunk_run import ChunkCounts, run_chunk
+from batchinfer.pipeline.jobfiles import atomic_write
+from batchinfer.settings import Settings, env_name
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.futures import PrefectFuture
+    from prefect_dask import DaskTaskRunner
+
+SCALEOUT_CODE = "scaleout_error"
+
+
+def is_url(path: str) -> bool:
+    """A chunk file given as a URL (``file://``, ``s3://`` ...) rather than a local path."""
+    return "://" in path
+
+
+# --- on the worker ------------------------------------------------------------------------------
+
+
+def run_chunk_at(
+    index: int,
+    input_path: str,
+    result_path: str,
+    engine: Engine,
+    stop: StopFlag | None = None,
+    max_in_flight: int | None = None,
+) -> ChunkCounts:
+    """``run_chunk`` for a chunk whose files are local paths or URLs on shared storage."""
+    if not is_url(input_path) and not is_url(result_path):
+        return run_chunk(index, Path(input_path), Path(result_path), engine, stop, max_in_flight)
+    with tempfile.TemporaryDirectory(prefix="batchinfer-chunk-") as tmp:
+        local_input, local_result = Path(tmp) / "input.jsonl", Path(tmp) / "result.jsonl"
+        download(input_path, local_input)
+        if _exists(result_path):  # an earlier run's result: run_chunk reuses or completes it
+            download(result_path, local_result)
+        counts = run_chunk(index, local_input, local_result, engine, stop, max_in_flight)
+        if not counts.reused:  # reused: the file on shared storage is already this result
+            upload(local_result, result_path)
+        return counts
+
+
+# --- file transfer ------------------------------------------------------------------------------
+
+
+def download(url: str, local: Path) -> None:
+    """Copy ``url`` to ``local``, renamed into place whole (a reader never sees half a file)."""
+    fs, key = url_to_fs(url)
+    with fs.open(key, "rb") as source, atomic_write(local, "wb") as target:
+        shutil.copyfileobj(source, target)
+
+
+def upload(local: Path, url: str) -> None:
+    """Copy ``local`` to ``url`` so that it appears whole or not at all."""
+    fs, key = url_to_fs(url)
+    if _renames_atomically(fs):
+        # A (network) file system: write a temp name beside it, then rename it into place.
+        parent, name = key.rsplit("/", 1)
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            fs.put_file(str(local), tmp)
+            fs.mv(tmp, key)
+        except BaseException:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+            raise
+    else:
+        # Object stores (s3, gcs, az) have no rename, but a single PUT is visible whole or not at all.
+        fs.put_file(str(local), key)
+
+
+def _exists(url: str) -> bool:
+    fs, key = url_to_fs(url)
+    return bool(fs.exists(key))
+
+
+def _renames_atomically(fs: AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+# --- in the flow --------------------------------------------------------------------------------
+
+
+class StagedFuture:
+    """A chunk's future on Dask. ``result()`` copies the chunk's result from shared storage to its
+    path in the job dir before handing back the counts: the window (``deadline.windowed``) calls it
+    in the flow's thread, so the result is in place before the chunk counts as done."""
+
+    def __init__(self, inner: PrefectFuture[ChunkCounts], result_url: str, local_result: Path) -> None:
+        self._inner = inner
+        self._result_url = result_url
+        self._local_result = local_result
+
+    def add_done_callback(self, fn: Callable[[Any], None], /) -> None:
+        # Dask calls back from its own thread; the window only puts the future on a queue.
+        self._inner.add_done_callback(lambda _inner: fn(self))
+
+    def result(self) -> ChunkCounts:
+        counts = self._inner.result()
+        download(self._result_url, self._local_result)
+        return counts
+
+
+class DaskChunks:
+    """Runs a job's chunk tasks on the Dask cluster at ``address``, their files under
+    ``<shared_storage>/<job_id>/chunks/``. A context manager: it holds the cluster connection
+    (a ``DaskTaskRunner``) for as long as the chunk window runs."""
+
+    def __init__(self, address: str, shared_storage: str, job_id: str) -> None:
+        self.address = address
+        self.chunks_url = f"{shared_storage.rstrip('/')}/{job_id}/chunks"
+        self._runner: DaskTaskRunner | None = None
+
+    def url(self, local: str | Path) -> str:
+        """Where the job-dir file ``local`` lives on shared storage: the same name, so the cache
+        key in a result's name keeps a result from another model or options from being reused."""
+        return f"{self.chunks_url}/{Path(local).name}"
+
+    def __enter__(self) -> DaskChunks:
+        from prefect_dask import DaskTaskRunner  # only jobs that scale out need prefect-dask
+
+        runner = DaskTaskRunner(address=self.address)
+        runner.__enter__()
+        try:
+            runner.client  # noqa: B018 - connect now, so an unreachable cluster fails the job clearly
+        except Exception as exc:
+            runner.__exit__(type(exc), exc, exc.__traceback__)
+            raise JobError(
+                f"Cannot reach the Dask scheduler at {self.address} ({env_name('dask_address')}): "
+                f"{exc}. Start it (`dask scheduler`) or unset {env_name('dask_address')} to run "
+                "chunks on threads of the job's process.",
+                code=SCALEOUT_CODE,
+            ) from exc
+        self._runner = runner
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            self._runner.__exit__(exc_type, exc, tb)
+            self._runner = None
+
+    def submit(
+        self, task: Task[..., ChunkCounts], index: int, input_path: str, result_path: str, **params: Any
+    ) -> StagedFuture:
+        """Stage the chunk's files on shared storage and submit ``task`` for it to the cluster."""
+        if self._runner is None:
+            raise RuntimeError("DaskChunks.submit outside its `with` block")
+        input_url, result_url = self.url(input_path), self.url(result_path)
+        upload(Path(input_path), input_url)
+        _mirror_result(Path(result_path), result_url)
+        parameters = {"index": index, "input_path": input_url, "result_path": result_url, **params}
+        future = self._runner.submit(task, parameters=parameters)
+        return StagedFuture(future, result_url, Path(result_path))
+
+
+def _mirror_result(local: Path, url: str) -> None:
+    """Make the shared copy of a chunk's result what the job dir holds, the one source of truth.
+
+    A local result (from an earlier run, on threads or cancelled) goes up, so the worker reuses it or
+    re-runs only its cancelled lines, as ``run_chunk`` does locally. No local result: any shared one
+    goes, since the flow deletes results on purpose (a model server that was never reached) so
+    that a resume asks again; at worst, a result the flow never copied back is computed again.
+    """
+    if local.exists():
+        upload(local, url)
+    elif _exists(url):
+        fs, key = url_to_fs(url)
+        fs.rm(key)
+
+
+def dask_chunks(settings: Settings, job_id: str) -> DaskChunks | None:
+    """The job's Dask scale-out, or None when its chunks run on threads (no BATCHINFER_DASK_ADDRESS)."""
+    if not settings.dask_address:
+        return None
+    if not settings.shared_storage:
+        raise JobError(
+            f"{env_name('dask_address')} is set ({settings.dask_address}) but "
+            f"{env_name('shared_storage')} is not. Dask workers cannot read the job's directory: set "
+            f"{env_name('shared_storage')} to an fsspec URL that this process and every worker can "
+            "write (e.g. s3://bucket/batchinfer or file:///mnt/shared/batchinfer), or unset "
+            f"{env_name('dask_address')} to run chunks on threads of the job's process.",
+            code=SCALEOUT_CODE,
+        )
+    return DaskChunks(settings.dask_address, settings.shared_storage, job_id)

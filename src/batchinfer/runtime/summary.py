@@ -1,0 +1,77 @@
+"""What a finished job tells the Prefect UI: a table of counts, timings, throughput and tokens, and
+a markdown note saying where its outputs are. Pure: built from the job's progress and phase times;
+``reporting.RunReporter.publish_summary`` turns them into artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any
+
+from batchinfer.control.jobview import JobProgress
+from batchinfer.pipeline.jobfiles import JobLayout
+
+
+@dataclass
+class PhaseClock:
+    """Seconds spent in each phase, in the order the job entered them."""
+
+    clock: Any = monotonic
+    seconds: dict[str, float] = field(default_factory=dict)
+    _phase: str | None = None
+    _since: float = 0.0
+
+    def enter(self, phase: str) -> None:
+        self.stop()
+        self._phase, self._since = phase, self.clock()
+
+    def stop(self) -> None:
+        if self._phase is not None:
+            self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + self.clock() - self._since
+            self._phase = None
+
+
+def _rate(amount: int, seconds: float) -> float:
+    return round(amount / seconds, 1) if seconds > 0 else 0.0
+
+
+def summary_rows(progress: JobProgress, seconds: dict[str, float], infer_phase: str) -> list[dict[str, Any]]:
+    """Rows of ``{"metric", "value"}`` for the table artifact."""
+    infer_s = seconds.get(infer_phase, 0.0)
+    lines_done = progress.completed + progress.failed
+    rows: list[tuple[str, Any]] = [
+        ("lines", progress.total),
+        ("succeeded", progress.completed),
+        ("failed", progress.failed),
+        ("blank lines skipped", progress.blank_lines),
+        ("chunks", f"{progress.chunks_done} of {progress.chunks}"),
+        *((f"{phase.lower()} s", round(s, 2)) for phase, s in seconds.items()),
+        ("total s", round(sum(seconds.values()), 2)),
+        ("lines/s (inference)", _rate(lines_done, infer_s)),
+        ("prompt tokens", progress.prompt_tokens),
+        ("completion tokens", progress.completion_tokens),
+        ("completion tokens/s (inference)", _rate(progress.completion_tokens, infer_s)),
+    ]
+    return [{"metric": metric, "value": value} for metric, value in rows]
+
+
+def outputs_markdown(job_id: str, model: str, layout: JobLayout, progress: JobProgress) -> str:
+    """Where the outputs are, and what the job ended as."""
+    lines = [f"# Job `{job_id}`", "", f"Model `{model}`."]
+    if progress.error_code:
+        lines += ["", f"**Ended `{progress.error_code}`**: {progress.error_message}"]
+    if progress.outputs_ready:
+        lines += [
+            "",
+            "| output | lines | path |",
+            "|---|---|---|",
+            f"| success | {progress.completed} | `{layout.success}` |",
+            f"| errors | {progress.failed} | `{layout.errors}` |",
+        ]
+    else:
+        lines += ["", "No output files were written (the job stopped before gathering)."]
+    lines += [
+        "",
+        f"Status over HTTP: `GET /batch_inference/job_status?job_id={job_id}`.",
+    ]
+    return "\n".join(lines) + "\n"
