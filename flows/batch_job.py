@@ -25,19 +25,18 @@ from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from batchinfer.contract import Options, Path
-from batchinfer.control.backend import FLOW_NAME
-from batchinfer.control.jobview import job_layout, request_defaults, sampling_params
-from batchinfer.control.recovery import rerun_hint, resume_hint
-from batchinfer.control.states import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
-from batchinfer.endpoints import Endpoint
+from batchinfer.control.names import FLOW_NAME
+from batchinfer.endpoints import Endpoint, RequestDefaults
+from batchinfer.engines.base import SamplingParams
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import get_engine
-from batchinfer.errors import BatchInferError, JobError
+from batchinfer.errors import BatchInferError, JobError, rerun_hint, resume_hint
+from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
 from batchinfer.pipeline.chunk_run import ChunkCounts, run_chunk
 from batchinfer.pipeline.chunking import chunk_key
 from batchinfer.pipeline.gather import gather_outputs
-from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobfiles import JobLayout, job_layout
 from batchinfer.runtime.cancellation import (
     CANCEL_STATE_TYPES,
     EXPIRED_REASON,
@@ -154,8 +153,8 @@ def _run(
     clock.enter(PHASE_VALIDATING)
     config = load_catalog(settings.models).get(model)
     options = options or Options()
-    params = sampling_params(options, num_generations, settings.default_max_tokens)
-    defaults = request_defaults(options, num_generations)
+    params = SamplingParams.from_options(options, num_generations, settings.default_max_tokens)
+    defaults = RequestDefaults.from_options(options, num_generations)
     summary = validate(prompt_file, str(layout.root), params, settings.chunk_size, defaults, endpoint)
     progress = reporter.progress
     progress.endpoint = summary.endpoint

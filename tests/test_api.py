@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 
 from batchinfer.api.app import create_app
 from batchinfer.contract import BatchInference, JobStatus, Options
-from batchinfer.control.jobview import JobParameters
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.engines.configs import DEFAULT_MODEL_ID
 from batchinfer.errors import JobNotFoundError
+from batchinfer.jobspec import JobParameters
 from batchinfer.settings import Settings
 
 JSONL = '[{"role": "user", "text": "hi"}]\n'

@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from batchinfer.api.app import create_app
 from batchinfer.contract import BatchInference, JobStatus, PathType
 from batchinfer.contract import Path as PromptPath
-from batchinfer.control.jobview import JobParameters
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.errors import JobNotFoundError, JobNotResumableError
+from batchinfer.jobspec import JobParameters
 from batchinfer.settings import Settings
 
 CRASHED = uuid.UUID("4f0c5a3e-0000-4000-8000-00000000c0de")

@@ -11,15 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchinfer.runtime.cancellation import (
-    RUNNER_SETTLE_S,
-    CancelWatcher,
-    StopSignal,
-    expiring,
-    settle_delay,
-    sigterm_sets,
-    stop_signal,
-)
+from batchinfer.control.recovery import RUNNER_SETTLE_S, settle_delay
+from batchinfer.runtime.cancellation import CancelWatcher, StopSignal, expiring, sigterm_sets, stop_signal
 
 
 def test_a_stop_signal_keeps_the_first_reason() -> None:

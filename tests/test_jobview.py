@@ -9,19 +9,11 @@ from typing import Any
 import pytest
 
 from batchinfer.contract import JobStatus, Options, Path, PathType
-from batchinfer.control.jobview import (
-    JobParameters,
-    JobProgress,
-    RunSnapshot,
-    batch_inference,
-    job_layout,
-    read_progress,
-    sampling_params,
-    write_progress,
-)
-from batchinfer.control.recovery import resume_hint
+from batchinfer.control.jobview import RunSnapshot, batch_inference
 from batchinfer.engines.base import SamplingParams
-from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.errors import resume_hint
+from batchinfer.jobspec import JobParameters
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, job_layout, read_progress, write_progress
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 JOB_ID = "0b6f2f1e-4a54-4c1e-9a55-0d3c6c2f0a11"
@@ -184,14 +176,14 @@ def test_a_jobs_directory_is_its_output_dir_parameter_or_one_under_the_jobs_dir(
 
 
 def test_sampling_params_defaults_fill_in_what_the_options_leave_out() -> None:
-    assert sampling_params(Options(), 1, default_max_tokens=256) == SamplingParams(
+    assert SamplingParams.from_options(Options(), 1, default_max_tokens=256) == SamplingParams(
         max_tokens=256, temperature=1.0, top_p=1.0, logprobs=False, n=1
     )
 
 
 def test_sampling_params_keep_every_given_option_including_zero_temperature() -> None:
     options = Options(max_tokens=8, temperature=0.0, top_p=0.5, logprobs=True)
-    assert sampling_params(options, 3, default_max_tokens=256) == SamplingParams(
+    assert SamplingParams.from_options(options, 3, default_max_tokens=256) == SamplingParams(
         max_tokens=8, temperature=0.0, top_p=0.5, logprobs=True, n=3
     )
 

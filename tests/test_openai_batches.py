@@ -29,12 +29,12 @@ from batchinfer.api.openai.lines import (
     unrun_records,
 )
 from batchinfer.api.openai.pagination import cursor_page, list_body
-from batchinfer.api.openai.status import SEED_STATUS, BatchStatus, StateEvent, batch_status, timestamps
+from batchinfer.api.openai.status import StateEvent, timestamps
 from batchinfer.contract import BatchInference, JobStatus
-from batchinfer.control.jobview import JobParameters
-from batchinfer.control.states import job_status
+from batchinfer.control.states import SEED_STATUS, BatchStatus, batch_status, job_status
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.errors import JobNotFoundError
+from batchinfer.jobspec import JobParameters
 from batchinfer.settings import Settings
 
 # ---- status ---------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from batchinfer.pipeline import prompt_source
 from batchinfer.contract import Path, PathType
 from batchinfer.errors import FileTooLargeError, PromptFileError
+from batchinfer.pipeline import prompt_source
 from batchinfer.pipeline.prompt_source import (
     SourceRules,
     check_and_stage,

@@ -8,15 +8,17 @@ from datetime import UTC, datetime
 import pytest
 
 from batchinfer.contract import JobStatus, PathType
-from batchinfer.control.jobview import JobParameters, JobProgress, RunSnapshot, batch_inference
+from batchinfer.control.jobview import RunSnapshot, batch_inference
 from batchinfer.control.recovery import (
     INTERRUPTED_STATE_NAME,
     RESUME_STATE_NAME,
     RESUME_STATE_TYPE,
     interrupted_state,
-    resume_hint,
     resume_refusal,
 )
+from batchinfer.errors import resume_hint
+from batchinfer.jobspec import JobParameters
+from batchinfer.pipeline.jobfiles import JobProgress
 
 JOB_ID = "6f1c2a3b-0000-4000-8000-00000000beef"
 PARAMS = JobParameters(

@@ -6,14 +6,8 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from batchinfer.contract import JobStatus
-from batchinfer.control.states import (
-    PHASE_GATHERING,
-    PHASE_INFERRING,
-    PHASE_VALIDATING,
-    cancel_action,
-    job_status,
-    status_query,
-)
+from batchinfer.control.states import cancel_action, job_status, status_query
+from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
 
 # Every member of Prefect's StateType must be listed here: a new one fails
 # test_every_prefect_state_type_is_mapped until someone decides what it means for a job.

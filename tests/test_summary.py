@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchinfer.control.jobview import JobProgress
-from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress
 from batchinfer.runtime.summary import PhaseClock, outputs_markdown, summary_rows
 
 

@@ -11,9 +11,9 @@ from typing import BinaryIO
 
 import pytest
 
-from batchinfer.pipeline import validation
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.pipeline import validation
 from batchinfer.pipeline.chunking import plan_chunk_size
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.validation import ValidationSummary, count_lines, iter_lines, validate_prompt_file

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from batchinfer.contract import Options
+
 
 class Endpoint(str, Enum):
     """An OpenAI-compatible endpoint, spelled as OpenAI's Batch API spells it."""
@@ -61,6 +63,11 @@ class RequestDefaults(BaseModel):
     top_p: float | None = None
     logprobs: bool | None = None
     n: int | None = None
+
+    @classmethod
+    def from_options(cls, options: Options, num_generations: int) -> RequestDefaults:
+        """The job's ``options`` where it set them, and ``num_generations``."""
+        return cls(**options.model_dump(exclude_none=True), n=num_generations)
 
     def fill(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """``body`` with the job's options added where it has none, and the job options that mean

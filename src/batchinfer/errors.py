@@ -147,3 +147,21 @@ class InferenceError(BatchInferError):
     """One request failed for good (after retries). Becomes that line's error record."""
 
     code = "inference_error"
+
+
+# -- how to go on after a job stopped, said by every message that reports it --------------------
+
+
+def resume_hint(job_id: str) -> str:
+    return (
+        "Results of finished chunks are kept; resume the job with "
+        f"`batchinfer resume {job_id}` or POST /batch_inference/resume_job?job_id={job_id}."
+    )
+
+
+def rerun_hint(output_dir: str) -> str:
+    """How to finish a foreground job (``batchinfer run``) that stopped: it has no runner to resume it."""
+    return (
+        "Results of finished lines are kept; to finish the rest, run the same `batchinfer run` command "
+        f"again with --output-dir {output_dir}: the lines already answered are not sent again."
+    )

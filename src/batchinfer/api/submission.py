@@ -9,9 +9,9 @@ from pathlib import Path as LocalPath
 from urllib.parse import unquote, urlparse
 
 from batchinfer.contract import Options, Path, PathType, SubmitJobRequest
-from batchinfer.control.jobview import JobParameters
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import LimitExceededError, RequestError
+from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.prompt_source import SourceRules, check_and_stage
 from batchinfer.settings import Limits, Settings, env_name

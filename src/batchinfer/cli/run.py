@@ -29,9 +29,9 @@ from batchinfer.api.submission import prepare_job
 from batchinfer.cli.prefect_env import apply_prefect_env
 from batchinfer.cli.preflight import check_prefect_api, free_port
 from batchinfer.contract import BatchInference, Options, Path, PathType, SubmitJobRequest
-from batchinfer.control.jobview import JobProgress
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.errors import RequestError
+from batchinfer.pipeline.jobfiles import JobProgress
 from batchinfer.settings import Settings
 
 FIRST_ID_WAIT_S = 3.0  # an interrupt before the job has an id waits this long for one, then quits
@@ -90,8 +90,8 @@ def _temporary_prefect_server(settings: Settings) -> str:
 
 
 def _run_flow(parameters: dict[str, Any], settings: Settings) -> int:
-    from batchinfer.runtime import reporting
     from batchinfer.engines.registry import close_engines
+    from batchinfer.runtime import reporting
 
     job = ForegroundJob(parameters)
     with _progress_bar() as on_progress:

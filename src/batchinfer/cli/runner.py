@@ -5,7 +5,7 @@ Started as ``python -m batchinfer.cli.runner``. Each flow run executes in a subp
 
 from __future__ import annotations
 
-from batchinfer.control.backend import DEPLOYMENT_NAME
+from batchinfer.control.names import DEPLOYMENT_NAME
 from batchinfer.settings import Settings
 
 

@@ -139,7 +139,7 @@ def serve(
     host: str, port: int, prefect_port: int | None, settings: Settings, catalog: ModelCatalog, owner: Owner
 ) -> int:
     """Run everything until Ctrl-C or SIGTERM; ``prefect_port`` None: use ``PREFECT_API_URL``'s server."""
-    from batchinfer.control.backend import DEPLOYMENT_NAME, FLOW_NAME
+    from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
 
     logs = settings.home / "logs"
     # cli.main has put Prefect's defaults in the environment (prefect_env); the token marks our children.

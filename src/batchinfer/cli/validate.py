@@ -20,8 +20,7 @@ from pydantic import BaseModel
 
 from batchinfer.api.submission import check_limits
 from batchinfer.contract import Options, PathType
-from batchinfer.control.jobview import sampling_params
-from batchinfer.engines.base import PromptRequest
+from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.engines.registry import AnyModelConfig
 from batchinfer.pipeline.jobfiles import JobLayout
@@ -57,7 +56,7 @@ def validate_command(args: argparse.Namespace, settings: Settings) -> int:
     config = load_catalog(settings.models).get(args.model)
     options = Options(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
     check_limits(options, args.num_generations, settings.limits())
-    params = sampling_params(options, args.num_generations, settings.default_max_tokens)
+    params = SamplingParams.from_options(options, args.num_generations, settings.default_max_tokens)
     with tempfile.TemporaryDirectory(prefix="batchinfer-validate-") as scratch:
         layout = JobLayout(Path(scratch))
         source = _source(args.prompts, settings, layout)

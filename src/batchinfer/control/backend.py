@@ -13,12 +13,14 @@ import anyio
 from pydantic import ValidationError
 
 from batchinfer.contract import BatchInference, JobPage, JobStatus
-from batchinfer.control.jobview import JobParameters, RunSnapshot, batch_inference, job_layout, read_progress
+from batchinfer.control.jobview import RunSnapshot, batch_inference
+from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
 from batchinfer.control.recovery import (
     LEFT_RUNNING_STATE_TYPES,
     RESUME_STATE_NAME,
     interrupted_state,
     resume_refusal,
+    settle_delay,
 )
 from batchinfer.control.states import cancel_action, status_query
 from batchinfer.errors import (
@@ -27,10 +29,8 @@ from batchinfer.errors import (
     JobNotResumableError,
     ServiceUnavailableError,
 )
-from batchinfer.runtime.cancellation import settle_delay
-
-DEPLOYMENT_NAME = "batchinfer"
-FLOW_NAME = "batch-inference"  # the @flow name in flows/batch_job.py
+from batchinfer.jobspec import JobParameters
+from batchinfer.pipeline.jobfiles import job_layout, read_progress
 
 
 class JobBackend(Protocol):

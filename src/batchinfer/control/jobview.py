@@ -1,10 +1,5 @@
 """What a job looks like from outside: the contract's ``BatchInference``, built from one read of its
-flow run plus the progress file that the flow keeps in its job directory.
-
-Why a file and not flow-run labels: on the SQLite backend, a labels PATCH that lands while the
-server records task-run states fails with SQLITE_BUSY_SNAPSHOT (HTTP 503), and Prefect's client
-then sleeps 2 s before retrying, at every phase change. A small file renamed into place costs
-nothing and is read by whoever can read the job's outputs.
+flow run plus the progress file that the flow keeps in its job directory (``pipeline.jobfiles``).
 """
 
 from __future__ import annotations
@@ -14,83 +9,13 @@ from datetime import datetime
 from pathlib import Path as LocalPath
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from batchinfer.contract import BatchInference, JobStatus, Options, Path, PathType
-from batchinfer.control.recovery import INTERRUPTED_STATE_NAME, resume_hint
+from batchinfer.contract import BatchInference, JobStatus, Path, PathType
+from batchinfer.control.recovery import INTERRUPTED_STATE_NAME
 from batchinfer.control.states import job_status
-from batchinfer.endpoints import Endpoint, RequestDefaults
-from batchinfer.engines.base import SamplingParams
-from batchinfer.pipeline.jobfiles import ERROR_FILE, SUCCESS_FILE, JobLayout, atomic_write
-
-
-class JobProgress(BaseModel):
-    """What the flow publishes about itself while it works (``work/progress.json``)."""
-
-    output_dir: str | None = None
-    endpoint: Endpoint | None = None
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    chunks: int = 0
-    chunks_done: int = 0
-    blank_lines: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    outputs_ready: bool = False
-    error_code: str | None = None
-    error_message: str | None = None
-
-
-def write_progress(layout: JobLayout, progress: JobProgress) -> None:
-    with atomic_write(layout.progress) as handle:
-        handle.write(progress.model_dump_json())
-
-
-def read_progress(layout: JobLayout) -> JobProgress | None:
-    """The job's last published progress, or None before the flow has written any."""
-    try:
-        return JobProgress.model_validate_json(layout.progress.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-
-
-def job_layout(job_id: str, parameters: dict[str, Any], jobs_dir: LocalPath) -> JobLayout:
-    """Where a job's files are: its ``output_dir`` parameter, else ``<jobs_dir>/<job_id>``."""
-    output_dir = parameters.get("output_dir")
-    return JobLayout(LocalPath(output_dir) if output_dir else jobs_dir / job_id)
-
-
-class JobParameters(BaseModel):
-    """The flow's parameters: small by design (Prefect caps them at 512 KiB); never the prompts."""
-
-    model: str
-    prompt_file: Path
-    options: Options = Field(default_factory=Options)
-    num_generations: int = Field(default=1, ge=1)
-    output_dir: str | None = None
-    expires_at: datetime | None = Field(
-        default=None, description="When it passes, the job stops and fails `expired`, keeping its work."
-    )
-    endpoint: Endpoint | None = Field(
-        default=None,
-        description="The endpoint every line must name (an OpenAI batch's); None: the first line's.",
-    )
-
-
-def request_defaults(options: Options, num_generations: int) -> RequestDefaults:
-    """The job's options where it set them: what fills a batch line's body where it says nothing."""
-    return RequestDefaults(**options.model_dump(exclude_none=True), n=num_generations)
-
-
-def sampling_params(options: Options, num_generations: int, default_max_tokens: int) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=options.max_tokens or default_max_tokens,
-        temperature=1.0 if options.temperature is None else options.temperature,
-        top_p=1.0 if options.top_p is None else options.top_p,
-        logprobs=bool(options.logprobs),
-        n=num_generations,
-    )
+from batchinfer.endpoints import Endpoint
+from batchinfer.errors import resume_hint
+from batchinfer.jobspec import JobParameters
+from batchinfer.pipeline.jobfiles import ERROR_FILE, SUCCESS_FILE, JobProgress
 
 
 @dataclass

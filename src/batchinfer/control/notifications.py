@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from batchinfer.control.backend import FLOW_NAME
+from batchinfer.control.names import FLOW_NAME
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient

@@ -9,6 +9,9 @@ where every finished chunk's result file is reused instead of re-sent to the mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from batchinfer.errors import resume_hint
 
 # The state a resume proposes. Same type and name as the Prefect UI's "Retry" button.
 RESUME_STATE_TYPE = "SCHEDULED"
@@ -23,21 +26,6 @@ RESUMABLE_STATE_TYPES = frozenset({"FAILED", "CRASHED", "CANCELLED"})
 
 # States that need a live process. Found at `serve` start, their process died with the last `serve`.
 LEFT_RUNNING_STATE_TYPES = ("PENDING", "RUNNING", "CANCELLING")
-
-
-def resume_hint(job_id: str) -> str:
-    return (
-        "Results of finished chunks are kept; resume the job with "
-        f"`batchinfer resume {job_id}` or POST /batch_inference/resume_job?job_id={job_id}."
-    )
-
-
-def rerun_hint(output_dir: str) -> str:
-    """How to finish a foreground job (``batchinfer run``) that stopped: it has no runner to resume it."""
-    return (
-        "Results of finished lines are kept; to finish the rest, run the same `batchinfer run` command "
-        f"again with --output-dir {output_dir}: the lines already answered are not sent again."
-    )
 
 
 def resume_refusal(job_id: str, state_type: str, has_deployment: bool) -> str | None:
@@ -57,6 +45,17 @@ def resume_refusal(job_id: str, state_type: str, has_deployment: bool) -> str | 
             "chunks are reused."
         )
     return None
+
+
+# After a cancelled job's process exits, the runner that owned it checks every few seconds and then
+# sets Cancelled once more; a resume before that would be overwritten. Resume waits this long.
+RUNNER_SETTLE_S = 6.0
+
+
+def settle_delay(cancelled_at: datetime, now: datetime | None = None) -> float:
+    """Seconds a resume of a job cancelled at ``cancelled_at`` waits for its runner to let go."""
+    elapsed = ((now or datetime.now(UTC)) - cancelled_at).total_seconds()
+    return min(RUNNER_SETTLE_S, max(0.0, RUNNER_SETTLE_S - elapsed))
 
 
 @dataclass(frozen=True)

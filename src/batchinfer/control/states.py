@@ -1,68 +1,118 @@
-"""Mapping a Prefect flow run's state onto the contract's four job statuses.
+"""One table of Prefect flow-run states, from which a job's seed status and its OpenAI batch status
+are both derived, so that ``job_status`` and ``batches.retrieve`` can never disagree.
 
 Pure: takes the state type's *value* and the state's name, so it is tested without Prefect running.
-The flow names its own RUNNING phases (``PHASE_*``); see ``flows/batch_job.py``.
+The flow names its own RUNNING phases (``jobspec.PHASE_*``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Literal
 
 from batchinfer.contract import JobStatus
+from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
 
-PHASE_VALIDATING = "Validating"
-PHASE_INFERRING = "Inferring"
-PHASE_GATHERING = "Gathering"
 
-# RUNNING under the engine's default name comes before the flow names its first phase.
-_VALIDATING_RUN_NAMES = frozenset({PHASE_VALIDATING, "Running"})
-# Every other RUNNING name a job's run can carry (Retrying: Prefect's, for a retried run).
-_RUNNING_RUN_NAMES = frozenset({PHASE_INFERRING, PHASE_GATHERING, "Retrying"})
+class BatchStatus(str, Enum):
+    """An OpenAI batch's status."""
 
-_BY_TYPE = {
-    "SCHEDULED": JobStatus.validating,  # includes Late and AwaitingRetry: the job has not started
-    "PENDING": JobStatus.validating,
-    "PAUSED": JobStatus.running,  # paused mid-job; it resumes where it was
-    "CANCELLING": JobStatus.running,  # still stopping; it ends failed (cancelled)
-    "COMPLETED": JobStatus.completed,
-    "FAILED": JobStatus.failed,
-    "CRASHED": JobStatus.failed,
-    "CANCELLED": JobStatus.failed,
+    validating = "validating"
+    in_progress = "in_progress"
+    finalizing = "finalizing"
+    completed = "completed"
+    failed = "failed"
+    expired = "expired"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+
+# (state type, RUNNING phase name or None for any) -> the batch status of a run in it.
+STATES: dict[tuple[str, str | None], BatchStatus] = {
+    ("SCHEDULED", None): BatchStatus.validating,  # Late and AwaitingRetry too: not started
+    ("PENDING", None): BatchStatus.validating,
+    ("RUNNING", PHASE_VALIDATING): BatchStatus.validating,
+    ("RUNNING", "Running"): BatchStatus.validating,  # the engine's name, before the flow names a phase
+    ("RUNNING", PHASE_INFERRING): BatchStatus.in_progress,
+    ("RUNNING", "Retrying"): BatchStatus.in_progress,  # Prefect's, for a retried run
+    ("RUNNING", PHASE_GATHERING): BatchStatus.finalizing,
+    ("RUNNING", None): BatchStatus.in_progress,  # any other name
+    ("PAUSED", None): BatchStatus.in_progress,  # paused mid-job; it resumes where it was
+    ("CANCELLING", None): BatchStatus.cancelling,  # still stopping; it ends cancelled
+    ("COMPLETED", None): BatchStatus.completed,
+    ("FAILED", None): BatchStatus.failed,
+    ("CRASHED", None): BatchStatus.failed,
+    ("CANCELLED", None): BatchStatus.cancelled,
 }
+# Which seed status each batch status is.
+SEED_STATUS = {
+    BatchStatus.validating: JobStatus.validating,
+    BatchStatus.in_progress: JobStatus.running,
+    BatchStatus.finalizing: JobStatus.running,
+    BatchStatus.cancelling: JobStatus.running,
+    BatchStatus.completed: JobStatus.completed,
+    BatchStatus.failed: JobStatus.failed,
+    BatchStatus.cancelled: JobStatus.failed,
+    BatchStatus.expired: JobStatus.failed,
+}
+ENDED = frozenset({BatchStatus.completed, BatchStatus.failed, BatchStatus.expired, BatchStatus.cancelled})
+# Error codes a job ends with when its deadline (the batch's completion window) passed.
+EXPIRED_CODES = frozenset({"expired", "deadline_exceeded", "batch_expired"})
+CANCELLED_CODE = "cancelled"
+
+
+def run_status(state_type: str, state_name: str | None) -> BatchStatus:
+    """The table's status for a flow run in ``state_type`` (e.g. ``"RUNNING"``) named ``state_name``.
+    An unknown state type raises ``ValueError``, so a new Prefect state cannot slip through
+    unmapped (a test walks every ``StateType``)."""
+    status = STATES.get((state_type, state_name)) or STATES.get((state_type, None))
+    if status is None:
+        raise ValueError(f"Unmapped Prefect state type {state_type!r}")
+    return status
 
 
 def job_status(state_type: str, state_name: str | None) -> JobStatus:
-    """The job status for a flow run in state ``state_type`` (e.g. ``"RUNNING"``) named ``state_name``.
+    """The seed's status of a flow run."""
+    return SEED_STATUS[run_status(state_type, state_name)]
 
-    An unknown state type raises ``ValueError`` so that a new Prefect state cannot slip through
-    unmapped (a test walks every ``StateType``).
-    """
-    if state_type == "RUNNING":
-        return JobStatus.validating if state_name in _VALIDATING_RUN_NAMES else JobStatus.running
-    try:
-        return _BY_TYPE[state_type]
-    except KeyError:
-        raise ValueError(f"Unmapped Prefect state type {state_type!r}") from None
+
+def batch_status(
+    state_type: str, state_name: str | None, error_code: str | None, expiring: bool = False
+) -> BatchStatus:
+    """The batch status of a flow run whose job reports ``error_code``. ``expiring``: the adapter
+    stopped the job because its completion window passed, so the stop it asked for reads expired,
+    not cancelled (and finalizing while it happens)."""
+    status = run_status(state_type, state_name)
+    if status is BatchStatus.failed and error_code == CANCELLED_CODE:
+        status = BatchStatus.cancelled
+    if status in (BatchStatus.failed, BatchStatus.cancelled) and error_code in EXPIRED_CODES:
+        return BatchStatus.expired  # however the flow ends a job whose deadline passed
+    if expiring and status is BatchStatus.cancelled:
+        return BatchStatus.expired
+    if expiring and status is BatchStatus.cancelling:
+        return BatchStatus.finalizing
+    return status
 
 
 @dataclass(frozen=True)
 class StateQuery:
-    """Flow runs in one job status: state type in ``types`` OR state name in ``names`` (the names
-    only occur on RUNNING states, which is how RUNNING splits between validating and running)."""
+    """Flow runs in one job status: state type in ``types`` OR RUNNING with a name in ``names``."""
 
     types: frozenset[str]
     names: frozenset[str] = frozenset()
 
 
 def status_query(status: JobStatus) -> StateQuery:
-    """The Prefect state filter that selects exactly the runs ``job_status`` maps to ``status``."""
-    types = frozenset(t for t, s in _BY_TYPE.items() if s is status)
-    if status is JobStatus.validating:
-        return StateQuery(types, _VALIDATING_RUN_NAMES)
-    if status is JobStatus.running:
-        return StateQuery(types, _RUNNING_RUN_NAMES)
-    return StateQuery(types)
+    """The Prefect state filter that selects the runs ``job_status`` maps to ``status``, from the
+    table: whole state types, and for RUNNING the phase names that are ``status``."""
+    types = frozenset(
+        t for (t, name), s in STATES.items() if name is None and t != "RUNNING" and SEED_STATUS[s] is status
+    )
+    names = frozenset(
+        name for (t, name), s in STATES.items() if t == "RUNNING" and name and SEED_STATUS[s] is status
+    )
+    return StateQuery(types, names)
 
 
 CancelAction = Literal["cancel_now", "request_cancel", "already_ended"]

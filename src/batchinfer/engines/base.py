@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchinfer.contract import Message
+from batchinfer.contract import Message, Options
 from batchinfer.endpoints import Endpoint
 from batchinfer.records import Completion, ErrorDetail
 
@@ -39,6 +39,17 @@ class SamplingParams(BaseModel):
         description="The body's `response_format` as canonical JSON when it constrains the answer "
         "(json_object, json_schema); None for plain text.",
     )
+
+    @classmethod
+    def from_options(cls, options: Options, num_generations: int, default_max_tokens: int) -> SamplingParams:
+        """A job's parameters: its ``options`` with our defaults where it set none."""
+        return cls(
+            max_tokens=options.max_tokens or default_max_tokens,
+            temperature=1.0 if options.temperature is None else options.temperature,
+            top_p=1.0 if options.top_p is None else options.top_p,
+            logprobs=bool(options.logprobs),
+            n=num_generations,
+        )
 
 
 class PromptRequest(BaseModel):

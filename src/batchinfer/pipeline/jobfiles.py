@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import BaseModel
+
+from batchinfer.endpoints import Endpoint
+
 SUCCESS_FILE = "success.jsonl"
 ERROR_FILE = "errors.jsonl"
 
@@ -70,3 +74,47 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# -- the progress file ---------------------------------------------------------------------------
+# Why a file and not flow-run labels: on the SQLite backend, a labels PATCH that lands while the
+# server records task-run states fails with SQLITE_BUSY_SNAPSHOT (HTTP 503), and Prefect's client
+# then sleeps 2 s before retrying, at every phase change. A small file renamed into place costs
+# nothing and is read by whoever can read the job's outputs.
+
+
+class JobProgress(BaseModel):
+    """What the flow publishes about itself while it works (``work/progress.json``)."""
+
+    output_dir: str | None = None
+    endpoint: Endpoint | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    chunks: int = 0
+    chunks_done: int = 0
+    blank_lines: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    outputs_ready: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def write_progress(layout: JobLayout, progress: JobProgress) -> None:
+    with atomic_write(layout.progress) as handle:
+        handle.write(progress.model_dump_json())
+
+
+def read_progress(layout: JobLayout) -> JobProgress | None:
+    """The job's last published progress, or None before the flow has written any."""
+    try:
+        return JobProgress.model_validate_json(layout.progress.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def job_layout(job_id: str, parameters: dict[str, Any], jobs_dir: Path) -> JobLayout:
+    """Where a job's files are: its ``output_dir`` parameter, else ``<jobs_dir>/<job_id>``."""
+    output_dir = parameters.get("output_dir")
+    return JobLayout(Path(output_dir) if output_dir else jobs_dir / job_id)

@@ -35,15 +35,6 @@ EXPIRED_REASON = "expired"  # the StopSignal reason when the job's completion wi
 INTERRUPTED_REASON = "interrupted"
 # Prefect state types in which a job is being, or has been, cancelled.
 CANCEL_STATE_TYPES = frozenset({"CANCELLING", "CANCELLED"})
-# After a cancelled job's process exits, the runner that owned it checks every few seconds and then
-# sets Cancelled once more; a resume before that would be overwritten. Resume waits this long.
-RUNNER_SETTLE_S = 6.0
-
-
-def settle_delay(cancelled_at: datetime, now: datetime | None = None) -> float:
-    """Seconds a resume of a job cancelled at ``cancelled_at`` waits for its runner to let go."""
-    elapsed = ((now or datetime.now(UTC)) - cancelled_at).total_seconds()
-    return min(RUNNER_SETTLE_S, max(0.0, RUNNER_SETTLE_S - elapsed))
 
 
 class StopSignal:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar
 
-from batchinfer.control.recovery import resume_hint
-from batchinfer.errors import JobError
+from batchinfer.errors import JobError, resume_hint
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)

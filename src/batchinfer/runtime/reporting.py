@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable
 from uuid import UUID
 
-from batchinfer.control.jobview import JobProgress, write_progress
-from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, write_progress
 
 ProgressListener = Callable[[str, JobProgress], None]
 _listeners: list[ProgressListener] = []

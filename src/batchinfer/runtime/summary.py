@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
 
-from batchinfer.control.jobview import JobProgress
-from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress
 
 
 @dataclass

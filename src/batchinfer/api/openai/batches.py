@@ -24,13 +24,15 @@ from batchinfer.api.openai.lines import batch_errors, read_lines, scan_models
 from batchinfer.api.openai.outputs import make_outputs
 from batchinfer.api.openai.pagination import cursor_page, list_body
 from batchinfer.api.openai.records import BatchRecord, BatchStore
-from batchinfer.api.openai.status import BatchStatus, StateEvent, batch_status, timestamps
+from batchinfer.api.openai.status import StateEvent, timestamps
 from batchinfer.contract import BatchInference, JobStatus, Path, PathType
 from batchinfer.control.backend import JobBackend
-from batchinfer.control.jobview import JobParameters, job_layout
+from batchinfer.control.states import BatchStatus, batch_status
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import BatchInferError, JobNotCancellableError, UnknownModelError
+from batchinfer.jobspec import JobParameters
+from batchinfer.pipeline.jobfiles import job_layout
 from batchinfer.settings import Settings
 
 ENDPOINTS = frozenset(e.value for e in Endpoint)  # each line's url must name the batch's

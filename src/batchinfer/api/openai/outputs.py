@@ -22,8 +22,8 @@ from batchinfer.api.openai.lines import (
     unrun_records,
 )
 from batchinfer.api.openai.records import BatchRecord
-from batchinfer.api.openai.status import BatchStatus
 from batchinfer.contract import BatchInference
+from batchinfer.control.states import BatchStatus
 
 OUTPUT_PURPOSE = "batch_output"
 UNRUN_SIGNATURE = "unrun"

@@ -1,88 +1,13 @@
-"""A batch's status and timestamps, from its flow run's state and state history. Pure.
-
-Prefect states: the flow names its RUNNING phases Validating, Inferring and Gathering
-(``batchinfer.control.states``); a cancelled job ends CANCELLED, or FAILED with error code ``cancelled``.
-"""
+"""A batch's timestamps, from its flow run's state history. Pure. Its status comes from the one
+table of Prefect states in ``control.states``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 
-from batchinfer.contract import JobStatus
-from batchinfer.control.states import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
-
-
-class BatchStatus(str, Enum):
-    validating = "validating"
-    in_progress = "in_progress"
-    finalizing = "finalizing"
-    completed = "completed"
-    failed = "failed"
-    expired = "expired"
-    cancelling = "cancelling"
-    cancelled = "cancelled"
-
-
-ENDED = frozenset({BatchStatus.completed, BatchStatus.failed, BatchStatus.expired, BatchStatus.cancelled})
-# Error codes a job ends with when its deadline (the batch's completion window) passed: the flow's
-# own (``deadline_exceeded``), and the one a per-job deadline is to report (``expired``).
-EXPIRED_CODES = frozenset({"expired", "deadline_exceeded", "batch_expired"})
-CANCELLED_CODE = "cancelled"
-
-_RUNNING = {
-    PHASE_VALIDATING: BatchStatus.validating,
-    "Running": BatchStatus.validating,  # the engine's name, before the flow names its first phase
-    PHASE_INFERRING: BatchStatus.in_progress,
-    "Retrying": BatchStatus.in_progress,
-    PHASE_GATHERING: BatchStatus.finalizing,
-}
-_BY_TYPE = {
-    "SCHEDULED": BatchStatus.validating,
-    "PENDING": BatchStatus.validating,
-    "PAUSED": BatchStatus.in_progress,
-    "COMPLETED": BatchStatus.completed,
-    "CANCELLING": BatchStatus.cancelling,
-    "CANCELLED": BatchStatus.cancelled,
-    "FAILED": BatchStatus.failed,
-    "CRASHED": BatchStatus.failed,
-}
-
-# Which seed status each batch status is: job_status and batches.retrieve must agree on this.
-SEED_STATUS = {
-    BatchStatus.validating: JobStatus.validating,
-    BatchStatus.in_progress: JobStatus.running,
-    BatchStatus.finalizing: JobStatus.running,
-    BatchStatus.cancelling: JobStatus.running,
-    BatchStatus.completed: JobStatus.completed,
-    BatchStatus.failed: JobStatus.failed,
-    BatchStatus.cancelled: JobStatus.failed,
-    BatchStatus.expired: JobStatus.failed,
-}
-
-
-def batch_status(
-    state_type: str, state_name: str | None, error_code: str | None, expiring: bool = False
-) -> BatchStatus:
-    """The batch status of a flow run in ``state_type`` named ``state_name``, whose job reports
-    ``error_code``. ``expiring``: the adapter stopped the job because its completion window passed,
-    so the stop it asked for reads expired, not cancelled (and finalizing while it happens)."""
-    if state_type == "RUNNING":
-        return _RUNNING.get(state_name or "", BatchStatus.in_progress)
-    try:
-        status = _BY_TYPE[state_type]
-    except KeyError:
-        raise ValueError(f"Unmapped Prefect state type {state_type!r}") from None
-    if status is BatchStatus.failed and error_code == CANCELLED_CODE:
-        status = BatchStatus.cancelled
-    if status in (BatchStatus.failed, BatchStatus.cancelled) and error_code in EXPIRED_CODES:
-        return BatchStatus.expired  # however the flow ends a job whose deadline passed
-    if expiring and status is BatchStatus.cancelled:
-        return BatchStatus.expired
-    if expiring and status is BatchStatus.cancelling:
-        return BatchStatus.finalizing
-    return status
+from batchinfer.control.states import BatchStatus
+from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING
 
 
 @dataclass(frozen=True)
