@@ -23,6 +23,15 @@ SLOW_LATENCY_MS = 25.0
 
 
 @pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the session's in-process flow runs (``tests/test_job_run.py``)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from batchinfer.testing.tiny_model import build_tiny_model
 

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from batchinfer.tasks.infer import infer_chunk
 
+from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.errors import JobError
-from batchinfer.runtime.scaleout import _mirror_result, dask_chunks, run_chunk_at
+from batchinfer.runtime.executors import ChunkWork, ThreadChunks, chunk_executor
+from batchinfer.runtime.scaleout import DaskChunks, _mirror_result, run_chunk_at
 from batchinfer.settings import Settings
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import (
@@ -40,10 +43,15 @@ DASK = str(Path(sys.executable).with_name("dask"))
 
 def test_a_dask_address_without_shared_storage_fails_the_job_naming_both_variables() -> None:
     with pytest.raises(JobError) as caught:
-        dask_chunks(Settings(dask_address="tcp://127.0.0.1:8786", shared_storage=None), "job")
+        chunk_executor(Settings(dask_address="tcp://127.0.0.1:8786", shared_storage=None), "job", infer_chunk)
     assert "BATCHINFER_DASK_ADDRESS" in caught.value.message
     assert "BATCHINFER_SHARED_STORAGE" in caught.value.message
-    assert dask_chunks(Settings(dask_address=None), "job") is None  # threads: no Dask at all
+
+
+def test_without_a_dask_address_chunks_run_on_threads_and_with_one_on_dask(tmp_path: Path) -> None:
+    assert isinstance(chunk_executor(Settings(dask_address=None), "job", infer_chunk), ThreadChunks)
+    settings = Settings(dask_address="tcp://127.0.0.1:8786", shared_storage=tmp_path.as_uri())
+    assert isinstance(chunk_executor(settings, "job", infer_chunk), DaskChunks)
 
 
 def test_a_chunk_on_shared_storage_runs_once_and_is_reused(tmp_path: Path) -> None:
@@ -55,9 +63,11 @@ def test_a_chunk_on_shared_storage_runs_once_and_is_reused(tmp_path: Path) -> No
         (shared / "result-00000-k.jsonl").as_uri(),
     )
     engine = EchoEngine()
+    model = OpenAIEngineConfig(id="echo", base_url="http://127.0.0.1:9/v1", model="echo")
+    work = ChunkWork(0, input_url, result_url, model, EngineContext(cache_dir=tmp_path))
 
-    first = run_chunk_at(0, input_url, result_url, engine)
-    again = run_chunk_at(0, input_url, result_url, engine)
+    first = run_chunk_at(work, engine)
+    again = run_chunk_at(work, engine)
 
     assert (first.succeeded, first.failed, first.reused) == (2, 1, False)
     assert (again.succeeded, again.failed, again.reused) == (2, 1, True)

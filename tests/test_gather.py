@@ -10,7 +10,7 @@ import pytest
 
 from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.errors import JobError
-from batchinfer.pipeline.chunk_run import run_chunk
+from batchinfer.pipeline.chunk_run import ChunkFiles, run_chunk
 from batchinfer.pipeline.gather import GatherCounts, gather_outputs
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.validation import validate_prompt_file
@@ -187,7 +187,7 @@ def test_validate_run_chunks_and_gather_together_keep_input_order(layout: JobLay
     engine = UpperEngine()
     results = [layout.chunk_result(c.index, "k") for c in summary.chunks]
     for chunk, result in zip(summary.chunks, results, strict=True):
-        run_chunk(chunk.index, Path(chunk.input_path), result, engine)
+        run_chunk(ChunkFiles(chunk.index, Path(chunk.input_path), result), engine)
     counts = gather_outputs(layout, results, summary.lines, summary.file_error)
     assert counts == GatherCounts(succeeded=3, failed=3)
     assert [(r["line"], r["generations"][0]["text"]) for r in lines_of(layout.success)] == [

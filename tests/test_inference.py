@@ -10,7 +10,7 @@ import pytest
 
 from batchinfer.contract import Message
 from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
-from batchinfer.pipeline.chunk_run import ChunkCounts, read_requests, run_chunk
+from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, read_requests, run_chunk
 from batchinfer.records import Completion, ErrorDetail, Generation, Usage
 
 
@@ -85,7 +85,7 @@ def test_run_chunk_writes_one_record_per_request_in_order_and_returns_counts(
     tmp_path: Path, chunk: Path
 ) -> None:
     result = tmp_path / "result-00000-k.jsonl"
-    counts = run_chunk(0, chunk, result, EchoEngine())
+    counts = run_chunk(ChunkFiles(0, chunk, result), EchoEngine())
     assert counts == ChunkCounts(
         index=0,
         succeeded=2,
@@ -99,7 +99,7 @@ def test_run_chunk_writes_one_record_per_request_in_order_and_returns_counts(
 
 def test_a_success_record_has_the_documented_shape(tmp_path: Path, chunk: Path) -> None:
     result = tmp_path / "result.jsonl"
-    run_chunk(0, chunk, result, EchoEngine())
+    run_chunk(ChunkFiles(0, chunk, result), EchoEngine())
     first = records(result)[0]
     assert set(first) == {"line", "custom_id", "generations", "usage"}
     assert first["line"] == 1
@@ -113,7 +113,7 @@ def test_a_success_record_has_the_documented_shape(tmp_path: Path, chunk: Path) 
 
 def test_an_error_record_has_the_documented_shape(tmp_path: Path, chunk: Path) -> None:
     result = tmp_path / "result.jsonl"
-    run_chunk(0, chunk, result, EchoEngine())
+    run_chunk(ChunkFiles(0, chunk, result), EchoEngine())
     error = records(result)[1]
     assert error == {
         "line": 2,
@@ -124,10 +124,10 @@ def test_an_error_record_has_the_documented_shape(tmp_path: Path, chunk: Path) -
 
 def test_a_rerun_reuses_the_result_file_without_calling_the_engine(tmp_path: Path, chunk: Path) -> None:
     result = tmp_path / "result.jsonl"
-    first = run_chunk(0, chunk, result, EchoEngine())
+    first = run_chunk(ChunkFiles(0, chunk, result), EchoEngine())
     content = result.read_bytes()
     engine = EchoEngine()
-    again = run_chunk(0, chunk, result, engine)
+    again = run_chunk(ChunkFiles(0, chunk, result), engine)
     assert engine.calls == []
     assert again.reused is True
     assert again.model_dump(exclude={"reused"}) == first.model_dump(exclude={"reused"})
@@ -139,7 +139,7 @@ def test_an_engine_returning_the_wrong_number_of_outcomes_fails_the_chunk_and_wr
 ) -> None:
     result = tmp_path / "result.jsonl"
     with pytest.raises(RuntimeError, match="outcomes"):
-        run_chunk(0, chunk, result, EchoEngine(drop=1))
+        run_chunk(ChunkFiles(0, chunk, result), EchoEngine(drop=1))
     assert not result.exists()
     assert list(tmp_path.glob(".*.tmp")) == []
 
@@ -156,13 +156,13 @@ def test_an_engine_exception_fails_the_chunk_and_leaves_no_result(tmp_path: Path
 
     result = tmp_path / "result.jsonl"
     with pytest.raises(ConnectionError):
-        run_chunk(0, chunk, result, Broken())
+        run_chunk(ChunkFiles(0, chunk, result), Broken())
     assert not result.exists()
 
 
 def test_the_engine_gets_the_whole_chunk_in_one_call(tmp_path: Path, chunk: Path) -> None:
     engine = EchoEngine()
-    run_chunk(3, chunk, tmp_path / "r.jsonl", engine)
+    run_chunk(ChunkFiles(3, chunk, tmp_path / "r.jsonl"), engine)
     assert engine.calls == [[1, 2, 4]]
 
 
@@ -186,7 +186,7 @@ def test_a_chunk_started_after_a_cancel_records_every_line_cancelled_without_the
     tmp_path: Path, chunk: Path
 ) -> None:
     engine, result = EchoEngine(), tmp_path / "result.jsonl"
-    counts = run_chunk(0, chunk, result, engine, stop=Stopped())
+    counts = run_chunk(ChunkFiles(0, chunk, result), engine, stop=Stopped())
     assert engine.calls == []
     assert [(r["line"], r["error"]["code"]) for r in records(result)] == [
         (1, "cancelled"),
@@ -200,13 +200,13 @@ def test_a_rerun_after_a_cancel_runs_only_the_cancelled_lines_and_keeps_the_rest
     tmp_path: Path, chunk: Path
 ) -> None:
     result = tmp_path / "result.jsonl"
-    run_chunk(0, chunk, result, EchoEngine())
+    run_chunk(ChunkFiles(0, chunk, result), EchoEngine())
     cut_short = [json.loads(line) for line in result.read_text().splitlines()]
     cut_short[2] = {"line": 4, "custom_id": None, "error": {"code": "cancelled", "message": "cut"}}
     result.write_text("".join(json.dumps(r) + "\n" for r in cut_short))
 
     engine = EchoEngine()
-    counts = run_chunk(0, chunk, result, engine)
+    counts = run_chunk(ChunkFiles(0, chunk, result), engine)
     assert engine.calls == [[4]]  # only the cancelled line went to the model again
     lines = records(result)
     assert [r["line"] for r in lines] == [1, 2, 4]
@@ -226,8 +226,8 @@ def test_lines_cut_short_by_an_expiry_read_expired_and_a_rerun_runs_them_again(
     tmp_path: Path, chunk: Path
 ) -> None:
     result = tmp_path / "result.jsonl"
-    run_chunk(0, chunk, result, EchoEngine(), stop=Expired())
+    run_chunk(ChunkFiles(0, chunk, result), EchoEngine(), stop=Expired())
     assert {r["error"]["code"] for r in records(result)} == {"expired"}
     engine = EchoEngine()
-    run_chunk(0, chunk, result, engine)
+    run_chunk(ChunkFiles(0, chunk, result), engine)
     assert engine.calls == [[1, 2, 4]]

@@ -25,7 +25,7 @@ from batchinfer.engines.configs import EMBEDDED_DEFAULT, EngineContext, Transfor
 from batchinfer.engines.registry import build_engine
 from batchinfer.engines.transformers_local import TransformersEngine, gguf_cache_dir
 from batchinfer.errors import EngineError
-from batchinfer.pipeline.chunk_run import run_chunk
+from batchinfer.pipeline.chunk_run import ChunkFiles, run_chunk
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.validation import validate_prompt_file
 from batchinfer.records import Completion, ErrorDetail
@@ -319,7 +319,7 @@ def test_the_embedded_default_answers_a_json_schema_with_json_that_validates_eve
     summary = validate_prompt_file(source, layout, SamplingParams(temperature=0), 100)
     engine = TransformersEngine(EMBEDDED_DEFAULT, EngineContext(cache_dir=smollm2_cache, threads=1))
     result = tmp_path / "result.jsonl"
-    counts = run_chunk(0, Path(summary.chunks[0].input_path), result, engine)
+    counts = run_chunk(ChunkFiles(0, Path(summary.chunks[0].input_path), result), engine)
     engine.close()
     records = {r["custom_id"]: r for r in map(json.loads, result.read_text().splitlines())}
     assert (counts.succeeded, counts.failed) == (20, 1)

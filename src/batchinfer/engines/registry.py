@@ -1,10 +1,15 @@
 """Engine registry: engine name -> config class and builder. Builders import lazily, so that the
-package (and the adapter) never pays for torch unless a local model actually runs."""
+package (and the adapter) never pays for torch unless a local model actually runs.
+
+One of the three process-wide registries (the others: ``runtime.cancellation``'s stop signals and
+``runtime.reporting``'s progress listeners; docs/development.md lists them): the engines built in
+this process, by model config, so that every chunk task of a job shares one loaded model."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, TypeAlias
 
 from pydantic import Field
@@ -66,14 +71,36 @@ def build_engine(config: AnyModelConfig, context: EngineContext) -> Engine:
     return BUILDERS[config.engine](config, context)
 
 
+def _key(config: AnyModelConfig, context: EngineContext) -> str:
+    return config.model_dump_json() + context.model_dump_json()
+
+
 def get_engine(config: AnyModelConfig, context: EngineContext) -> Engine:
     """The process-wide engine for ``config``: built once, shared by every chunk task in the process."""
-    key = config.model_dump_json() + context.model_dump_json()
+    key = _key(config, context)
     with _cache_lock:
         engine = _cache.get(key)
         if engine is None:
             engine = _cache[key] = build_engine(config, context)
         return engine
+
+
+@contextmanager
+def engine_in_use(config: AnyModelConfig, context: EngineContext, engine: Engine) -> Iterator[Engine]:
+    """Make ``engine`` this process's engine for ``config`` while the block runs: a test double at
+    the model boundary for in-process jobs, or an engine warmed up beforehand."""
+    key = _key(config, context)
+    with _cache_lock:
+        previous = _cache.get(key)
+        _cache[key] = engine
+    try:
+        yield engine
+    finally:
+        with _cache_lock:
+            if previous is None:
+                _cache.pop(key, None)
+            else:
+                _cache[key] = previous
 
 
 def close_engines() -> None:

@@ -5,6 +5,7 @@ the job was cancelled while the chunk ran: then its ``cancelled`` lines, and onl
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,41 +46,60 @@ def to_record(request: PromptRequest, outcome: Completion | ErrorDetail) -> Succ
     )
 
 
+@dataclass(frozen=True)
+class ChunkFiles:
+    """One chunk's files: its input (validated requests) and the result file it writes."""
+
+    index: int
+    input_path: Path
+    result_path: Path
+
+
 def run_chunk(
-    index: int,
-    input_path: Path,
-    result_path: Path,
-    engine: Engine,
-    stop: StopFlag | None = None,
-    max_in_flight: int | None = None,
+    chunk: ChunkFiles, engine: Engine, stop: StopFlag | None = None, max_in_flight: int | None = None
 ) -> ChunkCounts:
     """Run the chunk (or what a cancel left of it) and write its result file; its counts."""
-    requests = read_requests(input_path)
+    requests = read_requests(chunk.input_path)
     kept: dict[int, tuple[str, dict[str, Any]]] = {}  # line -> finished record, raw and parsed
-    if result_path.exists():
-        kept = _finished_records(result_path)
+    if chunk.result_path.exists():
+        kept = _finished_records(chunk.result_path)
         if len(kept) == len(requests):  # the whole chunk is done: count it, run nothing
-            counts = ChunkCounts(index=index, reused=True)
+            counts = ChunkCounts(index=chunk.index, reused=True)
             for _, obj in kept.values():
                 _count_parsed(counts, obj)
             return counts
         requests = [r for r in requests if r.line not in kept]
+    outcomes = _outcomes(requests, engine, stop, max_in_flight)
+    if len(outcomes) != len(requests):
+        raise RuntimeError(
+            f"Engine returned {len(outcomes)} outcomes for {len(requests)} requests in chunk {chunk.index}"
+        )
+    fresh = {r.line: to_record(r, o) for r, o in zip(requests, outcomes, strict=True)}
+    return _write(chunk, kept, fresh)
+
+
+def _outcomes(
+    requests: list[PromptRequest], engine: Engine, stop: StopFlag | None, max_in_flight: int | None
+) -> list[Any]:
+    """The engine's outcomes, or for a stopped job its reason for every line it did not finish."""
     # Why the lines cut short were abandoned (cancelled, expired): the stop signal knows.
     abandoned = getattr(stop, "abandoned", CANCELLED)
     if stop is not None and stop.is_set():
-        outcomes: list[Any] = [abandoned] * len(requests)
-    else:
-        outcomes = [
-            abandoned if isinstance(o, ErrorDetail) and o.code == CANCELLED.code else o
-            for o in engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
-        ]
-    if len(outcomes) != len(requests):
-        raise RuntimeError(
-            f"Engine returned {len(outcomes)} outcomes for {len(requests)} requests in chunk {index}"
-        )
-    fresh = {r.line: to_record(r, o) for r, o in zip(requests, outcomes, strict=True)}
-    counts = ChunkCounts(index=index)
-    with atomic_write(result_path) as out:
+        return [abandoned] * len(requests)
+    return [
+        abandoned if isinstance(o, ErrorDetail) and o.code == CANCELLED.code else o
+        for o in engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
+    ]
+
+
+def _write(
+    chunk: ChunkFiles,
+    kept: dict[int, tuple[str, dict[str, Any]]],
+    fresh: dict[int, SuccessRecord | ErrorRecord],
+) -> ChunkCounts:
+    """The result file, kept and fresh records in line order, written whole; its counts."""
+    counts = ChunkCounts(index=chunk.index)
+    with atomic_write(chunk.result_path) as out:
         for line in sorted(kept.keys() | fresh.keys()):
             if line in kept:
                 raw, obj = kept[line]

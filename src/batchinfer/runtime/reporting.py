@@ -1,8 +1,9 @@
 """Publishing a running job's phase and progress (glue, no logic of its own).
 
-The phase is the RUNNING state's name (``state.py`` maps it); the counts go to the job's progress
-file (``jobview.write_progress``), which ``job_status`` reads; a progress artifact shows the same
-in the Prefect UI. In-process listeners (the CLI's progress bar) get every update.
+The phase is the RUNNING state's name (``control.states`` maps it); the counts go to the job's
+progress file (``pipeline.jobfiles.write_progress``), which ``job_status`` reads; a progress
+artifact shows the same in the Prefect UI; the run's name and ``model:`` tag are set here too.
+In-process listeners (the CLI's progress bar) get every update.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from uuid import UUID
 
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, write_progress
@@ -109,3 +111,27 @@ class RunReporter:
             )
         except Exception:
             logger.warning("Could not publish the summary of %s", self.flow_run_id, exc_info=True)
+
+
+def job_run_name() -> str:
+    """The flow run's name in the UI: ``<model> · <prompt file name>``."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    source = params.get("prompt_file") or {}
+    value = source.get("value", "") if isinstance(source, dict) else getattr(source, "value", "")
+    name = Path(str(value)).name if len(str(value)) < 512 else "raw-bytes"
+    return f"{params.get('model', 'model')} · {name or 'prompts'}"
+
+
+def tag_with_model(job_id: str, model: str) -> None:
+    """``model:<id>``, as the adapter tags the runs it creates, also on runs started another way
+    (a deployment's schedule, the UI, a direct call), so the UI can filter every job by model."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    tag = f"model:{model}"
+    tags = list(flow_run.tags or [])
+    if tag not in tags:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(job_id), tags=[*tags, tag])

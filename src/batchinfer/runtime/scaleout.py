@@ -31,8 +31,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from batchinfer.engines.base import Engine, StopFlag
 from batchinfer.errors import JobError
-from batchinfer.pipeline.chunk_run import ChunkCounts, run_chunk
+from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
 from batchinfer.pipeline.jobfiles import atomic_write
+from batchinfer.runtime.executors import ChunkWork
 from batchinfer.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -51,25 +52,19 @@ def is_url(path: str) -> bool:
 # --- on the worker ------------------------------------------------------------------------------
 
 
-def run_chunk_at(
-    index: int,
-    input_path: str,
-    result_path: str,
-    engine: Engine,
-    stop: StopFlag | None = None,
-    max_in_flight: int | None = None,
-) -> ChunkCounts:
+def run_chunk_at(work: ChunkWork, engine: Engine, stop: StopFlag | None = None) -> ChunkCounts:
     """``run_chunk`` for a chunk whose files are local paths or URLs on shared storage."""
-    if not is_url(input_path) and not is_url(result_path):
-        return run_chunk(index, Path(input_path), Path(result_path), engine, stop, max_in_flight)
+    if not is_url(work.input_path) and not is_url(work.result_path):
+        files = ChunkFiles(work.index, Path(work.input_path), Path(work.result_path))
+        return run_chunk(files, engine, stop, work.max_in_flight)
     with tempfile.TemporaryDirectory(prefix="batchinfer-chunk-") as tmp:
-        local_input, local_result = Path(tmp) / "input.jsonl", Path(tmp) / "result.jsonl"
-        download(input_path, local_input)
-        if _exists(result_path):  # an earlier run's result: run_chunk reuses or completes it
-            download(result_path, local_result)
-        counts = run_chunk(index, local_input, local_result, engine, stop, max_in_flight)
+        local = ChunkFiles(work.index, Path(tmp) / "input.jsonl", Path(tmp) / "result.jsonl")
+        download(work.input_path, local.input_path)
+        if _exists(work.result_path):  # an earlier run's result: run_chunk reuses or completes it
+            download(work.result_path, local.result_path)
+        counts = run_chunk(local, engine, stop, work.max_in_flight)
         if not counts.reused:  # reused: the file on shared storage is already this result
-            upload(local_result, result_path)
+            upload(local.result_path, work.result_path)
         return counts
 
 
@@ -140,8 +135,11 @@ class DaskChunks:
     ``<shared_storage>/<job_id>/chunks/``. A context manager: it holds the cluster connection
     (a ``DaskTaskRunner``) for as long as the chunk window runs."""
 
-    def __init__(self, address: str, shared_storage: str, job_id: str) -> None:
+    def __init__(
+        self, address: str, shared_storage: str, job_id: str, task: Task[[ChunkWork], ChunkCounts]
+    ) -> None:
         self.address = address
+        self._task = task
         self.chunks_url = f"{shared_storage.rstrip('/')}/{job_id}/chunks"
         self._runner: DaskTaskRunner | None = None
 
@@ -178,18 +176,15 @@ class DaskChunks:
             self._runner.__exit__(exc_type, exc, tb)
             self._runner = None
 
-    def submit(
-        self, task: Task[..., ChunkCounts], index: int, input_path: str, result_path: str, **params: Any
-    ) -> StagedFuture:
-        """Stage the chunk's files on shared storage and submit ``task`` for it to the cluster."""
+    def submit(self, work: ChunkWork) -> StagedFuture:
+        """Stage the chunk's files on shared storage and submit its task to the cluster."""
         if self._runner is None:
             raise RuntimeError("DaskChunks.submit outside its `with` block")
-        input_url, result_url = self.url(input_path), self.url(result_path)
-        upload(Path(input_path), input_url)
-        _mirror_result(Path(result_path), result_url)
-        parameters = {"index": index, "input_path": input_url, "result_path": result_url, **params}
-        future = self._runner.submit(task, parameters=parameters)
-        return StagedFuture(future, result_url, Path(result_path))
+        staged = work.at(self.url(work.input_path), self.url(work.result_path))
+        upload(Path(work.input_path), staged.input_path)
+        _mirror_result(Path(work.result_path), staged.result_path)
+        future = self._runner.submit(self._task, parameters={"work": staged})
+        return StagedFuture(future, staged.result_path, Path(work.result_path))
 
 
 def _mirror_result(local: Path, url: str) -> None:
@@ -207,10 +202,9 @@ def _mirror_result(local: Path, url: str) -> None:
         fs.rm(key)
 
 
-def dask_chunks(settings: Settings, job_id: str) -> DaskChunks | None:
-    """The job's Dask scale-out, or None when its chunks run on threads (no BATCHINFER_DASK_ADDRESS)."""
-    if not settings.dask_address:
-        return None
+def dask_chunks(settings: Settings, job_id: str, task: Task[[ChunkWork], ChunkCounts]) -> DaskChunks:
+    """The job's Dask scale-out (``BATCHINFER_DASK_ADDRESS`` is set)."""
+    assert settings.dask_address
     if not settings.shared_storage:
         raise JobError(
             f"{env_name('dask_address')} is set ({settings.dask_address}) but "
@@ -220,4 +214,4 @@ def dask_chunks(settings: Settings, job_id: str) -> DaskChunks | None:
             f"{env_name('dask_address')} to run chunks on threads of the job's process.",
             code=SCALEOUT_CODE,
         )
-    return DaskChunks(settings.dask_address, settings.shared_storage, job_id)
+    return DaskChunks(settings.dask_address, settings.shared_storage, job_id, task)

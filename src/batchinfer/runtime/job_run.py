@@ -1,0 +1,294 @@
+"""One run of a job, as data and phases (as Prefect's own ``FlowRunEngine`` keeps a run's state in
+one object): ``JobRun.validate()`` splits the prompt file into chunks and line errors,
+``infer()`` runs the chunks through the model in a window, ``finish()`` gathers the outputs and
+says how the job ended. ``lifecycle()`` wraps the three: a cancel (the UI, ``cancel_job``, the
+runner's SIGTERM), the completion window (``expires_at``), the job's deadline and its errors, so
+the phases themselves read as the design does.
+
+A stop (cancel or expiry) never cuts a phase short in the middle of writing: the chunks in flight
+finish, the ones never started are recorded ``cancelled`` (or ``expired``), and ``finish`` still
+writes both output files. The Prefect tasks it calls are injected (``JobTasks``), so the flow in
+``flows/batch_job.py`` wires them and this module imports no top-level ``tasks``.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchinfer.endpoints import RequestDefaults
+from batchinfer.engines.base import Engine, SamplingParams
+from batchinfer.engines.catalog import load_catalog
+from batchinfer.engines.configs import EngineContext
+from batchinfer.engines.registry import AnyModelConfig, get_engine
+from batchinfer.errors import BatchInferError, JobError, rerun_hint, resume_hint
+from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING, JobParameters
+from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
+from batchinfer.pipeline.chunking import chunk_key
+from batchinfer.pipeline.gather import GatherCounts, gather_outputs
+from batchinfer.pipeline.jobfiles import JobLayout, job_layout
+from batchinfer.pipeline.validation import ChunkSpec, ValidationSummary
+from batchinfer.runtime.cancellation import (
+    CANCEL_STATE_TYPES,
+    EXPIRED_REASON,
+    INTERRUPTED_REASON,
+    CancelWatcher,
+    StopSignal,
+    expiring,
+    forget,
+    prefect_state_reader,
+    sigterm_sets,
+    stop_signal,
+)
+from batchinfer.runtime.deadline import Deadline, DeadlinePassed, DoneFuture, windowed
+from batchinfer.runtime.executors import MAX_CHUNK_THREADS, ChunkExecutor, ChunkWork, chunk_executor
+from batchinfer.runtime.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
+from batchinfer.runtime.reporting import RunReporter
+from batchinfer.runtime.summary import PhaseClock
+from batchinfer.runtime.unreachable import model_unreachable, unreachable_error
+from batchinfer.settings import Settings
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.states import State
+
+JobResult = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobTasks:
+    """The Prefect tasks a run calls: what the Prefect UI shows as its task runs."""
+
+    validate: Callable[..., ValidationSummary]
+    infer_chunk: Task[[ChunkWork], ChunkCounts]
+    gather: Callable[..., GatherCounts]
+
+
+@dataclass
+class JobRun:
+    """A job's one run: what it was asked (``params``), what it found, what it has done."""
+
+    job_id: str
+    params: JobParameters
+    tasks: JobTasks
+    settings: Settings
+    layout: JobLayout
+    reporter: RunReporter
+    deadline: Deadline  # per run: a resumed job gets a fresh one
+    stop: StopSignal
+    clock: PhaseClock = field(default_factory=PhaseClock)
+    config: AnyModelConfig | None = None
+    summary: ValidationSummary | None = None
+    result_paths: list[str] = field(default_factory=list)
+    submitted: set[int] = field(default_factory=set)
+    error_codes: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def start(cls, job_id: str, params: JobParameters, tasks: JobTasks, settings: Settings) -> JobRun:
+        layout = job_layout(job_id, {"output_dir": params.output_dir}, settings.jobs_dir)
+        deadline = Deadline.after(settings.job_timeout_s)
+        reporter = RunReporter(job_id, layout)
+        return cls(job_id, params, tasks, settings, layout, reporter, deadline, stop_signal(job_id))
+
+    @contextmanager
+    def lifecycle(self) -> Iterator[None]:
+        """Cancel, expiry, deadline and errors around the phases. A SIGTERM sets the stop signal
+        until the very end: a cancel's SIGTERM must not cut the gather short."""
+        watcher = CancelWatcher(self.job_id, self.stop, prefect_state_reader(self.job_id))
+        try:
+            with sigterm_sets(self.stop), watcher, expiring(self.stop, self.params.expires_at):
+                yield
+        except (BatchInferError, DeadlinePassed) as exc:
+            error = self._deadline_error() if isinstance(exc, DeadlinePassed) else exc
+            progress = self.reporter.progress
+            progress.error_code, progress.error_message = error.code, error.message
+            self.reporter.push(force=True)
+            raise JobError(error.message, code=error.code) from exc
+        finally:
+            self.clock.stop()
+            self.reporter.publish_summary(self.params.model, self.clock.seconds, PHASE_INFERRING)
+            forget(self.job_id)
+
+    # -- the phases ---------------------------------------------------------------------------
+
+    def validate(self) -> ValidationSummary:
+        """The prompt file as chunk files and line errors; a file unusable as a whole fails the
+        job, its error in the error file."""
+        self._enter(PHASE_VALIDATING)
+        self.config = load_catalog(self.settings.models).get(self.params.model)
+        params, defaults = self._sampling()
+        summary = self.tasks.validate(
+            self.params.prompt_file,
+            str(self.layout.root),
+            params,
+            self.settings.chunk_size,
+            defaults,
+            self.params.endpoint,
+        )
+        progress = self.reporter.progress
+        progress.endpoint, progress.total, progress.failed = summary.endpoint, summary.lines, summary.invalid
+        progress.chunks, progress.blank_lines = len(summary.chunks), summary.blank_lines
+        if summary.file_error is not None:
+            self.tasks.gather(str(self.layout.root), [], summary.lines, summary.file_error)
+            progress.outputs_ready = True
+            raise JobError(summary.file_error.message, code=summary.file_error.code)
+        # Everything that shapes a chunk's requests: a resumed job reuses results only when all match.
+        shape = f"{params.model_dump_json()}|{defaults.model_dump_json()}|{self.params.endpoint}"
+        key = chunk_key(summary.input_sha256, summary.chunk_size, self.config.model_dump_json(), shape)
+        self.result_paths = [str(self.layout.chunk_result(c.index, key)) for c in summary.chunks]
+        self.summary = summary
+        return summary
+
+    def infer(self) -> None:
+        """Every chunk through the model, a window of them at a time, within the model's share of
+        its cross-job limit. Once stopped, the chunks never started are recorded as stopped."""
+        assert self.config is not None and self.summary is not None
+        self._enter(PHASE_INFERRING)
+        context = EngineContext(cache_dir=self.settings.cache_dir, threads=self.settings.threads)
+        engine = get_engine(self.config, context)  # loaded here, once, so chunk threads share it
+        window = min(self.settings.max_parallel_chunks or engine.max_parallel_chunks, MAX_CHUNK_THREADS)
+        slots = self._model_slots(window)
+        chunks = self.summary.chunks
+        with (
+            chunk_executor(self.settings, self.job_id, self.tasks.infer_chunk) as executor,
+            self._model_share(slots, min(window, len(chunks))) as held,
+        ):
+            submit = self._submitter(executor, context, slots)
+            for counts in windowed(
+                submit, chunks, window if held is None else held, self.deadline, self.stop
+            ):
+                self._count(counts)
+        if self.stop.is_set():  # the chunks in flight have finished; the ones never started are stopped
+            self._record_unstarted(engine, chunks)
+
+    def finish(self) -> JobResult | State[Any]:
+        """Both output files, gathered in input order, and how the job ended."""
+        assert self.config is not None and self.summary is not None
+        self.clock.enter(PHASE_GATHERING)
+        gathered = self._gather(self.summary.lines)
+        progress = self.reporter.progress
+        progress.completed, progress.failed = gathered.succeeded, gathered.failed
+        progress.outputs_ready = True
+        self.reporter.push(force=True)
+        if self.stop.is_set():
+            return self._stopped(cut_short=self.error_codes[self.stop.abandoned.code])
+        if model_unreachable(gathered.succeeded, self.error_codes):
+            # These results hold no answer, only connection errors: drop them, so that a resume
+            # (once the server is back) asks the server again instead of reusing them.
+            for result_path in self.result_paths:
+                Path(result_path).unlink(missing_ok=True)
+            base_url = getattr(self.config, "base_url", None)
+            raise unreachable_error(
+                self.job_id, self.config.id, base_url, self.error_codes["connection_error"]
+            )
+        counts = {"total": self.summary.lines, "completed": gathered.succeeded, "failed": gathered.failed}
+        return {"job_dir": str(self.layout.root), "request_counts": counts}
+
+    # -- inside the phases --------------------------------------------------------------------
+
+    def _enter(self, phase: str) -> None:
+        self.reporter.set_phase(phase)
+        self.clock.enter(phase)
+
+    def _sampling(self) -> tuple[SamplingParams, RequestDefaults]:
+        options, n = self.params.options, self.params.num_generations
+        return SamplingParams.from_options(
+            options, n, self.settings.default_max_tokens
+        ), RequestDefaults.from_options(options, n)
+
+    def _model_slots(self, window: int) -> int | None:
+        """Each chunk's part of the model's cross-job limit (None: the model has none)."""
+        assert self.config is not None
+        limit = shared_limit(self.config) if self.settings.share_model_limits else None
+        if limit is None:
+            return None
+        ensure_limit(self.config.id, limit)
+        return chunk_slots(limit, window)
+
+    def _model_share(self, slots: int | None, window: int) -> AbstractContextManager[int | None]:
+        """The job's share of its model's cross-job limit, in chunks (None: the model has none)."""
+        assert self.config is not None
+        if slots is None:
+            return nullcontext(None)
+        return holding_share(
+            self.config.id, slots, max(window, 1), self.stop, self.layout.work / "model-lease.txt"
+        )
+
+    def _submitter(
+        self, executor: ChunkExecutor, context: EngineContext, slots: int | None
+    ) -> Callable[[ChunkSpec], DoneFuture[ChunkCounts]]:
+        assert self.config is not None
+        config = self.config
+
+        def submit(chunk: ChunkSpec) -> DoneFuture[ChunkCounts]:
+            self.submitted.add(chunk.index)
+            work = ChunkWork(
+                chunk.index,
+                chunk.input_path,
+                self.result_paths[chunk.index],
+                config,
+                context,
+                self.job_id,
+                slots,
+            )
+            return executor.submit(work)
+
+        return submit
+
+    def _count(self, counts: ChunkCounts) -> None:
+        progress = self.reporter.progress
+        progress.completed += counts.succeeded
+        progress.failed += counts.failed
+        progress.prompt_tokens += counts.prompt_tokens
+        progress.completion_tokens += counts.completion_tokens
+        progress.chunks_done += 1
+        self.error_codes.update(counts.error_codes)
+        self.reporter.push()
+
+    def _record_unstarted(self, engine: Engine, chunks: list[ChunkSpec]) -> None:
+        for chunk in chunks:
+            if chunk.index not in self.submitted:
+                files = ChunkFiles(chunk.index, Path(chunk.input_path), Path(self.result_paths[chunk.index]))
+                self._count(run_chunk(files, engine, self.stop))
+
+    def _gather(self, lines: int) -> GatherCounts:
+        if self.stop.is_set():
+            # Neither a phase change (it would overwrite CANCELLING) nor the gather *task* (a task
+            # re-arms Prefect's own SIGTERM handler while it runs, and the runner's SIGTERM for this
+            # cancel may land just then).
+            return gather_outputs(self.layout, [Path(p) for p in self.result_paths], lines)
+        self.reporter.set_phase(PHASE_GATHERING)
+        return self.tasks.gather(str(self.layout.root), self.result_paths, lines)
+
+    def _deadline_error(self) -> JobError:
+        progress = self.reporter.progress
+        return self.deadline.exceeded(self.job_id, progress.chunks_done, progress.chunks)
+
+    def _stopped(self, cut_short: int) -> State[Any]:
+        """The end of a job that stopped early, its outputs written: Failed ``expired`` when its
+        completion window passed, Cancelled when someone asked (the UI, ``cancel_job``) or
+        ``batchinfer run`` was interrupted. A SIGTERM with no cancel behind it (a worker shutting
+        down) is handed back to Prefect as the termination it is: the job ends crashed, resumable."""
+        from prefect.exceptions import TerminationSignal
+        from prefect.states import Cancelled, Failed
+
+        expired = self.stop.reason == EXPIRED_REASON
+        interrupted = self.stop.reason == INTERRUPTED_REASON  # `batchinfer run`: a cancel without a runner
+        if not (expired or interrupted) and prefect_state_reader(self.job_id)() not in CANCEL_STATE_TYPES:
+            raise TerminationSignal(signal.SIGTERM)
+        progress = self.reporter.progress
+        code = self.stop.abandoned.code
+        message = (
+            f"{'Expired: the completion window passed' if expired else 'Cancelled'}: "
+            f"{progress.completed} lines succeeded and {progress.failed - cut_short} failed before "
+            f"that; the {cut_short} lines it cut short are in the error file as `{code}`. "
+            f"{rerun_hint(str(self.layout.root)) if interrupted else resume_hint(self.job_id)}"
+        )
+        progress.error_code, progress.error_message = code, message
+        self.reporter.push(force=True)
+        return Failed(message=message) if expired else Cancelled(message=message)

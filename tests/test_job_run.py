@@ -1,0 +1,158 @@
+"""Every branch of a job's run (``runtime.job_run.JobRun``), in this process: the real flow and its
+tasks on one Prefect test server for the session, with a scripted engine at the model boundary
+(``testing.engines.EchoEngine``, made the process's engine for the model). A job completes; a file
+unusable as a whole fails it; a cancel mid-window, its completion window, its deadline and a model
+server that is never reached each end it as they should, every line accounted for."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from batchinfer.flows.batch_job import batch_job
+
+from batchinfer.contract import Path as PromptPath
+from batchinfer.contract import PathType
+from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
+from batchinfer.engines.registry import engine_in_use
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
+from batchinfer.records import ErrorDetail
+from batchinfer.settings import Settings
+from batchinfer.testing.engines import EchoEngine
+from batchinfer.testing.served import read_jsonl
+
+MODEL = OpenAIEngineConfig(id="scripted", base_url="http://127.0.0.1:9/v1", model="scripted")
+LINES = 60
+CHUNK_SIZE = 10
+
+
+@dataclass
+class Ended:
+    """How a job's run ended: its final Prefect state and what it left in its directory."""
+
+    state: Any
+    layout: JobLayout
+
+    @property
+    def progress(self) -> JobProgress:
+        progress = read_progress(self.layout)
+        assert progress is not None
+        return progress
+
+    def records(self) -> dict[int, dict[str, Any]]:
+        """Every line's record, from both output files; a line in both would fail the test."""
+        success, errors = read_jsonl(self.layout.success), read_jsonl(self.layout.errors)
+        lines = [r["line"] for r in success + errors]
+        assert len(lines) == len(set(lines)), "a line is in both output files"
+        return {r["line"]: r for r in success + errors}
+
+
+RunJob = Callable[..., Ended]
+
+
+@pytest.fixture
+def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None) -> Iterator[RunJob]:
+    """Runs the flow in this process on ``engine`` over ``lines`` prompts; how it ended."""
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump({"models": [MODEL.model_dump(exclude_none=True)]}))
+    for name, value in {
+        "HOME": str(tmp_path / "home"),
+        "MODELS": str(models),
+        "CHUNK_SIZE": str(CHUNK_SIZE),
+    }.items():
+        monkeypatch.setenv(f"BATCHINFER_{name}", value)
+    monkeypatch.setenv("BATCHINFER_SHARE_MODEL_LIMITS", "false")
+    settings = Settings()
+    context = EngineContext(cache_dir=settings.cache_dir, threads=settings.threads)
+
+    def run(engine: EchoEngine, lines: int = LINES, **parameters: Any) -> Ended:
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text(
+            "".join(json.dumps([{"role": "user", "text": f"prompt {i}"}]) + "\n" for i in range(lines))
+        )
+        source = PromptPath(type=PathType.filepath, value=str(prompts))
+        out = tmp_path / "out"
+        with engine_in_use(MODEL, context, engine):
+            state = batch_job(
+                model=MODEL.id, prompt_file=source, output_dir=str(out), return_state=True, **parameters
+            )
+        return Ended(state, JobLayout(out))
+
+    yield run
+
+
+def cancel_at_call(call: int) -> Callable[[int], None]:
+    """An engine callback that asks Prefect to cancel the job, as the UI does, at its ``call``-th call."""
+
+    def cancel(calls: int) -> None:
+        if calls != call:
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.runtime import flow_run
+        from prefect.states import Cancelling
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+
+    return cancel
+
+
+def test_a_job_completes_with_every_line_answered_once_in_order(run_job: RunJob) -> None:
+    ended = run_job(EchoEngine())
+    assert ended.state.is_completed()
+    records = ended.records()
+    assert sorted(records) == list(range(1, LINES + 1))
+    assert all(records[line]["generations"][0]["text"] == f"echo: prompt {line - 1}" for line in records)
+    assert (ended.progress.completed, ended.progress.failed, ended.progress.chunks_done) == (LINES, 0, 6)
+
+
+def test_a_file_with_no_lines_fails_the_job_with_its_error_in_the_error_file(run_job: RunJob) -> None:
+    ended = run_job(EchoEngine(), lines=0)
+    assert ended.state.is_failed() and ended.progress.error_code == "empty_file"
+    ((record),) = read_jsonl(ended.layout.errors)
+    assert record["line"] is None and record["error"]["code"] == "empty_file"
+
+
+def test_a_cancel_mid_window_keeps_the_finished_chunks_and_records_the_rest_cancelled(
+    run_job: RunJob,
+) -> None:
+    engine = EchoEngine(delay_s=0.4, on_call=cancel_at_call(1))
+    ended = run_job(engine)
+    assert ended.state.is_cancelled(), ended.state
+    codes = [r.get("error", {}).get("code", "answered") for r in ended.records().values()]
+    assert len(codes) == LINES and codes.count("cancelled") >= CHUNK_SIZE and "answered" in codes
+    assert len(engine.calls) < LINES // CHUNK_SIZE  # chunks after the cancel never reached the model
+    assert ended.progress.error_code == "cancelled" and "resume" in (ended.progress.error_message or "")
+
+
+def test_a_job_past_its_completion_window_fails_expired_keeping_what_finished(run_job: RunJob) -> None:
+    expires_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    ended = run_job(EchoEngine(delay_s=0.4), expires_at=expires_at)
+    assert ended.state.is_failed() and ended.progress.error_code == "expired"
+    codes = [r.get("error", {}).get("code", "answered") for r in ended.records().values()]
+    assert len(codes) == LINES and "expired" in codes and "answered" in codes
+
+
+def test_a_job_past_its_deadline_fails_deadline_exceeded_and_keeps_its_chunks_for_a_resume(
+    run_job: RunJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHINFER_JOB_TIMEOUT_S", "1.0")
+    ended = run_job(EchoEngine(delay_s=0.4))
+    assert ended.state.is_failed() and ended.progress.error_code == "deadline_exceeded"
+    assert not ended.layout.success.exists()  # no outputs: the job did not finish
+    assert list(ended.layout.work.glob("chunks/result-*.jsonl"))  # the chunks it finished
+
+
+def test_a_model_server_never_reached_fails_model_unreachable_and_drops_its_results(run_job: RunJob) -> None:
+    down = ErrorDetail(code="connection_error", message="Gave up after 1 attempt (connection refused)")
+    ended = run_job(EchoEngine(fail_all=down))
+    assert ended.state.is_failed() and ended.progress.error_code == "model_unreachable"
+    assert MODEL.base_url in (ended.progress.error_message or "")
+    assert {r["error"]["code"] for r in ended.records().values()} == {"connection_error"}
+    assert not list(ended.layout.root.rglob("result-*"))  # a resume asks the server again
