@@ -40,6 +40,7 @@ TASKS = JobTasks(validate=validate, infer_chunk=infer_chunk, gather=gather)
 def batch_job(
     model: str,
     prompt_file: Path,
+    *,
     options: Options | None = None,
     num_generations: int = 1,
     output_dir: str | None = None,

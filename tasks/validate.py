@@ -29,4 +29,7 @@ def validate(
     settings = Settings()  # limits and URI rules, as configured where the job runs
     rules = SourceRules.from_settings(settings)
     source = fetch(prompt_file, settings.input_roots(), layout.staged_input, rules)
-    return validate_prompt_file(source, layout, params, chunk_size, settings.limits(), defaults, endpoint)
+    limits = settings.limits()
+    return validate_prompt_file(
+        source, layout, params, chunk_size, limits, defaults=defaults, endpoint=endpoint
+    )

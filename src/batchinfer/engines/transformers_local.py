@@ -295,8 +295,8 @@ class TransformersEngine:
     def _generate(self, batch: list[_Prepared], params: SamplingParams) -> list[Completion]:
         import torch
 
-        model, tokenizer = self._model, self._tokenizer
-        assert model is not None and tokenizer is not None
+        model = self._model
+        assert model is not None
         # Left padding: every prompt ends at the same column, so new tokens append in lockstep.
         # The attention mask (and the position ids generate derives from it) hide the padding.
         width = max(len(item.input_ids) for item in batch)
@@ -305,23 +305,6 @@ class TransformersEngine:
         for row, item in enumerate(batch):
             input_ids[row, width - len(item.input_ids) :] = torch.tensor(item.input_ids)
             attention_mask[row, width - len(item.input_ids) :] = 1
-
-        kwargs: dict[str, Any] = {}
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        if params.response_format is not None:
-            from transformers import LogitsProcessorList
-
-            assert self._grammars is not None
-            matcher = self._grammars.matcher(params.response_format)
-            kwargs["logits_processor"] = LogitsProcessorList([self._grammars.processor(matcher)])
-        if params.temperature > 0:
-            # top_k=0 turns off transformers' default top-k of 50, which OpenAI semantics lack.
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False)
         with torch.inference_mode():
             output = model.generate(  # type: ignore[operator]
                 input_ids=input_ids.to(model.device),
@@ -330,41 +313,59 @@ class TransformersEngine:
                 num_return_sequences=params.n,
                 return_dict_in_generate=True,
                 output_logits=params.logprobs,
-                **kwargs,
+                **self._generate_options(params),
             )
         new_tokens = output.sequences[:, width:].tolist()
         logprob_rows = self._token_logprobs(output, width, params.top_logprobs) if params.logprobs else None
-
         completions = []
         for row, item in enumerate(batch):
-            generations, completion_tokens = [], 0
-            for seq in range(row * params.n, (row + 1) * params.n):
-                tokens, finish = self._trim(new_tokens[seq])
-                text = str(
-                    tokenizer.decode(tokens[:-1] if finish == "stop" else tokens, skip_special_tokens=True)
-                )
-                text, tokens, finish = _cut_at_stop(text, tokens, finish, params.stop, self._pad_id)
-                completion_tokens += len(tokens)
-                logprobs = None
-                if logprob_rows is not None:
-                    logprobs = Logprobs(content=logprob_rows[seq][: len(tokens)])
-                generations.append(
-                    Generation(
-                        role="assistant",
-                        text=text,
-                        eot=finish == "stop",
-                        finish_reason=finish,
-                        logprobs=logprobs,
-                    )
-                )
-            prompt_tokens = len(item.input_ids)
-            usage = Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
-            completions.append(Completion(generations=generations, usage=usage))
+            sequences = range(row * params.n, (row + 1) * params.n)
+            generations = [self._generation(new_tokens[seq], params, logprob_rows, seq) for seq in sequences]
+            prompt, answer = len(item.input_ids), sum(count for _, count in generations)
+            usage = Usage(prompt_tokens=prompt, completion_tokens=answer, total_tokens=prompt + answer)
+            completions.append(Completion(generations=[g for g, _ in generations], usage=usage))
         return completions
+
+    def _generate_options(self, params: SamplingParams) -> dict[str, Any]:
+        """``generate``'s sampling, stop strings and constraint for ``params``; seeds the RNG."""
+        import torch
+
+        options: dict[str, Any] = {}
+        if params.stop:
+            options.update(stop_strings=list(params.stop), tokenizer=self._tokenizer)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        if params.response_format is not None:
+            from transformers import LogitsProcessorList
+
+            assert self._grammars is not None
+            matcher = self._grammars.matcher(params.response_format)
+            options["logits_processor"] = LogitsProcessorList([self._grammars.processor(matcher)])
+        if params.temperature > 0:
+            # top_k=0 turns off transformers' default top-k of 50, which OpenAI semantics lack.
+            options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            options.update(do_sample=False)
+        return options
+
+    def _generation(
+        self,
+        generated: list[int],
+        params: SamplingParams,
+        logprob_rows: list[list[TokenLogprob]] | None,
+        seq: int,
+    ) -> tuple[Generation, int]:
+        """One sequence's answer, and how many tokens it generated."""
+        tokenizer = self._tokenizer
+        assert tokenizer is not None
+        tokens, finish = self._trim(generated)
+        text = str(tokenizer.decode(tokens[:-1] if finish == "stop" else tokens, skip_special_tokens=True))
+        text, tokens, finish = _cut_at_stop(text, tokens, finish, params.stop, self._pad_id)
+        logprobs = Logprobs(content=logprob_rows[seq][: len(tokens)]) if logprob_rows is not None else None
+        generation = Generation(
+            role="assistant", text=text, eot=finish == "stop", finish_reason=finish, logprobs=logprobs
+        )
+        return generation, len(tokens)
 
     def _trim(self, tokens: list[int]) -> tuple[list[int], str]:
         """The tokens this sequence really generated (up to and including its first eos), and why

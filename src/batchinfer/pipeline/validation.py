@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -90,6 +91,7 @@ def validate_prompt_file(
     params: SamplingParams,
     chunk_size: int,
     limits: Limits | None = None,
+    *,
     defaults: RequestDefaults | None = None,
     endpoint: Endpoint | None = None,
 ) -> ValidationSummary:
@@ -102,60 +104,87 @@ def validate_prompt_file(
     physical_lines = count_lines(source)
     if physical_lines > limits.max_lines:  # refused before any line is parsed
         return _too_many_lines(physical_lines, limits.max_lines, chunk_size)
-    size = plan_chunk_size(physical_lines, chunk_size)
     digest = hashlib.sha256()
-    chunks: list[ChunkSpec] = []
-    valid = invalid = blank = 0
-    error_codes: set[str] = set()
-    with ExitStack() as outer, open(source, "rb") as handle:
-        errors_out = outer.enter_context(atomic_write(layout.line_errors))
-        chunk_out: IO[str] | None = None
-        chunk_stack = ExitStack()
+    tally = _Tally()
+    with (
+        open(source, "rb") as handle,
+        atomic_write(layout.line_errors) as errors_out,
+        _ChunkWriter(layout, plan_chunk_size(physical_lines, chunk_size)) as chunks,
+    ):
         for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
-            outcome: PromptRequest | ErrorRecord
-            if raw is None:
-                outcome = _line_too_long(number, limits.max_line_bytes)
-            elif not raw.strip():
-                blank += 1
+            if raw is not None and not raw.strip():
+                tally.blank += 1
                 continue
-            else:
-                outcome = endpoints.check(_parse(raw, number, params, limits, defaults))
+            outcome = (
+                _line_too_long(number, limits.max_line_bytes)
+                if raw is None
+                else endpoints.check(_parse(raw, number, params, limits, defaults))
+            )
             if isinstance(outcome, ErrorRecord):
-                invalid += 1
-                error_codes.add(outcome.error.code)
+                tally.error(outcome.error.code)
                 errors_out.write(outcome.model_dump_json() + "\n")
-                continue
-            valid += 1
-            if chunk_out is None or chunks[-1].count == size:
-                chunk_stack.close()
-                index = len(chunks)
-                path = layout.chunk_input(index)
-                chunk_out = chunk_stack.enter_context(atomic_write(path))
-                chunks.append(
-                    ChunkSpec(
-                        index=index,
-                        input_path=str(path),
-                        count=0,
-                        first_line=number,
-                        last_line=number,
-                    )
-                )
-            chunk_out.write(outcome.model_dump_json() + "\n")
-            chunks[-1].count += 1
-            chunks[-1].last_line = number
-        chunk_stack.close()
-    lines = valid + invalid
+            else:
+                tally.valid += 1
+                chunks.write(outcome)
     return ValidationSummary(
         input_sha256=digest.hexdigest(),
-        lines=lines,
-        valid=valid,
-        invalid=invalid,
-        blank_lines=blank,
-        chunk_size=size,
-        chunks=chunks,
-        file_error=_file_error(lines, valid, error_codes),
+        lines=tally.valid + tally.invalid,
+        valid=tally.valid,
+        invalid=tally.invalid,
+        blank_lines=tally.blank,
+        chunk_size=chunks.size,
+        chunks=chunks.specs,
+        file_error=_file_error(tally.valid + tally.invalid, tally.valid, tally.codes),
         endpoint=endpoints.job_endpoint or Endpoint.chat,
     )
+
+
+@dataclass
+class _Tally:
+    valid: int = 0
+    invalid: int = 0
+    blank: int = 0
+    codes: set[str] = field(default_factory=set)
+
+    def error(self, code: str) -> None:
+        self.invalid += 1
+        self.codes.add(code)
+
+
+class _ChunkWriter:
+    """Valid requests into chunk input files of ``size`` lines, each written whole (atomically)."""
+
+    def __init__(self, layout: JobLayout, size: int) -> None:
+        self.layout = layout
+        self.size = size
+        self.specs: list[ChunkSpec] = []
+        self._stack = ExitStack()
+        self._out: IO[str] | None = None
+
+    def __enter__(self) -> _ChunkWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def write(self, request: PromptRequest) -> None:
+        if self._out is None or self.specs[-1].count == self.size:
+            self._stack.close()
+            index = len(self.specs)
+            path = self.layout.chunk_input(index)
+            self._out = self._stack.enter_context(atomic_write(path))
+            self.specs.append(
+                ChunkSpec(
+                    index=index,
+                    input_path=str(path),
+                    count=0,
+                    first_line=request.line,
+                    last_line=request.line,
+                )
+            )
+        self._out.write(request.model_dump_json() + "\n")
+        self.specs[-1].count += 1
+        self.specs[-1].last_line = request.line
 
 
 class _EndpointCheck:

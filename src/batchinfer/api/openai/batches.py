@@ -17,7 +17,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from batchinfer.api.openai.errors import OpenAIError, from_batchinfer_error, not_found
-from batchinfer.api.openai.files import FileStore, link_or_copy
+from batchinfer.api.openai.files import FileStore, StoredFile, link_or_copy
 from batchinfer.api.openai.history import HistoryReader
 from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
 from batchinfer.api.openai.lines import batch_errors, read_lines, scan_models
@@ -51,6 +51,26 @@ class CreateBatch(BaseModel):
     metadata: dict[str, str] | None = None
 
 
+def _window_of(request: CreateBatch) -> int:
+    """The batch's endpoint checked, its metadata checked, and its completion window in seconds."""
+    if request.endpoint not in ENDPOINTS:
+        raise OpenAIError(
+            400,
+            f"Endpoint {request.endpoint!r} is not supported; use {', '.join(sorted(ENDPOINTS))}.",
+            param="endpoint",
+            code="unsupported_endpoint",
+        )
+    _check_metadata(request.metadata)
+    try:
+        return window_seconds(request.completion_window)
+    except ValueError:
+        raise OpenAIError(
+            400,
+            f"completion_window {request.completion_window!r} is not a duration; use '24h'.",
+            param="completion_window",
+        ) from None
+
+
 def window_seconds(window: str) -> int:
     """``24h``, ``90m``, ``30s``, ``2d`` in seconds (OpenAI only knows ``24h``; shorter ones serve
     tests and impatient users). A ``ValueError`` for anything else."""
@@ -82,33 +102,8 @@ class BatchService:
 
     async def create(self, backend: JobBackend, payload: Any) -> dict[str, Any]:
         request = _parse_create(payload)
-        stored = self.files.get(request.input_file_id)
-        if stored is None:
-            raise not_found("File", request.input_file_id, "input_file_id")
-        if stored.purpose != "batch":
-            raise OpenAIError(
-                400,
-                f"File {stored.id!r} has purpose {stored.purpose!r}; a batch's input file must be "
-                "uploaded with purpose 'batch'.",
-                param="input_file_id",
-                code="invalid_file_purpose",
-            )
-        if request.endpoint not in ENDPOINTS:
-            raise OpenAIError(
-                400,
-                f"Endpoint {request.endpoint!r} is not supported; use {', '.join(sorted(ENDPOINTS))}.",
-                param="endpoint",
-                code="unsupported_endpoint",
-            )
-        try:
-            window_s = window_seconds(request.completion_window)
-        except ValueError:
-            raise OpenAIError(
-                400,
-                f"completion_window {request.completion_window!r} is not a duration; use '24h'.",
-                param="completion_window",
-            ) from None
-        _check_metadata(request.metadata)
+        stored = self._input_file(request.input_file_id)
+        window_s = _window_of(request)
         source = self.files.path(stored.id)
         model = await anyio.to_thread.run_sync(self._model_of, source, stored.id)
         # Staged by content under the uploads dir, where every job may read (input_roots), and
@@ -144,6 +139,20 @@ class BatchService:
         )
         self.batches.save(record)
         return await self._view(backend, record, job, [])
+
+    def _input_file(self, file_id: str) -> StoredFile:
+        stored = self.files.get(file_id)
+        if stored is None:
+            raise not_found("File", file_id, "input_file_id")
+        if stored.purpose != "batch":
+            raise OpenAIError(
+                400,
+                f"File {stored.id!r} has purpose {stored.purpose!r}; a batch's input file must be "
+                "uploaded with purpose 'batch'.",
+                param="input_file_id",
+                code="invalid_file_purpose",
+            )
+        return stored
 
     def _model_of(self, source: Any, file_id: str) -> str:
         """The batch's one model, from its lines' ``body.model``; a known model id."""

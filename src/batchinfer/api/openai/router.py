@@ -13,10 +13,10 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchinfer.api.openai import history as run_history
@@ -27,7 +27,7 @@ from batchinfer.api.openai.errors import (
     not_found,
     openai_error_response,
 )
-from batchinfer.api.openai.files import PURPOSES, FileStore, FileTooLarge
+from batchinfer.api.openai.files import PURPOSES, FileStore, FileTooLarge, StoredFile
 from batchinfer.api.openai.history import HistoryReader
 from batchinfer.api.openai.pagination import cursor_page, list_body
 from batchinfer.api.openai.records import BatchStore
@@ -47,104 +47,122 @@ def _backend(request: Request) -> JobBackend:
     return backend
 
 
-def build_router(service: BatchService, max_upload_bytes: int) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible (extension)"])
-    files = service.files
+def _service(request: Request) -> BatchService:
+    service: BatchService = request.app.state.openai_batches
+    return service
 
-    @router.post("/files", summary="Upload a file (multipart: file, purpose)")
-    async def upload_file(request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_upload_bytes + _FORM_SLACK:
-            raise _too_large(max_upload_bytes)
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except AssertionError as exc:  # Starlette's way of saying python-multipart is missing
-            raise OpenAIError(500, f"File uploads are unavailable on this server: {exc}") from None
-        except Exception as exc:  # a malformed multipart body
-            raise OpenAIError(400, f"Send multipart/form-data with 'file' and 'purpose': {exc}") from None
-        try:
-            upload, purpose = form.get("file"), form.get("purpose")
-            if not isinstance(upload, UploadFile):
-                raise OpenAIError(400, "Missing the 'file' part (the file's bytes).", param="file")
-            if not isinstance(purpose, str) or purpose not in PURPOSES:
-                raise OpenAIError(
-                    400,
-                    f"'purpose' is {purpose!r}; use one of {', '.join(sorted(PURPOSES))}.",
-                    param="purpose",
-                )
-            try:
-                stored = await anyio.to_thread.run_sync(
-                    lambda: files.create(
-                        upload.filename or "upload.jsonl",
-                        purpose,
-                        iter(lambda: upload.file.read(1 << 20), b""),
-                        max_upload_bytes,
-                    )
-                )
-            except FileTooLarge:
-                raise _too_large(max_upload_bytes) from None
-        finally:
-            await form.close()
-        return stored.public()
 
-    @router.get("/files", summary="List files, newest first")
-    async def list_files(
-        purpose: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
-        after: str | None = None,
-        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
-    ) -> dict[str, Any]:
-        stored = files.list(purpose)
-        if order == "asc":
-            stored.reverse()
-        page, has_more = cursor_page(stored, lambda f: f.id, after, limit)
-        return list_body([f.public() for f in page], has_more)
+BackendDep = Annotated[JobBackend, Depends(_backend)]
+ServiceDep = Annotated[BatchService, Depends(_service)]
+router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible (extension)"])
 
-    @router.get("/files/{file_id}", summary="Retrieve a file's File object")
-    async def retrieve_file(file_id: str) -> dict[str, Any]:
-        stored = files.get(file_id)
-        if stored is None:
-            raise not_found("File", file_id, "file_id")
-        return stored.public()
 
-    @router.get("/files/{file_id}/content", summary="A file's bytes")
-    async def file_content(file_id: str) -> Response:
-        stored = files.get(file_id)
-        if stored is None:
-            raise not_found("File", file_id, "file_id")
-        return FileResponse(files.path(stored.id), media_type="application/octet-stream")
+@router.post("/files", summary="Upload a file (multipart: file, purpose)")
+async def upload_file(request: Request, service: ServiceDep) -> dict[str, Any]:
+    limit = service.settings.max_prompt_file_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + _FORM_SLACK:
+        raise _too_large(limit)
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except AssertionError as exc:  # Starlette's way of saying python-multipart is missing
+        raise OpenAIError(500, f"File uploads are unavailable on this server: {exc}") from None
+    except Exception as exc:  # a malformed multipart body
+        raise OpenAIError(400, f"Send multipart/form-data with 'file' and 'purpose': {exc}") from None
+    try:
+        upload, purpose = _upload_parts(form)
+        stored = await anyio.to_thread.run_sync(_store, service.files, upload, purpose, limit)
+    finally:
+        await form.close()
+    return stored.public()
 
-    @router.delete("/files/{file_id}", summary="Delete a file")
-    async def delete_file(file_id: str) -> dict[str, Any]:
-        if not await anyio.to_thread.run_sync(files.delete, file_id):
-            raise not_found("File", file_id, "file_id")
-        return {"id": file_id, "object": "file", "deleted": True}
 
-    @router.post("/batches", summary="Create a batch: a job of the batch-inference flow")
-    async def create_batch(request: Request) -> dict[str, Any]:
-        try:
-            payload = json.loads(await request.body())
-        except (ValueError, RecursionError):
-            raise OpenAIError(400, "The body is not JSON; send one JSON object.") from None
-        return await service.create(_backend(request), payload)
+def _upload_parts(form: FormData) -> tuple[UploadFile, str]:
+    upload, purpose = form.get("file"), form.get("purpose")
+    if not isinstance(upload, UploadFile):
+        raise OpenAIError(400, "Missing the 'file' part (the file's bytes).", param="file")
+    if not isinstance(purpose, str) or purpose not in PURPOSES:
+        raise OpenAIError(
+            400, f"'purpose' is {purpose!r}; use one of {', '.join(sorted(PURPOSES))}.", param="purpose"
+        )
+    return upload, purpose
 
-    @router.get("/batches", summary="List batches, newest first")
-    async def list_batches(
-        request: Request,
-        after: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> dict[str, Any]:
-        return await service.list_batches(_backend(request), after, limit)
 
-    @router.get("/batches/{batch_id}", summary="Retrieve a batch")
-    async def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
-        return await service.retrieve(_backend(request), batch_id)
+def _store(files: FileStore, upload: UploadFile, purpose: str, limit: int) -> StoredFile:
+    try:
+        chunks = iter(lambda: upload.file.read(1 << 20), b"")
+        return files.create(upload.filename or "upload.jsonl", purpose, chunks, limit)
+    except FileTooLarge:
+        raise _too_large(limit) from None
 
-    @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
-    async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
-        return await service.cancel(_backend(request), batch_id)
 
-    return router
+@router.get("/files", summary="List files, newest first")
+async def list_files(
+    service: ServiceDep,
+    purpose: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    after: str | None = None,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+) -> dict[str, Any]:
+    stored = service.files.list(purpose)
+    if order == "asc":
+        stored.reverse()
+    page, has_more = cursor_page(stored, lambda f: f.id, after, limit)
+    return list_body([f.public() for f in page], has_more)
+
+
+def _stored(service: BatchService, file_id: str) -> StoredFile:
+    stored = service.files.get(file_id)
+    if stored is None:
+        raise not_found("File", file_id, "file_id")
+    return stored
+
+
+@router.get("/files/{file_id}", summary="Retrieve a file's File object")
+async def retrieve_file(service: ServiceDep, file_id: str) -> dict[str, Any]:
+    return _stored(service, file_id).public()
+
+
+@router.get("/files/{file_id}/content", summary="A file's bytes")
+async def file_content(service: ServiceDep, file_id: str) -> Response:
+    stored = _stored(service, file_id)
+    return FileResponse(service.files.path(stored.id), media_type="application/octet-stream")
+
+
+@router.delete("/files/{file_id}", summary="Delete a file")
+async def delete_file(service: ServiceDep, file_id: str) -> dict[str, Any]:
+    if not await anyio.to_thread.run_sync(service.files.delete, file_id):
+        raise not_found("File", file_id, "file_id")
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.post("/batches", summary="Create a batch: a job of the batch-inference flow")
+async def create_batch(request: Request, service: ServiceDep, backend: BackendDep) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise OpenAIError(400, "The body is not JSON; send one JSON object.") from None
+    return await service.create(backend, payload)
+
+
+@router.get("/batches", summary="List batches, newest first")
+async def list_batches(
+    service: ServiceDep,
+    backend: BackendDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    return await service.list_batches(backend, after, limit)
+
+
+@router.get("/batches/{batch_id}", summary="Retrieve a batch")
+async def retrieve_batch(service: ServiceDep, backend: BackendDep, batch_id: str) -> dict[str, Any]:
+    return await service.retrieve(backend, batch_id)
+
+
+@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
+async def cancel_batch(service: ServiceDep, backend: BackendDep, batch_id: str) -> dict[str, Any]:
+    return await service.cancel(backend, batch_id)
 
 
 def _too_large(limit: int) -> OpenAIError:
@@ -161,14 +179,14 @@ def mount_openai_api(
 ) -> None:
     """Serve /v1/files and /v1/batches on ``app``, answering errors under /v1 in OpenAI's shape.
     Call it last in ``create_app``: it wraps the app's own error handlers for /v1 paths."""
-    service = BatchService(
+    app.state.openai_batches = BatchService(
         settings,
         catalog,
         FileStore(settings.home / "files"),
         BatchStore(settings.home / "batches"),
         history or _prefect_history,
     )
-    app.include_router(build_router(service, settings.max_prompt_file_bytes))
+    app.include_router(router)
 
     async def on_openai_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, OpenAIError)
