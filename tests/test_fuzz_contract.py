@@ -1,5 +1,6 @@
 """Contract fuzzing: schemathesis writes requests from the seed contract itself
-(``shared/seed/batch_inference_api.yaml``) and sends them to a running ``batchinfer serve``.
+(``contract/batch_inference_api.yaml``, the seed's own, vendored) and sends them to a running
+``batchinfer serve``.
 
 What every answer must satisfy:
 
@@ -22,7 +23,6 @@ answers of ``job_status`` in each state of a real job.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,19 +44,7 @@ from batchinfer.testing.served import TERMINAL, ServeProcess, user_prompt, write
 pytestmark = pytest.mark.e2e
 
 
-def _seed_path() -> Path:
-    """The seed contract, found the way tests/test_contract.py finds it."""
-    override = os.environ.get("BATCHINFER_SEED")
-    if override:
-        return Path(override)
-    return Path(__file__).parents[2] / "shared/seed/batch_inference_api.yaml"
-
-
-SEED = _seed_path()
-if not SEED.exists():
-    pytest.skip(
-        f"seed contract not found at {SEED}; set BATCHINFER_SEED to its path", allow_module_level=True
-    )
+SEED = Path(__file__).parents[1] / "contract" / "batch_inference_api.yaml"  # the vendored contract
 
 # Bounded and reproducible: the same requests on every run, nothing remembered between runs.
 FUZZ_CONFIG = schemathesis.Config.from_dict(

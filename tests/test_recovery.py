@@ -12,9 +12,9 @@ from batchinfer.control.jobview import RunSnapshot, batch_inference
 from batchinfer.control.recovery import (
     INTERRUPTED_STATE_NAME,
     RESUME_STATE_NAME,
-    RESUME_STATE_TYPE,
     interrupted_state,
     resume_refusal,
+    resume_state,
 )
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
@@ -67,7 +67,8 @@ def test_only_a_job_that_stopped_without_finishing_and_has_a_runner_may_be_resum
 def test_a_resume_proposes_the_same_state_as_the_prefect_ui_retry_button() -> None:
     # The UI's retryFlowRun sets {type: SCHEDULED, name: "AwaitingRetry"}; so do we, so that both
     # paths look and behave the same (the e2e tests take both).
-    assert (RESUME_STATE_TYPE, RESUME_STATE_NAME) == ("SCHEDULED", "AwaitingRetry")
+    spec = resume_state()
+    assert (spec.type, spec.name) == ("SCHEDULED", "AwaitingRetry")
 
 
 def test_the_resume_hint_names_the_command_and_the_endpoint() -> None:

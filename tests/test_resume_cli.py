@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchinfer.cli.resume import DEFAULT_PREFECT_API_URL, prefect_api_url, resume_from_cli
+from batchinfer.cli.resume import DEFAULT_PREFECT_API_URL, job_action_from_cli, prefect_api_url
 from batchinfer.settings import Settings
 from batchinfer.testing.served import free_port
 
@@ -35,7 +35,7 @@ def test_resume_talks_to_the_flag_then_the_environment_then_serves_local_prefect
 def test_resume_refuses_a_job_id_that_is_not_a_uuid_with_exit_code_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert resume_from_cli("not-a-uuid", DEFAULT_PREFECT_API_URL, Settings(home=tmp_path)) == 2
+    assert job_action_from_cli("resume", "not-a-uuid", DEFAULT_PREFECT_API_URL, Settings(home=tmp_path)) == 2
     assert "not a job id" in capsys.readouterr().err
 
 

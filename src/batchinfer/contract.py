@@ -1,4 +1,5 @@
-"""The wire contract: pydantic models for every schema in ``shared/seed/batch_inference_api.yaml``.
+"""The wire contract: pydantic models for every schema in ``contract/batch_inference_api.yaml``
+(the seed's own, vendored).
 
 Names and fields follow the seed exactly so that the adapter's OpenAPI document carries the seed's
 schemas under the seed's names. Extensions are compatible: extra optional fields only.

@@ -36,10 +36,6 @@ def prefect_api_url(flag: str | None, environ: Mapping[str, str] = os.environ) -
 JobAction = Literal["resume", "cancel"]
 
 
-def resume_from_cli(job_id: str, api_url: str | None, settings: Settings) -> int:
-    return job_action_from_cli("resume", job_id, api_url, settings)
-
-
 def job_action_from_cli(action: JobAction, job_id: str, flag: str | None, settings: Settings) -> int:
     """``flag``: ``--prefect-api-url`` (see ``prefect_api_url``)."""
     try:
@@ -49,11 +45,12 @@ def job_action_from_cli(action: JobAction, job_id: str, flag: str | None, settin
         return 2
     apply_prefect_env(settings, os.environ)  # a Prefect profile's PREFECT_API_URL counts too
     api_url = prefect_api_url(flag)
-    # Before Prefect is imported (it reads the URL once), and at once: Prefect's client would retry.
-    check_prefect_api(api_url, _WHERE_IS_SERVE)
-    os.environ["PREFECT_API_URL"] = api_url
+    check_prefect_api(api_url, _WHERE_IS_SERVE)  # at once: Prefect's client would retry for long
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     try:
-        job = asyncio.run(_act(action, parsed, settings))
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            job = asyncio.run(_act(action, parsed, settings))
     except BatchInferError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

@@ -17,9 +17,9 @@ from batchinfer.control.jobview import RunSnapshot, batch_inference
 from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
 from batchinfer.control.recovery import (
     LEFT_RUNNING_STATE_TYPES,
-    RESUME_STATE_NAME,
     interrupted_state,
     resume_refusal,
+    resume_state,
     settle_delay,
 )
 from batchinfer.control.states import cancel_action, status_query
@@ -119,9 +119,8 @@ class PrefectJobBackend:
     async def resume(self, job_id: UUID) -> BatchInference:
         """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"
         does; the runner starts it again under the same id, reusing its finished chunks."""
-        from prefect.client.schemas.objects import State
+        from prefect.client.schemas.objects import State, StateType
         from prefect.client.schemas.responses import SetStateStatus
-        from prefect.states import Scheduled
 
         flow_run, _ = await self._read_job(job_id)
         state_type = flow_run.state.type.value if flow_run.state else "PENDING"
@@ -130,7 +129,8 @@ class PrefectJobBackend:
         refusal = resume_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
         if refusal is not None:
             raise JobNotResumableError(refusal)
-        state: State[Any] = Scheduled(name=RESUME_STATE_NAME, message="Resumed: finished chunks are reused.")
+        spec = resume_state()
+        state: State[Any] = State(type=StateType(spec.type), name=spec.name, message=spec.message)
         result = await self._client.set_flow_run_state(job_id, state, force=True)
         if result.status != SetStateStatus.ACCEPT:  # force makes this unlikely; say so if it happens
             raise JobNotResumableError(f"Prefect did not reschedule job {job_id}: {result.details}")

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 
 from batchinfer.errors import resume_hint
 
-# The state a resume proposes. Same type and name as the Prefect UI's "Retry" button.
-RESUME_STATE_TYPE = "SCHEDULED"
+# The name of the SCHEDULED state a resume proposes: the Prefect UI's "Retry" button's own.
 RESUME_STATE_NAME = "AwaitingRetry"
 
 # CRASHED under this name: `serve` found the job left running by a previous `serve` whose processes
@@ -65,6 +64,12 @@ class StateSpec:
     type: str
     name: str
     message: str
+
+
+def resume_state() -> StateSpec:
+    """What a resume proposes: SCHEDULED named AwaitingRetry, exactly what the Prefect UI's "Retry"
+    button sets, so that both paths look and behave the same."""
+    return StateSpec("SCHEDULED", RESUME_STATE_NAME, "Resumed: finished chunks are reused.")
 
 
 def interrupted_state(job_id: str, state_type: str) -> StateSpec | None:

@@ -56,7 +56,6 @@ SEED_STATUS = {
     BatchStatus.cancelled: JobStatus.failed,
     BatchStatus.expired: JobStatus.failed,
 }
-ENDED = frozenset({BatchStatus.completed, BatchStatus.failed, BatchStatus.expired, BatchStatus.cancelled})
 # Error codes a job ends with when its deadline (the batch's completion window) passed.
 EXPIRED_CODES = frozenset({"expired", "deadline_exceeded", "batch_expired"})
 CANCELLED_CODE = "cancelled"
