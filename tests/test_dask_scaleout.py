@@ -21,6 +21,7 @@ from batchinfer.errors import JobError
 from batchinfer.runtime.executors import ChunkWork, ThreadChunks, chunk_executor
 from batchinfer.runtime.scaleout import DaskChunks, _mirror_result, run_chunk_at
 from batchinfer.settings import Settings
+from batchinfer.testing.engines import EchoEngine
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import (
     ServeProcess,
@@ -31,7 +32,7 @@ from batchinfer.testing.served import (
     wait_for,
     write_prompts,
 )
-from tests.test_inference import EchoEngine, write_chunk
+from tests.test_inference import write_chunk
 
 PROMPTS = 200
 CHUNK_SIZE = 20

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from batchinfer.contract import MediaAttachment, MediaAttachmentDataType, MediaAttachmentType, Message
+from batchinfer.contract import MediaAttachment, MediaAttachmentDataType, MediaAttachmentType
 from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams
 from batchinfer.engines.configs import (
     EngineContext,
@@ -39,7 +39,8 @@ from batchinfer.engines.configs import (
 )
 from batchinfer.engines.registry import build_engine
 from batchinfer.pipeline.parsing import parse_line
-from batchinfer.records import Completion, ErrorDetail, Generation
+from batchinfer.records import ErrorDetail, Generation
+from batchinfer.testing.engines import Flag, ask, completion
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 
 ENGINES = ("openai", "transformers", "llamacpp", "vllm")
@@ -164,26 +165,9 @@ def case(
     built.engine.close()
 
 
-def ask(line: int, text: str, params: SamplingParams = GREEDY, **extra: object) -> PromptRequest:
-    return PromptRequest(line=line, messages=[Message(role="user", text=text, **extra)], params=params)
-
-
-def completion(outcome: InferenceOutcome) -> Completion:
-    assert isinstance(outcome, Completion), outcome
-    return outcome
-
-
 def tokens_of(generation: Generation) -> int:
     assert generation.logprobs is not None
     return len(generation.logprobs.content)
-
-
-class Flag:
-    def __init__(self, value: bool) -> None:
-        self.value = value
-
-    def is_set(self) -> bool:
-        return self.value
 
 
 # -- the spec -------------------------------------------------------------------------------------

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams, StopFlag
+from batchinfer.engines.base import SamplingParams
 from batchinfer.errors import JobError
 from batchinfer.pipeline.chunk_run import ChunkFiles, run_chunk
 from batchinfer.pipeline.gather import GatherCounts, gather_outputs
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.validation import validate_prompt_file
 from batchinfer.records import (
-    Completion,
     ErrorDetail,
     ErrorRecord,
     Generation,
@@ -23,35 +21,7 @@ from batchinfer.records import (
     Usage,
     dump_record,
 )
-
-
-class UpperEngine:
-    """A test double at the model boundary: upper-cases the prompt; prompts saying 'boom' fail."""
-
-    max_parallel_chunks = 1
-
-    def infer(
-        self,
-        requests: Sequence[PromptRequest],
-        stop: StopFlag | None = None,
-        max_in_flight: int | None = None,
-    ) -> list[InferenceOutcome]:
-        outcomes: list[InferenceOutcome] = []
-        for request in requests:
-            text = request.messages[-1].text or ""
-            if text == "boom":
-                outcomes.append(ErrorDetail(code="inference_error", message="model exploded"))
-            else:
-                gen = Generation(role="assistant", text=text.upper(), eot=True, finish_reason="stop")
-                outcomes.append(
-                    Completion(
-                        generations=[gen], usage=Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
-                    )
-                )
-        return outcomes
-
-    def close(self) -> None:
-        pass
+from batchinfer.testing.engines import EchoEngine
 
 
 def success(line: int, custom_id: str | None = None) -> SuccessRecord:
@@ -175,7 +145,7 @@ def test_an_empty_job_writes_two_empty_files(layout: JobLayout) -> None:
 
 
 def test_validate_run_chunks_and_gather_together_keep_input_order(layout: JobLayout, tmp_path: Path) -> None:
-    prompts = ["one", "not json", "boom", "", "four", "[]", "five"]
+    prompts = ["one", "not json", "fail", "", "four", "[]", "five"]
     source = tmp_path / "p.jsonl"
     source.write_text(
         "\n".join(
@@ -184,19 +154,19 @@ def test_validate_run_chunks_and_gather_together_keep_input_order(layout: JobLay
         + "\n"
     )
     summary = validate_prompt_file(source, layout, SamplingParams(), chunk_size=2)
-    engine = UpperEngine()
+    engine = EchoEngine()
     results = [layout.chunk_result(c.index, "k") for c in summary.chunks]
     for chunk, result in zip(summary.chunks, results, strict=True):
         run_chunk(ChunkFiles(chunk.index, Path(chunk.input_path), result), engine)
     counts = gather_outputs(layout, results, summary.lines, summary.file_error)
     assert counts == GatherCounts(succeeded=3, failed=3)
     assert [(r["line"], r["generations"][0]["text"]) for r in lines_of(layout.success)] == [
-        (1, "ONE"),
-        (5, "FOUR"),
-        (7, "FIVE"),
+        (1, "echo: one"),
+        (5, "echo: four"),
+        (7, "echo: five"),
     ]
     assert [(r["line"], r["error"]["code"]) for r in lines_of(layout.errors)] == [
         (2, "invalid_json"),
-        (3, "inference_error"),
+        (3, "http_400"),
         (6, "empty_messages"),
     ]

@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from batchinfer.contract import Message
-from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
+from batchinfer.engines.base import Engine, PromptRequest, SamplingParams
 from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, read_requests, run_chunk
-from batchinfer.records import Completion, ErrorDetail, Generation, Usage
-
-
-class EchoEngine:
-    """A test double at the model boundary: echoes the last message, fails prompts saying 'fail'."""
-
-    max_parallel_chunks = 1
-
-    def __init__(self, drop: int = 0) -> None:
-        self.calls: list[list[int]] = []
-        self.drop = drop  # return this many outcomes too few (a broken engine)
-
-    def infer(
-        self,
-        requests: Sequence[PromptRequest],
-        stop: StopFlag | None = None,
-        max_in_flight: int | None = None,
-    ) -> list[InferenceOutcome]:
-        self.calls.append([r.line for r in requests])
-        outcomes: list[InferenceOutcome] = []
-        for request in requests:
-            text = request.messages[-1].text or ""
-            if "fail" in text:
-                outcomes.append(ErrorDetail(code="http_400", message="the server refused it"))
-                continue
-            generations = [
-                Generation(role="assistant", text=f"echo: {text}", eot=True, finish_reason="stop")
-                for _ in range(request.params.n)
-            ]
-            outcomes.append(
-                Completion(
-                    generations=generations, usage=Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
-                )
-            )
-        return outcomes[: len(outcomes) - self.drop]
-
-    def close(self) -> None:
-        pass
+from batchinfer.records import ErrorDetail
+from batchinfer.testing.engines import EchoEngine, Flag
 
 
 def write_chunk(path: Path, texts: list[tuple[int, str]], n: int = 1) -> Path:
@@ -145,18 +108,12 @@ def test_an_engine_returning_the_wrong_number_of_outcomes_fails_the_chunk_and_wr
 
 
 def test_an_engine_exception_fails_the_chunk_and_leaves_no_result(tmp_path: Path, chunk: Path) -> None:
-    class Broken(EchoEngine):
-        def infer(
-            self,
-            requests: Sequence[PromptRequest],
-            stop: StopFlag | None = None,
-            max_in_flight: int | None = None,
-        ) -> list[InferenceOutcome]:
-            raise ConnectionError("engine down")
+    def engine_down(calls: int) -> None:
+        raise ConnectionError("engine down")
 
     result = tmp_path / "result.jsonl"
     with pytest.raises(ConnectionError):
-        run_chunk(ChunkFiles(0, chunk, result), Broken())
+        run_chunk(ChunkFiles(0, chunk, result), EchoEngine(on_call=engine_down))
     assert not result.exists()
 
 
@@ -175,11 +132,11 @@ def test_read_requests_round_trips_the_chunk_file(chunk: Path) -> None:
     ]
 
 
-class Stopped:
+class Stopped(Flag):
     """A job's cancel signal, already set."""
 
-    def is_set(self) -> bool:
-        return True
+    def __init__(self) -> None:
+        super().__init__(True)
 
 
 def test_a_chunk_started_after_a_cancel_records_every_line_cancelled_without_the_engine(

@@ -23,12 +23,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from batchinfer.contract import Message
-from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.engines.base import SamplingParams
 from batchinfer.engines.configs import EngineContext, LlamaCppEngineConfig, TransformersEngineConfig
 from batchinfer.engines.registry import build_engine
 from batchinfer.errors import EngineError
-from batchinfer.records import Completion, ErrorDetail
+from batchinfer.records import ErrorDetail
+from batchinfer.testing.engines import AfterCalls, completion
+from batchinfer.testing.engines import ask as request
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(
@@ -138,15 +139,6 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> EngineContext:
     return EngineContext(cache_dir=tmp_path_factory.mktemp("cache"), threads=1)
 
 
-def request(line: int, text: str, params: SamplingParams) -> PromptRequest:
-    return PromptRequest(line=line, messages=[Message(role="user", text=text)], params=params)
-
-
-def completion(outcome: object) -> Completion:
-    assert isinstance(outcome, Completion), outcome
-    return outcome
-
-
 # -- without llama_cpp: config and errors -------------------------------------------------------
 
 
@@ -222,14 +214,6 @@ def test_n_generations_use_distinct_seeds(tiny_gguf: Path, context: EngineContex
 def test_a_cancel_mid_generation_abandons_the_line(tiny_gguf: Path, context: EngineContext) -> None:
     """The stop flag is polled after every token, not only between requests."""
     engine = build_engine(LlamaCppEngineConfig(id="tiny-gguf", path=str(tiny_gguf), n_ctx=256), context)
-
-    class AfterCalls:
-        def __init__(self, calls: int) -> None:
-            self.calls = calls
-
-        def is_set(self) -> bool:
-            self.calls -= 1
-            return self.calls < 0
 
     long = SamplingParams(max_tokens=200, temperature=1.0)
     try:

@@ -27,6 +27,7 @@ from batchinfer.engines.openai_compat import OpenAIEngine, parse_retry_after
 from batchinfer.engines.openai_messages import sniff_image_mime, to_openai_message
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail
+from batchinfer.testing.engines import Flag, ask, completion, error
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.loopback_http import QuietHandler, loopback_server
 
@@ -78,19 +79,7 @@ def make_engine(server: FakeOpenAIServer, http_client: str) -> Iterator[MakeEngi
 
 
 def request(line: int, text: str, **params: Any) -> PromptRequest:
-    return PromptRequest(
-        line=line, messages=[Message(role="user", text=text)], params=SamplingParams(**params)
-    )
-
-
-def completion(outcome: Completion | ErrorDetail) -> Completion:
-    assert isinstance(outcome, Completion), outcome
-    return outcome
-
-
-def error(outcome: Completion | ErrorDetail) -> ErrorDetail:
-    assert isinstance(outcome, ErrorDetail), outcome
-    return outcome
+    return ask(line, text, SamplingParams(**params))
 
 
 @contextmanager
@@ -489,14 +478,6 @@ def test_audio_and_video_attachments_are_refused(kind: str) -> None:
         to_openai_message(Message(role="user", attachments=[attachment]))
 
 
-class Flag:
-    def __init__(self) -> None:
-        self.set_now = False
-
-    def is_set(self) -> bool:
-        return self.set_now
-
-
 def test_a_cancel_abandons_requests_in_flight_and_keeps_the_answered_ones(make_engine: MakeEngine) -> None:
     engine = make_engine(timeout_s=30.0)
     stop = Flag()
@@ -505,7 +486,7 @@ def test_a_cancel_abandons_requests_in_flight_and_keeps_the_answered_ones(make_e
         future = pool.submit(engine.infer, requests, stop)
         time.sleep(0.5)  # the first is answered; the second hangs at the server
         started = time.monotonic()
-        stop.set_now = True
+        stop.value = True
         outcomes = future.result(timeout=10)
     assert time.monotonic() - started < 2.0  # not the 30 s the hang would take
     assert completion(outcomes[0]).generations[0].text == "echo: cancel answered"

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from batchinfer.contract import MediaAttachment, MediaAttachmentDataType, MediaAttachmentType, Message
+from batchinfer.contract import MediaAttachment, MediaAttachmentDataType, MediaAttachmentType
 from batchinfer.engines import transformers_local
 from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams
 from batchinfer.engines.configs import EMBEDDED_DEFAULT, EngineContext, TransformersEngineConfig
@@ -28,7 +28,8 @@ from batchinfer.errors import EngineError
 from batchinfer.pipeline.chunk_run import ChunkFiles, run_chunk
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.validation import validate_prompt_file
-from batchinfer.records import Completion, ErrorDetail
+from batchinfer.records import ErrorDetail
+from batchinfer.testing.engines import ask, completion
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, logprobs=True)
 
@@ -41,12 +42,7 @@ def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tr
 
 
 def request(line: int, text: str, params: SamplingParams = GREEDY, **extra: Any) -> PromptRequest:
-    return PromptRequest(line=line, messages=[Message(role="user", text=text, **extra)], params=params)
-
-
-def completion(outcome: InferenceOutcome) -> Completion:
-    assert isinstance(outcome, Completion), outcome
-    return outcome
+    return ask(line, text, params, **extra)  # this file's GREEDY asks for logprobs too
 
 
 def test_the_engine_returns_one_outcome_per_request_in_order(engine: TransformersEngine) -> None:

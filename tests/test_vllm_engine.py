@@ -24,7 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from batchinfer.contract import Message
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.engines.configs import EngineContext, TransformersEngineConfig, VLLMEngineConfig
@@ -32,6 +31,8 @@ from batchinfer.engines.registry import build_engine
 from batchinfer.engines.vllm_offline import VLLMEngine
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail
+from batchinfer.testing.engines import AfterCalls, completion
+from batchinfer.testing.engines import ask as shared_ask
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -46,12 +47,7 @@ GREEDY = SamplingParams(max_tokens=4, temperature=0)
 
 
 def ask(line: int, text: str, params: SamplingParams = GREEDY) -> PromptRequest:
-    return PromptRequest(line=line, messages=[Message(role="user", text=text)], params=params)
-
-
-def completion(outcome: object) -> Completion:
-    assert isinstance(outcome, Completion), outcome
-    return outcome
+    return shared_ask(line, text, params)  # with this file's GREEDY
 
 
 @pytest.fixture(scope="module")
@@ -216,14 +212,6 @@ def test_cancel_is_checked_between_calls_of_batch_size(
     fake_vllm: list[FakeLLM], context: EngineContext
 ) -> None:
     engine = fake_engine(context, batch_size=2)
-
-    class AfterCalls:
-        def __init__(self, calls: int) -> None:
-            self.calls = calls
-
-        def is_set(self) -> bool:
-            self.calls -= 1
-            return self.calls < 0
 
     outcomes = engine.infer([ask(i, f"line {i}") for i in range(5)], stop=AfterCalls(1))
     assert [isinstance(o, Completion) for o in outcomes] == [True, True, False, False, False]
