@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from batchinfer.api.app import create_app
 from batchinfer.api.openai import history
 from batchinfer.api.openai.batches import window_seconds
-from batchinfer.api.openai.files import FileStore, FileTooLarge
+from batchinfer.api.openai.files import FileStore
 from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
 from batchinfer.api.openai.lines import (
     OutputContext,
@@ -33,7 +33,7 @@ from batchinfer.api.openai.status import StateEvent, timestamps
 from batchinfer.contract import BatchInference, JobStatus
 from batchinfer.control.states import SEED_STATUS, BatchStatus, batch_status, job_status
 from batchinfer.engines.catalog import load_catalog
-from batchinfer.errors import JobNotFoundError
+from batchinfer.errors import FileTooLargeError, JobNotFoundError
 from batchinfer.jobspec import JobParameters
 from batchinfer.settings import Settings
 
@@ -331,7 +331,7 @@ def test_the_file_store_keeps_bytes_and_file_objects_and_deletes_both(tmp_path: 
 
 def test_a_file_over_the_limit_is_not_stored(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "files")
-    with pytest.raises(FileTooLarge):
+    with pytest.raises(FileTooLargeError):
         store.create("big.jsonl", "batch", [b"x" * 6, b"x" * 6], max_bytes=10)
     assert store.list() == [] and list((tmp_path / "files").iterdir()) == []
 

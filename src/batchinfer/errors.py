@@ -3,11 +3,38 @@
 Three levels, each with its own home:
 
 * ``RequestError`` and its subclasses: a bad request. The adapter answers a 4xx naming the field and
-  creates no job. ``http_status`` is the only place a status code is chosen (see ``api/app.py``).
-* ``JobError``: the prompt file as a whole is unusable. The job ends ``failed`` with ``code`` and
-  ``message`` in its metadata and in the error file.
-* ``LineError`` (a record, not an exception, in ``records.py``): one bad input line or one failed
-  inference. It goes to the error file; the other lines run.
+  creates no job. ``http_status`` is the only place a status code is chosen; ``api/app.py`` maps the
+  tree to HTTP in one handler (``api/openai/errors.py`` renders the same tree in OpenAI's shape).
+* ``JobError``: the prompt file as a whole is unusable, or the job cannot go on. The job ends
+  ``failed`` with ``code`` and ``message`` in its metadata (and, for a file error, the error file).
+* A line error is a record, not an exception (``records.ErrorRecord``): one bad input line or one
+  failed inference. It goes to the error file; the other lines run.
+
+    BatchInferError                 error                 500
+    ├── RequestError                invalid_request       422  (field, location)
+    │   ├── UnknownModelError       unknown_model         422
+    │   ├── PromptFileError         invalid_prompt_file_path 422
+    │   │   └── FileTooLargeError   file_too_large        413
+    │   ├── LimitExceededError      limit_exceeded        422
+    │   ├── UnauthorizedError       unauthorized          401
+    │   ├── JobNotFoundError        job_not_found         404
+    │   ├── JobNotResumableError    job_not_resumable     409
+    │   └── JobNotCancellableError  job_not_cancellable   409
+    ├── ServiceUnavailableError     service_unavailable   503
+    ├── JobError                    job_failed            (fails the job; code as raised)
+    ├── ConfigError                 config_error          (the CLI: one line, before anything starts)
+    ├── EngineError                 engine_error          (a model that cannot be built or loaded)
+    ├── InferenceError              inference_error       (one request, for good: a line record)
+    │   └── engines.messages.UnsupportedAttachment  unsupported_attachment
+    ├── api.openai.errors.OpenAIError  (its code)     (its status: a /v1 refusal in OpenAI's shape)
+    └── client.BatchInferClientError  client_error    (the caller's side of a refused call)
+        └── client.JobWaitTimeout   wait_timeout
+
+Signals that never leave the pair of modules that raise and catch them, and are not errors of ours
+to report: ``runtime.deadline.DeadlinePassed`` (the window to ``JobRun``, which turns it into a
+``deadline_exceeded`` ``JobError``), ``engines.http_transports.RetryableError`` and
+``engines.openai_compat._Failed`` (a request to its error record), ``pipeline.parsing._LineRejected``
+(a line to its error record). Every code a client can see is in ``error_codes.ERROR_CODES``.
 
 Every message says what was wrong *and* how to fix it.
 """
@@ -19,6 +46,7 @@ class BatchInferError(Exception):
     """Base of every error batchinfer raises on purpose."""
 
     code: str = "error"
+    http_status: int = 500  # what the adapter answers; each subclass that a client causes says its own
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

@@ -58,7 +58,7 @@ _SAMPLING_FIELDS: dict[Endpoint, dict[str, str]] = {
 _CONSTRAINED_FORMATS = frozenset({"json_object", "json_schema"})
 
 
-class LineRejected(Exception):
+class _LineRejected(Exception):
     """Internal: a line is bad; carries the error record's code and message."""
 
     def __init__(self, code: str, message: str, custom_id: str | None = None) -> None:
@@ -83,7 +83,7 @@ def parse_line(
         try:
             value = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise LineRejected("invalid_json", f"Line is not valid JSON ({_json_reason(exc)}).") from None
+            raise _LineRejected("invalid_json", f"Line is not valid JSON ({_json_reason(exc)}).") from None
         if isinstance(value, dict) and "body" in value:
             custom_id = _custom_id(value)
             return _batch_request(value, line, custom_id, params, limits or Limits(), defaults)
@@ -93,7 +93,7 @@ def parse_line(
         else:
             raw_messages = value
         messages = parse_messages(raw_messages)
-    except LineRejected as rejected:
+    except _LineRejected as rejected:
         return ErrorRecord(
             line=line,
             custom_id=rejected.custom_id or custom_id,
@@ -106,28 +106,28 @@ def parse_messages(raw: Any, any_parts: bool = False) -> list[Message]:
     """The seed's view of a message list. ``any_parts``: content parts of types we do not know
     (audio, video, files) are allowed, for a batch line whose body goes to a server as written."""
     if not isinstance(raw, list):
-        raise LineRejected(
+        raise _LineRejected(
             "not_a_list",
             f"Expected a JSON list of messages, got {_json_type(raw)}. "
             'Write each line as [{"role": "user", "text": "..."}].',
         )
     if not raw:
-        raise LineRejected("empty_messages", "The message list is empty; give at least one message.")
+        raise _LineRejected("empty_messages", "The message list is empty; give at least one message.")
     return [_parse_message(item, index, any_parts) for index, item in enumerate(raw)]
 
 
 def _parse_message(item: Any, index: int, any_parts: bool) -> Message:
     where = f"Message {index}"
     if not isinstance(item, dict):
-        raise LineRejected(
+        raise _LineRejected(
             "invalid_message", f"{where} is {_json_type(item)}; each message must be a JSON object."
         )
     converted = _from_openai_style(item, where, any_parts)
     role = converted.get("role")
     if role is None:
-        raise LineRejected("missing_role", f"{where} has no 'role'; use one of {_roles()}.")
+        raise _LineRejected("missing_role", f"{where} has no 'role'; use one of {_roles()}.")
     if not isinstance(role, str) or role not in KNOWN_ROLES:
-        raise LineRejected("unknown_role", f"{where} has unknown role {role!r}; use one of {_roles()}.")
+        raise _LineRejected("unknown_role", f"{where} has unknown role {role!r}; use one of {_roles()}.")
     attachments = converted.get("attachments")
     if attachments is not None:
         _check_attachments(attachments, where)
@@ -136,11 +136,11 @@ def _parse_message(item: Any, index: int, any_parts: bool) -> Message:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise LineRejected("invalid_message", f"{where}: field '{field}': {first['msg']}.") from None
+        raise _LineRejected("invalid_message", f"{where}: field '{field}': {first['msg']}.") from None
     # An assistant turn that only called tools has no text, and neither has a part we only pass on.
     said_something = message.text or message.attachments or item.get("tool_calls") or item.get("content")
     if not said_something:
-        raise LineRejected(
+        raise _LineRejected(
             "missing_text", f"{where} has no 'text' (and no attachments); give it the prompt text."
         )
     return message
@@ -157,7 +157,7 @@ def _from_openai_style(item: dict[str, Any], where: str, any_parts: bool) -> dic
         converted["text"] = content
         return converted
     if not isinstance(content, list):
-        raise LineRejected("invalid_message", f"{where}: 'content' must be a string or a list of parts.")
+        raise _LineRejected("invalid_message", f"{where}: 'content' must be a string or a list of parts.")
     texts: list[str] = []
     attachments: list[dict[str, Any]] = list(item.get("attachments") or [])
     for part in content:
@@ -168,7 +168,7 @@ def _from_openai_style(item: dict[str, Any], where: str, any_parts: bool) -> dic
             url = part["image_url"].get("url")
             attachments.append({"attachment_type": "image", "data_type": "uri", "data": url})
         elif not (any_parts and isinstance(kind, str)):
-            raise LineRejected(
+            raise _LineRejected(
                 "invalid_message",
                 f"{where}: content part {part!r:.80} is not a text or image_url part "
                 "(other parts, such as input_audio, go in an OpenAI batch line's body).",
@@ -181,19 +181,19 @@ def _from_openai_style(item: dict[str, Any], where: str, any_parts: bool) -> dic
 
 def _check_attachments(attachments: Any, where: str) -> None:
     if not isinstance(attachments, list):
-        raise LineRejected("invalid_attachment", f"{where}: 'attachments' must be a list.")
+        raise _LineRejected("invalid_attachment", f"{where}: 'attachments' must be a list.")
     for index, attachment in enumerate(attachments):
         try:
             parsed = MediaAttachment.model_validate(attachment)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "attachment"
-            raise LineRejected(
+            raise _LineRejected(
                 "invalid_attachment",
                 f"{where}, attachment {index}: field '{field}': {first['msg']}.",
             ) from None
         if parsed.attachment_type is None or parsed.data_type is None or not parsed.data:
-            raise LineRejected(
+            raise _LineRejected(
                 "invalid_attachment",
                 f"{where}, attachment {index} needs 'attachment_type', 'data_type' and 'data'.",
             )
@@ -209,7 +209,7 @@ def _batch_request(
 ) -> PromptRequest:
     endpoint = endpoint_of(value.get("url", Endpoint.chat.value))
     if endpoint is None:
-        raise LineRejected(
+        raise _LineRejected(
             "unsupported_endpoint",
             f"Batch line url {value.get('url')!r} is not an endpoint a batch can run; "
             f"use one of {endpoint_list()}.",
@@ -217,11 +217,11 @@ def _batch_request(
         )
     method = str(value.get("method", "POST")).upper()
     if method != "POST":
-        raise LineRejected("unsupported_method", f"Batch line method {method!r}; use 'POST'.", custom_id)
+        raise _LineRejected("unsupported_method", f"Batch line method {method!r}; use 'POST'.", custom_id)
     body = _body(value["body"], endpoint, custom_id)
     body, inapplicable = (defaults or RequestDefaults()).fill(endpoint, body)
     if inapplicable:
-        raise LineRejected(
+        raise _LineRejected(
             "unsupported_parameter",
             f"The job's {' and '.join(inapplicable)} do not apply to {endpoint.value} lines; "
             "submit the job without them (or set the field in each line's body).",
@@ -231,7 +231,7 @@ def _batch_request(
     prompt = body[PROMPT_FIELD[endpoint]]
     messages = parse_messages(prompt, any_parts=True) if endpoint is Endpoint.chat else []
     if endpoint is not Endpoint.chat and not _is_prompt(prompt):
-        raise LineRejected(
+        raise _LineRejected(
             "invalid_body",
             f"body.{PROMPT_FIELD[endpoint]} must be a non-empty string or list for {endpoint.value}.",
             custom_id,
@@ -245,13 +245,13 @@ def _body(body: Any, endpoint: Endpoint, custom_id: str | None) -> dict[str, Any
     """The body as it will be sent, less ``model``; a line that cannot be sent is refused."""
     prompt_field = PROMPT_FIELD[endpoint]
     if not isinstance(body, dict) or prompt_field not in body:
-        raise LineRejected(
+        raise _LineRejected(
             "invalid_body",
             f"Batch line 'body' must be an object with '{prompt_field}' (a {endpoint.value} request).",
             custom_id,
         )
     if body.get("stream"):
-        raise LineRejected(
+        raise _LineRejected(
             "unsupported_parameter",
             "body.stream cannot be used in a batch: answers are written to the output file; "
             "remove `stream` (and `stream_options`).",
@@ -282,7 +282,7 @@ def _line_params(
         first = exc.errors()[0]
         field = str(first["loc"][0])
         key = next((k for k, f in fields.items() if f == field and k in body), field)
-        raise LineRejected("invalid_parameter", f"body.{key}: {first['msg']}.", custom_id) from None
+        raise _LineRejected("invalid_parameter", f"body.{key}: {first['msg']}.", custom_id) from None
     _check_limits(line_params, limits, custom_id)
     return line_params
 
@@ -291,7 +291,7 @@ def _constraint(response_format: Any, custom_id: str | None) -> str | None:
     """``response_format`` as canonical JSON when it constrains the answer; None for plain text."""
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if not isinstance(kind, str):
-        raise LineRejected(
+        raise _LineRejected(
             "invalid_parameter",
             "body.response_format must be an object with a 'type' (text, json_object or json_schema).",
             custom_id,
@@ -311,7 +311,7 @@ def _check_limits(params: SamplingParams, limits: Limits, custom_id: str | None)
         ("max_tokens", params.max_tokens, limits.max_max_tokens, "max_max_tokens"),
     ):
         if value > limit:
-            raise LineRejected(
+            raise _LineRejected(
                 "limit_exceeded",
                 f"body.{name} {value} is over the limit of {limit} ({env_name(setting)}); ask for less.",
                 custom_id,
@@ -322,7 +322,7 @@ def _custom_id(value: dict[str, Any]) -> str | None:
     custom_id = value.get("custom_id")
     if custom_id is None or isinstance(custom_id, str):
         return custom_id
-    raise LineRejected("invalid_custom_id", "'custom_id' must be a string.")
+    raise _LineRejected("invalid_custom_id", "'custom_id' must be a string.")
 
 
 def _json_type(value: Any) -> str:

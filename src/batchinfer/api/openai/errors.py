@@ -24,17 +24,17 @@ _TYPES = {
 }
 
 
-class OpenAIError(Exception):
-    """An error answered in OpenAI's shape (raised by the /v1 handlers)."""
+class OpenAIError(BatchInferError):
+    """A refusal under /v1, answered in OpenAI's shape with its own status (raised by the /v1
+    handlers; ``from_batchinfer_error`` turns the rest of the tree into one)."""
 
     def __init__(
         self, status: int, message: str, *, param: str | None = None, code: str | None = None
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, code=code)
+        self.status = self.http_status = status
         self.param = param
-        self.code = code
+        self.wire_code = code  # OpenAI answers `"code": null` when there is none
 
 
 def not_found(kind: str, object_id: str, param: str) -> OpenAIError:
@@ -48,13 +48,13 @@ def error_body(status: int, message: str, param: str | None, code: str | None) -
 
 def openai_error_response(exc: OpenAIError) -> JSONResponse:
     return JSONResponse(
-        status_code=exc.status, content=error_body(exc.status, exc.message, exc.param, exc.code)
+        status_code=exc.status, content=error_body(exc.status, exc.message, exc.param, exc.wire_code)
     )
 
 
 def from_batchinfer_error(exc: BatchInferError) -> OpenAIError:
     """Our own errors (a backend's 404/409/503, a refused model) in OpenAI's terms. FastAPI's 422
     becomes 400: OpenAI answers every malformed request 400."""
-    status = getattr(exc, "http_status", 500)
+    status = exc.http_status
     param = exc.field or None if isinstance(exc, RequestError) else None
     return OpenAIError(400 if status == 422 else status, exc.message, param=param, code=exc.code)

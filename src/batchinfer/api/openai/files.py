@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from batchinfer.api.openai.ids import FILE_ID_PREFIX, new_file_id
+from batchinfer.errors import FileTooLargeError
 from batchinfer.pipeline.jobfiles import atomic_write
 
 # OpenAI's purposes. Only `batch` files can start a batch; `batch_output` is what batches write.
@@ -61,12 +62,6 @@ class StoredFile(BaseModel):
         }
 
 
-class FileTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"over {limit} bytes")
-        self.limit = limit
-
-
 class FileStore:
     """Files under ``root``: ``<id>.data`` and ``<id>.json``."""
 
@@ -82,7 +77,7 @@ class FileStore:
     def create(
         self, filename: str, purpose: str, chunks: Iterable[bytes], max_bytes: int | None = None
     ) -> StoredFile:
-        """Store ``chunks`` as a new file; ``FileTooLarge`` (and nothing stored) past ``max_bytes``."""
+        """Store ``chunks`` as a new file; ``FileTooLargeError`` (and nothing stored) past ``max_bytes``."""
         file_id = new_file_id()
         digest = hashlib.sha256()
         size = 0
@@ -90,7 +85,11 @@ class FileStore:
             for chunk in chunks:
                 size += len(chunk)
                 if max_bytes is not None and size > max_bytes:
-                    raise FileTooLarge(max_bytes)
+                    raise FileTooLargeError(
+                        f"The file is over the limit of {max_bytes} bytes "
+                        "(BATCHINFER_MAX_PROMPT_FILE_BYTES).",
+                        field="file",
+                    )
                 digest.update(chunk)
                 handle.write(chunk)
         now = time.time_ns()

@@ -27,14 +27,14 @@ from batchinfer.api.openai.errors import (
     not_found,
     openai_error_response,
 )
-from batchinfer.api.openai.files import PURPOSES, FileStore, FileTooLarge, StoredFile
+from batchinfer.api.openai.files import PURPOSES, FileStore, StoredFile
 from batchinfer.api.openai.history import HistoryReader
 from batchinfer.api.openai.pagination import cursor_page, list_body
 from batchinfer.api.openai.records import BatchStore
 from batchinfer.api.openai.status import StateEvent
 from batchinfer.control.backend import JobBackend
 from batchinfer.engines.catalog import ModelCatalog
-from batchinfer.errors import BatchInferError
+from batchinfer.errors import BatchInferError, FileTooLargeError
 from batchinfer.settings import Settings
 
 PREFIX = "/v1"
@@ -92,7 +92,7 @@ def _store(files: FileStore, upload: UploadFile, purpose: str, limit: int) -> St
     try:
         chunks = iter(lambda: upload.file.read(1 << 20), b"")
         return files.create(upload.filename or "upload.jsonl", purpose, chunks, limit)
-    except FileTooLarge:
+    except FileTooLargeError:
         raise _too_large(limit) from None
 
 
