@@ -1,6 +1,7 @@
-"""The README's "Programmatic use" snippets are regions of examples/programmatic.py, copied verbatim,
-and that example runs: against a real `batchinfer serve` (the client, sync and async) and as the
-flow called in-process on serve's Prefect server."""
+"""The docs hold up: the "Programmatic use" snippets (docs/api.md) are regions of
+examples/programmatic.py, copied verbatim, and that example runs, against a real `batchinfer serve`
+(the client, sync and async) and as the flow called in-process on serve's Prefect server; every
+relative link of the README and of docs/ names a file that exists; the README stays short."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from batchinfer.testing.served import ServeProcess, user_prompt, write_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "programmatic.py"
 README = ROOT / "README.md"
+PROGRAMMATIC = ROOT / "docs" / "api.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 HEADING = "## Programmatic use"
+README_MAX_LINES = 200
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 EXPECTED_REGIONS = {"answers", "submit", "async", "flow"}
 
 # `# [readme:NAME]` ... `# [/readme:NAME]`, each marker on a line of its own.
@@ -37,18 +42,41 @@ def test_the_example_marks_every_snippet_the_readme_shows() -> None:
     assert set(regions()) == EXPECTED_REGIONS
 
 
-def test_the_readme_has_a_programmatic_use_section() -> None:
-    assert HEADING in README.read_text(encoding="utf-8").splitlines(), (
-        f"README.md has no {HEADING!r} heading; merge the section built from examples/programmatic.py"
+def test_the_api_page_has_a_programmatic_use_section() -> None:
+    assert HEADING in PROGRAMMATIC.read_text(encoding="utf-8").splitlines(), (
+        f"docs/api.md has no {HEADING!r} heading; merge the section built from examples/programmatic.py"
     )
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_REGIONS))
 def test_each_snippet_appears_verbatim_in_the_readme_as_a_python_block(name: str) -> None:
     block = f"```python\n{regions()[name]}```\n"
-    assert block in README.read_text(encoding="utf-8"), (
-        f"README.md does not show region [readme:{name}] of {EXAMPLE.name} verbatim; copy it again"
+    assert block in PROGRAMMATIC.read_text(encoding="utf-8"), (
+        f"docs/api.md does not show region [readme:{name}] of {EXAMPLE.name} verbatim; copy it again"
     )
+
+
+def relative_links(page: Path) -> list[str]:
+    """The page's links to files of this repository (web links and in-page anchors left out)."""
+    targets = [m.group(1) for m in LINK.finditer(page.read_text(encoding="utf-8"))]
+    return [t.split("#")[0] for t in targets if not t.startswith(("http:", "https:", "mailto:", "#"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_every_relative_link_names_a_file_that_exists(page: Path) -> None:
+    broken = [link for link in relative_links(page) if not (page.parent / link).exists()]
+    assert broken == []
+
+
+def test_a_broken_link_is_caught(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("[fine](page.md) [web](https://example.com) [gone](missing.md#anchor) [top](#top)")
+    assert relative_links(page) == ["page.md", "missing.md"]
+
+
+def test_the_readme_reads_in_five_minutes() -> None:
+    lines = README.read_text(encoding="utf-8").count("\n")
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move reference material to docs/"
 
 
 @pytest.mark.e2e
