@@ -27,9 +27,9 @@ demo: install
 	$(PY) examples/show_outputs.py $(DEMO_DIR)
 
 test: install
-	# PostgreSQL for tests/test_postgres.py (README "PostgreSQL for shared deployments"); where it
+	# PostgreSQL for tests/e2e/test_postgres.py (README "PostgreSQL for shared deployments"); where it
 	# cannot be installed, that test skips and says why, so a failure here does not stop the run.
-	bash scripts/postgres-for-tests.sh install || echo "PostgreSQL unavailable: tests/test_postgres.py will skip"
+	bash scripts/postgres-for-tests.sh install || echo "PostgreSQL unavailable: tests/e2e/test_postgres.py will skip"
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -51,7 +51,7 @@ install-llamacpp: install
 	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(PIP) install -q -e ".[llamacpp]" $(QUIET)
 
 test-llamacpp: install-llamacpp
-	$(PY) -m pytest -q tests/test_llamacpp_engine.py tests/test_engine_conformance.py
+	$(PY) -m pytest -q tests/engines/test_llamacpp_engine.py tests/engines/test_engine_conformance.py
 
 # vLLM: GPU machines only, in a venv of its own (vLLM picks its CUDA torch).
 VLLM_VENV ?= .venv-vllm
@@ -64,7 +64,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 install-vllm: $(VLLM_VENV)/.installed
 
 test-vllm: install-vllm
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_engine_conformance.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/engines/test_vllm_engine.py tests/engines/test_engine_conformance.py
 
 # vllm run-batch vs a batchinfer job on the vllm engine (bench/gpu_vllm.py); BENCH_ARGS=--model DIR.
 bench-gpu: install-vllm

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server, for the test that runs batchinfer with PostgreSQL as the Prefect
-# database (tests/test_postgres.py), or to try that by hand.
+# database (tests/e2e/test_postgres.py), or to try that by hand.
 #
 #   scripts/postgres-for-tests.sh install            apt-get install postgresql, unless it is there
 #   scripts/postgres-for-tests.sh start DIR [PORT]   a new cluster in DIR, on 127.0.0.1:PORT (default: a

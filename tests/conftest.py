@@ -24,7 +24,7 @@ SLOW_LATENCY_MS = 25.0
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """One Prefect test server for the session's in-process flow runs (``tests/test_job_run.py``)."""
+    """One Prefect test server for the session's in-process flow runs (``tests/runtime/test_job_run.py``)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):

@@ -26,7 +26,7 @@ EXPECTED_MODES = {
 def test_the_benchmark_runs_every_contestant_and_writes_its_results(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=600,

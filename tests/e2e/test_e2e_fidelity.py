@@ -17,8 +17,8 @@ import pytest
 from batchinfer.testing import fake_answers
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, read_jsonl
-from tests.test_e2e_openai_sdk import ENDED, jsonl, lines_of, poll, start
-from tests.test_openai_fidelity import CONVERSATION, EVERY_FIELD, SCHEMA, TOOLS
+from tests.e2e.test_e2e_openai_sdk import ENDED, jsonl, lines_of, poll, start
+from tests.engines.test_openai_fidelity import CONVERSATION, EVERY_FIELD, SCHEMA, TOOLS
 
 pytestmark = pytest.mark.e2e
 

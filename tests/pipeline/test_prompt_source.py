@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import ipaddress
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path as LocalPath
@@ -123,16 +124,55 @@ def test_a_bad_filepath_is_refused_naming_the_value_field(
     assert error.field == "prompt_file_path.value"
 
 
-def test_an_unreadable_filepath_is_refused(prompts: LocalPath, root: LocalPath, uploads: LocalPath) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root can read any file: os.access says readable")
+def test_an_unreadable_filepath_is_refused() -> None:
+    """As root, no file is unreadable: then the check runs in a child process that has given up
+    root (setuid to nobody), over a world-traversable directory, as a service account would."""
+    with tempfile.TemporaryDirectory(prefix="unreadable-") as where:
+        field, message = _unreadable_file_refusal(LocalPath(where))
+    assert (field, "readable" in message) == ("prompt_file_path.value", True), message
+
+
+def _unreadable_file_refusal(base: LocalPath) -> tuple[str, str]:
+    base.chmod(0o755)
+    root = (base / "allowed").resolve()
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)  # mkdir's mode goes through the umask
+    prompts = root / "prompts.jsonl"
+    prompts.write_text(JSONL)
     prompts.chmod(0)
     try:
-        error = refused(Path(type=PathType.filepath, value=str(prompts)), root, uploads)
+        return _refusal_as_unprivileged(prompts, root, base / "uploads")
     finally:
         prompts.chmod(0o644)
-    assert error.field == "prompt_file_path.value"
-    assert "readable" in error.message
+
+
+def _refusal_as_unprivileged(prompts: LocalPath, root: LocalPath, uploads: LocalPath) -> tuple[str, str]:
+    """The refusal's field and message, from a process that cannot read past file permissions."""
+    if os.geteuid() != 0:
+        error = refused(Path(type=PathType.filepath, value=str(prompts)), root, uploads)
+        return error.field, error.message
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nobody, then the check; it reports through the pipe, whatever happens
+        answer = "|not refused"
+        try:
+            os.close(reader)
+            os.setgid(65534)
+            os.setuid(65534)
+            stage(Path(type=PathType.filepath, value=str(prompts)), root, uploads)
+        except PromptFileError as exc:
+            answer = f"{exc.field}|{exc.message}"
+        except BaseException as exc:
+            answer = f"|{exc!r}"
+        finally:
+            os.write(writer, answer.encode())
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as result:
+        answer = result.read()
+    os.waitpid(pid, 0)
+    field, _, message = answer.partition("|")
+    return field, message
 
 
 def test_a_uri_given_as_type_filepath_is_refused_naming_the_type_field(

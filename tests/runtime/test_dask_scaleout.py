@@ -32,7 +32,7 @@ from batchinfer.testing.served import (
     wait_for,
     write_prompts,
 )
-from tests.test_inference import write_chunk
+from tests.pipeline.test_chunk_run import write_chunk
 
 PROMPTS = 200
 CHUNK_SIZE = 20

@@ -26,8 +26,8 @@ SEED_COMPONENTS = [
 
 
 # The contract, vendored: these tests always run. A test below checks it against the seed's copy.
-CONTRACT = Path(__file__).parents[1] / "contract" / "batch_inference_api.yaml"
-SEED_COPY = Path(__file__).parents[2] / "shared" / "seed" / "batch_inference_api.yaml"
+CONTRACT = Path(__file__).parents[2] / "contract" / "batch_inference_api.yaml"
+SEED_COPY = Path(__file__).parents[3] / "shared" / "seed" / "batch_inference_api.yaml"
 
 
 def test_the_vendored_contract_is_the_seeds_own_copy() -> None:

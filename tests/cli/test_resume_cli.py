@@ -1,5 +1,5 @@
 """`batchinfer resume JOB_ID`: which Prefect API it talks to, and its refusals. (Resuming a real job
-from the command line is in tests/test_e2e_reliability.py.)"""
+from the command line is in tests/e2e/test_e2e_reliability.py.)"""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from batchinfer.testing.served import ServeProcess, free_port, read_jsonl, serve
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "postgres-for-tests.sh"
+SCRIPT = Path(__file__).parents[2] / "scripts" / "postgres-for-tests.sh"
 UNAVAILABLE = 3  # the script's exit status for "PostgreSQL cannot be had here"
 # A first install of the package takes ~30-60 s; a cluster starts in a few seconds.
 SCRIPT_TIMEOUT_S = 300

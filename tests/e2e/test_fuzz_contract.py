@@ -44,7 +44,7 @@ from batchinfer.testing.served import TERMINAL, ServeProcess, user_prompt, write
 pytestmark = pytest.mark.e2e
 
 
-SEED = Path(__file__).parents[1] / "contract" / "batch_inference_api.yaml"  # the vendored contract
+SEED = Path(__file__).parents[2] / "contract" / "batch_inference_api.yaml"  # the vendored contract
 
 # Bounded and reproducible: the same requests on every run, nothing remembered between runs.
 FUZZ_CONFIG = schemathesis.Config.from_dict(

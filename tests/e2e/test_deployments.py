@@ -25,7 +25,7 @@ from batchinfer.testing.served import read_jsonl, user_prompt, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
 POOL = "batchinfer-process"
 ON_DEMAND = "batch-inference/on-demand"

@@ -124,7 +124,7 @@ def _transformers(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
 def _llamacpp(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (the [llamacpp] extra)")
-    from tests.test_llamacpp_engine import write_tiny_gguf
+    from tests.engines.test_llamacpp_engine import write_tiny_gguf
 
     gguf = write_tiny_gguf(model_dir, tmp / "tiny-f32.gguf")
     return Case(
