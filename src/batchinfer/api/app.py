@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchinfer import __version__
 from batchinfer.api import routes
-from batchinfer.api.openai import mount_openai_api
+from batchinfer.api.openai.router import mount_openai_api
 from batchinfer.contract import (
     MediaAttachment,
     Message,

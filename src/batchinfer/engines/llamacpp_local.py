@@ -27,7 +27,6 @@ from batchinfer.engines.local_common import (
     Capabilities,
     context_length_exceeded,
     package_dir,
-    text_chat_or_error,
 )
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
@@ -167,10 +166,7 @@ class LlamaCppEngine:
     # -- one request --------------------------------------------------------------------------
 
     def _prompt_tokens(self, request: PromptRequest) -> list[int] | ErrorDetail:
-        refusal = CAPABILITIES.refusal(request, self._config.id)
-        if refusal is not None:
-            return refusal
-        chat = text_chat_or_error(request.messages)
+        chat = CAPABILITIES.text_chat(request, self._config.id)
         if isinstance(chat, ErrorDetail):
             return chat
         try:

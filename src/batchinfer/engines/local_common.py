@@ -57,6 +57,12 @@ class Capabilities:
             "served over HTTP (engine openai).",
         )
 
+    def text_chat(self, request: PromptRequest, model_id: str) -> list[dict[str, str]] | ErrorDetail:
+        """The request as ``[{"role", "content"}]`` for a chat template, or the line's error: what
+        the engine cannot honour, or media a text chat cannot hold."""
+        refusal = self.refusal(request, model_id)
+        return refusal if refusal is not None else text_chat_or_error(request.messages)
+
 
 def _message_fields(request: PromptRequest) -> Iterator[str]:
     """Where a chat line's messages carry what a text chat cannot: tool calls, names, audio parts."""

@@ -33,7 +33,6 @@ from batchinfer.engines.local_common import (
     CHAT_FIELDS,
     Capabilities,
     context_length_exceeded,
-    text_chat_or_error,
 )
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
@@ -147,10 +146,7 @@ class VLLMEngine:
     # -- one request --------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: PromptRequest) -> _Prepared | ErrorDetail:
-        refusal = CAPABILITIES.refusal(request, self._config.id)
-        if refusal is not None:
-            return refusal
-        chat = text_chat_or_error(request.messages)
+        chat = CAPABILITIES.text_chat(request, self._config.id)
         if isinstance(chat, ErrorDetail):
             return chat
         input_ids = self._encode(chat)

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from batchinfer.api.deps import BackendDep
 from batchinfer.api.openai import history as run_history
 from batchinfer.api.openai.batches import BatchService
 from batchinfer.api.openai.errors import (
@@ -32,7 +33,6 @@ from batchinfer.api.openai.history import HistoryReader
 from batchinfer.api.openai.pagination import cursor_page, list_body
 from batchinfer.api.openai.records import BatchStore
 from batchinfer.api.openai.status import StateEvent
-from batchinfer.control.backend import JobBackend
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import BatchInferError, FileTooLargeError
 from batchinfer.settings import Settings
@@ -42,17 +42,11 @@ _FORM_SLACK = 64 * 1024  # multipart boundaries and the purpose field around the
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 
-def _backend(request: Request) -> JobBackend:
-    backend: JobBackend = request.app.state.backend
-    return backend
-
-
 def _service(request: Request) -> BatchService:
     service: BatchService = request.app.state.openai_batches
     return service
 
 
-BackendDep = Annotated[JobBackend, Depends(_backend)]
 ServiceDep = Annotated[BatchService, Depends(_service)]
 router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible (extension)"])
 
