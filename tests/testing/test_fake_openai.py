@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -121,3 +122,21 @@ def test_the_cli_prints_its_base_url_and_stops_on_sigterm() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_the_steady_rate_leaves_out_the_first_and_last_tenth() -> None:
+    from batchinfer.testing.fake_openai import steady_rate
+
+    # 100 answers: the first 10 and the last 10 slow, the middle at 100 per second.
+    times = [float(i) for i in range(10)] + [10 + i / 100 for i in range(80)] + [20.0 + i for i in range(10)]
+    assert steady_rate(times) == pytest.approx(100, rel=0.02)
+    assert steady_rate(times[:5]) is None  # too few to say
+
+
+def test_stats_say_when_the_first_request_came_and_the_last_answer_left(server: FakeOpenAIServer) -> None:
+    server.reset()
+    before = time.time()
+    for i in range(3):
+        chat(server, f"timed {i}")
+    stats = httpx.get(server.base_url.removesuffix("/v1") + "/stats", timeout=5).json()
+    assert before <= stats["first_request_at"] <= stats["last_answer_at"] <= time.time()

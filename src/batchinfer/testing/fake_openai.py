@@ -30,6 +30,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,6 +68,16 @@ _FAULT = re.compile(r"\[fault:(\d{3}|hang)(?:x(\d+))?\]")
 _BAD_REQUEST_MESSAGE = "scripted bad request"
 
 
+def steady_rate(times: list[float], low: float = 0.1, high: float = 0.9) -> float | None:
+    """Answers per second between the ``low`` and ``high`` shares of all answers: the rate once a
+    client is up to speed, without its start and its tail."""
+    if len(times) < 20:
+        return None
+    first, last = int(len(times) * low), int(len(times) * high) - 1
+    span = times[last] - times[first]
+    return round((last - first) / span, 1) if span > 0 else None
+
+
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
     body = _dumps({"error": {"message": message, "type": kind, "code": status}})
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
@@ -93,6 +104,10 @@ class FakeOpenAI:
     statuses: Counter[int] = field(default_factory=Counter, init=False)
     last_authorization: str | None = field(default=None, init=False)
     bodies: list[tuple[str, Any]] = field(default_factory=list, init=False)  # (endpoint kind, body)
+    # Wall-clock times (time.time(), comparable across processes) of each request's arrival and of
+    # each answer: a benchmark reads when the first request came and the steady rate from them.
+    arrived_at: list[float] = field(default_factory=list, init=False)
+    answered_at: list[float] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # seeded: a reliability run is reproducible
@@ -105,6 +120,7 @@ class FakeOpenAI:
         self.statuses = Counter()
         self.last_authorization = None
         self.bodies = []
+        self.arrived_at, self.answered_at = [], []
         self._rng = random.Random(self.seed)
 
     def stats(self) -> dict[str, Any]:
@@ -115,6 +131,9 @@ class FakeOpenAI:
             "prompts": dict(self.prompts),
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "last_authorization": self.last_authorization,
+            "first_request_at": self.arrived_at[0] if self.arrived_at else None,
+            "last_answer_at": self.answered_at[-1] if self.answered_at else None,
+            "steady_rps": steady_rate(self.answered_at),
         }
 
     def make_app(self) -> web.Application:
@@ -127,6 +146,7 @@ class FakeOpenAI:
         return app
 
     async def _serve(self, kind: str, request: web.Request) -> web.Response:
+        self.arrived_at.append(time.time())
         self.requests_total += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -136,6 +156,7 @@ class FakeOpenAI:
         finally:
             self.in_flight -= 1
         self.statuses[response.status] += 1
+        self.answered_at.append(time.time())
         return response
 
     async def _answer(self, kind: str, request: web.Request) -> web.Response:
