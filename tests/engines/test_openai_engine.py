@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from batchinfer.contract import MediaAttachment, Message
-from batchinfer.engines.base import Engine, PromptRequest, SamplingParams
+from batchinfer.engines.base import Engine, InFlightCap, PromptRequest, SamplingParams
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.messages import UnsupportedAttachment
 from batchinfer.engines.openai_compat import OpenAIEngine, parse_retry_after
@@ -498,8 +499,47 @@ def test_max_in_flight_caps_one_calls_concurrent_requests_below_the_engine_limit
         config = OpenAIEngineConfig(id="capped", base_url=slow.base_url, model="m", max_concurrency=64)
         engine = OpenAIEngine(config)
         try:
-            outcomes = engine.infer([request(i, f"capped {i}") for i in range(1, 31)], max_in_flight=3)
+            cap = InFlightCap("job", limit=3, chunk_limit=3)
+            outcomes = engine.infer([request(i, f"capped {i}") for i in range(1, 31)], max_in_flight=cap)
         finally:
             engine.close()
         assert all(isinstance(o, Completion) for o in outcomes)
         assert slow.max_in_flight == 3
+
+
+def test_calls_with_the_same_cap_key_share_its_limit_and_other_keys_do_not() -> None:
+    """A job's chunks run as concurrent calls: together they stay within the job's share, and a
+    chunk's idle tail leaves its permits to the others instead of holding them."""
+    with FakeOpenAIServer(latency_ms=40) as slow:
+        config = OpenAIEngineConfig(id="shared", base_url=slow.base_url, model="m", max_concurrency=64)
+        engine = OpenAIEngine(config)
+
+        def run_calls(keys: list[str]) -> None:
+            calls = [
+                threading.Thread(
+                    target=engine.infer,
+                    args=([request(i, f"{key} {n} {i}") for i in range(1, 21)],),
+                    kwargs={"max_in_flight": InFlightCap(key, limit=4, chunk_limit=2)},
+                )
+                for n, key in enumerate(keys)
+            ]
+            for call in calls:
+                call.start()
+            for call in calls:
+                call.join(timeout=30)
+
+        try:
+            run_calls(["job-a", "job-a", "job-a"])
+            shared = slow.max_in_flight
+            slow.reset()
+            run_calls(["job-a", "job-b", "job-c"])
+            separate = slow.max_in_flight
+        finally:
+            engine.close()
+        assert shared == 4  # three calls, one limit of 4
+        assert separate == 12  # three keys, a limit of 4 each
+
+
+def test_a_cap_alone_is_one_chunks_part_under_a_key_of_its_own() -> None:
+    cap = InFlightCap("job", limit=64, chunk_limit=16)
+    assert cap.alone(7) == InFlightCap("job#7", limit=16, chunk_limit=16)

@@ -8,6 +8,7 @@ inside is its own business (an asyncio loop for HTTP engines, batched ``generate
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,6 +72,22 @@ class PromptRequest(BaseModel):
 InferenceOutcome: TypeAlias = Completion | ErrorDetail
 
 
+@dataclass(frozen=True)
+class InFlightCap:
+    """At most ``limit`` requests in flight across every ``infer`` call in this process that passes
+    a cap with the same ``key``: one job's share of its model's cross-job limit, which all of the
+    job's chunks draw from. Shared rather than split per chunk because a chunk's tail (its last slow
+    requests) would otherwise leave its part of the share idle until the next chunk task starts."""
+
+    key: str
+    limit: int
+    chunk_limit: int  # one chunk's even part of ``limit``, for a chunk that runs in another process
+
+    def alone(self, index: int) -> InFlightCap:
+        """This cap for chunk ``index`` on its own (on a Dask worker, where nothing is shared)."""
+        return InFlightCap(f"{self.key}#{index}", self.chunk_limit, self.chunk_limit)
+
+
 class StopFlag(Protocol):
     """A cancel signal an engine polls (``cancellation.StopSignal`` in a job)."""
 
@@ -101,8 +118,9 @@ class Engine(Protocol):
 
     ``stop`` is the job's cancel signal: once it is set, ``infer`` returns promptly (seconds at
     most), with a ``cancelled`` ``ErrorDetail`` for each request it has not finished.
-    ``max_in_flight`` caps this call's concurrent requests (the chunk's share of the model's
-    cross-job limit, ``model_limits``); engines without a server to protect may ignore it.
+    ``max_in_flight`` caps the concurrent requests of every call that shares its key (the job's
+    share of the model's cross-job limit, ``model_limits``); engines without a server to protect
+    may ignore it.
     """
 
     @property
@@ -114,7 +132,7 @@ class Engine(Protocol):
         self,
         requests: Sequence[PromptRequest],
         stop: StopFlag | None = None,
-        max_in_flight: int | None = None,
+        max_in_flight: InFlightCap | None = None,
     ) -> list[InferenceOutcome]: ...
 
     def close(self) -> None: ...

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from batchinfer.endpoints import Endpoint
-from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
+from batchinfer.engines.base import (
+    CANCELLED,
+    InferenceOutcome,
+    InFlightCap,
+    PromptRequest,
+    SamplingParams,
+    StopFlag,
+)
 from batchinfer.engines.configs import EngineContext, LlamaCppEngineConfig
 from batchinfer.engines.local_common import (
     CHAT_FIELDS,
@@ -109,7 +116,7 @@ class LlamaCppEngine:
         self,
         requests: Sequence[PromptRequest],
         stop: StopFlag | None = None,
-        max_in_flight: int | None = None,  # in-process, one context: nothing shared to protect
+        max_in_flight: InFlightCap | None = None,  # in-process, one context: nothing shared to protect
     ) -> list[InferenceOutcome]:
         if not requests:
             return []

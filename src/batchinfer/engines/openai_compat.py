@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from batchinfer.endpoints import Endpoint
-from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, StopFlag
+from batchinfer.engines.base import CANCELLED, InferenceOutcome, InFlightCap, PromptRequest, StopFlag
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.http_transports import RetryableError, Transport, make_transport
 from batchinfer.engines.messages import FileReader, read_local_file
@@ -102,6 +102,8 @@ class OpenAIEngine:
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        # The shared caps of the calls running now, by key, with how many calls hold each.
+        self._caps: dict[str, tuple[asyncio.Semaphore, int]] = {}
         self._closed = False
 
     def _redacted(self, detail: ErrorDetail) -> ErrorDetail:
@@ -127,7 +129,7 @@ class OpenAIEngine:
         self,
         requests: Sequence[PromptRequest],
         stop: StopFlag | None = None,
-        max_in_flight: int | None = None,
+        max_in_flight: InFlightCap | None = None,
     ) -> list[InferenceOutcome]:
         # Translate in the caller's thread: reading attachment files would block the event loop.
         prepared = [self._prepare(request) for request in requests]
@@ -209,11 +211,39 @@ class OpenAIEngine:
         requests: Sequence[PromptRequest],
         prepared: list[dict[str, Any] | ErrorDetail],
         stop: StopFlag | None,
-        max_in_flight: int | None,
+        max_in_flight: InFlightCap | None,
     ) -> list[InferenceOutcome]:
-        # This call's own cap, inside the engine-wide semaphore: a chunk's share of the model's
-        # cross-job limit. A request holds it from its first attempt to its outcome.
-        cap = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        # A cap inside the engine-wide semaphore, shared by the calls with its key: the job's share
+        # of the model's cross-job limit. A request holds it from its first attempt to its outcome.
+        cap = self._hold_cap(max_in_flight)
+        try:
+            return await self._infer_under(requests, prepared, stop, cap)
+        finally:
+            self._release_cap(max_in_flight)
+
+    def _hold_cap(self, cap: InFlightCap | None) -> asyncio.Semaphore | None:
+        if cap is None:
+            return None
+        semaphore, holders = self._caps.get(cap.key) or (asyncio.Semaphore(cap.limit), 0)
+        self._caps[cap.key] = (semaphore, holders + 1)
+        return semaphore
+
+    def _release_cap(self, cap: InFlightCap | None) -> None:
+        if cap is None:
+            return
+        semaphore, holders = self._caps[cap.key]
+        if holders == 1:
+            del self._caps[cap.key]
+        else:
+            self._caps[cap.key] = (semaphore, holders - 1)
+
+    async def _infer_under(
+        self,
+        requests: Sequence[PromptRequest],
+        prepared: list[dict[str, Any] | ErrorDetail],
+        stop: StopFlag | None,
+        cap: asyncio.Semaphore | None,
+    ) -> list[InferenceOutcome]:
         tasks = [
             asyncio.ensure_future(
                 self._infer_capped(request, item, cap) if isinstance(item, dict) else _done(item)

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchinfer.endpoints import Endpoint
-from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
+from batchinfer.engines.base import (
+    CANCELLED,
+    InferenceOutcome,
+    InFlightCap,
+    PromptRequest,
+    SamplingParams,
+    StopFlag,
+)
 from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
 from batchinfer.engines.local_common import (
     CHAT_FIELDS,
@@ -182,7 +189,7 @@ class TransformersEngine:
         self,
         requests: Sequence[PromptRequest],
         stop: StopFlag | None = None,
-        max_in_flight: int | None = None,  # one process, one model: nothing shared to protect
+        max_in_flight: InFlightCap | None = None,  # one process, one model: nothing shared to protect
     ) -> list[InferenceOutcome]:
         outcomes: list[InferenceOutcome | None] = [None] * len(requests)
         with self._lock:

@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchinfer.endpoints import Endpoint
-from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
+from batchinfer.engines.base import (
+    CANCELLED,
+    InferenceOutcome,
+    InFlightCap,
+    PromptRequest,
+    SamplingParams,
+    StopFlag,
+)
 from batchinfer.engines.configs import EngineContext, VLLMEngineConfig
 from batchinfer.engines.local_common import (
     CHAT_FIELDS,
@@ -91,7 +98,7 @@ class VLLMEngine:
         self,
         requests: Sequence[PromptRequest],
         stop: StopFlag | None = None,
-        max_in_flight: int | None = None,  # in-process: vLLM's scheduler is the only limit
+        max_in_flight: InFlightCap | None = None,  # in-process: vLLM's scheduler is the only limit
     ) -> list[InferenceOutcome]:
         if not requests:
             return []

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from batchinfer.engines.base import ABANDONED_CODES, CANCELLED, Engine, PromptRequest, StopFlag
+from batchinfer.engines.base import ABANDONED_CODES, CANCELLED, Engine, InFlightCap, PromptRequest, StopFlag
 from batchinfer.pipeline.jobfiles import atomic_write
 from batchinfer.records import Completion, ErrorDetail, ErrorRecord, SuccessRecord, dump_record
 
@@ -56,7 +56,7 @@ class ChunkFiles:
 
 
 def run_chunk(
-    chunk: ChunkFiles, engine: Engine, stop: StopFlag | None = None, max_in_flight: int | None = None
+    chunk: ChunkFiles, engine: Engine, stop: StopFlag | None = None, max_in_flight: InFlightCap | None = None
 ) -> ChunkCounts:
     """Run the chunk (or what a cancel left of it) and write its result file; its counts."""
     requests = read_requests(chunk.input_path)
@@ -79,7 +79,7 @@ def run_chunk(
 
 
 def _outcomes(
-    requests: list[PromptRequest], engine: Engine, stop: StopFlag | None, max_in_flight: int | None
+    requests: list[PromptRequest], engine: Engine, stop: StopFlag | None, max_in_flight: InFlightCap | None
 ) -> list[Any]:
     """The engine's outcomes, or for a stopped job its reason for every line it did not finish."""
     # Why the lines cut short were abandoned (cancelled, expired): the stop signal knows.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+from batchinfer.engines.base import InFlightCap
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import AnyModelConfig
 from batchinfer.pipeline.chunk_run import ChunkCounts
@@ -29,8 +30,9 @@ MAX_CHUNK_THREADS = 32
 @dataclass(frozen=True)
 class ChunkWork:
     """Everything one chunk task needs. ``input_path``/``result_path`` are local paths, or URLs on
-    shared storage when the chunk runs on a Dask worker. ``max_in_flight``: the chunk's part of
-    the share of the model's cross-job limit that its job holds (``runtime.model_limits``)."""
+    shared storage when the chunk runs on a Dask worker. ``max_in_flight``: the share of the
+    model's cross-job limit that its job holds (``runtime.model_limits``), which the job's chunks
+    in this process draw from together."""
 
     index: int
     input_path: str
@@ -38,11 +40,13 @@ class ChunkWork:
     model: AnyModelConfig
     context: EngineContext
     job_id: str | None = None
-    max_in_flight: int | None = None
+    max_in_flight: InFlightCap | None = None
 
     def at(self, input_path: str, result_path: str) -> ChunkWork:
-        """The same work with its files somewhere else (on shared storage)."""
-        return replace(self, input_path=input_path, result_path=result_path)
+        """The same work with its files somewhere else (on shared storage), for another process:
+        there the chunk shares its cap with nothing, so it keeps its own part of the job's."""
+        cap = None if self.max_in_flight is None else self.max_in_flight.alone(self.index)
+        return replace(self, input_path=input_path, result_path=result_path, max_in_flight=cap)
 
 
 class ChunkExecutor(Protocol):

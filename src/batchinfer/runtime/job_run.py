@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchinfer.endpoints import RequestDefaults
-from batchinfer.engines.base import Engine, SamplingParams
+from batchinfer.engines.base import Engine, InFlightCap, SamplingParams
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import AnyModelConfig, get_engine
@@ -158,7 +158,8 @@ class JobRun:
             chunk_executor(self.settings, self.job_id, self.tasks.infer_chunk) as executor,
             self._model_share(slots, min(window, len(chunks))) as held,
         ):
-            submit = self._submitter(executor, context, slots)
+            cap = None if held is None or slots is None else InFlightCap(self.job_id, held * slots, slots)
+            submit = self._submitter(executor, context, cap)
             for counts in windowed(
                 submit, chunks, window if held is None else held, self.deadline, self.stop
             ):
@@ -220,7 +221,7 @@ class JobRun:
         )
 
     def _submitter(
-        self, executor: ChunkExecutor, context: EngineContext, slots: int | None
+        self, executor: ChunkExecutor, context: EngineContext, cap: InFlightCap | None
     ) -> Callable[[ChunkSpec], DoneFuture[ChunkCounts]]:
         assert self.config is not None
         config = self.config
@@ -234,7 +235,7 @@ class JobRun:
                 config,
                 context,
                 self.job_id,
-                slots,
+                cap,
             )
             return executor.submit(work)
 

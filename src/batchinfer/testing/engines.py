@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from batchinfer.contract import Message
-from batchinfer.engines.base import InferenceOutcome, PromptRequest, SamplingParams, StopFlag
+from batchinfer.engines.base import InferenceOutcome, InFlightCap, PromptRequest, SamplingParams, StopFlag
 from batchinfer.records import Completion, ErrorDetail, Generation, Usage
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0)
@@ -77,7 +77,7 @@ class EchoEngine:
         self,
         requests: Sequence[PromptRequest],
         stop: StopFlag | None = None,
-        max_in_flight: int | None = None,
+        max_in_flight: InFlightCap | None = None,
     ) -> list[InferenceOutcome]:
         self.calls.append([r.line for r in requests])
         if self.on_call is not None:
