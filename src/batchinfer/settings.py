@@ -101,6 +101,13 @@ class Settings(BaseSettings):
         description="Hold each HTTP model's `max_concurrency` across all jobs and processes with a "
         "Prefect global concurrency limit (`batchinfer-model-<id>`); off: per job process only.",
     )
+    local_server_idle_s: float = Field(
+        default=1800,
+        ge=0,
+        description="`batchinfer run` without PREFECT_API_URL keeps a local Prefect server warm for "
+        "later runs: it stops after this many seconds without a job (`batchinfer server stop` stops "
+        "it now); 0: a temporary server for each run, stopped with it.",
+    )
     job_timeout_s: float = Field(
         default=24 * 3600,
         gt=0,

@@ -196,7 +196,7 @@ def test_a_mistake_is_one_clear_line_and_a_non_zero_exit_within_seconds(
     assert elapsed < mistake.within_s
 
 
-COMMANDS = ["serve", "run", "resume", "cancel", "status", "jobs", "results", "validate", "models"]
+COMMANDS = ["serve", "run", "resume", "cancel", "status", "jobs", "results", "validate", "models", "server"]
 
 
 def test_these_are_all_the_commands() -> None:

@@ -114,6 +114,7 @@ def build_parser() -> Parser:
     _add_job_actions(sub)
     _add_server_queries(sub)
     _add_validate(sub)
+    _add_local_server(sub)
     models = _subparser(
         sub,
         "models",
@@ -152,7 +153,13 @@ def _add_serve(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction[Parser]) -> None:
-    env = (*_JOB_VARIABLES, "BATCHINFER_ALLOWED_ROOTS", "BATCHINFER_DEFAULT_MAX_TOKENS", *_PREFECT_VARIABLES)
+    env = (
+        *_JOB_VARIABLES,
+        "BATCHINFER_ALLOWED_ROOTS",
+        "BATCHINFER_DEFAULT_MAX_TOKENS",
+        "BATCHINFER_LOCAL_SERVER_IDLE_S",
+        *_PREFECT_VARIABLES,
+    )
     run = _subparser(
         sub,
         "run",
@@ -233,6 +240,16 @@ def _add_server_queries(sub: argparse._SubParsersAction[Parser]) -> None:
         "else jsonl).",
     )
     results.add_argument("--json", action="store_true", help="The same as --format jsonl.")
+
+
+def _add_local_server(sub: argparse._SubParsersAction[Parser]) -> None:
+    server = _subparser(
+        sub,
+        "server",
+        "Show the local Prefect server that `batchinfer run` keeps warm between runs; `stop` stops it.",
+        ("BATCHINFER_HOME", "BATCHINFER_LOCAL_SERVER_IDLE_S"),
+    )
+    server.add_argument("action", nargs="?", choices=["status", "stop"], default="status")
 
 
 def _add_validate(sub: argparse._SubParsersAction[Parser]) -> None:

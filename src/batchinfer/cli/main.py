@@ -2,7 +2,8 @@
 
 ``serve`` (Prefect server + runner + HTTP API), ``run`` (one job in the foreground), ``resume`` and
 ``cancel`` (a job, through Prefect); ``status``, ``jobs`` and ``results`` (through a running
-``serve``); ``validate`` (a dry run) and ``models``. Flags are in ``cli_args``.
+``serve``); ``validate`` (a dry run), ``models``, and ``server`` (``run``'s warm Prefect server).
+Flags are in ``cli_args``.
 
 Every mistake ends the command with one line on stderr that says how to fix it, and a non-zero exit:
 2 for something given wrong (a flag, a file, a model, a setting), 1 for something that failed or is
@@ -75,6 +76,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from batchinfer.cli.jobs import models_command
 
         return models_command(args, settings)
+    if args.command == "server":
+        from batchinfer.cli.warm_prefect import server_command
+
+        return server_command(args.action, settings)
     if args.command == "validate":
         from batchinfer.cli.validate import validate_command
 

@@ -1,8 +1,10 @@
 """``batchinfer run``: one job in this process, with a progress bar; prints the final BatchInference.
 
 Everything that can be wrong with the request is refused before any server starts. Without
-``PREFECT_API_URL`` the job runs against a temporary Prefect server of its own (``local_prefect``),
-in a session of its own, so that a terminal's Ctrl-C reaches this process only.
+``PREFECT_API_URL`` the job runs against the data dir's warm local Prefect server (``warm_prefect``),
+started by the first run and kept for later ones, or with ``BATCHINFER_LOCAL_SERVER_IDLE_S=0`` a
+temporary one of its own; either runs in a session of its own, so that a terminal's Ctrl-C reaches
+this process only.
 
 The flow runs in a worker thread; this (main) thread keeps the signals. The first Ctrl-C or SIGTERM
 stops the job as a cancel does: no new request goes out, requests in flight are abandoned, both
@@ -19,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path as LocalPath
 from types import FrameType
 from typing import Any
@@ -28,6 +30,7 @@ from urllib.parse import urlparse
 from batchinfer.api.submission import prepare_job
 from batchinfer.cli.prefect_env import apply_prefect_env
 from batchinfer.cli.preflight import check_prefect_api, free_port
+from batchinfer.cli.warm_prefect import using, warm_prefect_url
 from batchinfer.contract import BatchInference, Options, Path, PathType, SubmitJobRequest
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.errors import RequestError
@@ -72,8 +75,16 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
             "to run on a temporary Prefect server.",
         )
     # Set before Prefect is first imported (below): it reads the URL once.
-    os.environ["PREFECT_API_URL"] = external or _temporary_prefect_server(settings)
-    return _run_flow(params.model_dump(mode="json", exclude_none=True), settings)
+    os.environ["PREFECT_API_URL"] = external or _local_prefect_server(settings)
+    with nullcontext() if external or not settings.local_server_idle_s else using(settings.home):
+        return _run_flow(params.model_dump(mode="json", exclude_none=True), settings)
+
+
+def _local_prefect_server(settings: Settings) -> str:
+    """The warm local server (``warm_prefect``), or with ``local_server_idle_s`` 0 a temporary one."""
+    if settings.local_server_idle_s:
+        return warm_prefect_url(settings, dict(os.environ))
+    return _temporary_prefect_server(settings)
 
 
 def _temporary_prefect_server(settings: Settings) -> str:

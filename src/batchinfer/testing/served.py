@@ -169,6 +169,9 @@ class ServeProcess:
 
 def serve_env(home: Path, models_file: Path, roots: list[Path], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BATCHINFER_"))}
+    # A `batchinfer run` without PREFECT_API_URL gets a temporary server that stops with it, unless
+    # ``extra`` asks for the warm one: a test must leave no server running behind it.
+    env["BATCHINFER_LOCAL_SERVER_IDLE_S"] = "0"
     env.update(
         BATCHINFER_HOME=str(home),
         BATCHINFER_MODELS=str(models_file),
