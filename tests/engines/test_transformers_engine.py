@@ -210,7 +210,7 @@ def test_a_gguf_model_is_converted_once_then_loaded_from_the_cache(
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
         return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
-    monkeypatch.setattr(transformers_local, "_load_gguf", fake_load)
+    monkeypatch.setattr(transformers_local, "load_gguf", fake_load)
     config = TransformersEngineConfig(id="g", path=str(gguf_dir), gguf_file="m.gguf")
     context = EngineContext(cache_dir=tmp_path / "cache")
     first = TransformersEngine(config, context)
@@ -264,7 +264,7 @@ def test_the_embedded_default_knows_the_capital_of_france(
     def no_conversion(*args: object) -> None:
         raise AssertionError("the second engine should load from the cache, not the GGUF file")
 
-    monkeypatch.setattr(transformers_local, "_load_gguf", no_conversion)
+    monkeypatch.setattr(transformers_local, "load_gguf", no_conversion)
     again = TransformersEngine(EMBEDDED_DEFAULT, context)
     assert again.infer([question]) == [answer]
     again.close()

