@@ -1,8 +1,9 @@
 """One behavioural spec that every engine passes: the ``Engine`` contract of ``engines/base.py``.
 
 Each test runs once per engine: ``openai`` (against the fake OpenAI server), ``transformers`` (the
-tiny model), ``ctranslate2`` (the tiny model converted; skipped without ctranslate2), ``llamacpp`` (the tiny model as a GGUF file; skipped without llama-cpp-python) and
-``vllm`` (the tiny model on a GPU; skipped without vllm or CUDA). Engine-specific behaviour
+tiny model), ``ctranslate2`` (the tiny model converted; skipped without ctranslate2), ``llamacpp``
+(the tiny model as a GGUF file; skipped without llama-cpp-python) and ``vllm`` (the tiny model on a
+GPU; skipped without vllm or CUDA). Engine-specific behaviour
 (retries, padding, seeds) stays in each engine's own test file; this one checks what a job relies
 on whatever the engine: one outcome per request in order, ``n`` grouping, ``finish_reason``,
 logprobs shape, ``max_tokens``, per-line errors, and the cancel contract.

@@ -90,7 +90,7 @@ class CTranslate2EngineConfig(_ModelConfigBase):
     )
     gguf_file: str | None = Field(
         default=None,
-        description="A GGUF file name inside the model directory; dequantized and converted once, then cached.",
+        description="A GGUF file name inside the model directory; dequantized, converted once, cached.",
     )
     compute_type: Literal["float32", "int8"] = Field(
         default="float32",
