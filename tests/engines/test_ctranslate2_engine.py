@@ -217,3 +217,16 @@ def test_the_embedded_default_runs_here_and_knows_the_capital_of_france(tmp_path
     assert again.infer([question]) == [answer]
     assert time.monotonic() - started < 20  # loaded from the cache, not converted again
     again.close()
+
+
+def test_validate_counts_prompt_tokens_as_this_engine_does(
+    engine: CTranslate2Engine, tiny_model_dir: Path
+) -> None:
+    from batchinfer.cli.validate import token_counter
+    from batchinfer.settings import Settings
+
+    config = CTranslate2EngineConfig(id="tiny", path=str(tiny_model_dir))
+    count, how = token_counter(config, Settings())
+    requests = [ask(i, text, GREEDY) for i, text in enumerate(PROMPTS)]
+    assert how == "counted with the model's tokenizer"
+    assert count(requests) == [completion(o).usage.prompt_tokens for o in engine.infer(requests)]

@@ -67,6 +67,11 @@ def converted_dir(config: CTranslate2EngineConfig, model_dir: Path, cache_dir: P
     return cache_dir / "ctranslate2" / f"{config.id}-{key}"
 
 
+def converted_tokenizer_dir(config: CTranslate2EngineConfig, model_dir: Path, cache_dir: Path) -> Path:
+    """Where the converted model keeps its Hugging Face tokenizer."""
+    return converted_dir(config, model_dir, cache_dir) / _TOKENIZER_DIR
+
+
 def convert(config: CTranslate2EngineConfig, model_dir: Path, target: Path) -> None:
     """Convert the model into ``target`` atomically: everything in a temp dir, then one rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +224,8 @@ class CTranslate2Engine:
         if not (target / _INFO_FILE).is_file():
             convert(self._config, self._model_dir, target)
         info = json.loads((target / _INFO_FILE).read_text())
-        self._tokenizer = AutoTokenizer.from_pretrained(target / _TOKENIZER_DIR, local_files_only=True)
+        tokenizer_dir = converted_tokenizer_dir(self._config, self._model_dir, self._context.cache_dir)
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         self._eos_ids = list(info["eos_token_ids"])
         self._max_positions = info["max_position_embeddings"]
         self._generator = self._new_generator()
