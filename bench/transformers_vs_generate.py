@@ -148,7 +148,14 @@ def _engine(model: str, batch_size: int, threads: int, work_dir: Path) -> Any:
             id="tiny", path=str(directory), batch_size=batch_size, threads=threads
         )
     elif model == "smollm2":
-        config = EMBEDDED_DEFAULT.model_copy(update={"batch_size": batch_size, "threads": threads})
+        # The embedded model's files, on this engine (its default engine is ctranslate2).
+        config = TransformersEngineConfig(
+            id=EMBEDDED_DEFAULT.id,
+            package=EMBEDDED_DEFAULT.package,
+            gguf_file=EMBEDDED_DEFAULT.gguf_file,
+            batch_size=batch_size,
+            threads=threads,
+        )
     else:
         raise ValueError(f"unknown model {model!r}; use 'tiny' or 'smollm2'")
     return TransformersEngine(config, context), config

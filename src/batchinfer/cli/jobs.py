@@ -224,6 +224,7 @@ def models_command(args: argparse.Namespace, settings: Settings) -> int:
 _LIMIT_FIELDS = {
     "openai": ("max_concurrency", "timeout_s", "max_retries"),
     "transformers": ("batch_size", "threads", "dtype"),
+    "ctranslate2": ("max_batch_size", "threads", "compute_type"),
     "llamacpp": ("n_ctx", "n_threads", "n_batch"),
     "vllm": ("max_model_len", "tensor_parallel_size", "gpu_memory_utilization"),
 }

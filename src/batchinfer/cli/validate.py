@@ -136,7 +136,7 @@ def _cost(config: AnyModelConfig, prompt_tokens: int, max_output: int) -> dict[s
 
 def token_counter(config: AnyModelConfig, settings: Settings) -> tuple[TokenCounter, str]:
     """Count with the model's own tokenizer where it is on this machine, else estimate."""
-    if config.engine != "transformers":
+    if config.engine not in ("transformers", "ctranslate2"):
         return _estimate, f"estimated: about {CHARS_PER_TOKEN} characters a token"
     try:
         tokenizer = _local_tokenizer(config, settings)
@@ -151,7 +151,7 @@ def _estimate(requests: list[PromptRequest]) -> list[int]:
 
 
 def _local_tokenizer(config: Any, settings: Settings) -> Any:
-    """The tokenizer the engine will use: from the model directory, or from the dequantized GGUF
+    """The tokenizer the engine will use: from the model directory, or from the engine's converted
     copy in the model cache, or (not converted yet) read from the GGUF file itself."""
     from transformers import AutoTokenizer
 
@@ -160,15 +160,20 @@ def _local_tokenizer(config: Any, settings: Settings) -> Any:
     model_dir = resolve_model_dir(config)
     if not config.gguf_file:
         return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    cached = gguf_cache_dir(config, model_dir, settings.cache_dir)
-    if (cached / "config.json").is_file():
+    if config.engine == "ctranslate2":
+        from batchinfer.engines.ctranslate2_local import converted_tokenizer_dir
+
+        cached = converted_tokenizer_dir(config, model_dir, settings.cache_dir)
+    else:
+        cached = gguf_cache_dir(config, model_dir, settings.cache_dir)
+    if (cached / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(cached, local_files_only=True)
     return AutoTokenizer.from_pretrained(model_dir, gguf_file=config.gguf_file)
 
 
 def _tokenize(tokenizer: Any, requests: list[PromptRequest]) -> list[int]:
-    """Prompt tokens as the transformers engine encodes a request: its chat template (or a plain
-    role-prefixed text), without special tokens added twice."""
+    """Prompt tokens as the transformers and ctranslate2 engines encode a request: its chat
+    template (or a plain role-prefixed text), without special tokens added twice."""
     from batchinfer.engines.local_common import text_chat_or_error
 
     counts = []

@@ -1,6 +1,6 @@
 """What the in-process engines (transformers, llama.cpp, vLLM) share: finding a model that a Python
 package ships, what each can give exact meaning to (``Capabilities``), a request's text chat (or its
-line error), and the too-long-prompt error."""
+line error), a request's prompt tokens under a Hugging Face tokenizer, and the too-long-prompt error."""
 
 from __future__ import annotations
 
@@ -105,6 +105,32 @@ def text_chat_or_error(messages: list[Message]) -> list[dict[str, str]] | ErrorD
             code="unsupported_attachment",
             message=f"Cannot read an attachment file ({exc}); fix the path or send raw_bytes.",
         )
+
+
+def prompt_ids(request: PromptRequest, tokenizer: Any, engine: str) -> list[int] | ErrorDetail:
+    """The prompt's token ids under a Hugging Face ``tokenizer``: a completion's ``body.prompt``, or
+    a chat rendered with the tokenizer's chat template; or the line's error."""
+    if request.endpoint is Endpoint.completions:
+        prompt = (request.body or {}).get("prompt")
+        if not isinstance(prompt, str):
+            return ErrorDetail(
+                code="unsupported_parameter",
+                message=f"body.prompt must be one string on the {engine} engine (not a list "
+                "of prompts or token ids); write one line per prompt.",
+            )
+        return list(tokenizer(prompt)["input_ids"])
+    chat = text_chat_or_error(request.messages)
+    return chat if isinstance(chat, ErrorDetail) else encode_chat(tokenizer, chat)
+
+
+def encode_chat(tokenizer: Any, chat: list[dict[str, str]]) -> list[int]:
+    """A text chat's token ids, as every engine with a Hugging Face tokenizer encodes it."""
+    if getattr(tokenizer, "chat_template", None):
+        # Rendered to text first: the template already holds the special tokens it wants.
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
+    return list(tokenizer(text)["input_ids"])
 
 
 def context_length_exceeded(model_id: str, prompt_tokens: int, max_tokens: int, window: int) -> ErrorDetail:

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from batchinfer.engines.base import Engine
 from batchinfer.engines.configs import (
+    CTranslate2EngineConfig,
     EngineContext,
     LlamaCppEngineConfig,
     OpenAIEngineConfig,
@@ -24,7 +25,11 @@ from batchinfer.engines.configs import (
 )
 
 AnyModelConfig: TypeAlias = (
-    OpenAIEngineConfig | TransformersEngineConfig | LlamaCppEngineConfig | VLLMEngineConfig
+    OpenAIEngineConfig
+    | TransformersEngineConfig
+    | CTranslate2EngineConfig
+    | LlamaCppEngineConfig
+    | VLLMEngineConfig
 )
 ModelConfig = Annotated[AnyModelConfig, Field(discriminator="engine")]
 
@@ -39,6 +44,13 @@ def _build_transformers(config: TransformersEngineConfig, context: EngineContext
     from batchinfer.engines.transformers_local import TransformersEngine
 
     return TransformersEngine(config, context)
+
+
+def _build_ctranslate2(config: CTranslate2EngineConfig, context: EngineContext) -> Engine:
+    # ctranslate2 itself is imported only when the model loads.
+    from batchinfer.engines.ctranslate2_local import CTranslate2Engine
+
+    return CTranslate2Engine(config, context)
 
 
 def _build_llamacpp(config: LlamaCppEngineConfig, context: EngineContext) -> Engine:
@@ -58,6 +70,7 @@ def _build_vllm(config: VLLMEngineConfig, context: EngineContext) -> Engine:
 BUILDERS: dict[str, Callable[..., Engine]] = {
     "openai": _build_openai,
     "transformers": _build_transformers,
+    "ctranslate2": _build_ctranslate2,
     "llamacpp": _build_llamacpp,
     "vllm": _build_vllm,
 }

@@ -31,13 +31,13 @@ from batchinfer.engines.base import (
     SamplingParams,
     StopFlag,
 )
-from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
+from batchinfer.engines.configs import CTranslate2EngineConfig, EngineContext, TransformersEngineConfig
 from batchinfer.engines.local_common import (
     CHAT_FIELDS,
     Capabilities,
     context_length_exceeded,
     package_dir,
-    text_chat_or_error,
+    prompt_ids,
 )
 from batchinfer.engines.structured import JsonGrammars
 from batchinfer.errors import EngineError
@@ -61,7 +61,7 @@ CAPABILITIES = Capabilities(
 )
 
 
-def resolve_model_dir(config: TransformersEngineConfig) -> Path:
+def resolve_model_dir(config: TransformersEngineConfig | CTranslate2EngineConfig) -> Path:
     """The directory holding the model: ``config.path``, or the installed ``config.package``'s."""
     if config.path:
         directory = Path(config.path).expanduser()
@@ -103,7 +103,7 @@ def gguf_cache_dir(config: TransformersEngineConfig, model_dir: Path, cache_dir:
     return cache_dir / "models" / f"{config.id}-{key}"
 
 
-def _load_gguf(
+def load_gguf(
     model_dir: Path, gguf_file: str, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantize a GGUF file with transformers (slow: tens of seconds for 135M parameters)."""
@@ -114,18 +114,23 @@ def _load_gguf(
     return model, tokenizer
 
 
-def _save_to_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
-    """Write the dequantized model atomically: a temp dir, then one ``os.replace`` into place."""
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Write a model dequantized from GGUF as an ordinary transformers checkpoint."""
     # save_pretrained refuses a model that still carries its GGUF quantizer, although the
     # weights are already plain tensors; dropping it saves an ordinary checkpoint.
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def _save_to_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """Write the dequantized model atomically: a temp dir, then one ``os.replace`` into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        save_checkpoint(model, tokenizer, staging)
         try:
             os.replace(staging, target)
         except OSError:
@@ -230,7 +235,7 @@ class TransformersEngine:
         dtype = getattr(torch, self._config.dtype)
         source = self.model_dir
         if self._config.gguf_file and not (source / "config.json").is_file():
-            model, tokenizer = _load_gguf(self._model_dir, self._config.gguf_file, dtype)
+            model, tokenizer = load_gguf(self._model_dir, self._config.gguf_file, dtype)
             _save_to_cache(model, tokenizer, source)
         else:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
@@ -263,20 +268,9 @@ class TransformersEngine:
         refusal = CAPABILITIES.refusal(request, self._config.id)
         if refusal is not None:
             return refusal
-        if request.endpoint is Endpoint.completions:
-            prompt = (request.body or {}).get("prompt")
-            if not isinstance(prompt, str):
-                return ErrorDetail(
-                    code="unsupported_parameter",
-                    message="body.prompt must be one string on the transformers engine (not a list "
-                    "of prompts or token ids); write one line per prompt.",
-                )
-            input_ids = list(self._tokenizer(prompt)["input_ids"])
-        else:
-            chat = text_chat_or_error(request.messages)
-            if isinstance(chat, ErrorDetail):
-                return chat
-            input_ids = self._encode(chat)
+        input_ids = prompt_ids(request, self._tokenizer, "transformers")
+        if isinstance(input_ids, ErrorDetail):
+            return input_ids
         if request.params.response_format is not None:
             assert self._grammars is not None
             grammar = self._grammars.matcher(request.params.response_format)
@@ -286,16 +280,6 @@ class TransformersEngine:
         if limit is not None and len(input_ids) > limit - request.params.max_tokens:
             return context_length_exceeded(self._config.id, len(input_ids), request.params.max_tokens, limit)
         return _Prepared(index=index, input_ids=input_ids, params=request.params)
-
-    def _encode(self, chat: list[dict[str, str]]) -> list[int]:
-        tokenizer = self._tokenizer
-        assert tokenizer is not None
-        if tokenizer.chat_template:
-            # Rendered to text first: the template already holds the special tokens it wants.
-            text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
-        return list(tokenizer(text)["input_ids"])
 
     # -- one batch ----------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ from typing import Any
 from uuid import UUID
 
 from batchinfer.engines.base import StopFlag
-from batchinfer.engines.configs import OpenAIEngineConfig, TransformersEngineConfig
+from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.registry import AnyModelConfig
 
 # How often a job waiting for its model's slots looks again (and looks for a cancel).
 SHARE_POLL_S = 0.5
@@ -49,7 +50,7 @@ def limit_name(model_id: str) -> str:
     return LIMIT_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "-", model_id)
 
 
-def shared_limit(config: OpenAIEngineConfig | TransformersEngineConfig) -> int | None:
+def shared_limit(config: AnyModelConfig) -> int | None:
     """The model's cross-job concurrency, or None for engines that run in-process (no server to
     protect: each process has its own model)."""
     return config.max_concurrency if isinstance(config, OpenAIEngineConfig) else None
