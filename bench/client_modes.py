@@ -8,6 +8,8 @@ Modes:
 - ``aiohttp-loop`` / ``httpx-loop``: the ceiling, the fastest plain asyncio client loop we could
   write: one session, one semaphore of N, every request a task (a continuous bound, no waves).
 - ``engine``: batchinfer's OpenAI engine alone, no Prefect: ``OpenAIEngine.infer`` on all prompts.
+- ``prefect-chunks``: a short Prefect script a user might write instead of batchinfer: 10 tasks of a
+  tenth of the prompts each, every task an aiohttp loop with its tenth of the concurrency.
 - ``naive-prefect``: what users write first: one Prefect task per prompt, ``.map`` over the prompts,
   a shared sync httpx client, a thread pool of N.
 """
@@ -93,6 +95,28 @@ def engine(
     return sum(1 for o in outcomes if hasattr(o, "generations")), seconds
 
 
+def prefect_chunks(url: str, prompts: list[Any], concurrency: int, max_tokens: int) -> tuple[int, float]:
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    tasks = 10
+    share = max(1, concurrency // tasks)
+
+    @task
+    def infer_chunk(chunk: list[Any]) -> int:
+        return asyncio.run(aiohttp_loop(url, chunk, share, max_tokens))
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=tasks))  # type: ignore[arg-type]
+    def chunked_batch(all_prompts: list[Any]) -> int:
+        size = -(-len(all_prompts) // tasks)
+        chunks = [all_prompts[i : i + size] for i in range(0, len(all_prompts), size)]
+        return sum(f.result() for f in infer_chunk.map(chunks))
+
+    start = time.perf_counter()
+    ok = chunked_batch(prompts)
+    return ok, time.perf_counter() - start
+
+
 def naive_prefect(url: str, prompts: list[Any], concurrency: int, max_tokens: int) -> tuple[int, float]:
     import httpx
     from prefect import flow, task
@@ -119,7 +143,8 @@ def naive_prefect(url: str, prompts: list[Any], concurrency: int, max_tokens: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "mode", choices=["aiohttp-loop", "httpx-loop", "engine", "engine-httpx", "naive-prefect"]
+        "mode",
+        choices=["aiohttp-loop", "httpx-loop", "engine", "engine-httpx", "prefect-chunks", "naive-prefect"],
     )
     parser.add_argument("--base-url", required=True, help="…/v1")
     parser.add_argument("--prompts", type=Path, required=True)
@@ -131,8 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode in {"engine", "engine-httpx"}:
         client = "httpx" if args.mode == "engine-httpx" else "aiohttp"
         ok, seconds = engine(args.base_url, args.prompts, args.concurrency, args.max_tokens, client)
-    elif args.mode == "naive-prefect":
-        ok, seconds = naive_prefect(url, prompts, args.concurrency, args.max_tokens)
+    elif args.mode in {"naive-prefect", "prefect-chunks"}:
+        script = naive_prefect if args.mode == "naive-prefect" else prefect_chunks
+        ok, seconds = script(url, prompts, args.concurrency, args.max_tokens)
     else:
         loop = aiohttp_loop if args.mode == "aiohttp-loop" else httpx_loop
         start = time.perf_counter()

@@ -82,17 +82,6 @@ def row(
     }
 
 
-def client_mode(
-    mode: str, base_url: str, prompts: Path, concurrency: int, env: dict[str, str]
-) -> tuple[dict[str, Any], int]:
-    argv = [PY, "-m", "bench.client_modes", mode, "--base-url", base_url, "--prompts", str(prompts)]
-    out, rss = run_measured([*argv, "--concurrency", str(concurrency)], env)
-    result = json.loads(out.strip().splitlines()[-1])
-    if result["ok"] != result["requests"]:
-        raise RuntimeError(f"{mode}: only {result['ok']} of {result['requests']} requests succeeded")
-    return result, rss
-
-
 def flow_run_seconds(served: ServeProcess, job_id: str) -> float:
     """The flow run's own duration (validate + infer + gather), from the Prefect API."""
     run = httpx.get(f"{served.prefect_api_url}/flow_runs/{job_id}", timeout=10).json()
@@ -158,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep", action="store_true", help="also sweep chunk size and max_concurrency (at the last latency)"
     )
+    parser.add_argument(
+        "--no-local-engines",
+        dest="local_engines",
+        action="store_false",
+        help="skip (6): transformers vs CTranslate2 (vs llama.cpp) on the embedded SmolLM2",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the bench runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -181,112 +176,202 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_transformers(
                 model=model, batch_size=8, threads=1, work_dir=Settings().home / "bench", **size
             )  # type: ignore[arg-type]
+    if args.local_engines:
+        from bench.local_engines import run as run_local_engines
+
+        rows += run_local_engines(**(dict(prompts=4, max_tokens=8) if args.smoke else {}))
     write_results(rows, args.out)
     print_table(rows)
     return 0
 
 
+class ServerClock:
+    """What the loopback model server saw of one contestant: its steady rate (answers/s between
+    10% and 90% of the answers) and how long after the contestant's process started the first
+    request arrived. Taken at the server, so every contestant is measured the same way."""
+
+    def __init__(self, base_url: str) -> None:
+        self._stats = base_url.removesuffix("/v1") + "/stats"
+
+    def start(self) -> float:
+        httpx.post(self._stats + "/reset", timeout=10).raise_for_status()
+        return time.time()
+
+    def figures(self, started: float, wall: float, rss_kib: int | None) -> dict[str, Any]:
+        stats = httpx.get(self._stats, timeout=10).json()
+        first = stats["first_request_at"]
+        return {
+            "steady_rps": stats["steady_rps"],
+            "first_request_s": round(first - started, 2) if first else None,
+            "wall_s": round(wall, 2),
+            "peak_rss_mb": round(rss_kib / 1024, 1) if rss_kib else None,
+            "requests": stats["requests_total"],
+        }
+
+
+def measured(clock: ServerClock, argv: list[str], env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """Run a contestant's process; its stdout and the figures, wall time from process start."""
+    started = clock.start()
+    begin = time.perf_counter()
+    out, rss = run_measured(argv, env)
+    return out, clock.figures(started, time.perf_counter() - begin, rss)
+
+
+def http_row(label: str, latency: float, figures: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    rps = figures["steady_rps"]
+    return {
+        "benchmark": "http",
+        "mode": label,
+        "latency_ms": latency,
+        **figures,
+        "requests_per_s": rps,
+        **extra,
+    }
+
+
+def client_row(
+    label: str, mode: str, url: str, prompts: Path, args: argparse.Namespace, env: dict[str, str], lat: float
+) -> dict[str, Any]:
+    argv = [PY, "-m", "bench.client_modes", mode, "--base-url", url, "--prompts", str(prompts)]
+    out, figures = measured(ServerClock(url), [*argv, "--concurrency", str(args.concurrency)], env)
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["ok"] != result["requests"]:
+        raise RuntimeError(f"{mode}: only {result['ok']} of {result['requests']} requests succeeded")
+    return http_row(label, lat, figures)
+
+
+def run_rows(
+    url: str, model: str, prompts: Path, home: Path, env: dict[str, str], lat: float
+) -> list[dict[str, Any]]:
+    """`batchinfer run` as a user types it, no PREFECT_API_URL: on a fresh data dir (it starts the
+    warm local Prefect server), then the same again (it finds that server running)."""
+    env = {**env, "BATCHINFER_HOME": str(home), "BATCHINFER_LOCAL_SERVER_IDLE_S": "600"}
+    env.pop("PREFECT_API_URL", None)
+    rows = []
+    try:
+        for n, label in enumerate(("`batchinfer run`, fresh data dir", "`batchinfer run`, the same again")):
+            argv = [PY, "-m", "batchinfer.cli", "run", str(prompts), "--model", model, "--max-tokens", "16"]
+            # An output dir of its own: the same one would resume the first job, sending nothing.
+            out, figures = measured(ServerClock(url), [*argv, "--output-dir", str(home / f"out-{n}")], env)
+            job = json.loads(out[out.index("{") :])
+            if job["status"] != "completed":
+                raise RuntimeError(f"batchinfer run did not complete: {job}")
+            rows.append(http_row(label, lat, figures))
+    finally:
+        subprocess.run([PY, "-m", "batchinfer.cli", "server", "stop"], env=env, cwd=ROOT, check=False)
+    return rows
+
+
+def serve_row(served: ServeProcess, url: str, model: str, prompts: Path, lat: float) -> dict[str, Any]:
+    clock = ServerClock(url)
+    started = clock.start()
+    _job, wall, rss_kib = job_via_serve(served, model, prompts)
+    return http_row("submitted to `serve` (submit -> completed)", lat, clock.figures(started, wall, rss_kib))
+
+
+def latency_rows(
+    args: argparse.Namespace, served: ServeProcess, files: dict[str, Path], url: str, lat: float, tmp: Path
+) -> list[dict[str, Any]]:
+    env = {**served.env, "PREFECT_API_URL": served.prefect_api_url}
+    model, prompts = f"fake-{int(lat)}ms", files["prompts"]
+    print(f"== {int(lat)} ms latency", flush=True)
+    rows = [client_row(BARE_FIRST, "aiohttp-loop", url, prompts, args, env, lat)]
+    rows.append(client_row("plain httpx loop", "httpx-loop", url, files["httpx"], args, env, lat))
+    rows.append(client_row("batchinfer engine alone, no Prefect", "engine", url, prompts, args, env, lat))
+    rows.append(client_row(PREFECT_SCRIPT, "prefect-chunks", url, prompts, args, env, lat))
+    rows += run_rows(url, model, prompts, tmp / f"run-home-{int(lat)}", served.env, lat)
+    rows.append(serve_row(served, url, model, prompts, lat))
+    rows.append(client_row(BARE_LAST, "aiohttp-loop", url, prompts, args, env, lat))
+    for r in rows:
+        print(f"   {r['mode']}: {r['steady_rps']} req/s, wall {r['wall_s']} s", flush=True)
+    return rows
+
+
+BARE_FIRST, BARE_LAST = "bare aiohttp loop (first)", "bare aiohttp loop (last)"
+PREFECT_SCRIPT = "a short Prefect script: 10 tasks, each an aiohttp loop"
+NAIVE = "naive Prefect: a task per prompt"
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each http row's steady rate over the mean of the bare loop's two runs at its latency."""
+    for lat in {r["latency_ms"] for r in rows if r["benchmark"] == "http"}:
+        at = [r for r in rows if r["benchmark"] == "http" and r["latency_ms"] == lat]
+        bare = [r["steady_rps"] for r in at if r["mode"] in (BARE_FIRST, BARE_LAST) and r["steady_rps"]]
+        for r in at:
+            if bare and r["steady_rps"]:
+                r["ratio_to_ceiling"] = round(r["steady_rps"] / statistics.mean(bare), 3)
+
+
 def http_benchmarks(args: argparse.Namespace, latencies: list[float], tmp: Path) -> list[dict[str, Any]]:
-    prompts = write_jsonl(
-        tmp / "prompts.jsonl", (user_prompt(f"bench prompt {i} about a topic") for i in range(args.prompts))
-    )
-    naive_n = args.naive_prompts
-    naive_prompts = write_jsonl(
-        tmp / "naive.jsonl", (user_prompt(f"naive prompt {i}") for i in range(naive_n))
-    )
-    httpx_prompts = write_jsonl(
-        tmp / "httpx.jsonl", (user_prompt(f"httpx prompt {i}") for i in range(args.httpx_prompts))
-    )
+    files = {
+        name: write_jsonl(
+            tmp / f"{name}.jsonl", (user_prompt(f"{name} prompt {i} about a topic") for i in range(n))
+        )
+        for name, n in (
+            ("prompts", args.prompts),
+            ("naive", args.naive_prompts),
+            ("httpx", args.httpx_prompts),
+        )
+    }
     one = write_jsonl(tmp / "one.jsonl", [user_prompt("one prompt")])
     servers = {lat: start_fake_server(lat) for lat in latencies}
-    models = [
-        {
-            "id": f"fake-{int(lat)}ms",
-            "engine": "openai",
-            "base_url": url,
-            "model": "fake-model",
-            "max_concurrency": args.concurrency,
-        }
-        for lat, (_, url) in servers.items()
-    ]
-    sweep_url = servers[latencies[-1]][1]
-    models += [
-        {
-            "id": f"sweep-c{c}",
-            "engine": "openai",
-            "base_url": sweep_url,
-            "model": "fake-model",
-            "max_concurrency": c,
-        }
-        for c in SWEEP_CONCURRENCY
-    ]
     models_file = tmp / "models.yaml"
-    models_file.write_text(yaml.safe_dump({"models": models}))
+    models_file.write_text(yaml.safe_dump({"models": bench_models(args, servers, latencies)}))
     home = tmp / "home"
     home.mkdir()
-    env = serve_env(home, models_file, roots=[tmp])
-    served = ServeProcess(home=home, env=env).start()
-    client_env = {**env, "PREFECT_API_URL": served.prefect_api_url}
+    served = ServeProcess(home=home, env=serve_env(home, models_file, roots=[tmp])).start()
     rows: list[dict[str, Any]] = []
-    ceilings: dict[float, float] = {}
     try:
         for lat, (_, url) in servers.items():
-            model = f"fake-{int(lat)}ms"
-            print(f"== {int(lat)} ms latency", flush=True)
-            ceiling, rss = client_mode("aiohttp-loop", url, prompts, args.concurrency, client_env)
-            rows.append(
-                row("http", "(1) ceiling: aiohttp loop", lat, ceiling["requests"], ceiling["seconds"], rss)
-            )
-            ceiling_rps = ceiling["requests"] / ceiling["seconds"]
-            for mode, label in [
-                ("httpx-loop", "(1b) plain httpx loop"),
-                ("engine", "(2) batchinfer engine, no Prefect"),
-            ]:
-                file = httpx_prompts if mode == "httpx-loop" else prompts
-                result, rss = client_mode(mode, url, file, args.concurrency, client_env)
-                rows.append(row("http", label, lat, result["requests"], result["seconds"], rss))
-                print(f"   {label}: {rows[-1]['requests_per_s']} req/s", flush=True)
-            for label, (job, wall, rss) in (
-                (
-                    "(3) batchinfer job: `batchinfer run`",
-                    job_via_run(served, model, prompts, tmp / f"run-{int(lat)}"),
-                ),
-                ("(3) batchinfer job: submitted to `serve`", job_via_serve(served, model, prompts)),
-            ):
-                seconds = flow_run_seconds(served, job["job_id"])
-                rows.append(row("http", label, lat, args.prompts, seconds, rss, wall_s=round(wall, 2)))
-            ceilings[lat] = ceiling_rps
-        lat0 = f"fake-{int(latencies[0])}ms"
-        walls = [job_via_serve(served, lat0, one)[1] for _ in range(args.overhead_runs)]
-        rows.append(
-            row(
-                "overhead",
-                "one-prompt job, submit -> completed (median)",
-                latencies[0],
-                1,
-                statistics.median(walls),
-                None,
-                runs=[round(w, 2) for w in walls],
-            )
-        )
+            rows += latency_rows(args, served, files, url, lat, tmp)
+        rows.append(overhead_row(args, served, f"fake-{int(latencies[0])}ms", one, latencies[0]))
         if args.sweep:
-            rows += sweep(served, prompts, tmp, latencies[-1])
+            rows += sweep(served, files["prompts"], tmp, latencies[-1])
         if args.big_lines:
-            rows += memory_benchmarks(args, served, lat0, prompts, tmp)
+            rows += memory_benchmarks(args, served, f"fake-{int(latencies[0])}ms", files["prompts"], tmp)
         # Last: thousands of task runs leave the Prefect server busy recording them for a while,
         # which would slow whatever ran after it.
+        env = {**served.env, "PREFECT_API_URL": served.prefect_api_url}
         for lat, (_, url) in servers.items():
-            result, rss = client_mode("naive-prefect", url, naive_prompts, args.concurrency, client_env)
-            label = "(4) naive Prefect: a task per prompt"
-            rows.append(row("http", label, lat, result["requests"], result["seconds"], rss))
-        for r in rows:
-            if r["benchmark"] == "http" and r["requests_per_s"]:
-                r["ratio_to_ceiling"] = round(r["requests_per_s"] / ceilings[r["latency_ms"]], 3)
+            rows.append(client_row(NAIVE, "naive-prefect", url, files["naive"], args, env, lat))
+        add_ratios(rows)
     finally:
         served.stop()
         for proc, _ in servers.values():
             proc.terminate()
     return rows
+
+
+def bench_models(
+    args: argparse.Namespace, servers: dict[float, tuple[Any, str]], latencies: list[float]
+) -> list[dict[str, Any]]:
+    def model(model_id: str, url: str, concurrency: int) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "engine": "openai",
+            "base_url": url,
+            "model": "fake-model",
+            "max_concurrency": concurrency,
+        }
+
+    models = [model(f"fake-{int(lat)}ms", url, args.concurrency) for lat, (_, url) in servers.items()]
+    sweep_url = servers[latencies[-1]][1]
+    return models + [model(f"sweep-c{c}", sweep_url, c) for c in SWEEP_CONCURRENCY]
+
+
+def overhead_row(
+    args: argparse.Namespace, served: ServeProcess, model: str, one: Path, latency: float
+) -> dict[str, Any]:
+    walls = [job_via_serve(served, model, one)[1] for _ in range(args.overhead_runs)]
+    return row(
+        "overhead",
+        "one-prompt job, submit -> completed (median)",
+        latency,
+        1,
+        statistics.median(walls),
+        None,
+        runs=[round(w, 2) for w in walls],
+    )
 
 
 SWEEP_CHUNK_SIZES = (25, 100, 250, 1000)
@@ -383,11 +468,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "requests",
         "seconds",
         "requests_per_s",
-        "tokens_per_s",
         "ratio_to_ceiling",
-        "ratio",
-        "peak_rss_mb",
+        "first_request_s",
         "wall_s",
+        "peak_rss_mb",
+        "tokens_per_s",
+        "ratio",
+        "ratio_to_transformers",
+        "same_as_transformers",
     ]
     present = [c for c in columns if any(c in r for r in rows)]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in present}

@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 
 EXPECTED_MODES = {
-    "(1) ceiling: aiohttp loop",
-    "(1b) plain httpx loop",
-    "(2) batchinfer engine, no Prefect",
-    "(3) batchinfer job: `batchinfer run`",
-    "(3) batchinfer job: submitted to `serve`",
-    "(4) naive Prefect: a task per prompt",
+    "bare aiohttp loop (first)",
+    "plain httpx loop",
+    "batchinfer engine alone, no Prefect",
+    "a short Prefect script: 10 tasks, each an aiohttp loop",
+    "`batchinfer run`, fresh data dir",
+    "`batchinfer run`, the same again",
+    "submitted to `serve` (submit -> completed)",
+    "bare aiohttp loop (last)",
+    "naive Prefect: a task per prompt",
 }
 
 
@@ -37,7 +40,9 @@ def test_the_benchmark_runs_every_contestant_and_writes_its_results(tmp_path: Pa
     assert set(http) == EXPECTED_MODES
     for r in http.values():
         assert r["requests"] == 40 and r["requests_per_s"] > 0 and r["peak_rss_mb"] > 0
-        assert r["ratio_to_ceiling"] > 0
+        assert r["ratio_to_ceiling"] > 0 and 0 < r["first_request_s"] < r["wall_s"]
+    local = {r["mode"] for r in rows if r["benchmark"] == "local engines"}
+    assert {"transformers", "ctranslate2 float32"} <= local, local
     assert [r["mode"] for r in rows if r["benchmark"] == "overhead"]
     memory = [r for r in rows if r["benchmark"] == "memory"]
     assert [r["requests"] for r in memory] == [40, 400] and memory[1]["rss_ratio_to_small"] > 0
