@@ -330,6 +330,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "The server's answer is not what the API promises (a proxy in between?).",
     ),
     ErrorCode("wait_timeout", "client", None, "wait_for_job gave up before the job ended: wait longer."),
+    ErrorCode("no_results", "client", None, "read_results of a job that has not ended: wait for it first."),
 )
 
 

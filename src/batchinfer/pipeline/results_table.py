@@ -131,3 +131,22 @@ class ResultsTable:
         self._writer.write_table(table)
         self.rows += len(self._rows)
         self._rows = []
+
+
+def first_rows(path: Path, rows: int = 20, width: int = 120) -> list[dict[str, Any]]:
+    """The first ``rows`` rows of a results table, for a glance (the Prefect UI's artifact): its
+    first batch only is read, and long strings are cut to ``width`` characters."""
+    if not path.exists():
+        return []
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
+    if batch is None:
+        return []
+    return [{key: _short(value, width) for key, value in row.items()} for row in batch.to_pylist()]
+
+
+def _short(value: Any, width: int) -> Any:
+    if isinstance(value, list):
+        value = " | ".join(map(str, value))
+    if isinstance(value, str) and len(value) > width:
+        return value[: width - 1] + "…"
+    return value

@@ -98,6 +98,7 @@ class RunReporter:
         """The end-of-job table and markdown artifacts (advisory, like the progress artifact)."""
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+        from batchinfer.pipeline.results_table import first_rows
         from batchinfer.runtime.summary import outputs_markdown, summary_rows
 
         try:
@@ -109,6 +110,10 @@ class RunReporter:
                 markdown=outputs_markdown(self.flow_run_id, model, self.layout, self.progress),
                 description="Where this job's outputs are",
             )
+            if self.progress.outputs_ready and (rows := first_rows(self.layout.results)):
+                create_table_artifact(
+                    table=rows, description=f"The first {len(rows)} rows of results.parquet"
+                )
         except Exception:
             logger.warning("Could not publish the summary of %s", self.flow_run_id, exc_info=True)
 

@@ -66,6 +66,7 @@ def outputs_markdown(job_id: str, model: str, layout: JobLayout, progress: JobPr
             "|---|---|---|",
             f"| success | {progress.completed} | `{layout.success}` |",
             f"| errors | {progress.failed} | `{layout.errors}` |",
+            f"| results table | {progress.completed + progress.failed} | `{layout.results}` |",
         ]
     else:
         lines += ["", "No output files were written (the job stopped before gathering)."]
