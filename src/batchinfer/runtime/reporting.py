@@ -106,14 +106,11 @@ class RunReporter:
                 table=summary_rows(self.progress, seconds, infer_phase),
                 description="Counts, timings, throughput and tokens of this job",
             )
+            rows = first_rows(self.layout.results) if self.progress.outputs_ready else []
             create_markdown_artifact(
-                markdown=outputs_markdown(self.flow_run_id, model, self.layout, self.progress),
-                description="Where this job's outputs are",
+                markdown=outputs_markdown(self.flow_run_id, model, self.layout, self.progress, rows),
+                description="Where this job's outputs are, and the first rows of its results",
             )
-            if self.progress.outputs_ready and (rows := first_rows(self.layout.results)):
-                create_table_artifact(
-                    table=rows, description=f"The first {len(rows)} rows of results.parquet"
-                )
         except Exception:
             logger.warning("Could not publish the summary of %s", self.flow_run_id, exc_info=True)
 
