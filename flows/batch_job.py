@@ -46,12 +46,15 @@ def batch_job(
     output_dir: str | None = None,
     expires_at: datetime | None = None,
     endpoint: Endpoint | None = None,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files.
 
     ``expires_at``: when it passes, the job stops as for a cancel and fails ``expired``, keeping
     its finished lines (an OpenAI batch's ``completion_window``). ``endpoint``: the one endpoint
-    every line must name (an OpenAI batch's); None: the first valid line's."""
+    every line must name (an OpenAI batch's); None: the first valid line's. ``prompt_template``
+    and ``system_prompt``: a table prompt file's prompts, built from each row's columns."""
     params = JobParameters(
         model=model,
         prompt_file=prompt_file,
@@ -60,6 +63,8 @@ def batch_job(
         output_dir=output_dir,
         expires_at=expires_at,
         endpoint=endpoint,
+        prompt_template=prompt_template,
+        system_prompt=system_prompt,
     )
     job = JobRun.start(str(flow_run.id), params, TASKS, Settings())
     tag_with_model(job.job_id, model)

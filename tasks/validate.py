@@ -7,11 +7,12 @@ from pathlib import Path as LocalPath
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from batchinfer.contract import Path
+from batchinfer.contract import Path, PathType
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import SamplingParams
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.prompt_source import SourceRules, fetch
+from batchinfer.pipeline.tables import PromptTemplate
 from batchinfer.pipeline.validation import ValidationSummary, validate_prompt_file
 from batchinfer.settings import Settings
 
@@ -24,12 +25,24 @@ def validate(
     chunk_size: int,
     defaults: RequestDefaults | None = None,
     endpoint: Endpoint | None = None,
+    *,
+    prompt: PromptTemplate | None = None,
 ) -> ValidationSummary:
     layout = JobLayout(LocalPath(job_dir))
     settings = Settings()  # limits and URI rules, as configured where the job runs
     rules = SourceRules.from_settings(settings)
     source = fetch(prompt_file, settings.input_roots(), layout.staged_input, rules)
     limits = settings.limits()
+    # A CSV table is known by its name: the one the user gave (a URI's is lost when it is staged).
+    name = prompt_file.value if prompt_file.type is not PathType.raw_bytes else None
     return validate_prompt_file(
-        source, layout, params, chunk_size, limits, defaults=defaults, endpoint=endpoint
+        source,
+        layout,
+        params,
+        chunk_size,
+        limits,
+        defaults=defaults,
+        endpoint=endpoint,
+        prompt=prompt,
+        name=name,
     )

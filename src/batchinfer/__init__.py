@@ -24,6 +24,8 @@ _LAZY: dict[str, str] = {
         "cancel_job",
         "job_status",
         "list_jobs",
+        "read_results",
+        "submit_dataframe",
         "submit_job",
         "wait_for_job",
     )
@@ -39,6 +41,8 @@ __all__ = [
     "cancel_job",
     "job_status",
     "list_jobs",
+    "read_results",
+    "submit_dataframe",
     "submit_job",
     "wait_for_job",
 ]
@@ -53,6 +57,8 @@ if TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ provides th
         cancel_job,
         job_status,
         list_jobs,
+        read_results,
+        submit_dataframe,
         submit_job,
         wait_for_job,
     )

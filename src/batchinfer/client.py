@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 import anyio
 import httpx
@@ -39,6 +39,9 @@ from pydantic import BaseModel
 from batchinfer import __version__
 from batchinfer.contract import BatchInference, JobPage, JobStatus, Options, Path, PathType
 from batchinfer.errors import BatchInferError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # JobPage (the answer of GET /batch_inference/jobs) is the adapter's own model, re-exported here:
 # one definition of the shape for both ends.
@@ -53,6 +56,8 @@ __all__ = [
     "job_status",
     "list_jobs",
     "prompt_path",
+    "read_results",
+    "submit_dataframe",
     "submit_job",
     "wait_for_job",
 ]
@@ -247,13 +252,18 @@ class _Call:
 
 
 def _submit_call(
-    model: str, prompt_file: PromptFile, options: OptionsLike | None, num_generations: int
+    model: str,
+    prompt_file: PromptFile,
+    options: OptionsLike | None,
+    num_generations: int,
+    prompt: Mapping[str, str | None] | None = None,
 ) -> _Call:
     body: dict[str, Any] = {
         "model": model,
         "prompt_file_path": prompt_path(prompt_file).model_dump(mode="json"),
         "num_generations": num_generations,
     }
+    body.update({key: value for key, value in (prompt or {}).items() if value is not None})
     if (options_json := _options_json(options)) is not None:
         body["options"] = options_json
     return _Call("POST", SUBMIT_PATH, body=body)
@@ -358,9 +368,14 @@ class BatchInferClient:
         *,
         options: OptionsLike | None = None,
         num_generations: int = 1,
+        prompt_template: str | None = None,
+        system_prompt: str | None = None,
     ) -> BatchInference:
-        """Submit a job; it starts ``validating``. ``prompt_file``: see ``prompt_path``."""
-        return _read(self._send(_submit_call(model, prompt_file, options, num_generations)), BatchInference)
+        """Submit a job; it starts ``validating``. ``prompt_file``: see ``prompt_path``;
+        ``prompt_template`` and ``system_prompt``: a table prompt file's (docs/tables.md)."""
+        prompt = {"prompt_template": prompt_template, "system_prompt": system_prompt}
+        call = _submit_call(model, prompt_file, options, num_generations, prompt)
+        return _read(self._send(call), BatchInference)
 
     def job_status(self, job_id: str) -> BatchInference:
         """The job as it is now."""
@@ -438,9 +453,12 @@ class AsyncBatchInferClient:
         *,
         options: OptionsLike | None = None,
         num_generations: int = 1,
+        prompt_template: str | None = None,
+        system_prompt: str | None = None,
     ) -> BatchInference:
         """Submit a job; it starts ``validating``. ``prompt_file``: see ``prompt_path``."""
-        call = _submit_call(model, prompt_file, options, num_generations)
+        prompt = {"prompt_template": prompt_template, "system_prompt": system_prompt}
+        call = _submit_call(model, prompt_file, options, num_generations, prompt)
         return _read(await self._send(call), BatchInference)
 
     async def job_status(self, job_id: str) -> BatchInference:
@@ -485,13 +503,22 @@ def submit_job(
     *,
     options: OptionsLike | None = None,
     num_generations: int = 1,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
     base_url: str | None = None,
     token: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> BatchInference:
     """Submit a job (see ``BatchInferClient.submit_job``)."""
     with BatchInferClient(base_url, token=token, timeout=timeout) as client:
-        return client.submit_job(model, prompt_file, options=options, num_generations=num_generations)
+        return client.submit_job(
+            model,
+            prompt_file,
+            options=options,
+            num_generations=num_generations,
+            prompt_template=prompt_template,
+            system_prompt=system_prompt,
+        )
 
 
 def job_status(
@@ -537,3 +564,64 @@ def wait_for_job(
     """Poll until the job is ``completed`` or ``failed`` (see ``BatchInferClient.wait_for_job``)."""
     with BatchInferClient(base_url, token=token, timeout=timeout) as client:
         return client.wait_for_job(job_id, timeout_s=timeout_s, poll_s=poll_s)
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+
+def read_results(
+    job_or_id: BatchInference | str,
+    *,
+    base_url: str | None = None,
+    token: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> pd.DataFrame:
+    """A finished job's ``results.parquet`` as a DataFrame: one row per input row, in input order
+    (``line``, ``status``, ``text``, ..., then the input table's carried columns). The file is on
+    the server's disk (``metadata.results_file_path``): this reads it where that path is readable,
+    the same machine as ``serve`` or a shared ``BATCHINFER_HOME``. A job id is looked up first."""
+    import pandas as pd
+
+    job = job_or_id
+    if isinstance(job, str):
+        job = job_status(job, base_url=base_url, token=token, timeout=timeout)
+    results = job.metadata.get("results_file_path")
+    if not results:
+        raise BatchInferClientError(
+            f"Job {job.job_id} is {job.status.value} and has no results table yet; wait for it to "
+            "end (wait_for_job), then read its results.",
+            code="no_results",
+        )
+    return pd.read_parquet(Path.model_validate(results).value)
+
+
+def submit_dataframe(
+    model: str,
+    frame: pd.DataFrame,
+    *,
+    options: OptionsLike | None = None,
+    num_generations: int = 1,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
+    base_url: str | None = None,
+    token: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> BatchInference:
+    """Submit a DataFrame as a table prompt file, sent as Parquet ``raw_bytes`` (so within the
+    server's ``BATCHINFER_MAX_PROMPT_FILE_BYTES``): a ``prompt`` or ``messages`` column, or a
+    ``prompt_template`` over its columns; every other column comes back in ``read_results``."""
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return submit_job(
+        model,
+        buffer.getvalue(),
+        options=options,
+        num_generations=num_generations,
+        prompt_template=prompt_template,
+        system_prompt=system_prompt,
+        base_url=base_url,
+        token=token,
+        timeout=timeout,
+    )

@@ -96,6 +96,17 @@ class SubmitJobRequest(BaseModel):
     )
     options: Options | None = None
     num_generations: int | None = Field(default=None, ge=1, description="Number of generations to produce.")
+    # Extensions (compatible: optional): prompts built from a table prompt file's columns.
+    prompt_template: str | None = Field(
+        default=None,
+        description="Extension, for a Parquet or CSV prompt file: each row's prompt, built from its "
+        'columns, str.format-style with named fields ("Summarise in one line: {abstract}").',
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        description="Extension, for a Parquet or CSV prompt file: a system message sent before each "
+        "row's prompt.",
+    )
 
 
 class JobStatus(str, Enum):

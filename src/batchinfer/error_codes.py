@@ -91,6 +91,27 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         401,
         "Missing or wrong bearer token: send the server's BATCHINFER_API_TOKEN.",
     ),
+    ErrorCode(
+        "unknown_template_field",
+        "request",
+        422,
+        "prompt_template names a column the table lacks (the message lists its columns); a remote "
+        "table fails the job with this code.",
+    ),
+    ErrorCode(
+        "no_prompt_column",
+        "request",
+        422,
+        "The table has neither a messages nor a prompt column: rename one, or give a prompt_template "
+        "(a remote table fails the job with this code).",
+    ),
+    ErrorCode(
+        "template_needs_table",
+        "request",
+        422,
+        "prompt_template or system_prompt with a JSONL prompt file: they build prompts from a "
+        "table's columns (a remote file fails the job with this code).",
+    ),
     ErrorCode("job_not_found", "request", 404, "No job with that id."),
     ErrorCode(
         "job_not_resumable",
@@ -148,6 +169,12 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         None,
         "Every line failed to connect to the model server: start it, check base_url, resume.",
     ),
+    ErrorCode(
+        "invalid_table",
+        "job",
+        None,
+        "The Parquet or CSV file cannot be read (corrupt, or a CSV column whose type changes midway).",
+    ),
     ErrorCode("interrupted", "job", None, "A previous serve stopped while the job ran: resume it."),
     ErrorCode("crashed", "job", None, "The process running the job died: resume it."),
     ErrorCode(
@@ -197,6 +224,19 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "An attachment lacks attachment_type, data_type or data, or has a wrong one.",
     ),
     ErrorCode("invalid_custom_id", "line", None, "custom_id is not a string."),
+    ErrorCode(
+        "missing_prompt",
+        "line",
+        None,
+        "A table row's prompt (messages, prompt, or a column its template uses) is null.",
+    ),
+    ErrorCode(
+        "invalid_prompt",
+        "line",
+        None,
+        "A table row's prompt is not a non-empty string, its messages not JSON, or the template "
+        "cannot be filled from it.",
+    ),
     ErrorCode(
         "invalid_body",
         "line",
@@ -290,6 +330,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "The server's answer is not what the API promises (a proxy in between?).",
     ),
     ErrorCode("wait_timeout", "client", None, "wait_for_job gave up before the job ended: wait longer."),
+    ErrorCode("no_results", "client", None, "read_results of a job that has not ended: wait for it first."),
 )
 
 

@@ -16,6 +16,7 @@ Three levels, each with its own home:
     │   ├── PromptFileError         invalid_prompt_file_path 422
     │   │   └── FileTooLargeError   file_too_large        413
     │   ├── LimitExceededError      limit_exceeded        422
+    │   ├── PromptTableError        unknown_template_field 422 (and no_prompt_column, template_needs_table)
     │   ├── UnauthorizedError       unauthorized          401
     │   ├── JobNotFoundError        job_not_found         404
     │   ├── JobNotResumableError    job_not_resumable     409
@@ -88,6 +89,14 @@ class LimitExceededError(RequestError):
     """A request past a configured limit. The message names the limit and its variable."""
 
     code = "limit_exceeded"
+
+
+class PromptTableError(RequestError):
+    """A table prompt file that the request's template or the table's columns cannot make prompts
+    of (a template naming a column the table lacks; neither a ``messages`` nor a ``prompt`` column;
+    a template for a JSONL file). At run time (a remote file) the job fails with the same code."""
+
+    code = "unknown_template_field"
 
 
 class FileTooLargeError(PromptFileError):

@@ -26,6 +26,10 @@ class JobParameters(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="When it passes, the job stops and fails `expired`, keeping its work."
     )
+    prompt_template: str | None = Field(
+        default=None, description="A table's prompts, built from each row's columns: {column}."
+    )
+    system_prompt: str | None = Field(default=None, description="A system message before each row's.")
     endpoint: Endpoint | None = Field(
         default=None,
         description="The endpoint every line must name (an OpenAI batch's); None: the first line's.",

@@ -68,3 +68,17 @@ def test_the_markdown_names_both_output_files_and_how_the_job_ended(tmp_path: Pa
 def test_without_outputs_the_markdown_says_none_were_written(tmp_path: Path) -> None:
     text = outputs_markdown("job-1", "llama", JobLayout(tmp_path), JobProgress())
     assert "No output files" in text
+
+
+def test_the_markdown_shows_the_first_rows_of_the_results_table_without_breaking_on_a_pipe(
+    tmp_path: Path,
+) -> None:
+    layout = JobLayout(tmp_path / "job")
+    rows = [
+        {"line": 1, "status": "succeeded", "text": "a | b\nc"},
+        {"line": 2, "status": "failed", "text": None},
+    ]
+    text = outputs_markdown("job-1", "llama", layout, JobProgress(outputs_ready=True), rows)
+    assert str(layout.results) in text
+    assert "| line | status | text |" in text
+    assert "| 1 | succeeded | a \\| b c |" in text and "| 2 | failed |  |" in text

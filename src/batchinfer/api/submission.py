@@ -14,6 +14,7 @@ from batchinfer.errors import LimitExceededError, RequestError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.prompt_source import SourceRules, check_and_stage
+from batchinfer.pipeline.tables import PromptTemplate, check_prompt_source, template_fields
 from batchinfer.settings import Limits, Settings, env_name
 
 
@@ -33,6 +34,8 @@ def prepare_job(
         settings.uploads_dir,
         SourceRules.from_settings(settings),
     )
+    prompt = PromptTemplate(template=request.prompt_template, system_prompt=request.system_prompt)
+    check_prompt_table(request.prompt_file_path, prompt_file, prompt)
     if output_dir is not None:
         output_dir = str(check_output_dir(output_dir, prompt_file))
     return JobParameters(
@@ -41,7 +44,21 @@ def prepare_job(
         options=options,
         num_generations=num_generations,
         output_dir=output_dir,
+        prompt_template=prompt.template,
+        system_prompt=prompt.system_prompt,
     )
+
+
+def check_prompt_table(given: Path, staged: Path, prompt: PromptTemplate) -> None:
+    """A local table must make prompts with the request's template (its columns are read, not its
+    rows); a template needs a table. A remote file is checked when the job reads it."""
+    local = _local_input(staged)
+    if local is None:
+        if prompt.template is not None:
+            template_fields(prompt.template)  # a malformed template is refused now all the same
+        return
+    name = given.value if given.type is not PathType.raw_bytes else None
+    check_prompt_source(local, name, prompt)
 
 
 def check_limits(options: Options, num_generations: int, limits: Limits) -> None:

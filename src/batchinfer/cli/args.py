@@ -166,13 +166,27 @@ def _add_run(sub: argparse._SubParsersAction[Parser]) -> None:
         "Run one job in the foreground with a progress bar; Ctrl-C cancels it, keeping what finished.",
         env,
     )
-    run.add_argument("prompts", help="A JSONL prompt file (a path, or a URI such as https://...).")
+    run.add_argument(
+        "prompts",
+        help="A JSONL, Parquet or CSV prompt file (a path, or a URI such as https://...).",
+    )
     _add_model_and_sampling(run)
     run.add_argument("--logprobs", action="store_true", help="Return each token's log-probability.")
     run.add_argument(
         "--output-dir",
-        help="Where success.jsonl and errors.jsonl go (default: $BATCHINFER_HOME/jobs/<job id>).",
+        help="Where success.jsonl, errors.jsonl and results.parquet go "
+        "(default: $BATCHINFER_HOME/jobs/<job id>).",
     )
+    run.add_argument(
+        "--prompt-column",
+        help="A table's column that holds each row's prompt (default: messages, else prompt); "
+        "with --template, {prompt} in the template stands for it.",
+    )
+    run.add_argument(
+        "--template",
+        help="A table's prompts built from each row's columns, e.g. \"Summarise in one line: {abstract}\".",
+    )
+    run.add_argument("--system-prompt", help="A system message sent before each table row's prompt.")
 
 
 def _add_model_and_sampling(parser: Parser) -> None:

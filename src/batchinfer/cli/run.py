@@ -47,6 +47,19 @@ def _prompt_path(text: str) -> Path:
     return Path(type=PathType.uri, value=text)
 
 
+def _template(template: str | None, prompt_column: str | None) -> str | None:
+    """``--prompt-column C`` alone is the template ``{C}``; with ``--template``, the template's
+    ``{prompt}`` is ``{C}``. The field name is escaped neither way: a column name with braces in it
+    cannot be a template field."""
+    if prompt_column is None:
+        return template
+    if template is None:
+        return "{" + prompt_column + "}"
+    return template.replace("{prompt}", "{" + prompt_column + "}").replace(
+        "{prompt:", "{" + prompt_column + ":"
+    )
+
+
 def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
@@ -61,6 +74,8 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
                 logprobs=args.logprobs or None,
             ),
             num_generations=args.num_generations,
+            prompt_template=_template(args.template, args.prompt_column),
+            system_prompt=args.system_prompt,
         )
     except ValidationError as exc:  # the flags' own checks catch these first; the contract has the last word
         error = exc.errors()[0]
@@ -116,6 +131,8 @@ def _run_flow(parameters: dict[str, Any], settings: Settings) -> int:
             close_engines()
     final = job.result(settings)
     print(final.model_dump_json(indent=2))
+    if results := final.metadata.get("results_file_path"):
+        print(f"Results table: {results['value']}", file=sys.stderr)
     if job.interrupted_by is not None:
         error = final.metadata.get("error", {})
         print(f"Interrupted. {error.get('message', '')}".rstrip(), file=sys.stderr)

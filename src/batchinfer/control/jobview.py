@@ -15,7 +15,7 @@ from batchinfer.control.states import job_status
 from batchinfer.endpoints import Endpoint
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
-from batchinfer.pipeline.jobfiles import ERROR_FILE, SUCCESS_FILE, JobProgress
+from batchinfer.pipeline.jobfiles import ERROR_FILE, RESULTS_FILE, SUCCESS_FILE, JobProgress
 
 
 @dataclass
@@ -68,6 +68,9 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
             "completion_tokens": progress.completion_tokens,
         },
     }
+    for name in ("prompt_template", "system_prompt"):
+        if (value := getattr(params, name)) is not None:
+            metadata[name] = value
     if progress.chunks:
         metadata["chunks"] = {"total": progress.chunks, "done": progress.chunks_done}
     if progress.blank_lines:
@@ -80,6 +83,8 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
         root = LocalPath(progress.output_dir)
         success = Path(type=PathType.filepath, value=str(root / SUCCESS_FILE))
         error = Path(type=PathType.filepath, value=str(root / ERROR_FILE))
+        results = Path(type=PathType.filepath, value=str(root / RESULTS_FILE))
+        metadata["results_file_path"] = results.model_dump(mode="json")
     return BatchInference(
         job_id=run.id,
         created=run.created,

@@ -1,4 +1,5 @@
-"""Merging line errors and chunk results, in input order, into the success and error files.
+"""Merging line errors and chunk results, in input order, into the success and error files and
+the results table.
 
 Every source is already sorted by line, so a streaming k-way merge keeps memory flat. The merge
 checks the one promise that matters: each non-blank input line lands in exactly one output file.
@@ -10,11 +11,13 @@ import heapq
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from batchinfer.errors import JobError
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
+from batchinfer.pipeline.results_table import ResultsTable
 from batchinfer.records import ErrorDetail, ErrorRecord
 
 
@@ -23,14 +26,14 @@ class GatherCounts(BaseModel):
     failed: int
 
 
-def _records(path: Path) -> Iterator[tuple[int, str, bool]]:
-    """(line, raw JSON line, is_success) for each record in ``path``."""
+def _records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line, raw JSON line, the record) for each record in ``path``."""
     if not path.exists():
         return
     with open(path, encoding="utf-8") as handle:
         for raw in handle:
             obj = json.loads(raw)
-            yield obj["line"], raw if raw.endswith("\n") else raw + "\n", "generations" in obj
+            yield obj["line"], raw if raw.endswith("\n") else raw + "\n", obj
 
 
 def gather_outputs(
@@ -39,16 +42,23 @@ def gather_outputs(
     expected_lines: int,
     file_error: ErrorDetail | None = None,
 ) -> GatherCounts:
-    """Write ``success.jsonl`` and ``errors.jsonl``. ``file_error`` adds a whole-file record (line null)."""
+    """Write ``success.jsonl``, ``errors.jsonl`` and ``results.parquet`` (every line's outcome, with
+    a table's carried columns). ``file_error`` adds a whole-file record (line null) to the errors."""
     sources = [_records(layout.line_errors), *(_records(p) for p in result_paths)]
     succeeded = failed = 0
     previous = 0
-    with atomic_write(layout.success) as success, atomic_write(layout.errors) as errors:
-        for line, raw, ok in heapq.merge(*sources, key=lambda record: record[0]):
+    with (
+        atomic_write(layout.success) as success,
+        atomic_write(layout.errors) as errors,
+        atomic_write(layout.results, "wb") as results_file,
+        ResultsTable(results_file, layout.carried_columns) as results,
+    ):
+        for line, raw, obj in heapq.merge(*sources, key=lambda record: record[0]):
             if line <= previous:
                 raise JobError(f"Line {line} appears twice in the chunk results", code="duplicate_line")
             previous = line
-            if ok:
+            results.add(obj)
+            if "generations" in obj:
                 succeeded += 1
                 success.write(raw)
             else:

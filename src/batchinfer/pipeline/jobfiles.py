@@ -18,6 +18,7 @@ from batchinfer.endpoints import Endpoint
 
 SUCCESS_FILE = "success.jsonl"
 ERROR_FILE = "errors.jsonl"
+RESULTS_FILE = "results.parquet"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,16 @@ class JobLayout:
     @property
     def errors(self) -> Path:
         return self.root / ERROR_FILE
+
+    @property
+    def results(self) -> Path:
+        """Every row's outcome as one table, with the input table's carried columns."""
+        return self.root / RESULTS_FILE
+
+    @property
+    def carried_columns(self) -> Path:
+        """A table prompt file's carried columns, every row in row order (``pipeline.tables``)."""
+        return self.work / "columns.parquet"
 
     @property
     def work(self) -> Path:

@@ -102,6 +102,20 @@ def parse_line(
     return PromptRequest(line=line, custom_id=custom_id, messages=messages, params=params)
 
 
+def parse_row_messages(
+    raw: Any, line: int, custom_id: str | None, params: SamplingParams
+) -> PromptRequest | ErrorRecord:
+    """A table row's messages (already decoded) as a request, or its line error: the same checks,
+    codes and messages as a JSONL line's message list."""
+    try:
+        messages = parse_messages(raw)
+    except _LineRejected as rejected:
+        return ErrorRecord(
+            line=line, custom_id=custom_id, error=ErrorDetail(code=rejected.code, message=rejected.message)
+        )
+    return PromptRequest(line=line, custom_id=custom_id, messages=messages, params=params)
+
+
 def parse_messages(raw: Any, any_parts: bool = False) -> list[Message]:
     """The seed's view of a message list. ``any_parts``: content parts of types we do not know
     (audio, video, files) are allowed, for a batch line whose body goes to a server as written."""

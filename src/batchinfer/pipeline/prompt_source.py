@@ -33,6 +33,7 @@ FIELD = "prompt_file_path"
 VALUE_FIELD = f"{FIELD}.value"
 HTTP_SCHEMES = frozenset({"http", "https"})
 _GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"  # as pipeline.tables reads it; base64 of a Parquet file is raw_bytes too
 _BLOCK = 1 << 20
 _MAX_REDIRECTS = 5
 _HTTP_TIMEOUT_S = 30.0
@@ -106,7 +107,8 @@ def _too_large(what: str, size: int | None, limit: int) -> str:
 
 
 def decode_raw_bytes(value: str, max_bytes: int = Limits.max_prompt_file_bytes) -> bytes:
-    """JSONL text as-is, or base64 of it. JSONL starts with '[' or '{', which base64 never does."""
+    """JSONL text as-is, or base64 of it (or of a Parquet table). JSONL starts with '[' or '{',
+    which base64 never does."""
     # Bound the work before decoding: base64 is 4/3 of its content, and text is >= 1 byte a char.
     if len(value) > max_bytes * 4 // 3 + 4:
         raise FileTooLargeError(_too_large("raw_bytes", None, max_bytes), field=VALUE_FIELD)
@@ -143,7 +145,8 @@ def _compressed() -> PromptFileError:
 def stage_bytes(content: bytes, uploads_dir: LocalPath) -> LocalPath:
     """Store uploaded content by its hash (idempotent), so flow parameters carry a path, not data."""
     digest = hashlib.sha256(content).hexdigest()
-    target = uploads_dir / f"{digest}.jsonl"
+    suffix = ".parquet" if content.startswith(PARQUET_MAGIC) else ".jsonl"  # a name that says what
+    target = uploads_dir / f"{digest}{suffix}"
     if not target.exists():
         with atomic_write(target, "wb") as handle:
             handle.write(content)

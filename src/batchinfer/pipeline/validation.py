@@ -3,24 +3,40 @@
 Memory is bounded by one line, not by the file: the file is read twice as a byte stream (once to
 count lines, which sizes the chunks and enforces ``max_lines``; once to parse), every output is
 written as it goes, and a line over ``max_line_bytes`` is skipped in bounded reads, never held whole.
+A table (Parquet, CSV: ``pipeline.tables``) goes the same way, a row a line, a batch of rows at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeAlias
 
+import pyarrow as pa
 from pydantic import BaseModel
 
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.errors import PromptTableError
 from batchinfer.pipeline.chunking import plan_chunk_size
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
 from batchinfer.pipeline.parsing import parse_line
+from batchinfer.pipeline.tables import (
+    CarriedColumns,
+    PromptTemplate,
+    TableFormat,
+    TablePlan,
+    count_rows,
+    iter_batches,
+    plan_table,
+    read_schema,
+    row_request,
+    table_format,
+    template_needs_table,
+)
 from batchinfer.records import ErrorDetail, ErrorRecord
 from batchinfer.settings import Limits, env_name
 
@@ -85,6 +101,9 @@ def _skip_rest_of_line(handle: IO[bytes], digest: hashlib._Hash) -> None:
             return
 
 
+Outcome: TypeAlias = PromptRequest | ErrorRecord | None  # None: a blank line, skipped and counted
+
+
 def validate_prompt_file(
     source: Path,
     layout: JobLayout,
@@ -94,49 +113,140 @@ def validate_prompt_file(
     *,
     defaults: RequestDefaults | None = None,
     endpoint: Endpoint | None = None,
+    prompt: PromptTemplate | None = None,
+    name: str | None = None,
 ) -> ValidationSummary:
     """Split ``source`` into chunk input files of valid prompts and a file of line errors.
 
-    A job runs one endpoint: ``endpoint`` when the job declares it (an OpenAI batch does), else the
-    first valid line's; a line naming another is a ``mismatched_endpoint`` line error."""
-    limits = limits or Limits()
-    endpoints = _EndpointCheck(endpoint)
+    ``source`` is a JSONL file, or a table (``pipeline.tables``: Parquet by its magic, CSV by
+    ``name``, the path or URI the user gave), whose rows go the same way as lines: row ``n`` is line
+    ``n``. A job runs one endpoint: ``endpoint`` when the job declares it (an OpenAI batch does),
+    else the first valid line's; a line naming another is a ``mismatched_endpoint`` line error."""
+    limits, prompt = limits or Limits(), prompt or PromptTemplate()
+    layout.carried_columns.unlink(missing_ok=True)  # an earlier run's, of another input perhaps
+    fmt = table_format(source, name)
+    if fmt is not None:
+        return _validate_table(source, fmt, layout, params, chunk_size, limits=limits, prompt=prompt)
+    if prompt.is_set:
+        failure = template_needs_table()
+        return _failed(ErrorDetail(code=failure.code, message=failure.message), chunk_size)
     physical_lines = count_lines(source)
     if physical_lines > limits.max_lines:  # refused before any line is parsed
         return _too_many_lines(physical_lines, limits.max_lines, chunk_size)
     digest = hashlib.sha256()
-    tally = _Tally()
-    with (
-        open(source, "rb") as handle,
-        atomic_write(layout.line_errors) as errors_out,
-        _ChunkWriter(layout, plan_chunk_size(physical_lines, chunk_size)) as chunks,
-    ):
-        for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
-            if raw is not None and not raw.strip():
+    with open(source, "rb") as handle:
+        outcomes = _line_outcomes(handle, digest, params, limits, defaults)
+        split = _split(outcomes, layout, plan_chunk_size(physical_lines, chunk_size), endpoint)
+    return split.summary(digest.hexdigest())
+
+
+def _line_outcomes(
+    handle: IO[bytes],
+    digest: hashlib._Hash,
+    params: SamplingParams,
+    limits: Limits,
+    defaults: RequestDefaults | None,
+) -> Iterator[Outcome]:
+    for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
+        if raw is not None and not raw.strip():
+            yield None
+        elif raw is None:
+            yield _line_too_long(number, limits.max_line_bytes)
+        else:
+            yield _parse(raw, number, params, limits, defaults)
+
+
+def _validate_table(
+    source: Path,
+    fmt: TableFormat,
+    layout: JobLayout,
+    params: SamplingParams,
+    chunk_size: int,
+    *,
+    limits: Limits,
+    prompt: PromptTemplate,
+) -> ValidationSummary:
+    """A table's rows as lines; its carried columns into ``layout.carried_columns``."""
+    try:
+        schema = read_schema(source, fmt)
+        plan = plan_table(schema.names, prompt)
+        rows = count_rows(source, fmt)
+        if rows > limits.max_lines:
+            return _too_many_lines(rows, limits.max_lines, chunk_size)
+        with CarriedColumns(layout.carried_columns, schema, plan) as carried:
+            outcomes = _row_outcomes(source, fmt, plan, prompt, params, carried=carried)
+            split = _split(outcomes, layout, plan_chunk_size(rows, chunk_size), None)
+    except PromptTableError as exc:
+        return _failed(ErrorDetail(code=exc.code, message=exc.message), chunk_size)
+    except pa.ArrowException as exc:  # a corrupt Parquet file, a CSV whose types change midway
+        message = f"The table cannot be read: {exc}. Check that it is a valid {fmt.value} file."
+        return _failed(ErrorDetail(code="invalid_table", message=message), chunk_size)
+    return split.summary(_file_sha256(source))
+
+
+def _row_outcomes(
+    source: Path,
+    fmt: TableFormat,
+    plan: TablePlan,
+    prompt: PromptTemplate,
+    params: SamplingParams,
+    *,
+    carried: CarriedColumns,
+) -> Iterator[Outcome]:
+    number = 0
+    for batch in iter_batches(source, fmt):
+        carried.write(batch)
+        # Only the columns a prompt is made of become Python objects; carried ones stay Arrow.
+        for row in batch.select(plan.read).to_pylist():
+            number += 1
+            yield row_request(row, number, plan, prompt, params)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Split:
+    tally: _Tally
+    chunks: _ChunkWriter
+    endpoints: _EndpointCheck
+
+    def summary(self, input_sha256: str) -> ValidationSummary:
+        tally = self.tally
+        return ValidationSummary(
+            input_sha256=input_sha256,
+            lines=tally.valid + tally.invalid,
+            valid=tally.valid,
+            invalid=tally.invalid,
+            blank_lines=tally.blank,
+            chunk_size=self.chunks.size,
+            chunks=self.chunks.specs,
+            file_error=_file_error(tally.valid + tally.invalid, tally.valid, tally.codes),
+            endpoint=self.endpoints.job_endpoint or Endpoint.chat,
+        )
+
+
+def _split(outcomes: Iterable[Outcome], layout: JobLayout, size: int, endpoint: Endpoint | None) -> _Split:
+    """Every outcome to its place: valid requests into chunk files, line errors into one file."""
+    tally, endpoints = _Tally(), _EndpointCheck(endpoint)
+    with atomic_write(layout.line_errors) as errors_out, _ChunkWriter(layout, size) as chunks:
+        for outcome in outcomes:
+            if outcome is None:
                 tally.blank += 1
                 continue
-            outcome = (
-                _line_too_long(number, limits.max_line_bytes)
-                if raw is None
-                else endpoints.check(_parse(raw, number, params, limits, defaults))
-            )
-            if isinstance(outcome, ErrorRecord):
-                tally.error(outcome.error.code)
-                errors_out.write(outcome.model_dump_json() + "\n")
+            checked = endpoints.check(outcome)
+            if isinstance(checked, ErrorRecord):
+                tally.error(checked.error.code)
+                errors_out.write(checked.model_dump_json() + "\n")
             else:
                 tally.valid += 1
-                chunks.write(outcome)
-    return ValidationSummary(
-        input_sha256=digest.hexdigest(),
-        lines=tally.valid + tally.invalid,
-        valid=tally.valid,
-        invalid=tally.invalid,
-        blank_lines=tally.blank,
-        chunk_size=chunks.size,
-        chunks=chunks.specs,
-        file_error=_file_error(tally.valid + tally.invalid, tally.valid, tally.codes),
-        endpoint=endpoints.job_endpoint or Endpoint.chat,
-    )
+                chunks.write(checked)
+    return _Split(tally, chunks, endpoints)
 
 
 @dataclass
@@ -242,6 +352,17 @@ def _line_too_long(number: int, limit: int) -> ErrorRecord:
 
 
 def _too_many_lines(lines: int, limit: int, chunk_size: int) -> ValidationSummary:
+    return _failed(
+        ErrorDetail(
+            code="too_many_lines",
+            message=f"The prompt file has {lines:,} lines, over the limit of {limit:,} "
+            f"({env_name('max_lines')}); split it into smaller files or raise the limit.",
+        ),
+        chunk_size,
+    )
+
+
+def _failed(error: ErrorDetail, chunk_size: int) -> ValidationSummary:
     """A file-level failure with no line parsed: no line is in an output file, so none is lost."""
     return ValidationSummary(
         input_sha256="",
@@ -251,11 +372,7 @@ def _too_many_lines(lines: int, limit: int, chunk_size: int) -> ValidationSummar
         blank_lines=0,
         chunk_size=chunk_size,
         chunks=[],
-        file_error=ErrorDetail(
-            code="too_many_lines",
-            message=f"The prompt file has {lines:,} lines, over the limit of {limit:,} "
-            f"({env_name('max_lines')}); split it into smaller files or raise the limit.",
-        ),
+        file_error=error,
     )
 
 

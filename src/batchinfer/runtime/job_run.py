@@ -32,6 +32,7 @@ from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
 from batchinfer.pipeline.chunking import chunk_key
 from batchinfer.pipeline.gather import GatherCounts, gather_outputs
 from batchinfer.pipeline.jobfiles import JobLayout, job_layout
+from batchinfer.pipeline.tables import PromptTemplate
 from batchinfer.pipeline.validation import ChunkSpec, ValidationSummary
 from batchinfer.runtime.cancellation import (
     CANCEL_STATE_TYPES,
@@ -122,6 +123,7 @@ class JobRun:
         self._enter(PHASE_VALIDATING)
         self.config = load_catalog(self.settings.models).get(self.params.model)
         params, defaults = self._sampling()
+        prompt = PromptTemplate(template=self.params.prompt_template, system_prompt=self.params.system_prompt)
         summary = self.tasks.validate(
             self.params.prompt_file,
             str(self.layout.root),
@@ -129,6 +131,7 @@ class JobRun:
             self.settings.chunk_size,
             defaults,
             self.params.endpoint,
+            prompt=prompt,
         )
         progress = self.reporter.progress
         progress.endpoint, progress.total, progress.failed = summary.endpoint, summary.lines, summary.invalid
@@ -138,7 +141,10 @@ class JobRun:
             progress.outputs_ready = True
             raise JobError(summary.file_error.message, code=summary.file_error.code)
         # Everything that shapes a chunk's requests: a resumed job reuses results only when all match.
-        shape = f"{params.model_dump_json()}|{defaults.model_dump_json()}|{self.params.endpoint}"
+        shape = (
+            f"{params.model_dump_json()}|{defaults.model_dump_json()}|{self.params.endpoint}"
+            f"|{prompt.model_dump_json() if prompt.is_set else ''}"
+        )
         key = chunk_key(summary.input_sha256, summary.chunk_size, self.config.model_dump_json(), shape)
         self.result_paths = [str(self.layout.chunk_result(c.index, key)) for c in summary.chunks]
         self.summary = summary

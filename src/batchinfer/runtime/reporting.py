@@ -98,6 +98,7 @@ class RunReporter:
         """The end-of-job table and markdown artifacts (advisory, like the progress artifact)."""
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+        from batchinfer.pipeline.results_table import first_rows
         from batchinfer.runtime.summary import outputs_markdown, summary_rows
 
         try:
@@ -105,9 +106,10 @@ class RunReporter:
                 table=summary_rows(self.progress, seconds, infer_phase),
                 description="Counts, timings, throughput and tokens of this job",
             )
+            rows = first_rows(self.layout.results) if self.progress.outputs_ready else []
             create_markdown_artifact(
-                markdown=outputs_markdown(self.flow_run_id, model, self.layout, self.progress),
-                description="Where this job's outputs are",
+                markdown=outputs_markdown(self.flow_run_id, model, self.layout, self.progress, rows),
+                description="Where this job's outputs are, and the first rows of its results",
             )
         except Exception:
             logger.warning("Could not publish the summary of %s", self.flow_run_id, exc_info=True)

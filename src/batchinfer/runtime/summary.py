@@ -54,8 +54,14 @@ def summary_rows(progress: JobProgress, seconds: dict[str, float], infer_phase: 
     return [{"metric": metric, "value": value} for metric, value in rows]
 
 
-def outputs_markdown(job_id: str, model: str, layout: JobLayout, progress: JobProgress) -> str:
-    """Where the outputs are, and what the job ended as."""
+def outputs_markdown(
+    job_id: str,
+    model: str,
+    layout: JobLayout,
+    progress: JobProgress,
+    first_rows: list[dict[str, Any]] | None = None,
+) -> str:
+    """Where the outputs are, what the job ended as, and the first rows of its results table."""
     lines = [f"# Job `{job_id}`", "", f"Model `{model}`."]
     if progress.error_code:
         lines += ["", f"**Ended `{progress.error_code}`**: {progress.error_message}"]
@@ -66,11 +72,29 @@ def outputs_markdown(job_id: str, model: str, layout: JobLayout, progress: JobPr
             "|---|---|---|",
             f"| success | {progress.completed} | `{layout.success}` |",
             f"| errors | {progress.failed} | `{layout.errors}` |",
+            f"| results table | {progress.completed + progress.failed} | `{layout.results}` |",
         ]
     else:
         lines += ["", "No output files were written (the job stopped before gathering)."]
+    if first_rows:
+        lines += ["", f"The first {len(first_rows)} rows of `results.parquet`:", "", *_table(first_rows)]
     lines += [
         "",
         f"Status over HTTP: `GET /batch_inference/job_status?job_id={job_id}`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows as a markdown table; a ``|`` or a line break in a cell cannot break it."""
+    columns = list(rows[0])
+
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows),
+    ]
