@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from batchinfer import jsonwire
 from batchinfer.contract import Message
 
 
@@ -116,4 +116,4 @@ def dump_record(record: SuccessRecord | ErrorRecord) -> str:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return jsonwire.dumps_text(value)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from batchinfer import jsonwire
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, InFlightCap, PromptRequest, StopFlag
 from batchinfer.engines.configs import OpenAIEngineConfig
@@ -294,9 +295,9 @@ class OpenAIEngine:
         return completion
 
     async def _answer(self, endpoint: Endpoint, payload: dict[str, Any]) -> Completion:
-        body = await self._post(self._urls[endpoint], json.dumps(payload).encode())
+        body = await self._post(self._urls[endpoint], jsonwire.dumps(payload))
         try:
-            return parse_answer(endpoint, json.loads(body))
+            return parse_answer(endpoint, jsonwire.loads(body))
         except (ValueError, TypeError, KeyError) as exc:
             raise _Failed(
                 "bad_response",
