@@ -102,18 +102,21 @@ def prefect_chunks(url: str, prompts: list[Any], concurrency: int, max_tokens: i
     tasks = 10
     share = max(1, concurrency // tasks)
 
+    size = -(-len(prompts) // tasks)
+
     @task
-    def infer_chunk(chunk: list[Any]) -> int:
+    def infer_chunk(index: int) -> int:
+        # The task's parameter is its index, as a script would pass a file name: Prefect records
+        # every task's parameters, and 1,000 prompts' worth is more than its API accepts.
+        chunk = prompts[index * size : (index + 1) * size]
         return asyncio.run(aiohttp_loop(url, chunk, share, max_tokens))
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=tasks))  # type: ignore[arg-type]
-    def chunked_batch(all_prompts: list[Any]) -> int:
-        size = -(-len(all_prompts) // tasks)
-        chunks = [all_prompts[i : i + size] for i in range(0, len(all_prompts), size)]
-        return sum(f.result() for f in infer_chunk.map(chunks))
+    def chunked_batch() -> int:
+        return sum(f.result() for f in infer_chunk.map(range(tasks)))
 
     start = time.perf_counter()
-    ok = chunked_batch(prompts)
+    ok = chunked_batch()
     return ok, time.perf_counter() - start
 
 
