@@ -89,17 +89,18 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
             "start that server, fix PREFECT_API_URL (or the Prefect profile that sets it), or unset it "
             "to run on a temporary Prefect server.",
         )
-    # Set before Prefect is first imported (below): it reads the URL once.
-    os.environ["PREFECT_API_URL"] = external or _local_prefect_server(settings)
-    with nullcontext() if external or not settings.local_server_idle_s else using(settings.home):
+    url, in_use = (external, nullcontext()) if external else _local_prefect_server(settings)
+    os.environ["PREFECT_API_URL"] = url  # before Prefect is first imported (below): it reads it once
+    with in_use:
         return _run_flow(params.model_dump(mode="json", exclude_none=True), settings)
 
 
-def _local_prefect_server(settings: Settings) -> str:
-    """The warm local server (``warm_prefect``), or with ``local_server_idle_s`` 0 a temporary one."""
+def _local_prefect_server(settings: Settings) -> tuple[str, AbstractContextManager[None]]:
+    """The warm local server (``warm_prefect``) and what marks it used while the job runs, or with
+    ``local_server_idle_s`` 0 a temporary one."""
     if settings.local_server_idle_s:
-        return warm_prefect_url(settings, dict(os.environ))
-    return _temporary_prefect_server(settings)
+        return warm_prefect_url(settings, dict(os.environ)), using(settings.home)
+    return _temporary_prefect_server(settings), nullcontext()
 
 
 def _temporary_prefect_server(settings: Settings) -> str:

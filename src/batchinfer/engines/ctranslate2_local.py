@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -37,9 +36,15 @@ from batchinfer.engines.base import (
     StopFlag,
 )
 from batchinfer.engines.configs import CTranslate2EngineConfig, EngineContext
-from batchinfer.engines.local_common import CHAT_FIELDS, Capabilities, context_length_exceeded, prompt_ids
+from batchinfer.engines.local_common import (
+    CHAT_FIELDS,
+    Capabilities,
+    context_length_exceeded,
+    generate_in_batches,
+    prompt_ids,
+    require_installed,
+)
 from batchinfer.engines.transformers_local import load_gguf, resolve_model_dir, save_checkpoint
-from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
 
 # Bump when the cached layout changes, so old caches are not reused.
@@ -152,11 +157,7 @@ class CTranslate2Engine:
         self._context = context
         # Checked now so that a bad models file fails when the engine is built, not mid-job.
         self._model_dir = resolve_model_dir(config)
-        if importlib.util.find_spec("ctranslate2") is None:
-            raise EngineError(
-                f"Model {config.id!r} uses the ctranslate2 engine, but ctranslate2 is not installed: "
-                f"{INSTALL_HINT}."
-            )
+        require_installed("ctranslate2", config.id, "ctranslate2", "ctranslate2", INSTALL_HINT)
         # One lock for loading and generating: a second generation would only fight for the cores.
         self._lock = threading.Lock()
         self._generator: Any = None
@@ -192,26 +193,12 @@ class CTranslate2Engine:
         stop: StopFlag | None = None,
         max_in_flight: InFlightCap | None = None,  # one process, one model: nothing shared to protect
     ) -> list[InferenceOutcome]:
-        outcomes: list[InferenceOutcome | None] = [None] * len(requests)
+        def generate(batch: list[_Prepared], params: SamplingParams) -> list[InferenceOutcome]:
+            return self._generate(batch, params, stop)  # the flag is checked per token too
+
         with self._lock:
             self._ensure_loaded()
-            groups: dict[SamplingParams, list[_Prepared]] = {}
-            for index, request in enumerate(requests):
-                prepared = self._prepare(index, request)
-                if isinstance(prepared, ErrorDetail):
-                    outcomes[index] = prepared
-                else:
-                    groups.setdefault(request.params, []).append(prepared)
-            for params, items in groups.items():
-                for batch in self._batches(items, params):
-                    if stop is not None and stop.is_set():  # checked between batches and per token
-                        completions: list[InferenceOutcome] = [CANCELLED] * len(batch)
-                    else:
-                        completions = self._generate(batch, params, stop)
-                    for item, outcome in zip(batch, completions, strict=True):
-                        outcomes[item.index] = outcome
-        assert all(outcome is not None for outcome in outcomes)
-        return [outcome for outcome in outcomes if outcome is not None]
+            return generate_in_batches(requests, self._prepare, self._batches, generate, stop)
 
     def _batches(self, items: list[_Prepared], params: SamplingParams) -> list[list[_Prepared]]:
         """Batches of requests of similar length, which waste less compute on padding. A seeded

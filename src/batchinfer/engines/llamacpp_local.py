@@ -13,7 +13,6 @@ that line's ``context_length_exceeded`` error before any compute is spent on it.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from batchinfer.engines.local_common import (
     Capabilities,
     context_length_exceeded,
     package_dir,
+    require_installed,
 )
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
@@ -78,11 +78,7 @@ class LlamaCppEngine:
         self._context = context
         # Checked now so that a bad models file fails when the engine is built, not mid-job.
         self._gguf = resolve_gguf_path(config)
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise EngineError(
-                f"Model {config.id!r} uses the llamacpp engine, but llama-cpp-python is not "
-                f"installed: {INSTALL_HINT}."
-            )
+        require_installed("llama_cpp", config.id, "llamacpp", "llama-cpp-python", INSTALL_HINT)
         self._lock = threading.Lock()
         # Logits of every position are kept only when some request wants logprobs: they cost
         # n_ctx x vocab floats. A model loaded without them is reloaded once with them.

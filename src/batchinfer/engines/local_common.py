@@ -5,14 +5,14 @@ line error), a request's prompt tokens under a Hugging Face tokenizer, and the t
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from batchinfer.contract import Message
 from batchinfer.endpoints import Endpoint
-from batchinfer.engines.base import PromptRequest
+from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.messages import to_text_chat
 from batchinfer.engines.openai_messages import OPENAI_MESSAGE_FIELDS
 from batchinfer.errors import EngineError, InferenceError
@@ -76,6 +76,55 @@ def _message_fields(request: PromptRequest) -> Iterator[str]:
         for part, item in enumerate(given if isinstance(given, list) else []):
             if item.get("type") not in _READ_PARTS:
                 yield f"messages[{index}].content[{part}] of type {item.get('type')!r}"
+
+
+def require_installed(module: str, model_id: str, engine: str, distribution: str, hint: str) -> None:
+    """An ``EngineError`` now, when the engine is built, if ``module`` cannot be imported: a bad
+    models file fails at start-up rather than mid-job."""
+    if importlib.util.find_spec(module) is None:
+        raise EngineError(
+            f"Model {model_id!r} uses the {engine} engine, but {distribution} is not installed: {hint}."
+        )
+
+
+class Indexed(Protocol):
+    """A prepared request that knows its place in the call's request list."""
+
+    @property
+    def index(self) -> int: ...
+
+
+P = TypeVar("P", bound=Indexed)
+
+
+def generate_in_batches(
+    requests: Sequence[PromptRequest],
+    prepare: Callable[[int, PromptRequest], P | ErrorDetail],
+    batches: Callable[[list[P], SamplingParams], list[list[P]]],
+    generate: Callable[[list[P], SamplingParams], Sequence[InferenceOutcome]],
+    stop: StopFlag | None,
+) -> list[InferenceOutcome]:
+    """One outcome per request, in request order, for an engine that generates a batch at a time.
+
+    Requests are grouped by sampling parameters, because one generate call takes a single set of
+    them; ``batches`` cuts a group into generate calls. The stop flag is checked between calls:
+    once it is set, the batches not yet run are ``cancelled``."""
+    outcomes: list[InferenceOutcome | None] = [None] * len(requests)
+    groups: dict[SamplingParams, list[P]] = {}
+    for index, request in enumerate(requests):
+        prepared = prepare(index, request)
+        if isinstance(prepared, ErrorDetail):
+            outcomes[index] = prepared
+        else:
+            groups.setdefault(request.params, []).append(prepared)
+    for params, items in groups.items():
+        for batch in batches(items, params):
+            stopped = stop is not None and stop.is_set()
+            completions = [CANCELLED] * len(batch) if stopped else generate(batch, params)
+            for item, outcome in zip(batch, completions, strict=True):
+                outcomes[item.index] = outcome
+    assert all(outcome is not None for outcome in outcomes)
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def package_dir(model_id: str, package: str, otherwise: str) -> Path:

@@ -21,6 +21,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,8 +104,9 @@ class OpenAIEngine:
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
         self._semaphore: asyncio.Semaphore | None = None
-        # The shared caps of the calls running now, by key, with how many calls hold each.
-        self._caps: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        # The shared caps of the calls running now, by key: held weakly, so that a job's cap goes
+        # once its last call has returned.
+        self._caps: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
         self._closed = False
 
     def _redacted(self, detail: ErrorDetail) -> ErrorDetail:
@@ -216,35 +218,7 @@ class OpenAIEngine:
     ) -> list[InferenceOutcome]:
         # A cap inside the engine-wide semaphore, shared by the calls with its key: the job's share
         # of the model's cross-job limit. A request holds it from its first attempt to its outcome.
-        cap = self._hold_cap(max_in_flight)
-        try:
-            return await self._infer_under(requests, prepared, stop, cap)
-        finally:
-            self._release_cap(max_in_flight)
-
-    def _hold_cap(self, cap: InFlightCap | None) -> asyncio.Semaphore | None:
-        if cap is None:
-            return None
-        semaphore, holders = self._caps.get(cap.key) or (asyncio.Semaphore(cap.limit), 0)
-        self._caps[cap.key] = (semaphore, holders + 1)
-        return semaphore
-
-    def _release_cap(self, cap: InFlightCap | None) -> None:
-        if cap is None:
-            return
-        semaphore, holders = self._caps[cap.key]
-        if holders == 1:
-            del self._caps[cap.key]
-        else:
-            self._caps[cap.key] = (semaphore, holders - 1)
-
-    async def _infer_under(
-        self,
-        requests: Sequence[PromptRequest],
-        prepared: list[dict[str, Any] | ErrorDetail],
-        stop: StopFlag | None,
-        cap: asyncio.Semaphore | None,
-    ) -> list[InferenceOutcome]:
+        cap = None if max_in_flight is None else self._shared_cap(max_in_flight)
         tasks = [
             asyncio.ensure_future(
                 self._infer_capped(request, item, cap) if isinstance(item, dict) else _done(item)
@@ -263,6 +237,13 @@ class OpenAIEngine:
                     break
         await asyncio.gather(*tasks, return_exceptions=True)
         return [_outcome(task) for task in tasks]
+
+    def _shared_cap(self, cap: InFlightCap) -> asyncio.Semaphore:
+        """The semaphore of ``cap``'s key, made by its first call; it goes with its last call."""
+        semaphore = self._caps.get(cap.key)
+        if semaphore is None:
+            semaphore = self._caps[cap.key] = asyncio.Semaphore(cap.limit)
+        return semaphore
 
     async def _infer_capped(
         self, request: PromptRequest, base: dict[str, Any], cap: asyncio.Semaphore | None

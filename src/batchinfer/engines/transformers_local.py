@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import (
-    CANCELLED,
     InferenceOutcome,
     InFlightCap,
     PromptRequest,
@@ -36,6 +35,7 @@ from batchinfer.engines.local_common import (
     CHAT_FIELDS,
     Capabilities,
     context_length_exceeded,
+    generate_in_batches,
     package_dir,
     prompt_ids,
 )
@@ -196,32 +196,15 @@ class TransformersEngine:
         stop: StopFlag | None = None,
         max_in_flight: InFlightCap | None = None,  # one process, one model: nothing shared to protect
     ) -> list[InferenceOutcome]:
-        outcomes: list[InferenceOutcome | None] = [None] * len(requests)
         with self._lock:
             self._ensure_loaded()
-            groups: dict[SamplingParams, list[_Prepared]] = {}
-            for index, request in enumerate(requests):
-                prepared = self._prepare(index, request)
-                if isinstance(prepared, ErrorDetail):
-                    outcomes[index] = prepared
-                else:
-                    groups.setdefault(request.params, []).append(prepared)
-            # One generate call per batch of requests that share sampling parameters, because
-            # generate takes a single set of them. A seeded sampled request runs alone, after its
-            # seed: its answer then depends on the seed only, not on what it was batched with.
-            for params, items in groups.items():
-                seeded = params.seed is not None and params.temperature > 0
-                size = 1 if seeded else self._config.batch_size
-                for start in range(0, len(items), size):
-                    batch = items[start : start + size]
-                    if stop is not None and stop.is_set():  # checked between generate calls
-                        for item in batch:
-                            outcomes[item.index] = CANCELLED
-                        continue
-                    for item, completion in zip(batch, self._generate(batch, params), strict=True):
-                        outcomes[item.index] = completion
-        assert all(outcome is not None for outcome in outcomes)
-        return [outcome for outcome in outcomes if outcome is not None]
+            return generate_in_batches(requests, self._prepare, self._batches, self._generate, stop)
+
+    def _batches(self, items: list[_Prepared], params: SamplingParams) -> list[list[_Prepared]]:
+        """Batches of ``batch_size``. A seeded sampled request runs alone, after its seed: its
+        answer then depends on the seed only, not on what it was batched with."""
+        size = 1 if params.seed is not None and params.temperature > 0 else self._config.batch_size
+        return [items[start : start + size] for start in range(0, len(items), size)]
 
     # -- loading ------------------------------------------------------------------------------
 

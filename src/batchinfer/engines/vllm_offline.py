@@ -20,7 +20,6 @@ type-check and configure this engine without it.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ from batchinfer.engines.local_common import (
     CHAT_FIELDS,
     Capabilities,
     context_length_exceeded,
+    require_installed,
 )
-from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
 
 INSTALL_HINT = (
@@ -65,10 +64,7 @@ class VLLMEngine:
     """The ``Engine`` for ``VLLMEngineConfig``: one ``vllm.LLM``, one lock."""
 
     def __init__(self, config: VLLMEngineConfig, context: EngineContext) -> None:
-        if importlib.util.find_spec("vllm") is None:
-            raise EngineError(
-                f"Model {config.id!r} uses the vllm engine, but vllm is not installed: {INSTALL_HINT}."
-            )
+        require_installed("vllm", config.id, "vllm", "vllm", INSTALL_HINT)
         self._config = config
         self._context = context
         self._lock = threading.Lock()

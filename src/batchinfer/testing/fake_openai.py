@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
 import re
 import signal
@@ -38,24 +37,8 @@ from typing import Any
 
 from aiohttp import web
 
+from batchinfer import jsonwire
 from batchinfer.testing import fake_answers
-
-try:  # orjson is several times faster, which matters when benchmarks push thousands of req/s.
-    import orjson
-
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    def _loads(data: bytes) -> Any:
-        return orjson.loads(data)
-except ImportError:  # pragma: no cover - orjson ships with prefect, but stay usable without it
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
-
-    def _loads(data: bytes) -> Any:
-        return json.loads(data)
-
 
 HOST = "127.0.0.1"  # a test double must never be reachable from outside the machine
 _ROUTES = {
@@ -79,7 +62,7 @@ def steady_rate(times: list[float], low: float = 0.1, high: float = 0.9) -> floa
 
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = _dumps({"error": {"message": message, "type": kind, "code": status}})
+    body = jsonwire.dumps({"error": {"message": message, "type": kind, "code": status}})
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
@@ -161,7 +144,7 @@ class FakeOpenAI:
 
     async def _answer(self, kind: str, request: web.Request) -> web.Response:
         try:
-            body = _loads(await request.read())
+            body = jsonwire.loads(await request.read())
             if self.record_bodies:
                 self.bodies.append((kind, body))
             text = fake_answers.prompt_text(kind, body)
@@ -176,7 +159,9 @@ class FakeOpenAI:
         failure = await self._scripted_failure(text, seen)
         if failure is not None:
             return failure
-        return web.Response(body=_dumps(self._payload(kind, body, text)), content_type="application/json")
+        return web.Response(
+            body=jsonwire.dumps(self._payload(kind, body, text)), content_type="application/json"
+        )
 
     async def _scripted_failure(self, text: str, seen: int) -> web.Response | None:
         if self.fail_rate_429 or self.fail_rate_500:
@@ -213,14 +198,14 @@ class FakeOpenAI:
             "object": "list",
             "data": [{"id": self.model, "object": "model", "owned_by": "fake"}],
         }
-        return web.Response(body=_dumps(data), content_type="application/json")
+        return web.Response(body=jsonwire.dumps(data), content_type="application/json")
 
     async def _get_stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=_dumps(self.stats()), content_type="application/json")
+        return web.Response(body=jsonwire.dumps(self.stats()), content_type="application/json")
 
     async def _reset_stats(self, request: web.Request) -> web.Response:
         self.reset()
-        return web.Response(body=_dumps(self.stats()), content_type="application/json")
+        return web.Response(body=jsonwire.dumps(self.stats()), content_type="application/json")
 
 
 async def _start(fake: FakeOpenAI, port: int) -> tuple[web.AppRunner, int]:
