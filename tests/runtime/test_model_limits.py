@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
+
 import pytest
 
 from batchinfer.engines.configs import EMBEDDED_DEFAULT, OpenAIEngineConfig
-from batchinfer.runtime.model_limits import chunk_slots, limit_name, share_chunks, shared_limit
+from batchinfer.runtime.model_limits import chunk_slots, ensure_limit, limit_name, share_chunks, shared_limit
 
 
 @pytest.mark.parametrize(
@@ -44,3 +47,24 @@ def test_a_job_takes_the_free_slots_it_can_use_up_to_its_window(
     free: int, per_chunk: int, window: int, chunks: int
 ) -> None:
     assert share_chunks(free, per_chunk, window) == chunks
+
+
+def test_jobs_that_create_a_models_limit_at_the_same_moment_all_succeed(prefect_harness: None) -> None:
+    """Two jobs of a model whose limit does not exist yet both create it: the one that loses the
+    race updates the limit the other made, instead of failing the job (ObjectAlreadyExists)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.client.orchestration import get_client
+
+    model_id = f"racing-{uuid.uuid4().hex[:8]}"
+    start = threading.Barrier(8)
+
+    def create() -> None:
+        start.wait()
+        ensure_limit(model_id, 12)
+
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(create) for _ in range(8)]:
+            future.result()
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit_name(model_id)).limit == 12

@@ -66,15 +66,17 @@ def ensure_limit(model_id: str, max_concurrency: int) -> None:
     """Create the model's limit, or set its size to ``max_concurrency``; idempotent."""
     import httpx
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
 
     name = limit_name(model_id)
     with get_client(sync_client=True) as client:
         try:
             client.upsert_global_concurrency_limit_by_name(name, max_concurrency)
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 409:
+        except (ObjectAlreadyExists, httpx.HTTPStatusError) as exc:
+            # Another job created it between our read and our create (Prefect's client raises
+            # ObjectAlreadyExists for the 409): now it is there to update.
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code != 409:
                 raise
-            # Another job created it between our read and our create: now it is there to update.
             client.upsert_global_concurrency_limit_by_name(name, max_concurrency)
 
 
