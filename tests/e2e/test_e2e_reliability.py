@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from batchinfer.pipeline.chunk_run import read_requests
+from batchinfer.pipeline.jobfiles import JobLayout, read_progress
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import (
     ServeProcess,
@@ -73,16 +74,15 @@ def _chunk_texts(job_dir: Path, index: int) -> list[str]:
 
 
 def _flow_run_process(served: ServeProcess, job_id: str) -> psutil.Process:
-    """The process running the job: the serve descendant whose Prefect flow-run id is the job's
+    """The process running the job, as its progress file names it; a descendant of ``serve``
     (not the Prefect server, not the runner)."""
     assert served.proc is not None
-    for process in psutil.Process(served.proc.pid).children(recursive=True):
-        try:
-            if process.environ().get("PREFECT__FLOW_RUN_ID") == job_id:
-                return process
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    raise AssertionError(f"no process runs job {job_id}")
+    progress = read_progress(JobLayout(served.home / "jobs" / job_id))
+    assert progress is not None and progress.pid is not None, f"job {job_id} has published no pid"
+    process = psutil.Process(progress.pid)
+    assert process in psutil.Process(served.proc.pid).children(recursive=True)
+    assert process != served.runner()
+    return process
 
 
 def _retry_like_the_prefect_ui(served: ServeProcess, job_id: str) -> None:

@@ -98,6 +98,9 @@ class JobProgress(BaseModel):
     """What the flow publishes about itself while it works (``work/progress.json``)."""
 
     output_dir: str | None = None
+    # The process running the job (to look at it with py-spy, say): a served job's process is
+    # forked from a fork server, so neither its command line nor its environment names the job.
+    pid: int | None = None
     endpoint: Endpoint | None = None
     total: int = 0
     completed: int = 0

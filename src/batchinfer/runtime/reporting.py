@@ -9,6 +9,7 @@ In-process listeners (the CLI's progress bar) get every update.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ class RunReporter:
 
         self.flow_run_id = flow_run_id
         self.layout = layout
-        self.progress = JobProgress(output_dir=str(layout.root))
+        self.progress = JobProgress(output_dir=str(layout.root), pid=os.getpid())
         self.artifact_interval_s = artifact_interval_s
         self._last_artifact = 0.0
         self.interval_s = interval_s

@@ -127,6 +127,15 @@ class ServeProcess:
                     child.kill()
             return self.proc.wait()
 
+    def runner(self) -> psutil.Process:
+        """The runner process (``batchinfer.cli.runner``) among serve's descendants."""
+        assert self.proc is not None, "serve is not running"
+        for process in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "batchinfer.cli.runner" in process.cmdline():
+                    return process
+        raise AssertionError("no runner process under serve")
+
     def log_tail(self, chars: int = 4000) -> str:
         text = ""
         for log in sorted(self.home.rglob("*.log")):
