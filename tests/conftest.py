@@ -61,8 +61,10 @@ def flaky_openai() -> Iterator[FakeOpenAIServer]:
 @pytest.fixture(scope="session")
 def limited_openai() -> Iterator[FakeOpenAIServer]:
     """The server behind model ``fake-limited`` (max_concurrency 4): its ``max_in_flight`` shows
-    whether the model's limit held across jobs. Used by no other model."""
-    with FakeOpenAIServer(latency_ms=SLOW_LATENCY_MS) as server:
+    whether the model's limit held across jobs. Used by no other model. Its answers are slow
+    enough (300 prompts take ~6 s at 4 in flight) that two jobs submitted together overlap even
+    when a job starts in a fraction of a second."""
+    with FakeOpenAIServer(latency_ms=80) as server:
         yield server
 
 
