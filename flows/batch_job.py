@@ -48,13 +48,15 @@ def batch_job(
     endpoint: Endpoint | None = None,
     prompt_template: str | None = None,
     system_prompt: str | None = None,
+    max_error_rate: float | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files.
 
     ``expires_at``: when it passes, the job stops as for a cancel and fails ``expired``, keeping
     its finished lines (an OpenAI batch's ``completion_window``). ``endpoint``: the one endpoint
     every line must name (an OpenAI batch's); None: the first valid line's. ``prompt_template``
-    and ``system_prompt``: a table prompt file's prompts, built from each row's columns."""
+    and ``system_prompt``: a table prompt file's prompts, built from each row's columns.
+    ``max_error_rate``: past this share of failed requests the job stops, ``error_rate_exceeded``."""
     params = JobParameters(
         model=model,
         prompt_file=prompt_file,
@@ -65,6 +67,7 @@ def batch_job(
         endpoint=endpoint,
         prompt_template=prompt_template,
         system_prompt=system_prompt,
+        max_error_rate=max_error_rate,
     )
     job = JobRun.start(str(flow_run.id), params, TASKS, Settings())
     tag_with_model(job.job_id, model)

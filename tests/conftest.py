@@ -77,6 +77,14 @@ def recording_openai() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="session")
+def refusing_openai() -> Iterator[FakeOpenAIServer]:
+    """The server behind model ``fake-bad-key``: it answers 401 invalid_api_key until a test
+    sets its ``refuse`` to None (the key fixed). Used by no other model."""
+    with FakeOpenAIServer(latency_ms=2, refuse="auth") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def down_base_url() -> str:
     """A model server that is down: nothing listens on this port."""
     return f"http://127.0.0.1:{free_port()}/v1"
@@ -96,6 +104,7 @@ def models_file(
     down_base_url: str,
     limited_openai: FakeOpenAIServer,
     recording_openai: FakeOpenAIServer,
+    refusing_openai: FakeOpenAIServer,
     tiny_model_dir: Path,
 ) -> Path:
     models = [
@@ -140,6 +149,12 @@ def models_file(
             "max_retries": 1,
             "backoff_s": 0.01,
             "max_backoff_s": 0.02,
+        },
+        {
+            "id": "fake-bad-key",
+            "engine": "openai",
+            "base_url": refusing_openai.base_url,
+            "model": "fake-model",
         },
         {
             "id": "fake-down",

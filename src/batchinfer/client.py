@@ -256,17 +256,28 @@ def _submit_call(
     prompt_file: PromptFile,
     options: OptionsLike | None,
     num_generations: int,
-    prompt: Mapping[str, str | None] | None = None,
+    extensions: Mapping[str, str | float | None] | None = None,
 ) -> _Call:
     body: dict[str, Any] = {
         "model": model,
         "prompt_file_path": prompt_path(prompt_file).model_dump(mode="json"),
         "num_generations": num_generations,
     }
-    body.update({key: value for key, value in (prompt or {}).items() if value is not None})
+    body.update({key: value for key, value in (extensions or {}).items() if value is not None})
     if (options_json := _options_json(options)) is not None:
         body["options"] = options_json
     return _Call("POST", SUBMIT_PATH, body=body)
+
+
+def _extensions(
+    prompt_template: str | None, system_prompt: str | None, max_error_rate: float | None
+) -> dict[str, str | float | None]:
+    """The request's fields beyond the contract's; those left None are not sent."""
+    return {
+        "prompt_template": prompt_template,
+        "system_prompt": system_prompt,
+        "max_error_rate": max_error_rate,
+    }
 
 
 def _list_call(status: JobStatus | str | None, model: str | None, limit: int, offset: int) -> _Call:
@@ -370,11 +381,13 @@ class BatchInferClient:
         num_generations: int = 1,
         prompt_template: str | None = None,
         system_prompt: str | None = None,
+        max_error_rate: float | None = None,
     ) -> BatchInference:
         """Submit a job; it starts ``validating``. ``prompt_file``: see ``prompt_path``;
-        ``prompt_template`` and ``system_prompt``: a table prompt file's (docs/tables.md)."""
-        prompt = {"prompt_template": prompt_template, "system_prompt": system_prompt}
-        call = _submit_call(model, prompt_file, options, num_generations, prompt)
+        ``prompt_template`` and ``system_prompt``: a table prompt file's (docs/tables.md);
+        ``max_error_rate``: the share of failed requests past which the job stops."""
+        extensions = _extensions(prompt_template, system_prompt, max_error_rate)
+        call = _submit_call(model, prompt_file, options, num_generations, extensions)
         return _read(self._send(call), BatchInference)
 
     def job_status(self, job_id: str) -> BatchInference:
@@ -455,10 +468,11 @@ class AsyncBatchInferClient:
         num_generations: int = 1,
         prompt_template: str | None = None,
         system_prompt: str | None = None,
+        max_error_rate: float | None = None,
     ) -> BatchInference:
         """Submit a job; it starts ``validating``. ``prompt_file``: see ``prompt_path``."""
-        prompt = {"prompt_template": prompt_template, "system_prompt": system_prompt}
-        call = _submit_call(model, prompt_file, options, num_generations, prompt)
+        extensions = _extensions(prompt_template, system_prompt, max_error_rate)
+        call = _submit_call(model, prompt_file, options, num_generations, extensions)
         return _read(await self._send(call), BatchInference)
 
     async def job_status(self, job_id: str) -> BatchInference:

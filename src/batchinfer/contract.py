@@ -107,6 +107,14 @@ class SubmitJobRequest(BaseModel):
         description="Extension, for a Parquet or CSV prompt file: a system message sent before each "
         "row's prompt.",
     )
+    max_error_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Extension: the job stops and fails `error_rate_exceeded` once more than this share "
+        "of its requests failed (judged after 100 requests, or at the end). Default: the model's "
+        "`max_error_rate` in the models file, else none.",
+    )
 
 
 class JobStatus(str, Enum):

@@ -170,6 +170,34 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Every line failed to connect to the model server: start it, check base_url, resume.",
     ),
     ErrorCode(
+        "auth_failed",
+        "job",
+        None,
+        "Stopped early: its first requests all got 401/403 (also each line it cut short): set a valid "
+        "key in the variable the model's api_key_env names, then resume.",
+    ),
+    ErrorCode(
+        "model_not_found",
+        "job",
+        None,
+        "Stopped early: its first requests all got 404 (also each line it cut short): fix the model's "
+        "model name or base_url, then resume.",
+    ),
+    ErrorCode(
+        "quota_exhausted",
+        "job",
+        None,
+        "Stopped early: the provider's quota is used up (429 insufficient_quota; also each line so "
+        "answered or cut short): add credit, then resume.",
+    ),
+    ErrorCode(
+        "error_rate_exceeded",
+        "job",
+        None,
+        "More than max_error_rate of its requests failed (also each line it cut short): the error file "
+        "says why for each; fix the cause and resume, or raise max_error_rate.",
+    ),
+    ErrorCode(
         "invalid_table",
         "job",
         None,

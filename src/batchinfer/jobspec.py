@@ -30,6 +30,9 @@ class JobParameters(BaseModel):
         default=None, description="A table's prompts, built from each row's columns: {column}."
     )
     system_prompt: str | None = Field(default=None, description="A system message before each row's.")
+    max_error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Fail `error_rate_exceeded` past this share of failures."
+    )
     endpoint: Endpoint | None = Field(
         default=None,
         description="The endpoint every line must name (an OpenAI batch's); None: the first line's.",

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         "later runs: it stops after this many seconds without a job (`batchinfer server stop` stops "
         "it now); 0: a temporary server for each run, stopped with it.",
     )
+    fail_fast_after: int = Field(
+        default=20,
+        ge=0,
+        description="A job stops (auth_failed, model_not_found, quota_exhausted) once this many of "
+        "its first requests failed with 401/403, 404 or insufficient_quota and none succeeded; "
+        "0: never.",
+    )
     job_timeout_s: float = Field(
         default=24 * 3600,
         gt=0,

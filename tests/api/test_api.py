@@ -142,6 +142,14 @@ def test_submit_with_a_file_uri_passes_the_uri_unchanged(
     assert backend.submitted[0].prompt_file.model_dump(mode="json") == uri
 
 
+def test_a_submits_max_error_rate_reaches_the_job(
+    client: TestClient, backend: RecordingBackend, prompts: Path
+) -> None:
+    response = client.post("/batch_inference/submit_job", json=body(prompts, max_error_rate=0.05))
+    assert response.status_code == 200, response.text
+    assert backend.submitted[0].max_error_rate == 0.05
+
+
 @pytest.mark.parametrize("encoding", ["text", "base64"])
 def test_submit_with_raw_bytes_stages_the_content_and_passes_a_filepath(
     client: TestClient, backend: RecordingBackend, prompts: Path, settings: Settings, encoding: str
@@ -208,6 +216,8 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], dict[str, Any]], list[str]]] = 
     "top_p 0": (_with(options={"top_p": 0}), ["body", "options", "top_p"]),
     "top_p 1.5": (_with(options={"top_p": 1.5}), ["body", "options", "top_p"]),
     "unknown option": (_with(options={"beam": 3}), ["body", "options", "beam"]),
+    "max_error_rate 1.5": (_with(max_error_rate=1.5), ["body", "max_error_rate"]),
+    "max_error_rate -0.1": (_with(max_error_rate=-0.1), ["body", "max_error_rate"]),
     "unknown top-level field": (_with(priority="high"), ["body", "priority"]),
     "num_generations over the limit": (_with(num_generations=17), ["body", "num_generations"]),
     "max_tokens over the limit": (_with(options={"max_tokens": 32769}), ["body", "options", "max_tokens"]),

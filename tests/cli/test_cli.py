@@ -90,6 +90,9 @@ MISTAKES = {
         RUN, 1, [NOWHERE, "PREFECT_API_URL"], {"PREFECT_API_URL": NOWHERE}, 30
     ),
     "run: --top-p out of range": Mistake([*RUN, "--top-p", "3"], 2, ["--top-p", "(0, 1]"]),
+    "run: --max-error-rate out of range": Mistake(
+        [*RUN, "--max-error-rate", "1.5"], 2, ["--max-error-rate", "[0, 1]"]
+    ),
     "run: --num-generations out of range": Mistake(
         [*RUN, "--num-generations", "0"], 2, ["--num-generations"]
     ),

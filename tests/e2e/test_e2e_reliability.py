@@ -243,6 +243,25 @@ def test_a_model_server_down_for_the_whole_job_fails_it_model_unreachable_with_e
     assert _finished_chunks(served.home / "jobs" / job["job_id"]) == set()
 
 
+def test_a_wrong_api_key_fails_the_job_auth_failed_in_seconds_and_a_resume_after_the_fix_finishes_it(
+    served: ServeProcess, data_dir: Path, refusing_openai: FakeOpenAIServer
+) -> None:
+    texts = prompt_texts("bad key", 5_000)
+    started = time.monotonic()
+    job = served.wait(_submit(served, write_prompts(data_dir, "bad-key", texts), "fake-bad-key"))
+    took = time.monotonic() - started
+    assert job["status"] == "failed" and job["metadata"]["error"]["code"] == "auth_failed"
+    assert "api_key_env" in job["metadata"]["error"]["message"]
+    assert took < 30, took
+    assert refusing_openai.requests_total <= 200  # not 5,000 requests to learn the key is wrong
+    errors = read_jsonl(job["error_file_path"]["value"])
+    assert len(errors) == 5_000 and {e["error"]["code"] for e in errors} == {"http_401", "auth_failed"}
+
+    refusing_openai.refuse = None  # the user fixes the key, then resumes
+    _resume_via_endpoint(served, job["job_id"])
+    _assert_every_line_answered_once_in_order(served.wait(job["job_id"]), texts)
+
+
 # ---- the deadline ----------------------------------------------------------------------------
 
 

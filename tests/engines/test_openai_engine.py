@@ -12,6 +12,7 @@ import math
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from batchinfer.engines.openai_compat import OpenAIEngine, parse_retry_after
 from batchinfer.engines.openai_messages import sniff_image_mime, to_openai_message
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail
+from batchinfer.runtime.cancellation import StopSignal
+from batchinfer.runtime.fail_fast import FailFastRules, OutcomeTally
 from batchinfer.testing.engines import Flag, ask, completion, error
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.loopback_http import QuietHandler, loopback_server
@@ -492,6 +495,33 @@ def test_a_cancel_abandons_requests_in_flight_and_keeps_the_answered_ones(make_e
     assert time.monotonic() - started < 2.0  # not the 30 s the hang would take
     assert completion(outcomes[0]).generations[0].text == "echo: cancel answered"
     assert isinstance(outcomes[1], ErrorDetail) and outcomes[1].code == "cancelled"
+
+
+@both_clients
+def test_an_exhausted_quota_is_not_retried_and_its_record_says_how_to_fix_it(make_engine: MakeEngine) -> None:
+    with FakeOpenAIServer(latency_ms=0, refuse="quota") as refusing:
+        engine = make_engine(base_url=refusing.base_url)
+        (outcome,) = engine.infer([request(1, "out of credit")])
+        assert refusing.requests_total == 1  # a rate limit would have been sent max_retries + 1 times
+    detail = error(outcome)
+    assert detail.code == "quota_exhausted" and "exceeded your current quota" in detail.message
+    assert "Add credit" in detail.message
+
+
+@both_clients
+def test_a_job_that_stops_itself_sends_none_of_the_requests_queued_behind_the_answer_that_told_it(
+    make_engine: MakeEngine,
+) -> None:
+    stop = StopSignal()
+    stop.tally = OutcomeTally(FailFastRules(min_fatal=5))
+    with FakeOpenAIServer(latency_ms=5, refuse="auth") as refusing:
+        engine = make_engine(base_url=refusing.base_url, max_concurrency=4)
+        outcomes = engine.infer([request(line, f"bad key {line}") for line in range(1, 201)], stop)
+        sent = refusing.requests_total
+    assert stop.reason == "auth_failed"
+    assert 5 <= sent <= 5 + 4  # those that told it, and at most the ones already in flight
+    codes = Counter(error(outcome).code for outcome in outcomes)
+    assert codes == {"http_401": sent, "cancelled": 200 - sent}
 
 
 def test_max_in_flight_caps_one_calls_concurrent_requests_below_the_engine_limit() -> None:

@@ -19,12 +19,15 @@ from batchinfer.flows.batch_job import batch_job
 
 from batchinfer.contract import Path as PromptPath
 from batchinfer.contract import PathType
+from batchinfer.engines.base import Engine
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
+from batchinfer.engines.openai_compat import OpenAIEngine
 from batchinfer.engines.registry import engine_in_use
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
 from batchinfer.records import ErrorDetail
 from batchinfer.settings import Settings
 from batchinfer.testing.engines import EchoEngine
+from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import read_jsonl
 
 MODEL = OpenAIEngineConfig(id="scripted", base_url="http://127.0.0.1:9/v1", model="scripted")
@@ -71,10 +74,15 @@ def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: No
     settings = Settings()
     context = EngineContext(cache_dir=settings.cache_dir, threads=settings.threads)
 
-    def run(engine: EchoEngine, lines: int = LINES, **parameters: Any) -> Ended:
+    def run(
+        engine: Engine,
+        lines: int = LINES,
+        prompt: Callable[[int], str] = "prompt {}".format,
+        **parameters: Any,
+    ) -> Ended:
         prompts = tmp_path / "prompts.jsonl"
         prompts.write_text(
-            "".join(json.dumps([{"role": "user", "text": f"prompt {i}"}]) + "\n" for i in range(lines))
+            "".join(json.dumps([{"role": "user", "text": prompt(i)}]) + "\n" for i in range(lines))
         )
         source = PromptPath(type=PathType.filepath, value=str(prompts))
         out = tmp_path / "out"
@@ -156,3 +164,64 @@ def test_a_model_server_never_reached_fails_model_unreachable_and_drops_its_resu
     assert MODEL.base_url in (ended.progress.error_message or "")
     assert {r["error"]["code"] for r in ended.records().values()} == {"connection_error"}
     assert not list(ended.layout.root.rglob("result-*"))  # a resume asks the server again
+
+
+@pytest.fixture
+def refusing() -> Iterator[FakeOpenAIServer]:
+    """A model server that answers every request 401 invalid_api_key until a test fixes it."""
+    with FakeOpenAIServer(latency_ms=2, refuse="auth") as server:
+        yield server
+
+
+@pytest.fixture
+def http_engine(refusing: FakeOpenAIServer) -> Iterator[OpenAIEngine]:
+    """The real OpenAI engine of ``MODEL``, pointed at the refusing server."""
+    engine = OpenAIEngine(MODEL.model_copy(update={"base_url": refusing.base_url, "max_concurrency": 16}))
+    yield engine
+    engine.close()
+
+
+def test_a_wrong_api_key_stops_a_50000_line_job_after_its_first_answers(
+    run_job: RunJob, http_engine: OpenAIEngine, refusing: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHINFER_CHUNK_SIZE", "1000")
+    ended = run_job(http_engine, lines=50_000)
+    assert ended.state.is_failed() and ended.progress.error_code == "auth_failed"
+    assert "api_key_env" in (ended.progress.error_message or "")
+    assert 20 <= refusing.requests_total <= 200  # not 50,000 requests to learn the key is wrong
+    codes = [r["error"]["code"] for r in ended.records().values()]
+    assert len(codes) == 50_000 and set(codes) == {"http_401", "auth_failed"}
+
+
+def test_once_the_key_is_fixed_a_rerun_answers_the_lines_the_bad_key_failed_or_cut_short(
+    run_job: RunJob, http_engine: OpenAIEngine, refusing: FakeOpenAIServer
+) -> None:
+    assert run_job(http_engine, lines=200).progress.error_code == "auth_failed"
+    refusing.refuse = None  # the user sets the right key
+    second = run_job(http_engine, lines=200)
+    assert second.state.is_completed() and second.progress.completed == 200
+    assert len(read_jsonl(second.layout.success)) == 200
+
+
+def test_a_small_job_whose_every_answer_is_a_401_fails_auth_failed(
+    run_job: RunJob, http_engine: OpenAIEngine, refusing: FakeOpenAIServer
+) -> None:
+    ended = run_job(http_engine, lines=5)
+    assert ended.state.is_failed() and ended.progress.error_code == "auth_failed"
+    assert refusing.requests_total == 5
+
+
+def test_a_job_past_its_max_error_rate_fails_error_rate_exceeded_with_every_line_recorded(
+    run_job: RunJob,
+) -> None:
+    ended = run_job(EchoEngine(), prompt=lambda i: f"fail {i}" if i % 2 else f"ok {i}", max_error_rate=0.25)
+    assert ended.state.is_failed() and ended.progress.error_code == "error_rate_exceeded"
+    assert "max_error_rate 0.25" in (ended.progress.error_message or "")
+    assert len(ended.records()) == LINES
+
+
+def test_a_job_within_its_max_error_rate_completes(run_job: RunJob) -> None:
+    ended = run_job(
+        EchoEngine(), prompt=lambda i: f"fail {i}" if i % 10 == 0 else f"ok {i}", max_error_rate=0.25
+    )
+    assert ended.state.is_completed() and ended.progress.failed == LINES // 10

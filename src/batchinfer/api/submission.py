@@ -46,6 +46,7 @@ def prepare_job(
         output_dir=output_dir,
         prompt_template=prompt.template,
         system_prompt=prompt.system_prompt,
+        max_error_rate=request.max_error_rate,
     )
 
 

@@ -187,6 +187,12 @@ def _add_run(sub: argparse._SubParsersAction[Parser]) -> None:
         help="A table's prompts built from each row's columns, e.g. \"Summarise in one line: {abstract}\".",
     )
     run.add_argument("--system-prompt", help="A system message sent before each table row's prompt.")
+    run.add_argument(
+        "--max-error-rate",
+        type=_bounded(float, 0, 1),
+        help="Stop and fail the job (error_rate_exceeded) once more than this share of its requests "
+        "failed, in [0, 1] (default: the model's max_error_rate, else none).",
+    )
 
 
 def _add_model_and_sampling(parser: Parser) -> None:

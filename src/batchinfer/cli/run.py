@@ -76,6 +76,7 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
             num_generations=args.num_generations,
             prompt_template=_template(args.template, args.prompt_column),
             system_prompt=args.system_prompt,
+            max_error_rate=args.max_error_rate,
         )
     except ValidationError as exc:  # the flags' own checks catch these first; the contract has the last word
         error = exc.errors()[0]

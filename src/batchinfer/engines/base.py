@@ -94,6 +94,17 @@ class StopFlag(Protocol):
     def is_set(self) -> bool: ...
 
 
+@runtime_checkable
+class OutcomeWatch(Protocol):
+    """A stop flag that is also told each request's outcome, so that a job can stop itself on
+    failures no retry fixes (``runtime.fail_fast``). An engine with ``reports_outcomes = True`` (the
+    HTTP one) reports each as it lands; the chunk reports the others' once their call returns."""
+
+    def is_set(self) -> bool: ...
+
+    def observe(self, outcome: InferenceOutcome) -> None: ...
+
+
 # What an engine returns for a request it abandoned because the job was cancelled.
 CANCELLED = ErrorDetail(
     code="cancelled",
@@ -104,8 +115,19 @@ EXPIRED = ErrorDetail(
     code="expired",
     message="The job's completion window passed before this line finished; resuming the job runs it again.",
 )
-# Codes of lines a stopped job never finished: a resume runs them again, and only them.
-ABANDONED_CODES = frozenset({CANCELLED.code, EXPIRED.code})
+# Line codes of answers that no retry fixes, by the code of the job they stop (``fail_fast``).
+AUTH_FAILED = "auth_failed"
+FATAL_LINE_CODES = {
+    "http_401": AUTH_FAILED,
+    "http_403": AUTH_FAILED,
+    "http_404": "model_not_found",
+    "quota_exhausted": "quota_exhausted",
+}
+# Codes of lines a stopped job never finished (a cancel, an expiry, a fail-fast stop).
+ABANDONED_CODES = frozenset({CANCELLED.code, EXPIRED.code, *FATAL_LINE_CODES.values(), "error_rate_exceeded"})
+# What a resume runs again: the lines never finished, and those that failed for a reason the user
+# has to fix first (a key, a model name, a quota), since a resume is how they go on once it is.
+RERUN_ON_RESUME = ABANDONED_CODES | FATAL_LINE_CODES.keys()
 
 
 @runtime_checkable

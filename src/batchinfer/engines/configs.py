@@ -31,6 +31,15 @@ class _ModelConfigBase(BaseModel):
     price_per_million_output_tokens: float | None = Field(
         default=None, ge=0, exclude=True, description="Price of one million generated tokens."
     )
+    # How a job judges its failures, not how the model answers: excluded from the config's JSON too.
+    max_error_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        exclude=True,
+        description="A job of this model stops and fails `error_rate_exceeded` once more than this "
+        "share of its requests failed (judged after 100, or at the end); a job's own value wins.",
+    )
 
 
 class OpenAIEngineConfig(_ModelConfigBase):

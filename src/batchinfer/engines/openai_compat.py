@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import math
 import os
@@ -27,7 +28,14 @@ from typing import Any
 
 from batchinfer import jsonwire
 from batchinfer.endpoints import Endpoint
-from batchinfer.engines.base import CANCELLED, InferenceOutcome, InFlightCap, PromptRequest, StopFlag
+from batchinfer.engines.base import (
+    CANCELLED,
+    InferenceOutcome,
+    InFlightCap,
+    OutcomeWatch,
+    PromptRequest,
+    StopFlag,
+)
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.http_transports import RetryableError, Transport, make_transport
 from batchinfer.engines.messages import FileReader, read_local_file
@@ -46,6 +54,26 @@ class _Failed(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.detail = ErrorDetail(code=code, message=message)
+
+
+class _Abandoned(Exception):
+    """The job stopped before this request was sent (raised inside the loop, never escapes)."""
+
+
+# OpenAI's error code (and type) of a 429 that says the account is out of quota, not busy.
+_INSUFFICIENT_QUOTA = "insufficient_quota"
+
+
+def _error_code(body: bytes) -> str | None:
+    """The ``error.code`` (else ``error.type``) of an OpenAI-style error body, if it has one."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code") or error.get("type")
+    return code if isinstance(code, str) else None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -82,6 +110,10 @@ def _server_message(body: bytes) -> str:
 
 class OpenAIEngine:
     """``Engine`` over HTTP. Thread-safe; build once per process (``registry.get_engine``)."""
+
+    # Each answer is reported to the job's ``OutcomeWatch`` as it lands, so a job stops on a bad
+    # key after its first answers, not after its first chunks (``runtime.fail_fast``).
+    reports_outcomes = True
 
     def __init__(self, config: OpenAIEngineConfig, *, read_file: FileReader = read_local_file) -> None:
         self._config = config
@@ -221,10 +253,13 @@ class OpenAIEngine:
         cap = None if max_in_flight is None else self._shared_cap(max_in_flight)
         tasks = [
             asyncio.ensure_future(
-                self._infer_capped(request, item, cap) if isinstance(item, dict) else _done(item)
+                self._infer_capped(request, item, cap, stop) if isinstance(item, dict) else _done(item)
             )
             for request, item in zip(requests, prepared, strict=True)
         ]
+        if isinstance(stop, OutcomeWatch):  # the job hears each answer as it lands (fail fast)
+            for task in tasks:
+                task.add_done_callback(functools.partial(_report, stop))
         everything = asyncio.gather(*tasks, return_exceptions=True)
         if stop is not None:
             # Requests waiting for a permit, sleeping in backoff or in flight are all abandoned
@@ -246,24 +281,30 @@ class OpenAIEngine:
         return semaphore
 
     async def _infer_capped(
-        self, request: PromptRequest, base: dict[str, Any], cap: asyncio.Semaphore | None
+        self,
+        request: PromptRequest,
+        base: dict[str, Any],
+        cap: asyncio.Semaphore | None,
+        stop: StopFlag | None,
     ) -> InferenceOutcome:
         if cap is None:
-            return await self._infer_one(request, base)
+            return await self._infer_one(request, base, stop)
         async with cap:
-            return await self._infer_one(request, base)
+            return await self._infer_one(request, base, stop)
 
-    async def _infer_one(self, request: PromptRequest, payload: dict[str, Any]) -> InferenceOutcome:
+    async def _infer_one(
+        self, request: PromptRequest, payload: dict[str, Any], stop: StopFlag | None
+    ) -> InferenceOutcome:
         endpoint = request.endpoint
         want = request.params.n if endpoint in _N_ENDPOINTS and not _many_prompts(request) else 1
         if want > 1:
             payload["n"] = want
         try:
-            completion = await self._answer(endpoint, payload)
+            completion = await self._answer(endpoint, payload, stop)
             # n emulation: some servers return one choice whatever n says; ask for the rest.
             while endpoint in _N_ENDPOINTS and len(completion.generations) < want:
                 have = len(completion.generations)
-                more = await self._answer(endpoint, {**payload, "n": want - have}) if have else None
+                more = await self._answer(endpoint, {**payload, "n": want - have}, stop) if have else None
                 if more is None or not more.generations:
                     raise _Failed(
                         "bad_response",
@@ -273,10 +314,12 @@ class OpenAIEngine:
                 completion = merge(completion, more)
         except _Failed as exc:
             return self._redacted(exc.detail)
+        except _Abandoned:
+            return CANCELLED
         return completion
 
-    async def _answer(self, endpoint: Endpoint, payload: dict[str, Any]) -> Completion:
-        body = await self._post(self._urls[endpoint], jsonwire.dumps(payload))
+    async def _answer(self, endpoint: Endpoint, payload: dict[str, Any], stop: StopFlag | None) -> Completion:
+        body = await self._post(self._urls[endpoint], jsonwire.dumps(payload), stop)
         try:
             return parse_answer(endpoint, jsonwire.loads(body))
         except (ValueError, TypeError, KeyError) as exc:
@@ -287,13 +330,13 @@ class OpenAIEngine:
                 "endpoint that serves it.",
             ) from exc
 
-    async def _post(self, url: str, data: bytes) -> bytes:
+    async def _post(self, url: str, data: bytes, stop: StopFlag | None) -> bytes:
         """The 200 body for one request, retrying what is worth it; else raises ``_Failed``."""
         config = self._config
         attempts = config.max_retries + 1
         for attempt in range(attempts):
             try:
-                return await self._attempt(url, data)
+                return await self._attempt(url, data, stop)
             except RetryableError as exc:
                 if attempt + 1 == attempts:
                     raise _Failed(exc.code, self._gave_up(exc, attempts)) from exc
@@ -304,12 +347,22 @@ class OpenAIEngine:
                 await asyncio.sleep(delay * (1 + 0.1 * random.random()))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, url: str, data: bytes) -> bytes:
+    async def _attempt(self, url: str, data: bytes, stop: StopFlag | None) -> bytes:
         assert self._transport is not None and self._semaphore is not None
         async with self._semaphore:  # timeouts and connection errors raise RetryableError
+            # Looked at once the permit is ours, not only by the chunk's poller: a job that stopped
+            # itself on a bad key must not send the requests queued behind the one that told it so.
+            if stop is not None and stop.is_set():
+                raise _Abandoned
             status, headers, body = await self._transport.post(url, data, self._headers)
         if status == 200:
             return body
+        if status == 429 and _error_code(body) == _INSUFFICIENT_QUOTA:  # no retry refills a quota
+            raise _Failed(
+                "quota_exhausted",
+                f"HTTP 429 insufficient_quota: {_server_message(body)} Add credit or raise the quota "
+                "with the provider, then resume the job.",
+            )
         if status in (408, 429) or status >= 500:
             reason = f"HTTP {status}: {_server_message(body)}"
             retry_after = parse_retry_after(headers.get("Retry-After"))
@@ -334,6 +387,11 @@ def _many_prompts(request: PromptRequest) -> bool:
     """A completions line with a list of prompts: the server answers n choices for each, so the
     count of choices says nothing about a missing one (no n emulation)."""
     return request.endpoint is Endpoint.completions and isinstance((request.body or {}).get("prompt"), list)
+
+
+def _report(watch: OutcomeWatch, task: asyncio.Future[InferenceOutcome]) -> None:
+    if not task.cancelled() and task.exception() is None and task.result() is not CANCELLED:
+        watch.observe(task.result())
 
 
 async def _done(outcome: InferenceOutcome) -> InferenceOutcome:

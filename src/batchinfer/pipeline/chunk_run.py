@@ -1,6 +1,8 @@
 """Running one chunk through an engine into its result file. Idempotent: a result file that exists
 is the chunk's finished work (it was renamed into place whole), so a re-run only counts it, unless
-the job was cancelled while the chunk ran: then its ``cancelled`` lines, and only those, run again."""
+the job stopped while the chunk ran: then its lines cut short (``cancelled``, ``expired``, a fail-fast
+code) and those that failed for a reason the user had to fix (401, 404, quota), and only those, run
+again."""
 
 from __future__ import annotations
 
@@ -11,7 +13,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from batchinfer.engines.base import ABANDONED_CODES, CANCELLED, Engine, InFlightCap, PromptRequest, StopFlag
+from batchinfer.engines.base import (
+    CANCELLED,
+    RERUN_ON_RESUME,
+    Engine,
+    InFlightCap,
+    OutcomeWatch,
+    PromptRequest,
+    StopFlag,
+)
 from batchinfer.pipeline.jobfiles import atomic_write
 from batchinfer.records import Completion, ErrorDetail, ErrorRecord, SuccessRecord, dump_record
 
@@ -86,14 +96,27 @@ def _outcomes(
     requests: list[PromptRequest], engine: Engine, stop: StopFlag | None, max_in_flight: InFlightCap | None
 ) -> list[Any]:
     """The engine's outcomes, or for a stopped job its reason for every line it did not finish."""
-    # Why the lines cut short were abandoned (cancelled, expired): the stop signal knows.
-    abandoned = getattr(stop, "abandoned", CANCELLED)
     if stop is not None and stop.is_set():
-        return [abandoned] * len(requests)
-    return [
-        abandoned if isinstance(o, ErrorDetail) and o.code == CANCELLED.code else o
-        for o in engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
-    ]
+        return [_abandoned(stop)] * len(requests)
+    outcomes = engine.infer(requests, stop=stop, max_in_flight=max_in_flight)
+    # The job judges its failures (``runtime.fail_fast``): an engine that does not report each
+    # answer as it lands (an HTTP engine does) has its answers reported once its call returns.
+    if isinstance(stop, OutcomeWatch) and not getattr(engine, "reports_outcomes", False):
+        for outcome in outcomes:
+            if not _cut_short(outcome):
+                stop.observe(outcome)
+    abandoned = _abandoned(stop)  # asked now: the stop may have come during the call
+    return [abandoned if _cut_short(o) else o for o in outcomes]
+
+
+def _abandoned(stop: StopFlag | None) -> ErrorDetail:
+    """Why the lines cut short were abandoned (cancelled, expired, a fail-fast): the stop knows."""
+    abandoned: ErrorDetail = getattr(stop, "abandoned", CANCELLED)
+    return abandoned
+
+
+def _cut_short(outcome: Any) -> bool:
+    return isinstance(outcome, ErrorDetail) and outcome.code == CANCELLED.code
 
 
 def _write(
@@ -117,12 +140,13 @@ def _write(
 
 
 def _finished_records(result_path: Path) -> dict[int, tuple[str, dict[str, Any]]]:
-    """An existing result file's records by line, without the ones a cancel or expiry cut short."""
+    """An existing result file's records by line, without the ones a stop cut short or that failed
+    for a reason the user fixes before resuming (``RERUN_ON_RESUME``)."""
     finished = {}
     with open(result_path, encoding="utf-8") as handle:
         for raw in handle:
             obj = json.loads(raw)
-            if obj.get("error", {}).get("code") not in ABANDONED_CODES:
+            if obj.get("error", {}).get("code") not in RERUN_ON_RESUME:
                 finished[obj["line"]] = (raw.rstrip("\n"), obj)
     return finished
 

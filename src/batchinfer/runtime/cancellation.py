@@ -23,8 +23,9 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
-from batchinfer.engines.base import CANCELLED, EXPIRED
+from batchinfer.engines.base import CANCELLED, EXPIRED, InferenceOutcome
 from batchinfer.records import ErrorDetail
+from batchinfer.runtime.fail_fast import OutcomeTally, not_sent
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,22 @@ CANCEL_STATE_TYPES = frozenset({"CANCELLING", "CANCELLED"})
 
 
 class StopSignal:
-    """A job's request to stop, shared by its flow and every chunk in the same process."""
+    """A job's request to stop, shared by its flow and every chunk in the same process. With a
+    ``tally`` (``fail_fast``), it also hears each request's outcome and stops the job itself on
+    failures no retry fixes; ``reason`` is then the job's error code."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason: str | None = None
+        self.tally: OutcomeTally | None = None
+
+    def observe(self, outcome: InferenceOutcome) -> None:
+        if self.tally is not None and (code := self.tally.add(outcome)) is not None:
+            self.set(code)
+
+    @property
+    def failed_fast(self) -> bool:
+        return self.tally is not None and self.reason is not None and self.reason == self.tally.tripped
 
     def set(self, reason: str) -> None:
         if not self._event.is_set():
@@ -55,6 +67,9 @@ class StopSignal:
     @property
     def abandoned(self) -> ErrorDetail:
         """The error record of a line this stop cut short."""
+        if self.failed_fast:
+            assert self.reason is not None
+            return not_sent(self.reason)
         return EXPIRED if self.reason == EXPIRED_REASON else CANCELLED
 
     def wait(self, timeout: float | None = None) -> bool:

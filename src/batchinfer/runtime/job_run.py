@@ -48,6 +48,7 @@ from batchinfer.runtime.cancellation import (
 )
 from batchinfer.runtime.deadline import Deadline, DeadlinePassed, DoneFuture, windowed
 from batchinfer.runtime.executors import MAX_CHUNK_THREADS, ChunkExecutor, ChunkWork, chunk_executor
+from batchinfer.runtime.fail_fast import FailFastRules, OutcomeTally
 from batchinfer.runtime.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
 from batchinfer.runtime.reporting import RunReporter
 from batchinfer.runtime.summary import PhaseClock
@@ -122,6 +123,7 @@ class JobRun:
         job, its error in the error file."""
         self._enter(PHASE_VALIDATING)
         self.config = load_catalog(self.settings.models).get(self.params.model)
+        self.stop.tally = OutcomeTally(self._fail_fast_rules())
         params, defaults = self._sampling()
         prompt = PromptTemplate(template=self.params.prompt_template, system_prompt=self.params.system_prompt)
         summary = self.tasks.validate(
@@ -182,6 +184,13 @@ class JobRun:
         progress.completed, progress.failed = gathered.succeeded, gathered.failed
         progress.outputs_ready = True
         self.reporter.push(force=True)
+        tally = self.stop.tally
+        # A job that stopped itself, or one that ran to the end and failed in a way it judges whole
+        # (a small job whose every answer was a 401, its error rate): failed with that code.
+        if tally is not None and (
+            self.stop.failed_fast or (not self.stop.is_set() and tally.final_verdict())
+        ):
+            raise tally.error(self.job_id, self.config.id)
         if self.stop.is_set():
             return self._stopped(cut_short=self.error_codes[self.stop.abandoned.code])
         if model_unreachable(gathered.succeeded, self.error_codes):
@@ -207,6 +216,13 @@ class JobRun:
         return SamplingParams.from_options(
             options, n, self.settings.default_max_tokens
         ), RequestDefaults.from_options(options, n)
+
+    def _fail_fast_rules(self) -> FailFastRules:
+        assert self.config is not None
+        rate = self.params.max_error_rate  # the job's own value wins over the model's
+        if rate is None:
+            rate = self.config.max_error_rate
+        return FailFastRules(min_fatal=self.settings.fail_fast_after or None, max_error_rate=rate)
 
     def _model_slots(self, window: int) -> int | None:
         """Each chunk's part of the model's cross-job limit (None: the model has none)."""

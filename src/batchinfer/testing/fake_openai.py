@@ -15,6 +15,10 @@ side by side:
 * ``[fault:hangx1]`` the first request sleeps ``hang_s`` (30 s, longer than any client timeout)
   before answering; ``[fault:hang]`` always does.
 
+``refuse`` makes it answer every request as OpenAI does a bad key (``"auth"``: 401
+``invalid_api_key``), an unknown model (``"model"``: 404 ``model_not_found``) or an account out of
+credit (``"quota"``: 429 ``insufficient_quota``).
+
 Use it in tests as ``with FakeOpenAIServer() as srv: srv.base_url``, or from a shell:
 ``python -m batchinfer.testing.fake_openai --port 8001 --latency-ms 50``.
 """
@@ -61,9 +65,34 @@ def steady_rate(times: list[float], low: float = 0.1, high: float = 0.9) -> floa
     return round((last - first) / span, 1) if span > 0 else None
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = jsonwire.dumps({"error": {"message": message, "type": kind, "code": status}})
+def _error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None, code: str | int | None = None
+) -> web.Response:
+    body = jsonwire.dumps({"error": {"message": message, "type": kind, "code": code or status}})
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+# What OpenAI answers every request when the key, the model or the quota is wrong (``refuse``).
+_REFUSALS = {
+    "auth": (
+        401,
+        "Incorrect API key provided: sk-fake. Find your key at your provider.",
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    "model": (
+        404,
+        "The model `fake-model` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    "quota": (
+        429,
+        "You exceeded your current quota, please check your plan and billing details.",
+        "insufficient_quota",
+        "insufficient_quota",
+    ),
+}
 
 
 @dataclass
@@ -79,6 +108,7 @@ class FakeOpenAI:
     hang_s: float = 30.0
     model: str = "fake-model"
     record_bodies: bool = False  # keep every request body (``bodies``) for tests that check them
+    refuse: str | None = None  # "auth", "model" or "quota": every request refused so (``_REFUSALS``)
 
     requests_total: int = field(default=0, init=False)
     in_flight: int = field(default=0, init=False)
@@ -164,6 +194,9 @@ class FakeOpenAI:
         )
 
     async def _scripted_failure(self, text: str, seen: int) -> web.Response | None:
+        if self.refuse is not None:
+            status, message, kind, code = _REFUSALS[self.refuse]
+            return _error(status, message, kind, code=code)
         if self.fail_rate_429 or self.fail_rate_500:
             roll = self._rng.random()
             if roll < self.fail_rate_429:
