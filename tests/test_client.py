@@ -23,6 +23,7 @@ from batchinfer.client import (
     BatchInferClientError,
     JobPage,
     JobWaitTimeout,
+    ResultsSoFar,
     cancel_job,
     job_status,
     list_jobs,
@@ -169,6 +170,57 @@ def test_submit_job_posts_the_contract_body() -> None:
         "num_generations": 2,
     }
     assert isinstance(job, BatchInference) and job.status is JobStatus.validating
+
+
+def test_submit_job_sends_max_error_rate_when_given() -> None:
+    recorder = Recorder()
+    with client_for(recorder) as client:
+        client.submit_job("fake", "s3://b/p.jsonl", max_error_rate=0.1)
+    assert recorder.last_json()["max_error_rate"] == 0.1
+
+
+def results_answer(status: str, *lines: int) -> httpx.Response:
+    body = "".join(
+        json.dumps({"line": n, "error": {"code": "timeout", "message": "m"}}) + "\n" for n in lines
+    )
+    return httpx.Response(200, text=body, headers={"X-Batchinfer-Job-Status": status})
+
+
+def test_job_results_reads_the_ndjson_records_and_the_jobs_status() -> None:
+    recorder = Recorder(results_answer("running", 4, 5))
+    with client_for(recorder) as client:
+        so_far = client.job_results(JOB_ID, after_line=3)
+    assert dict(recorder.last.url.params) == {"job_id": JOB_ID, "after_line": "3"}
+    assert [r["line"] for r in so_far.records] == [4, 5] and so_far.last_line == 5
+    assert so_far.status is JobStatus.running
+
+
+def test_follow_results_asks_from_the_last_line_it_has_until_the_job_has_ended() -> None:
+    recorder = Recorder(
+        results_answer("running", 1, 2), results_answer("running"), results_answer("completed", 3)
+    )
+    with client_for(recorder) as client:
+        lines = [record["line"] for record in client.follow_results(JOB_ID, poll_s=0)]
+    assert lines == [1, 2, 3]
+    assert [r.url.params["after_line"] for r in recorder.requests] == ["0", "2", "2"]
+
+
+def test_an_answer_without_the_status_header_is_an_invalid_response() -> None:
+    with (
+        client_for(Recorder(httpx.Response(200, text=""))) as client,
+        pytest.raises(BatchInferClientError) as raised,
+    ):
+        client.job_results(JOB_ID)
+    assert raised.value.code == "invalid_response"
+
+
+def test_the_async_client_reads_job_results_too() -> None:
+    async def scenario() -> ResultsSoFar:
+        async with async_client_for(Recorder(results_answer("completed", 1))) as client:
+            return await client.job_results(JOB_ID)
+
+    so_far = asyncio.run(scenario())
+    assert so_far.last_line == 1 and so_far.status is JobStatus.completed
 
 
 @pytest.mark.parametrize(

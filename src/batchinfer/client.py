@@ -4,9 +4,10 @@ One convention, two layers:
 
 * ``BatchInferClient`` (sync) and ``AsyncBatchInferClient`` (async) are context managers that hold
   one ``httpx`` client, so a program that makes many calls reuses its connections. Their methods
-  are ``submit_job``, ``job_status``, ``cancel_job``, ``list_jobs`` and ``wait_for_job``; the async
-  client's are the same names, awaited. Async code uses ``AsyncBatchInferClient``: there are no
-  ``*_async`` module functions.
+  are ``submit_job``, ``job_status``, ``cancel_job``, ``list_jobs``, ``wait_for_job`` and
+  ``job_results`` (the records finished so far; the sync client's ``follow_results`` yields them
+  as they come); the async client's are the same names, awaited. Async code uses
+  ``AsyncBatchInferClient``: there are no ``*_async`` module functions.
 * The module functions of the same names are thin sync conveniences: each builds a client for one
   call and closes it.
 
@@ -27,7 +28,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
@@ -52,6 +53,7 @@ __all__ = [
     "FieldError",
     "JobPage",
     "JobWaitTimeout",
+    "ResultsSoFar",
     "cancel_job",
     "job_status",
     "list_jobs",
@@ -73,6 +75,8 @@ SUBMIT_PATH = "/batch_inference/submit_job"
 STATUS_PATH = "/batch_inference/job_status"
 CANCEL_PATH = "/batch_inference/cancel_job"
 JOBS_PATH = "/batch_inference/jobs"
+RESULTS_PATH = "/batch_inference/job_results"
+RESULTS_STATUS_HEADER = "X-Batchinfer-Job-Status"  # the job's status when its results were read
 
 # What ``prompt_file`` may be: see ``prompt_path``.
 PromptFile: TypeAlias = Path | str | os.PathLike[str] | bytes | bytearray
@@ -84,6 +88,7 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+://")
 _LOCATIONS = frozenset({"body", "query", "header", "path", "cookie"})  # FastAPI's loc prefixes
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -289,16 +294,50 @@ def _list_call(status: JobStatus | str | None, model: str | None, limit: int, of
     return _Call("GET", JOBS_PATH, params=params)
 
 
+@dataclass(frozen=True)
+class ResultsSoFar:
+    """What ``job_results`` read: the records finished so far after ``after_line``, in input order
+    (success and error records, as in the two output files), and the job's status when they were
+    read. Once that status is ``completed`` or ``failed``, no more records will come."""
+
+    records: list[dict[str, Any]]
+    status: JobStatus
+
+    @property
+    def last_line(self) -> int | None:
+        """The last input line among the records (the ``after_line`` to ask for next)."""
+        lines = [record["line"] for record in self.records if record.get("line") is not None]
+        return lines[-1] if lines else None
+
+
+def _results_call(job_id: str, after_line: int) -> _Call:
+    return _Call("GET", RESULTS_PATH, {"job_id": job_id, "after_line": after_line})
+
+
+def _read_results(response: httpx.Response) -> ResultsSoFar:
+    """The NDJSON records and the status header of ``job_results``, or the server's refusal."""
+
+    def parse(response: httpx.Response) -> ResultsSoFar:
+        records = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+        return ResultsSoFar(records=records, status=JobStatus(response.headers[RESULTS_STATUS_HEADER]))
+
+    return _parsed(response, parse, f"NDJSON records and a {RESULTS_STATUS_HEADER} header")
+
+
 def _read(response: httpx.Response, model: type[M]) -> M:
     """The answer as ``model``, or the server's refusal as ``BatchInferClientError``."""
+    return _parsed(response, lambda answer: model.model_validate(answer.json()), f"a {model.__name__}")
+
+
+def _parsed(response: httpx.Response, parse: Callable[[httpx.Response], T], shape: str) -> T:
     if response.is_error:
         raise BatchInferClientError.from_response(response)
     try:
-        return model.model_validate(response.json())
-    except ValueError as exc:  # not JSON, or not this shape: another server, or another version
+        return parse(response)
+    except (ValueError, KeyError) as exc:  # not this shape: another server, or another version
         raise BatchInferClientError(
             f"{response.request.method} {response.request.url.path} answered {response.status_code} "
-            f"with a body that is not a {model.__name__}: {exc}",
+            f"with a body that is not {shape}: {exc}",
             status_code=response.status_code,
             detail=response.text[:500],
             code="invalid_response",
@@ -422,6 +461,22 @@ class BatchInferClient:
             time.sleep(wait.pause_after(job))
         return job
 
+    def job_results(self, job_id: str, *, after_line: int = 0) -> ResultsSoFar:
+        """The records the job has finished so far after ``after_line``, in input order: every line
+        before its first unfinished chunk, and all of them once it has ended."""
+        return _read_results(self._send(_results_call(job_id, after_line)))
+
+    def follow_results(self, job_id: str, *, poll_s: float = DEFAULT_POLL_S) -> Iterator[dict[str, Any]]:
+        """Each of the job's records, in input order, as it finishes, until the job has ended."""
+        after_line = 0
+        while True:
+            so_far = self.job_results(job_id, after_line=after_line)
+            yield from so_far.records
+            after_line = so_far.last_line or after_line
+            if so_far.status in TERMINAL:
+                return
+            time.sleep(poll_s)
+
 
 class AsyncBatchInferClient:
     """Async client, the same methods as ``BatchInferClient``, awaited; ``async with`` it.
@@ -506,6 +561,10 @@ class AsyncBatchInferClient:
         while (job := await self.job_status(job_id)).status not in TERMINAL:
             await anyio.sleep(wait.pause_after(job))
         return job
+
+    async def job_results(self, job_id: str, *, after_line: int = 0) -> ResultsSoFar:
+        """The records the job has finished so far after ``after_line`` (see ``BatchInferClient``)."""
+        return _read_results(await self._send(_results_call(job_id, after_line)))
 
 
 # ---- module functions: one call, one short-lived sync client ------------------------------------

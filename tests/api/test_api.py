@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from batchinfer.engines.catalog import load_catalog
 from batchinfer.engines.configs import DEFAULT_MODEL_ID
 from batchinfer.errors import JobNotFoundError
 from batchinfer.jobspec import JobParameters
+from batchinfer.pipeline.gather import gather_outputs
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, write_progress
 from batchinfer.settings import Settings
 
 JSONL = '[{"role": "user", "text": "hi"}]\n'
@@ -35,6 +38,7 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.submitted: list[JobParameters] = []
         self.fail_with: Exception | None = None
+        self.files = JobLayout(Path("/nonexistent"))  # where the known job's files are
 
     def _job(self, job_id: UUID, params: JobParameters) -> BatchInference:
         return BatchInference(
@@ -59,6 +63,9 @@ class RecordingBackend:
         return self._job(
             job_id, JobParameters(model=DEFAULT_MODEL_ID, prompt_file={"type": "uri", "value": "s3://b/k"})
         )
+
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
+        return await self.status(job_id), self.files
 
 
 @pytest.fixture
@@ -456,3 +463,38 @@ def test_the_token_is_compared_in_constant_time(authed: TestClient, monkeypatch:
     monkeypatch.setattr(app_module.hmac, "compare_digest", spy)
     authed.get("/models", headers={"Authorization": "Bearer guess"})
     assert calls == [(b"guess", TOKEN.encode())]
+
+
+def test_job_results_is_ndjson_of_the_records_after_after_line_with_the_jobs_status(
+    client: TestClient, backend: RecordingBackend, tmp_path: Path
+) -> None:
+    backend.files = JobLayout(tmp_path / "job")
+    backend.files.work.mkdir(parents=True)
+    backend.files.line_errors.write_text(
+        "".join(f'{{"line": {n}, "error": {{"code": "invalid_json", "message": "m"}}}}\n' for n in (1, 2, 3))
+    )
+    gather_outputs(backend.files, [], 3)
+    write_progress(backend.files, JobProgress(outputs_ready=True))
+    url = "/batch_inference/job_results"
+    response = client.get(url, params={"job_id": str(KNOWN_ID), "after_line": 1})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-ndjson"
+    assert response.headers["x-batchinfer-job-status"] == "validating"
+    assert [json.loads(line)["line"] for line in response.text.splitlines()] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "field"),
+    [
+        ({"job_id": str(uuid.uuid4())}, 404, None),
+        ({"job_id": "not-a-uuid"}, 422, "job_id"),
+        ({"job_id": str(KNOWN_ID), "after_line": -1}, 422, "after_line"),
+    ],
+)
+def test_a_bad_job_results_query_is_refused_naming_the_parameter(
+    client: TestClient, params: dict[str, str | int], status: int, field: str | None
+) -> None:
+    response = client.get("/batch_inference/job_results", params=params)
+    assert response.status_code == status, response.text
+    if field is not None:
+        assert response.json()["detail"][0]["loc"][-1] == field

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from batchinfer.client import BatchInferClient
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, read_jsonl, user_prompt, write_jsonl
 
@@ -262,3 +266,37 @@ def test_job_status_of_an_unknown_job_is_404_and_of_a_non_uuid_is_422(served: Se
     response = served.status("not-a-uuid")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "job_id"]
+
+
+def test_job_results_is_a_growing_ordered_prefix_while_a_20000_line_job_runs_and_follow_reads_it_all(
+    served: ServeProcess, data_dir: Path
+) -> None:
+    prompts = _prompts(20_000, "live")
+    path = data_dir / "live.jsonl"
+    write_jsonl(path, prompts)
+    job_id = served.submit_ok(_body({"type": "filepath", "value": str(path)}))["job_id"]
+    env = {k: v for k, v in served.env.items() if not k.startswith("PREFECT_")}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "batchinfer.cli", "results", job_id, "--follow"],
+        env={**env, "BATCHINFER_URL": served.url},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    prefixes, last = [], 0  # the last line of each growing read while the job ran
+    with BatchInferClient(served.url) as client:
+        while True:
+            so_far = client.job_results(job_id, after_line=last)
+            got = [record["line"] for record in so_far.records]
+            assert got == list(range(last + 1, last + 1 + len(got)))  # in order, from where it left off
+            last += len(got)
+            if so_far.status.value in ("completed", "failed"):
+                break
+            if got:
+                prefixes.append(last)
+            time.sleep(0.2)
+    assert so_far.status.value == "completed" and last == 20_000
+    assert len(prefixes) >= 2 and prefixes[0] < 20_000, prefixes  # seen growing, not only at the end
+    out, _ = follower.communicate(timeout=60)
+    assert follower.returncode == 0
+    followed = [json.loads(line) for line in out.splitlines()]
+    assert followed == read_jsonl(served.status(job_id).json()["success_file_path"]["value"])

@@ -66,7 +66,7 @@ def _reader_view(layout: JobLayout) -> dict[Path, bytes | None]:
 
 def _instrumented(monkeypatch: pytest.MonkeyPatch, after_records: int, action: Callable[[], None]) -> None:
     """Run ``action()`` once gather has merged ``after_records`` records: mid-write."""
-    real = gather_module._records
+    real = gather_module.line_records
     seen = 0
 
     def records(path: Path) -> Iterator[tuple[int, str, bool]]:
@@ -77,7 +77,7 @@ def _instrumented(monkeypatch: pytest.MonkeyPatch, after_records: int, action: C
                 action()
             yield record
 
-    monkeypatch.setattr(gather_module, "_records", records)
+    monkeypatch.setattr(gather_module, "line_records", records)
 
 
 def test_a_reader_mid_gather_sees_the_earlier_files_whole_or_nothing(

@@ -7,10 +7,13 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from batchinfer.api.deps import BackendDep, CatalogDep, JobIdDep, SettingsDep
 from batchinfer.api.submission import prepare_job
 from batchinfer.contract import BatchInference, JobPage, JobStatus, SubmitJobRequest
+from batchinfer.pipeline.live_results import finished_so_far
 
 router = APIRouter()
 # A Path that is not there yet is left out, not null: the seed's Path is an object, never null.
@@ -41,6 +44,34 @@ async def submit_job(
 )
 async def job_status(jobs: BackendDep, job_id: JobIdDep) -> BatchInference:
     return await jobs.status(job_id)
+
+
+# The job's status when its results were read: a reader that saw a final status has them all.
+JOB_STATUS_HEADER = "X-Batchinfer-Job-Status"
+
+
+@router.get(
+    "/batch_inference/job_results",
+    response_class=StreamingResponse,
+    summary="The records a job has finished so far, in input order (extension)",
+    description="NDJSON, one success or error record a line (the shapes of the success and error "
+    "files), in input order: every line before the job's first unfinished chunk, then, once the "
+    "job has ended, all of them. `after_line` leaves out the lines up to it: a reader follows a "
+    f"running job by asking again with the last line it has. The `{JOB_STATUS_HEADER}` header is "
+    "the job's status when the records were read: once it is completed or failed, nothing more "
+    "will come. 404 for an unknown job.",
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def job_results(
+    jobs: BackendDep,
+    job_id: JobIdDep,
+    after_line: Annotated[int, Query(ge=0, description="Only the lines after this one.")] = 0,
+) -> StreamingResponse:
+    job, layout = await jobs.job_files(job_id)
+    records = iterate_in_threadpool(finished_so_far(layout, after_line))  # file reads: off the loop
+    return StreamingResponse(
+        records, media_type="application/x-ndjson", headers={JOB_STATUS_HEADER: job.status.value}
+    )
 
 
 @router.post(

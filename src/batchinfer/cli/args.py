@@ -247,7 +247,7 @@ def _add_server_queries(sub: argparse._SubParsersAction[Parser]) -> None:
     results = _subparser(
         sub,
         "results",
-        "Print a finished job's results (its success file; --errors: its error file).",
+        "Print a job's results (its success file; --errors: its error file; --follow: as they finish).",
         _SERVER_VARIABLES,
     )
     results.add_argument("job_id", help="The job id.")
@@ -260,6 +260,12 @@ def _add_server_queries(sub: argparse._SubParsersAction[Parser]) -> None:
         "else jsonl).",
     )
     results.add_argument("--json", action="store_true", help="The same as --format jsonl.")
+    results.add_argument(
+        "--follow",
+        action="store_true",
+        help="Print the records as JSONL as they finish, in input order, until the job ends (exit 1 "
+        "if it failed); works while the job runs.",
+    )
 
 
 def _add_local_server(sub: argparse._SubParsersAction[Parser]) -> None:

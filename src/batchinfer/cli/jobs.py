@@ -123,6 +123,8 @@ def jobs_command(args: argparse.Namespace) -> int:
 
 
 def results_command(args: argparse.Namespace) -> int:
+    if args.follow:
+        return _follow(args)
     with _serve() as client:
         job = client.job_status(args.job_id)
     path = job.error_file_path if args.errors else job.success_file_path
@@ -136,6 +138,17 @@ def results_command(args: argparse.Namespace) -> int:
     else:
         _console().print(_errors_table(records) if args.errors else _answers_table(records))
     return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    """Print the job's answers (``--errors``: its error records) as JSONL as they finish, in input
+    order, until it ends; exit 0 if it completed, 1 if it failed."""
+    with _serve() as client:
+        for record in client.follow_results(args.job_id):
+            if ("error" in record) == args.errors:
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+        job = client.job_status(args.job_id)
+    return 0 if job.status.value == "completed" else 1
 
 
 def _no_results(job: BatchInference) -> str:

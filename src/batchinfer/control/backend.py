@@ -30,13 +30,15 @@ from batchinfer.errors import (
     ServiceUnavailableError,
 )
 from batchinfer.jobspec import JobParameters
-from batchinfer.pipeline.jobfiles import job_layout, read_progress
+from batchinfer.pipeline.jobfiles import JobLayout, job_layout, read_progress
 
 
 class JobBackend(Protocol):
     async def submit(self, params: JobParameters) -> BatchInference: ...
 
     async def status(self, job_id: UUID) -> BatchInference: ...
+
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]: ...
 
     async def resume(self, job_id: UUID) -> BatchInference: ...
 
@@ -115,6 +117,11 @@ class PrefectJobBackend:
     async def status(self, job_id: UUID) -> BatchInference:
         _, job = await self._read_job(job_id)
         return job
+
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
+        """The job as it is now, and where its files are (to read what it has finished so far)."""
+        flow_run, job = await self._read_job(job_id)
+        return job, job_layout(str(job_id), dict(flow_run.parameters), self._jobs_dir)
 
     async def resume(self, job_id: UUID) -> BatchInference:
         """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"

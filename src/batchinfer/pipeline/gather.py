@@ -26,8 +26,8 @@ class GatherCounts(BaseModel):
     failed: int
 
 
-def _records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """(line, raw JSON line, the record) for each record in ``path``."""
+def line_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line, raw JSON line, the record) for each record in ``path``, a file sorted by line."""
     if not path.exists():
         return
     with open(path, encoding="utf-8") as handle:
@@ -44,7 +44,7 @@ def gather_outputs(
 ) -> GatherCounts:
     """Write ``success.jsonl``, ``errors.jsonl`` and ``results.parquet`` (every line's outcome, with
     a table's carried columns). ``file_error`` adds a whole-file record (line null) to the errors."""
-    sources = [_records(layout.line_errors), *(_records(p) for p in result_paths)]
+    sources = [line_records(layout.line_errors), *(line_records(p) for p in result_paths)]
     succeeded = failed = 0
     previous = 0
     with (

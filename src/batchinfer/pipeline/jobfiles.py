@@ -106,6 +106,9 @@ class JobProgress(BaseModel):
     completed: int = 0
     failed: int = 0
     chunks: int = 0
+    # The key of this run's chunk result files (``chunking.chunk_key``): what finished so far is
+    # read from them (``live_results``); files of an earlier, different run are not this run's.
+    chunk_key: str | None = None
     chunks_done: int = 0
     blank_lines: int = 0
     prompt_tokens: int = 0

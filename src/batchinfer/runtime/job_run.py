@@ -149,6 +149,7 @@ class JobRun:
         )
         key = chunk_key(summary.input_sha256, summary.chunk_size, self.config.model_dump_json(), shape)
         self.result_paths = [str(self.layout.chunk_result(c.index, key)) for c in summary.chunks]
+        progress.chunk_key = key
         self.summary = summary
         return summary
 
