@@ -4,10 +4,10 @@ One convention, two layers:
 
 * ``BatchInferClient`` (sync) and ``AsyncBatchInferClient`` (async) are context managers that hold
   one ``httpx`` client, so a program that makes many calls reuses its connections. Their methods
-  are ``submit_job``, ``job_status``, ``cancel_job``, ``list_jobs``, ``wait_for_job`` and
-  ``job_results`` (the records finished so far; the sync client's ``follow_results`` yields them
-  as they come); the async client's are the same names, awaited. Async code uses
-  ``AsyncBatchInferClient``: there are no ``*_async`` module functions.
+  are ``submit_job``, ``job_status``, ``cancel_job``, ``retry_failed``, ``list_jobs``,
+  ``wait_for_job`` and ``job_results`` (the records finished so far; the sync client's
+  ``follow_results`` yields them as they come); the async client's are the same names, awaited.
+  Async code uses ``AsyncBatchInferClient``: there are no ``*_async`` module functions.
 * The module functions of the same names are thin sync conveniences: each builds a client for one
   call and closes it.
 
@@ -76,6 +76,7 @@ STATUS_PATH = "/batch_inference/job_status"
 CANCEL_PATH = "/batch_inference/cancel_job"
 JOBS_PATH = "/batch_inference/jobs"
 RESULTS_PATH = "/batch_inference/job_results"
+RETRY_PATH = "/batch_inference/retry_failed"
 RESULTS_STATUS_HEADER = "X-Batchinfer-Job-Status"  # the job's status when its results were read
 
 # What ``prompt_file`` may be: see ``prompt_path``.
@@ -310,6 +311,10 @@ class ResultsSoFar:
         return lines[-1] if lines else None
 
 
+def _retry_call(job_id: str, every_error: bool) -> _Call:
+    return _Call("POST", RETRY_PATH, body={"job_id": job_id, "all": every_error})
+
+
 def _results_call(job_id: str, after_line: int) -> _Call:
     return _Call("GET", RESULTS_PATH, {"job_id": job_id, "after_line": after_line})
 
@@ -437,6 +442,11 @@ class BatchInferClient:
         """Ask the server to cancel the job; it ends ``failed`` once it has stopped."""
         return _read(self._send(_Call("POST", CANCEL_PATH, {"job_id": job_id})), BatchInference)
 
+    def retry_failed(self, job_id: str, *, every_error: bool = False) -> BatchInference:
+        """Run the ended job again for its retryable failed lines (``every_error``: every failed
+        inference); its output files are rewritten with the new outcomes merged in."""
+        return _read(self._send(_retry_call(job_id, every_error)), BatchInference)
+
     def list_jobs(
         self,
         *,
@@ -537,6 +547,10 @@ class AsyncBatchInferClient:
     async def cancel_job(self, job_id: str) -> BatchInference:
         """Ask the server to cancel the job; it ends ``failed`` once it has stopped."""
         return _read(await self._send(_Call("POST", CANCEL_PATH, {"job_id": job_id})), BatchInference)
+
+    async def retry_failed(self, job_id: str, *, every_error: bool = False) -> BatchInference:
+        """Run the ended job again for its failed lines (see ``BatchInferClient.retry_failed``)."""
+        return _read(await self._send(_retry_call(job_id, every_error)), BatchInference)
 
     async def list_jobs(
         self,

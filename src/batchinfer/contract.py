@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,3 +150,17 @@ class JobPage(BaseModel):
     limit: int = Field(description="Page size asked for.")
     offset: int = Field(description="How many matching jobs come before this page.")
     has_more: bool = Field(description="Whether a page follows (ask again with offset + limit).")
+
+
+class RetryFailedRequest(BaseModel):
+    """The body of ``POST /batch_inference/retry_failed``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    job_id: UUID = Field(description="The job whose failed lines run again (it must have ended).")
+    every_error: bool = Field(
+        default=False,
+        alias="all",
+        description="Every line whose inference failed, not only the retryable ones (timeouts, 408, "
+        "429, 5xx, connection errors). Lines the prompt file got wrong are never retried.",
+    )

@@ -119,6 +119,12 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         409,
         "Completed, still running, or run in the foreground: the message says which.",
     ),
+    ErrorCode(
+        "job_not_retryable",
+        "request",
+        409,
+        "Still running, run in the foreground, or no failed line a retry would run: the message says which.",
+    ),
     ErrorCode("job_not_cancellable", "request", 409, "The job has already ended."),
     ErrorCode("service_unavailable", "request", 503, "The Prefect API is down or not ready: retry."),
     ErrorCode("not_found", "request", 404, "/v1: no such file or batch."),

@@ -20,6 +20,7 @@ Three levels, each with its own home:
     │   ├── UnauthorizedError       unauthorized          401
     │   ├── JobNotFoundError        job_not_found         404
     │   ├── JobNotResumableError    job_not_resumable     409
+    │   ├── JobNotRetryableError    job_not_retryable     409
     │   └── JobNotCancellableError  job_not_cancellable   409
     ├── ServiceUnavailableError     service_unavailable   503
     ├── JobError                    job_failed            (fails the job; code as raised)
@@ -142,6 +143,17 @@ class JobNotResumableError(RequestError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, field="job_id", location="query")
+
+
+class JobNotRetryableError(RequestError):
+    """A retry_failed of a job that is still running, ran in the foreground, or has no failed line
+    a retry would run."""
+
+    code = "job_not_retryable"
+    http_status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="job_id", location="body")
 
 
 class JobNotCancellableError(RequestError):

@@ -39,6 +39,7 @@ class RecordingBackend:
         self.submitted: list[JobParameters] = []
         self.fail_with: Exception | None = None
         self.files = JobLayout(Path("/nonexistent"))  # where the known job's files are
+        self.retried: list[tuple[UUID, bool]] = []
 
     def _job(self, job_id: UUID, params: JobParameters) -> BatchInference:
         return BatchInference(
@@ -66,6 +67,10 @@ class RecordingBackend:
 
     async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
         return await self.status(job_id), self.files
+
+    async def retry_failed(self, job_id: UUID, every_error: bool) -> BatchInference:
+        self.retried.append((job_id, every_error))
+        return await self.status(job_id)
 
 
 @pytest.fixture
@@ -498,3 +503,30 @@ def test_a_bad_job_results_query_is_refused_naming_the_parameter(
     assert response.status_code == status, response.text
     if field is not None:
         assert response.json()["detail"][0]["loc"][-1] == field
+
+
+@pytest.mark.parametrize(
+    ("body", "every_error"),
+    [({"job_id": str(KNOWN_ID)}, False), ({"job_id": str(KNOWN_ID), "all": True}, True)],
+    ids=["retryable by default", "all"],
+)
+def test_retry_failed_hands_the_job_and_which_lines_to_the_backend(
+    client: TestClient, backend: RecordingBackend, body: dict[str, Any], every_error: bool
+) -> None:
+    response = client.post("/batch_inference/retry_failed", json=body)
+    assert response.status_code == 200, response.text
+    assert backend.retried == [(KNOWN_ID, every_error)]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({}, "job_id"), ({"job_id": "nope"}, "job_id"), ({"job_id": str(KNOWN_ID), "lines": [1]}, "lines")],
+    ids=["no job_id", "not a uuid", "unknown field"],
+)
+def test_a_bad_retry_failed_body_is_a_422_naming_the_field(
+    client: TestClient, backend: RecordingBackend, body: dict[str, Any], field: str
+) -> None:
+    response = client.post("/batch_inference/retry_failed", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+    assert backend.retried == []

@@ -134,6 +134,10 @@ MISTAKES = {
     "cancel: an unknown job": Mistake(
         ["cancel", JOB], 1, [f"No job with id '{JOB}'"], {"PREFECT_API_URL": "{prefect_api}"}
     ),
+    "retry: not a job id": Mistake(["retry", "12", "--all"], 2, ["'12' is not a job id"]),
+    "retry: an unknown job": Mistake(
+        ["retry", JOB, "--prefect-api-url", "{prefect_api}"], 1, [f"No job with id '{JOB}'"]
+    ),
     "status: no serve at BATCHINFER_URL": Mistake(
         ["status", JOB],
         1,
@@ -199,7 +203,19 @@ def test_a_mistake_is_one_clear_line_and_a_non_zero_exit_within_seconds(
     assert elapsed < mistake.within_s
 
 
-COMMANDS = ["serve", "run", "resume", "cancel", "status", "jobs", "results", "validate", "models", "server"]
+COMMANDS = [
+    "serve",
+    "run",
+    "resume",
+    "cancel",
+    "retry",
+    "status",
+    "jobs",
+    "results",
+    "validate",
+    "models",
+    "server",
+]
 
 
 def test_these_are_all_the_commands() -> None:

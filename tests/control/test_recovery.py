@@ -13,8 +13,11 @@ from batchinfer.control.recovery import (
     INTERRUPTED_STATE_NAME,
     RESUME_STATE_NAME,
     interrupted_state,
+    nothing_to_retry,
     resume_refusal,
     resume_state,
+    retry_refusal,
+    retry_state,
 )
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
@@ -62,6 +65,41 @@ def test_only_a_job_that_stopped_without_finishing_and_has_a_runner_may_be_resum
         assert refusal is None
     else:
         assert refusal is not None and refused_because in refusal and JOB_ID in refusal
+
+
+# (state type, runs on a deployment, refused because ...) -- None: its failed lines may be retried
+RETRY_TABLE = [
+    ("COMPLETED", True, None),
+    ("FAILED", True, None),
+    ("CRASHED", True, None),
+    ("CANCELLED", True, None),
+    ("RUNNING", True, "still running"),
+    ("SCHEDULED", True, "still scheduled"),
+    ("CANCELLING", True, "still cancelling"),
+    ("COMPLETED", False, "foreground"),
+]
+
+
+@pytest.mark.parametrize(("state_type", "has_deployment", "refused_because"), RETRY_TABLE)
+def test_only_a_job_that_has_ended_and_has_a_runner_may_have_its_failed_lines_retried(
+    state_type: str, has_deployment: bool, refused_because: str | None
+) -> None:
+    refusal = retry_refusal(JOB_ID, state_type, has_deployment)
+    if refused_because is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refused_because in refusal and JOB_ID in refusal
+
+
+def test_a_retry_says_how_many_lines_it_runs_and_is_rescheduled_like_a_resume() -> None:
+    spec = retry_state(12)
+    assert (spec.type, spec.name) == ("SCHEDULED", "AwaitingRetry") and "12 failed lines" in spec.message
+
+
+@pytest.mark.parametrize(("every_error", "says"), [(False, "`all: true`"), (True, "failed inference")])
+def test_a_retry_with_nothing_to_run_says_why_and_what_to_do(every_error: bool, says: str) -> None:
+    message = nothing_to_retry(JOB_ID, every_error)
+    assert JOB_ID in message and says in message and "submit a new job" in message
 
 
 def test_a_resume_proposes_the_same_state_as_the_prefect_ui_retry_button() -> None:

@@ -262,6 +262,45 @@ def test_a_wrong_api_key_fails_the_job_auth_failed_in_seconds_and_a_resume_after
     _assert_every_line_answered_once_in_order(served.wait(job["job_id"]), texts)
 
 
+def test_retry_failed_after_the_server_recovers_resends_only_the_failed_lines_and_merges_them_in_place(
+    served: ServeProcess, data_dir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    # 300 lines; every fifth fails with 503 for good (fake-faults: max_retries 1), one with a 400.
+    texts = [f"retry {i}" + (" [fault:503]" if i % 5 == 0 else "") for i in range(300)]
+    texts[1] = "retry 1 [fault:400]"
+    job = served.wait(_submit(served, write_prompts(data_dir, "retry", texts), "fake-faults"))
+    assert job["status"] == "completed" and job["metadata"]["request_counts"]["failed"] == 61
+    sent_before = {t: fake_openai.prompts[t] for t in texts}
+    try:
+        fake_openai.faults = False  # the server recovers
+        response = httpx.post(served.url + "/batch_inference/retry_failed", json={"job_id": job["job_id"]})
+        assert response.status_code == 200, response.text
+        retried = served.wait(job["job_id"])
+        resent = {t for t in texts if fake_openai.prompts[t] != sent_before[t]}
+        assert resent == {t for t in texts if "[fault:503]" in t}  # only the 60 retryable lines, once each
+        assert all(fake_openai.prompts[t] == sent_before[t] + 1 for t in resent)
+        success = read_jsonl(retried["success_file_path"]["value"])
+        assert [r["line"] for r in success] == [n for n in range(1, 301) if n != 2]  # in order, once each
+        assert [e["line"] for e in read_jsonl(retried["error_file_path"]["value"])] == [2]  # the 400 stays
+
+        # `batchinfer retry --all` runs the 400 too; after that there is nothing left to retry.
+        cli = subprocess.run(
+            [sys.executable, "-m", "batchinfer.cli", "retry", job["job_id"], "--all"],
+            env={**served.env, "PREFECT_API_URL": served.prefect_api_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        finished = served.wait(job["job_id"])
+        assert read_jsonl(finished["error_file_path"]["value"]) == []
+        assert len(read_jsonl(finished["success_file_path"]["value"])) == 300
+        again = httpx.post(served.url + "/batch_inference/retry_failed", json={"job_id": job["job_id"]})
+        assert again.status_code == 409 and "no retryable" in again.json()["detail"][0]["msg"]
+    finally:
+        fake_openai.faults = True
+
+
 # ---- the deadline ----------------------------------------------------------------------------
 
 

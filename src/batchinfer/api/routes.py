@@ -12,7 +12,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from batchinfer.api.deps import BackendDep, CatalogDep, JobIdDep, SettingsDep
 from batchinfer.api.submission import prepare_job
-from batchinfer.contract import BatchInference, JobPage, JobStatus, SubmitJobRequest
+from batchinfer.contract import BatchInference, JobPage, JobStatus, RetryFailedRequest, SubmitJobRequest
 from batchinfer.pipeline.live_results import finished_so_far
 
 router = APIRouter()
@@ -84,6 +84,21 @@ async def job_results(
 )
 async def resume_job(jobs: BackendDep, job_id: JobIdDep) -> BatchInference:
     return await jobs.resume(job_id)
+
+
+@router.post(
+    "/batch_inference/retry_failed",
+    **_JOB,
+    summary="Run an ended job again for its failed lines only (extension)",
+    description="Body: `job_id`, and `all` (default false). The job runs again under its id for "
+    "the lines that failed in a way a retry may fix (timeouts, 408, 429, 5xx, connection errors; "
+    "with `all: true`, every failed inference), and only those are sent to the model; its success "
+    "and error files are then rewritten with the new outcomes merged in, in input order, each line "
+    "once. 404 for an unknown job; 409 for a job still running, one run in the foreground, or one "
+    "with no such line.",
+)
+async def retry_failed(jobs: BackendDep, body: RetryFailedRequest) -> BatchInference:
+    return await jobs.retry_failed(body.job_id, body.every_error)
 
 
 @router.post(

@@ -215,6 +215,8 @@ def _add_job_actions(sub: argparse._SubParsersAction[Parser]) -> None:
     actions = {
         "resume": "Run a failed, crashed or cancelled job again under its id; finished lines are reused.",
         "cancel": "Cancel a job: it stops within seconds and writes what it finished to its output files.",
+        "retry": "Run an ended job again for its failed lines only (timeouts, 408, 429, 5xx, connection "
+        "errors; --all: every failed inference), merging the new outcomes into its output files.",
     }
     for name, help_text in actions.items():
         action = _subparser(sub, name, help_text, ("BATCHINFER_HOME", *_PREFECT_VARIABLES))
@@ -224,6 +226,10 @@ def _add_job_actions(sub: argparse._SubParsersAction[Parser]) -> None:
             help="The Prefect API of the runner's server; default PREFECT_API_URL, "
             "else the local server of `batchinfer serve` (http://127.0.0.1:4200/api).",
         )
+        if name == "retry":
+            action.add_argument(
+                "--all", action="store_true", help="Every failed inference, not only the retryable ones."
+            )
 
 
 def _add_server_queries(sub: argparse._SubParsersAction[Parser]) -> None:

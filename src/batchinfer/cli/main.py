@@ -1,7 +1,7 @@
 """The ``batchinfer`` command.
 
-``serve`` (Prefect server + runner + HTTP API), ``run`` (one job in the foreground), ``resume`` and
-``cancel`` (a job, through Prefect); ``status``, ``jobs`` and ``results`` (through a running
+``serve`` (Prefect server + runner + HTTP API), ``run`` (one job in the foreground), ``resume``,
+``cancel`` and ``retry`` (a job, through Prefect); ``status``, ``jobs`` and ``results`` (through a running
 ``serve``); ``validate`` (a dry run), ``models``, and ``server`` (``run``'s warm Prefect server).
 Flags are in ``cli_args``.
 
@@ -25,7 +25,7 @@ from batchinfer.errors import BatchInferError, ConfigError, EngineError, Request
 from batchinfer.settings import Settings, env_name
 
 # Commands that start or talk to Prefect: Prefect's environment is set up for them (prefect_env).
-_PREFECT_COMMANDS = frozenset({"serve", "run", "resume", "cancel"})
+_PREFECT_COMMANDS = frozenset({"serve", "run", "resume", "cancel", "retry"})
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -96,10 +96,11 @@ def _prefect_command(args: argparse.Namespace, settings: Settings) -> int:
         from batchinfer.cli.serve import serve_from_cli
 
         return serve_from_cli(args, settings)
-    if args.command in ("resume", "cancel"):
+    if args.command in ("resume", "cancel", "retry"):
         from batchinfer.cli.resume import job_action_from_cli
 
-        return job_action_from_cli(args.command, args.job_id, args.prefect_api_url, settings)
+        action = "retry-all" if args.command == "retry" and args.all else args.command
+        return job_action_from_cli(action, args.job_id, args.prefect_api_url, settings)
     from batchinfer.cli.run import run_in_foreground
 
     return run_in_foreground(args, settings)

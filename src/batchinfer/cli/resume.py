@@ -1,5 +1,5 @@
-"""``batchinfer resume JOB_ID`` and ``batchinfer cancel JOB_ID``: what ``POST
-/batch_inference/resume_job`` and ``cancel_job`` do, from a shell.
+"""``batchinfer resume JOB_ID``, ``cancel JOB_ID`` and ``retry JOB_ID [--all]``: what ``POST
+/batch_inference/resume_job``, ``cancel_job`` and ``retry_failed`` do, from a shell.
 
 They talk to the Prefect API directly (the runner and the job do the rest), so they work while the
 adapter is down too. Each prints the job's ``BatchInference``; exit 0 when done, 1 when refused.
@@ -33,11 +33,11 @@ def prefect_api_url(flag: str | None, environ: Mapping[str, str] = os.environ) -
     return flag or environ.get("PREFECT_API_URL") or DEFAULT_PREFECT_API_URL
 
 
-JobAction = Literal["resume", "cancel"]
+JobAction = Literal["resume", "cancel", "retry", "retry-all"]
 
 
 def job_action_from_cli(action: JobAction, job_id: str, flag: str | None, settings: Settings) -> int:
-    """``flag``: ``--prefect-api-url`` (see ``prefect_api_url``)."""
+    """``flag``: ``--prefect-api-url`` (see ``prefect_api_url``). ``retry-all``: ``retry --all``."""
     try:
         parsed = UUID(job_id)
     except ValueError:
@@ -74,4 +74,8 @@ async def _act(action: JobAction, job_id: UUID, settings: Settings) -> BatchInfe
     from batchinfer.control.backend import PrefectJobBackend
 
     async with PrefectJobBackend(settings.jobs_dir) as jobs:
-        return await (jobs.resume(job_id) if action == "resume" else jobs.cancel(job_id))
+        if action == "resume":
+            return await jobs.resume(job_id)
+        if action == "cancel":
+            return await jobs.cancel(job_id)
+        return await jobs.retry_failed(job_id, every_error=action == "retry-all")

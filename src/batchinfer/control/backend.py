@@ -17,9 +17,13 @@ from batchinfer.control.jobview import RunSnapshot, batch_inference
 from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
 from batchinfer.control.recovery import (
     LEFT_RUNNING_STATE_TYPES,
+    StateSpec,
     interrupted_state,
+    nothing_to_retry,
     resume_refusal,
     resume_state,
+    retry_refusal,
+    retry_state,
     settle_delay,
 )
 from batchinfer.control.states import cancel_action, status_query
@@ -27,10 +31,12 @@ from batchinfer.errors import (
     JobNotCancellableError,
     JobNotFoundError,
     JobNotResumableError,
+    JobNotRetryableError,
     ServiceUnavailableError,
 )
 from batchinfer.jobspec import JobParameters
-from batchinfer.pipeline.jobfiles import JobLayout, job_layout, read_progress
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, job_layout, read_progress
+from batchinfer.pipeline.retry import strip_failed
 
 
 class JobBackend(Protocol):
@@ -41,6 +47,8 @@ class JobBackend(Protocol):
     async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]: ...
 
     async def resume(self, job_id: UUID) -> BatchInference: ...
+
+    async def retry_failed(self, job_id: UUID, every_error: bool) -> BatchInference: ...
 
     async def cancel(self, job_id: UUID) -> BatchInference: ...
 
@@ -126,21 +134,44 @@ class PrefectJobBackend:
     async def resume(self, job_id: UUID) -> BatchInference:
         """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"
         does; the runner starts it again under the same id, reusing its finished chunks."""
-        from prefect.client.schemas.objects import State, StateType
-        from prefect.client.schemas.responses import SetStateStatus
-
         flow_run, _ = await self._read_job(job_id)
-        state_type = flow_run.state.type.value if flow_run.state else "PENDING"
-        if state_type == "CANCELLED":
-            await anyio.sleep(settle_delay(flow_run.state.timestamp))
+        state_type = await self._settled_state_type(flow_run)
         refusal = resume_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
         if refusal is not None:
             raise JobNotResumableError(refusal)
-        spec = resume_state()
+        return await self._reschedule(job_id, resume_state(), JobNotResumableError)
+
+    async def retry_failed(self, job_id: UUID, every_error: bool) -> BatchInference:
+        """Run an ended job again for its failed lines only (``pipeline.retry``): their records
+        are taken out of its chunk results, and it is rescheduled as for a resume."""
+        flow_run, _ = await self._read_job(job_id)
+        state_type = await self._settled_state_type(flow_run)
+        refusal = retry_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
+        if refusal is not None:
+            raise JobNotRetryableError(refusal)
+        layout = job_layout(str(job_id), dict(flow_run.parameters), self._jobs_dir)
+        progress = read_progress(layout) or JobProgress()
+        lines = await anyio.to_thread.run_sync(strip_failed, layout, progress, every_error)
+        if not lines:
+            raise JobNotRetryableError(nothing_to_retry(str(job_id), every_error))
+        return await self._reschedule(job_id, retry_state(lines), JobNotRetryableError)
+
+    async def _settled_state_type(self, flow_run: Any) -> str:
+        state_type: str = flow_run.state.type.value if flow_run.state else "PENDING"
+        if state_type == "CANCELLED":  # let its runner finish setting Cancelled first
+            await anyio.sleep(settle_delay(flow_run.state.timestamp))
+        return state_type
+
+    async def _reschedule(
+        self, job_id: UUID, spec: StateSpec, refused: type[JobNotResumableError | JobNotRetryableError]
+    ) -> BatchInference:
+        from prefect.client.schemas.objects import State, StateType
+        from prefect.client.schemas.responses import SetStateStatus
+
         state: State[Any] = State(type=StateType(spec.type), name=spec.name, message=spec.message)
         result = await self._client.set_flow_run_state(job_id, state, force=True)
         if result.status != SetStateStatus.ACCEPT:  # force makes this unlikely; say so if it happens
-            raise JobNotResumableError(f"Prefect did not reschedule job {job_id}: {result.details}")
+            raise refused(f"Prefect did not reschedule job {job_id}: {result.details}")
         return await self.status(job_id)
 
     async def cancel(self, job_id: UUID) -> BatchInference:

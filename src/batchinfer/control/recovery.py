@@ -46,6 +46,36 @@ def resume_refusal(job_id: str, state_type: str, has_deployment: bool) -> str | 
     return None
 
 
+# A job in one of these states may have its failed lines retried: it has ended.
+RETRYABLE_STATE_TYPES = RESUMABLE_STATE_TYPES | {"COMPLETED"}
+
+
+def retry_refusal(job_id: str, state_type: str, has_deployment: bool) -> str | None:
+    """Why job ``job_id`` in ``state_type`` cannot have its failed lines retried, or None."""
+    if state_type not in RETRYABLE_STATE_TYPES:
+        return (
+            f"Job {job_id} is still {state_type.lower()}; its failed lines can be retried once it has "
+            "ended. Wait for it to end (job_status)."
+        )
+    if not has_deployment:
+        return (
+            f"Job {job_id} ran in the foreground (`batchinfer run`), not on a runner, so nothing can "
+            "pick it up again. Submit it to `batchinfer serve` to retry lines."
+        )
+    return None
+
+
+def nothing_to_retry(job_id: str, every_error: bool) -> str:
+    """The refusal of a retry that would run no line."""
+    which = "failed inference" if every_error else "retryable (timeout, 408, 429, 5xx, connection error)"
+    hint = "" if every_error else " `all: true` (`batchinfer retry --all`) retries every failed line."
+    return (
+        f"Job {job_id} has no {which} line to retry; lines the prompt file got wrong fail the same way "
+        f"again: fix them and submit a new job.{hint} (A job that failed model_unreachable kept no "
+        "results to retry from: resume it.)"
+    )
+
+
 # After a cancelled job's process exits, the runner that owned it checks every few seconds and then
 # sets Cancelled once more; a resume before that would be overwritten. Resume waits this long.
 RUNNER_SETTLE_S = 6.0
@@ -70,6 +100,11 @@ def resume_state() -> StateSpec:
     """What a resume proposes: SCHEDULED named AwaitingRetry, exactly what the Prefect UI's "Retry"
     button sets, so that both paths look and behave the same."""
     return StateSpec("SCHEDULED", RESUME_STATE_NAME, "Resumed: finished chunks are reused.")
+
+
+def retry_state(lines: int) -> StateSpec:
+    """What a retry of ``lines`` failed lines proposes: a resume that says so."""
+    return StateSpec("SCHEDULED", RESUME_STATE_NAME, f"Retrying {lines} failed lines; the rest are kept.")
 
 
 def interrupted_state(job_id: str, state_type: str) -> StateSpec | None:

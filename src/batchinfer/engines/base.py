@@ -125,6 +125,16 @@ FATAL_LINE_CODES = {
 }
 # Codes of lines a stopped job never finished (a cancel, an expiry, a fail-fast stop).
 ABANDONED_CODES = frozenset({CANCELLED.code, EXPIRED.code, *FATAL_LINE_CODES.values(), "error_rate_exceeded"})
+# Line codes of failures that may well succeed when sent again later: the engine retried them and
+# ran out of retries (``retry_failed`` runs them again; the others fail the same way again).
+RETRYABLE_CODES = frozenset({"timeout", "connection_error", "http_408", "http_429"})
+
+
+def retryable(code: str) -> bool:
+    """Whether a line that failed with ``code`` may succeed when sent again (a 5xx counts)."""
+    return code in RETRYABLE_CODES or (code.startswith("http_5") and len(code) == len("http_500"))
+
+
 # What a resume runs again: the lines never finished, and those that failed for a reason the user
 # has to fix first (a key, a model name, a quota), since a resume is how they go on once it is.
 RERUN_ON_RESUME = ABANDONED_CODES | FATAL_LINE_CODES.keys()

@@ -15,6 +15,8 @@ side by side:
 * ``[fault:hangx1]`` the first request sleeps ``hang_s`` (30 s, longer than any client timeout)
   before answering; ``[fault:hang]`` always does.
 
+Setting ``faults`` to False makes it ignore the scripted faults from then on: a server that recovered.
+
 ``refuse`` makes it answer every request as OpenAI does a bad key (``"auth"``: 401
 ``invalid_api_key``), an unknown model (``"model"``: 404 ``model_not_found``) or an account out of
 credit (``"quota"``: 429 ``insufficient_quota``).
@@ -109,6 +111,7 @@ class FakeOpenAI:
     model: str = "fake-model"
     record_bodies: bool = False  # keep every request body (``bodies``) for tests that check them
     refuse: str | None = None  # "auth", "model" or "quota": every request refused so (``_REFUSALS``)
+    faults: bool = True  # False: the faults scripted in prompts are ignored (the server recovered)
 
     requests_total: int = field(default=0, init=False)
     in_flight: int = field(default=0, init=False)
@@ -203,7 +206,7 @@ class FakeOpenAI:
                 return _error(429, "random rate limit", "rate_limit_error", {"Retry-After": "0"})
             if roll < self.fail_rate_429 + self.fail_rate_500:
                 return _error(500, "random server error", "server_error")
-        fault = _FAULT.search(text)
+        fault = _FAULT.search(text) if self.faults else None
         if not fault or (fault.group(2) is not None and seen > int(fault.group(2))):
             return None
         kind = fault.group(1)

@@ -1,0 +1,48 @@
+"""Making a finished job's failed lines run again (``POST /batch_inference/retry_failed``).
+
+A chunk's result file is what the job reuses when it runs again: a line with a record there is not
+sent again, a line without one is. So retrying the failed lines is taking their error records out
+of the result files; the job then runs again under its id, sends only those lines, and gather
+rewrites both output files with the new outcomes merged in, in input order, each line once.
+
+By default only the failures that may succeed later are taken out (``engines.base.retryable``:
+timeouts, 408, 429, 5xx, connection errors); ``every_error`` takes every inference error. Lines the
+input file got wrong (``line_errors.jsonl``: not JSON, no messages ...) are never in a result file:
+they would fail the same way. Pure: no Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from batchinfer.engines.base import retryable
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, atomic_write
+
+
+def strip_failed(layout: JobLayout, progress: JobProgress, every_error: bool = False) -> int:
+    """Take the error records a retry runs again out of the job's chunk result files (each
+    rewritten whole, atomically); how many lines were taken out."""
+    if progress.chunk_key is None:
+        return 0
+    taken = 0
+    for index in range(progress.chunks):
+        result = layout.chunk_result(index, progress.chunk_key)
+        if result.exists():
+            taken += _strip(result, every_error)
+    return taken
+
+
+def _strip(result: Path, every_error: bool) -> int:
+    kept, taken = [], 0
+    with open(result, encoding="utf-8") as handle:
+        for raw in handle:
+            code = json.loads(raw).get("error", {}).get("code")
+            if code is not None and (every_error or retryable(code)):
+                taken += 1
+            else:
+                kept.append(raw)
+    if taken:
+        with atomic_write(result) as out:
+            out.writelines(kept)
+    return taken
