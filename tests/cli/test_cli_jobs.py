@@ -119,6 +119,16 @@ def test_models_shows_each_models_engine_target_and_limits(served: ServeProcess,
     assert listed["tiny"]["engine"] == "transformers" and listed["tiny"]["limits"]["batch_size"] == 8
 
 
+def test_models_lists_every_replica_of_a_model_and_their_count() -> None:
+    from batchinfer.cli.jobs import _model_row
+    from batchinfer.engines.configs import OpenAIEngineConfig
+
+    urls = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+    row = _model_row(OpenAIEngineConfig(id="m", base_urls=urls, model="llama", max_concurrency=8))
+    assert row["serves"] == f"llama at {urls[0]}, {urls[1]}"
+    assert row["limits"]["max_concurrency"] == 8 and row["limits"]["replicas"] == 2
+
+
 def _with_bad_lines(path: Path, lines: int, bad: dict[int, str]) -> Path:
     rows = [bad.get(n) or json.dumps(user_prompt(f"validate line {n}")) for n in range(1, lines + 1)]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")

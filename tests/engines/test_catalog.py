@@ -155,3 +155,54 @@ def test_prices_are_optional_fields_that_stay_out_of_the_configs_json(tmp_path: 
     assert (model.price_per_million_input_tokens, model.price_per_million_output_tokens) == (0.15, 0.6)
     # The JSON keys the engine cache and the chunk results: a new price must not redo finished work.
     assert "price" not in model.model_dump_json()
+
+
+REPLICAS_YAML = """
+models:
+  - id: llama-3x
+    engine: openai
+    base_urls: [http://10.0.0.1:8000/v1, http://10.0.0.2:8000/v1, http://10.0.0.3:8000/v1]
+    model: meta-llama/Llama-3.1-8B-Instruct
+    max_concurrency: 32
+"""
+
+
+def test_an_openai_model_may_list_its_replicas_in_base_urls_with_max_concurrency_per_replica(
+    tmp_path: Path,
+) -> None:
+    llama = load_catalog(models_file(tmp_path, REPLICAS_YAML)).get("llama-3x")
+    assert isinstance(llama, OpenAIEngineConfig)
+    assert llama.base_url is None
+    assert llama.replica_urls == [f"http://10.0.0.{i}:8000/v1" for i in (1, 2, 3)]
+    assert (llama.max_concurrency, llama.total_concurrency) == (32, 96)
+
+
+def test_a_one_server_models_json_is_unchanged_by_base_urls(tmp_path: Path) -> None:
+    # The JSON keys the engine cache and the chunk results: jobs resumed across the upgrade reuse them.
+    llama = load_catalog(models_file(tmp_path, MODELS_YAML)).get("llama-8b")
+    assert isinstance(llama, OpenAIEngineConfig) and llama.replica_urls == ["http://127.0.0.1:8000/v1"]
+    assert "base_urls" not in llama.model_dump_json()
+    assert OpenAIEngineConfig.model_validate_json(llama.model_dump_json()) == llama
+
+
+ONE_MODEL = "models:\n  - id: a\n    engine: openai\n    model: m\n"
+BAD_REPLICAS = [
+    ("no url at all", ONE_MODEL, "field 'base_url': base_url or base_urls is required"),
+    ("an empty list", ONE_MODEL + "    base_urls: []\n",
+     "field 'base_urls': List should have at least 1 item"),
+    ("both", ONE_MODEL + "    base_url: http://x/v1\n    base_urls: [http://y/v1]\n",
+     "field 'base_urls': give base_url (one server) or base_urls (replicas), not both"),
+    ("a url twice", ONE_MODEL + "    base_urls: [http://x/v1, http://x/v1]\n",
+     "field 'base_urls': base_urls lists the same URL twice"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "where"), [c[1:] for c in BAD_REPLICAS], ids=[c[0] for c in BAD_REPLICAS])
+def test_a_models_file_without_exactly_one_way_to_name_the_servers_is_refused_naming_the_field(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    path = models_file(tmp_path, text)
+    with pytest.raises(EngineError) as raised:
+        load_catalog(path)
+    assert str(path) in raised.value.message and "models[0]" in raised.value.message
+    assert where in raised.value.message

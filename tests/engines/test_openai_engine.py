@@ -573,3 +573,115 @@ def test_calls_with_the_same_cap_key_share_its_limit_and_other_keys_do_not() -> 
 def test_a_cap_alone_is_one_chunks_part_under_a_key_of_its_own() -> None:
     cap = InFlightCap("job", limit=64, chunk_limit=16)
     assert cap.alone(7) == InFlightCap("job#7", limit=16, chunk_limit=16)
+
+
+# -- several replicas of one model (base_urls) ----------------------------------------------------
+
+
+@contextmanager
+def replicas(count: int, **options: Any) -> Iterator[list[FakeOpenAIServer]]:
+    servers = [FakeOpenAIServer(**options).start() for _ in range(count)]
+    try:
+        yield servers
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def answered_each_line_once(outcomes: list[Any], texts: list[str]) -> bool:
+    return [completion(o).generations[0].text for o in outcomes] == [f"echo: {t}" for t in texts]
+
+
+@both_clients
+def test_requests_spread_evenly_over_three_replicas_each_within_its_max_concurrency(
+    make_engine: MakeEngine, http_client: str
+) -> None:
+    with replicas(3, latency_ms=2) as servers:
+        engine = make_engine(base_url=None, base_urls=[s.base_url for s in servers], max_concurrency=8)
+        texts = [f"spread {http_client} {i}" for i in range(600)]
+        outcomes = engine.infer([request(i, text) for i, text in enumerate(texts)])
+        counts = [s.requests_total for s in servers]
+        peaks = [s.max_in_flight for s in servers]
+    assert answered_each_line_once(outcomes, texts)
+    assert sum(counts) == 600 and all(160 <= count <= 240 for count in counts), counts  # within 20%
+    assert all(peak <= 8 for peak in peaks), peaks
+
+
+@both_clients
+def test_a_replica_stopped_mid_call_hands_its_share_to_the_others_and_every_line_is_answered_once(
+    make_engine: MakeEngine, http_client: str
+) -> None:
+    with replicas(3, latency_ms=5) as servers:
+        # No retries at all: a request that failed on the stopped replica must be sent elsewhere
+        # without counting as a retry, or it would end up an error record.
+        engine = make_engine(
+            base_url=None, base_urls=[s.base_url for s in servers], max_concurrency=4, max_retries=0
+        )
+        killed = servers[2]
+
+        def stop_after_a_third() -> None:
+            while sum(s.requests_total for s in servers) < 200:
+                time.sleep(0.002)
+            killed.stop()
+
+        stopper = threading.Thread(target=stop_after_a_third)
+        stopper.start()
+        texts = [f"failover {http_client} {i}" for i in range(600)]
+        outcomes = engine.infer([request(i, text) for i, text in enumerate(texts)])
+        stopper.join(timeout=10)
+        answers = [s.statuses[200] for s in servers]
+    assert answered_each_line_once(outcomes, texts)
+    assert sum(answers) == 600, answers  # the servers answered each line once, too
+    assert answers[2] < 120, answers  # about a third of the first 200, then nothing
+    assert answers[0] + answers[1] >= 600 - answers[2], answers  # the rest went to the other two
+    assert abs(answers[0] - answers[1]) <= 0.2 * max(answers[:2]), answers
+
+
+def test_a_replica_answering_5xx_goes_out_of_rotation_and_its_lines_are_answered_by_the_others(
+    make_engine: MakeEngine,
+) -> None:
+    with replicas(2, latency_ms=2) as (healthy, failing):
+        failing.fail_rate_500 = 1.0
+        engine = make_engine(base_url=None, base_urls=[healthy.base_url, failing.base_url], max_concurrency=4)
+        texts = [f"five hundred {i}" for i in range(200)]
+        outcomes = engine.infer([request(i, text) for i, text in enumerate(texts)])
+    assert answered_each_line_once(outcomes, texts)
+    assert failing.requests_total <= 3 + 4  # three in a row, and what was already in flight there
+
+
+def test_a_stopped_replica_is_probed_after_its_cooldown_and_takes_requests_again_once_back(
+    make_engine: MakeEngine,
+) -> None:
+    with replicas(2) as (steady, flaky):
+        engine = make_engine(base_url=None, base_urls=[steady.base_url, flaky.base_url], max_concurrency=4)
+        port = flaky.port
+        flaky.stop()
+        outcomes = engine.infer([request(i, f"while down {i}") for i in range(50)])
+        assert all(isinstance(o, Completion) for o in outcomes)
+        with FakeOpenAIServer(port=port) as back:
+            time.sleep(1.2)  # past the first cooldown (1 s): the next request probes it
+            outcomes = engine.infer([request(i, f"once back {i}") for i in range(100)])
+            assert all(isinstance(o, Completion) for o in outcomes)
+            assert back.requests_total >= 30, back.requests_total
+
+
+@both_clients
+def test_with_every_replica_down_a_line_fails_connection_error_naming_every_url(
+    make_engine: MakeEngine,
+) -> None:
+    ports = []
+    for _ in range(3):
+        with socket.socket() as sock:  # ports that were free a moment ago, nobody listening
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    urls = [f"http://127.0.0.1:{port}/v1" for port in ports]
+    engine = make_engine(base_url=None, base_urls=urls, max_retries=1)
+    detail = error(engine.infer([request(1, "nobody home anywhere")])[0])
+    assert detail.code == "connection_error"
+    assert "2 attempts" in detail.message
+    assert all(url in detail.message for url in urls)
+
+
+def test_max_parallel_chunks_counts_the_slots_of_every_replica(make_engine: MakeEngine) -> None:
+    urls = [f"http://127.0.0.1:{port}/v1" for port in (1, 2, 3, 4)]
+    assert make_engine(base_url=None, base_urls=urls, max_concurrency=16).max_parallel_chunks == 4

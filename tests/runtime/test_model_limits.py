@@ -29,6 +29,12 @@ def test_http_models_share_their_max_concurrency_and_local_models_share_nothing(
     assert shared_limit(EMBEDDED_DEFAULT) is None
 
 
+def test_a_models_cross_job_limit_is_its_max_concurrency_times_its_replicas() -> None:
+    urls = [f"http://127.0.0.1:{port}/v1" for port in (1, 2, 3)]
+    http = OpenAIEngineConfig(id="m", base_urls=urls, model="m", max_concurrency=12)
+    assert shared_limit(http) == 36
+
+
 @pytest.mark.parametrize(
     ("max_concurrency", "window", "slots"), [(64, 4, 16), (4, 2, 2), (5, 2, 3), (1, 8, 1), (10, 0, 10)]
 )

@@ -36,3 +36,9 @@ def test_the_unreachable_error_names_the_server_the_count_and_how_to_resume() ->
 
 def test_without_a_base_url_the_unreachable_error_names_the_model() -> None:
     assert "model 'local'" in unreachable_error("job-1", "local", None, 3).message
+
+
+def test_the_unreachable_error_of_a_model_with_replicas_names_every_one() -> None:
+    urls = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+    message = unreachable_error("job-1", "llama", urls, 40).message
+    assert all(url in message for url in urls) and "replicas" in message

@@ -245,12 +245,14 @@ _LIMIT_FIELDS = {
 
 def _model_row(model: Any) -> dict[str, Any]:
     serves = {
-        "openai": lambda: f"{getattr(model, 'model', '')} at {getattr(model, 'base_url', '')}",
+        "openai": lambda: f"{getattr(model, 'model', '')} at {', '.join(getattr(model, 'replica_urls', []))}",
         "vllm": lambda: str(getattr(model, "model", "")),
     }.get(
         model.engine, lambda: str(getattr(model, "path", None) or f"package {getattr(model, 'package', '')}")
     )
     limits = {name: getattr(model, name) for name in _LIMIT_FIELDS.get(model.engine, ())}
+    if len(getattr(model, "replica_urls", ())) > 1:  # max_concurrency is then each one's
+        limits["replicas"] = len(model.replica_urls)
     return {
         "id": model.id,
         "engine": model.engine,

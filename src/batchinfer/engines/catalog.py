@@ -110,6 +110,8 @@ def _invalid(path: Path | None, exc: ValidationError, lines: _Lines) -> str:
     # A discriminated union puts the engine name in the location (models.0.openai.base_url), and
     # names no field when the engine itself is wrong.
     field = "engine" if first["type"].startswith("union_tag") else (fields[-1] if fields else None)
+    if isinstance(named := (first.get("ctx") or {}).get("field"), str):
+        field = named  # a model-level error that names its field (OpenAIEngineConfig's base_url)
     line = lines.of(index, field)
     where = f" at line {line}" if line else ""
     entry = "" if index is None else f"models[{index}]{f', field {field!r}' if field else ''}: "

@@ -4,9 +4,18 @@ heavy dependencies (torch, transformers, aiohttp); ``registry.build_engine`` doe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 HttpClient = Literal["aiohttp", "httpx"]
 
@@ -42,16 +51,31 @@ class _ModelConfigBase(BaseModel):
     )
 
 
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """A model-level validation error that says which field is wrong (``ctx['field']``)."""
+    return PydanticCustomError("invalid_field", message, {"field": field})
+
+
 class OpenAIEngineConfig(_ModelConfigBase):
     """Any OpenAI-compatible `/v1/chat/completions` server: vLLM, llama.cpp, Ollama, TGI, llama-stack."""
 
     engine: Literal["openai"] = "openai"
-    base_url: str = Field(description="Base URL up to and including `/v1`.")
+    base_url: str | None = Field(
+        default=None, description="Base URL up to and including `/v1`; or give `base_urls`."
+    )
+    base_urls: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Several replicas of the model, each a base URL up to and including `/v1`: each "
+        "request goes to the one with the fewest in flight (instead of `base_url`).",
+    )
     model: str = Field(description="The model name the server expects.")
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key."
     )
-    max_concurrency: int = Field(default=64, ge=1, description="In-flight requests to this model.")
+    max_concurrency: int = Field(
+        default=64, ge=1, description="In-flight requests to each replica (each URL) of this model."
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(
         default=5, ge=0, description="Retries on 429, 5xx, timeouts and connection errors."
@@ -63,6 +87,41 @@ class OpenAIEngineConfig(_ModelConfigBase):
         description="HTTP client library for the requests. aiohttp is the default because it measured "
         "fastest at high concurrency (the benchmark in bench/ has the figures).",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_servers(self) -> OpenAIEngineConfig:
+        # Each error names its field in ``ctx``, which the models file's error message reports
+        # (a model-level error has no location of its own).
+        if self.base_url is None and self.base_urls is None:
+            raise _field_error("base_url", "base_url or base_urls is required: where the model is served")
+        if self.base_url is not None and self.base_urls is not None:
+            raise _field_error("base_urls", "give base_url (one server) or base_urls (replicas), not both")
+        if self.base_urls is not None and len(set(self.base_urls)) != len(self.base_urls):
+            raise _field_error("base_urls", "base_urls lists the same URL twice")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_base_urls(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # A one-server model serializes as it did before base_urls existed: its JSON keys the
+        # engine cache and the chunk results, so a job resumed across the upgrade reuses them.
+        data: dict[str, Any] = handler(self)
+        if self.base_urls is None:
+            data.pop("base_urls", None)
+        if self.base_url is None:
+            data.pop("base_url", None)
+        return data
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """The base URL of each replica: ``base_urls``, or ``base_url`` alone."""
+        return list(self.base_urls) if self.base_urls is not None else [str(self.base_url)]
+
+    @property
+    def total_concurrency(self) -> int:
+        """In-flight requests to the whole model: ``max_concurrency`` per replica."""
+        return self.max_concurrency * len(self.replica_urls)
 
 
 class TransformersEngineConfig(_ModelConfigBase):

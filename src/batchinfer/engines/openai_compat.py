@@ -3,10 +3,13 @@ completions, completions, embeddings and responses, each request's body sent as 
 
 Shape: ``infer`` is synchronous and called from many Prefect task threads at once. All HTTP runs
 on ONE private asyncio loop in a daemon thread, through ONE HTTP transport (connection reuse;
-aiohttp or httpx as ``http_client`` says, see ``http_transports``) and ONE semaphore of
-``max_concurrency`` permits shared by every caller. Each request takes a permit for one HTTP
-attempt and gives it back, so the server sees a steady ``max_concurrency`` requests in flight
-regardless of chunk boundaries (no waves), and a request sleeping in backoff holds no permit.
+aiohttp or httpx as ``http_client`` says, see ``http_transports``) and ONE ``ReplicaSet`` (see
+``replicas``) shared by every caller: ``max_concurrency`` slots on each of the model's servers.
+Each request takes a slot for one HTTP attempt, on the replica with the fewest in flight, and gives
+it back, so each server sees a steady ``max_concurrency`` requests in flight regardless of chunk
+boundaries (no waves), and a request sleeping in backoff holds no slot. An attempt that failed on a
+replica the set has just taken out of rotation is sent to another one at once, without counting
+against the request's retries (``_post``).
 
 A request that fails for good becomes an ``ErrorDetail``; only a broken engine raises.
 """
@@ -23,7 +26,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from batchinfer import jsonwire
@@ -41,6 +44,7 @@ from batchinfer.engines.http_transports import RetryableError, Transport, make_t
 from batchinfer.engines.messages import FileReader, read_local_file
 from batchinfer.engines.openai_answers import merge, parse_answer
 from batchinfer.engines.openai_messages import request_payload
+from batchinfer.engines.replicas import Health, Replica, ReplicaSet
 from batchinfer.errors import EngineError, InferenceError
 from batchinfer.records import Completion, ErrorDetail
 
@@ -58,6 +62,14 @@ class _Failed(Exception):
 
 class _Abandoned(Exception):
     """The job stopped before this request was sent (raised inside the loop, never escapes)."""
+
+
+class _Retry(Exception):
+    """One attempt failed on ``replica`` in a way worth retrying (inside the loop, never escapes)."""
+
+    def __init__(self, error: RetryableError, replica: Replica) -> None:
+        super().__init__(error.reason)
+        self.error, self.replica = error, replica
 
 
 # OpenAI's error code (and type) of a 429 that says the account is out of quota, not busy.
@@ -118,8 +130,8 @@ class OpenAIEngine:
     def __init__(self, config: OpenAIEngineConfig, *, read_file: FileReader = read_local_file) -> None:
         self._config = config
         self._read_file = read_file
-        base = config.base_url.rstrip("/")
-        self._urls = {endpoint: base + endpoint.value.removeprefix("/v1") for endpoint in Endpoint}
+        self._bases = [url.rstrip("/") for url in config.replica_urls]
+        self._paths = {endpoint: endpoint.value.removeprefix("/v1") for endpoint in Endpoint}
         self._headers = {"Content-Type": "application/json"}
         self._api_key: str | None = None
         if config.api_key_env:
@@ -135,7 +147,7 @@ class OpenAIEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
-        self._semaphore: asyncio.Semaphore | None = None
+        self._replicas: ReplicaSet | None = None
         # The shared caps of the calls running now, by key: held weakly, so that a job's cap goes
         # once its last call has returned.
         self._caps: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
@@ -149,16 +161,16 @@ class OpenAIEngine:
         return detail
 
     def __repr__(self) -> str:  # the default repr would be harmless, but keep headers out for sure
-        return f"OpenAIEngine(id={self._config.id!r}, base_url={self._config.base_url!r})"
+        return f"OpenAIEngine(id={self._config.id!r}, base_urls={self._bases!r})"
 
     @property
     def max_parallel_chunks(self) -> int:
-        # Concurrency is bounded by the shared semaphore, not by chunk count. But a lone chunk
-        # leaves permits idle while its last few slow requests finish and until the next chunk
-        # task starts; overlapping chunks fill that tail. About one chunk per 16 permits keeps the
-        # semaphore saturated without holding many chunks' results in memory at once; at least 2
-        # so there is always a chunk queued behind the one finishing.
-        return max(2, math.ceil(self._config.max_concurrency / 16))
+        # Concurrency is bounded by the replicas' slots, not by chunk count. But a lone chunk
+        # leaves slots idle while its last few slow requests finish and until the next chunk task
+        # starts; overlapping chunks fill that tail. About one chunk per 16 slots (over all
+        # replicas) keeps them all busy without holding many chunks' results in memory at once;
+        # at least 2 so there is always a chunk queued behind the one finishing.
+        return max(2, math.ceil(self._config.total_concurrency / 16))
 
     def infer(
         self,
@@ -226,10 +238,10 @@ class OpenAIEngine:
         loop.close()
 
     async def _open(self) -> None:
-        # Transport and semaphore are made on the loop that will use them.
+        # Transport and replica set are made on the loop that will use them.
         config = self._config
-        self._transport = make_transport(config.http_client, config.max_concurrency, config.timeout_s)
-        self._semaphore = asyncio.Semaphore(self._config.max_concurrency)
+        self._transport = make_transport(config.http_client, config.total_concurrency, config.timeout_s)
+        self._replicas = ReplicaSet(self._bases, config.max_concurrency)
 
     async def _shutdown(self) -> None:
         # Cancel what is still running so no infer() waits forever, then close the connections.
@@ -248,7 +260,7 @@ class OpenAIEngine:
         stop: StopFlag | None,
         max_in_flight: InFlightCap | None,
     ) -> list[InferenceOutcome]:
-        # A cap inside the engine-wide semaphore, shared by the calls with its key: the job's share
+        # A cap inside the engine-wide replica slots, shared by the calls with its key: the job's share
         # of the model's cross-job limit. A request holds it from its first attempt to its outcome.
         cap = None if max_in_flight is None else self._shared_cap(max_in_flight)
         tasks = [
@@ -319,60 +331,80 @@ class OpenAIEngine:
         return completion
 
     async def _answer(self, endpoint: Endpoint, payload: dict[str, Any], stop: StopFlag | None) -> Completion:
-        body = await self._post(self._urls[endpoint], jsonwire.dumps(payload), stop)
+        body, base = await self._post(self._paths[endpoint], jsonwire.dumps(payload), stop)
         try:
             return parse_answer(endpoint, jsonwire.loads(body))
         except (ValueError, TypeError, KeyError) as exc:
             raise _Failed(
                 "bad_response",
-                f"The server at {self._config.base_url} answered 200 with a body that is not a "
+                f"The server at {base} answered 200 with a body that is not a "
                 f"{endpoint.value} answer ({exc}); check that base_url is an OpenAI-compatible /v1 "
                 "endpoint that serves it.",
             ) from exc
 
-    async def _post(self, url: str, data: bytes, stop: StopFlag | None) -> bytes:
-        """The 200 body for one request, retrying what is worth it; else raises ``_Failed``."""
+    async def _post(self, path: str, data: bytes, stop: StopFlag | None) -> tuple[bytes, str]:
+        """The 200 body for one request and the base URL that gave it, retrying what is worth it;
+        else raises ``_Failed``."""
+        assert self._replicas is not None
         config = self._config
         attempts = config.max_retries + 1
-        for attempt in range(attempts):
+        attempt = reroutes = 0
+        avoid: Replica | None = None
+        while True:
             try:
-                return await self._attempt(url, data, stop)
-            except RetryableError as exc:
-                if attempt + 1 == attempts:
+                return await self._attempt(path, data, stop, avoid)
+            except _Retry as retry:
+                exc, avoid = retry.error, retry.replica
+                # A replica that just went out of rotation is its own failure, not the model's: the
+                # request goes to another one at once (once per replica at most, so a model whose
+                # replicas all fail still gives up as one server would).
+                if reroutes < len(self._bases) and self._replicas.can_reroute(retry.replica):
+                    reroutes += 1
+                    continue
+                attempt += 1
+                if attempt == attempts:
                     raise _Failed(exc.code, self._gave_up(exc, attempts)) from exc
-                delay = min(config.backoff_s * 2**attempt, config.max_backoff_s)
+                delay = min(config.backoff_s * 2 ** (attempt - 1), config.max_backoff_s)
                 if exc.retry_after is not None:  # the server knows best, within our cap
                     delay = min(exc.retry_after, config.max_backoff_s)
                 # Jitter spreads the retries of many requests that failed together.
                 await asyncio.sleep(delay * (1 + 0.1 * random.random()))
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, url: str, data: bytes, stop: StopFlag | None) -> bytes:
-        assert self._transport is not None and self._semaphore is not None
-        async with self._semaphore:  # timeouts and connection errors raise RetryableError
-            # Looked at once the permit is ours, not only by the chunk's poller: a job that stopped
+    async def _attempt(
+        self, path: str, data: bytes, stop: StopFlag | None, avoid: Replica | None
+    ) -> tuple[bytes, str]:
+        assert self._transport is not None and self._replicas is not None
+        lease = await self._replicas.acquire(avoid)
+        replica = lease.replica
+        health: Health = "none"  # what the release tells the set; none if the job stopped first
+        try:
+            # Looked at once the slot is ours, not only by the chunk's poller: a job that stopped
             # itself on a bad key must not send the requests queued behind the one that told it so.
             if stop is not None and stop.is_set():
                 raise _Abandoned
-            status, headers, body = await self._transport.post(url, data, self._headers)
-        if status == 200:
-            return body
-        if status == 429 and _error_code(body) == _INSUFFICIENT_QUOTA:  # no retry refills a quota
-            raise _Failed(
-                "quota_exhausted",
-                f"HTTP 429 insufficient_quota: {_server_message(body)} Add credit or raise the quota "
-                "with the provider, then resume the job.",
-            )
-        if status in (408, 429) or status >= 500:
-            reason = f"HTTP {status}: {_server_message(body)}"
-            retry_after = parse_retry_after(headers.get("Retry-After"))
-            raise RetryableError(f"http_{status}", reason, retry_after)
-        raise _Failed(f"http_{status}", _server_message(body))
+            try:
+                status, headers, body = await self._transport.post(replica.url + path, data, self._headers)
+            except RetryableError as exc:  # timeouts and connection errors
+                health = "refused" if exc.code == "connection_error" else "timeout"
+                raise _Retry(exc, replica) from exc
+            health = "server_error" if status >= 500 else "ok"
+        finally:
+            self._replicas.release(lease, health)
+        try:
+            return _answer_body(status, headers, body), replica.url
+        except RetryableError as exc:
+            raise _Retry(exc, replica) from exc
+
+    def _servers(self) -> str:
+        """The model's server(s), to begin "check that ... up": every URL, with its verb."""
+        if len(self._bases) == 1:
+            return f"{self._bases[0]} is"
+        return f"its replicas {', '.join(self._bases)} are"
 
     def _gave_up(self, exc: RetryableError, attempts: int) -> str:
         advice = {
             "timeout": "raise timeout_s for this model, or check the server is not overloaded",
-            "connection_error": f"check that {self._config.base_url} is up and reachable",
+            "connection_error": f"check that {self._servers()} up and reachable",
             "http_429": "lower max_concurrency for this model, or raise max_retries/max_backoff_s",
         }.get(exc.code, "check the server's health and logs, or raise max_retries")
         tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
@@ -387,6 +419,24 @@ def _many_prompts(request: PromptRequest) -> bool:
     """A completions line with a list of prompts: the server answers n choices for each, so the
     count of choices says nothing about a missing one (no n emulation)."""
     return request.endpoint is Endpoint.completions and isinstance((request.body or {}).get("prompt"), list)
+
+
+def _answer_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
+    """The body of a 200; else ``RetryableError`` for what a retry may fix, ``_Failed`` for
+    the rest."""
+    if status == 200:
+        return body
+    if status == 429 and _error_code(body) == _INSUFFICIENT_QUOTA:  # no retry refills a quota
+        raise _Failed(
+            "quota_exhausted",
+            f"HTTP 429 insufficient_quota: {_server_message(body)} Add credit or raise the quota "
+            "with the provider, then resume the job.",
+        )
+    if status in (408, 429) or status >= 500:
+        reason = f"HTTP {status}: {_server_message(body)}"
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        raise RetryableError(f"http_{status}", reason, retry_after)
+    raise _Failed(f"http_{status}", _server_message(body))
 
 
 def _report(watch: OutcomeWatch, task: asyncio.Future[InferenceOutcome]) -> None:

@@ -32,7 +32,7 @@ _HOW_TO_FIX = {
     AUTH_FAILED: "the server refuses the API key: set a valid key in the variable the model's "
     "`api_key_env` names (where the runner runs)",
     "model_not_found": "the server does not know the model: check the model's `model` name and its "
-    "`base_url` in the models file",
+    "`base_url` (or `base_urls`) in the models file",
     "quota_exhausted": "the account's quota is used up: add credit or raise the quota with the provider",
 }
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from batchinfer.endpoints import RequestDefaults
 from batchinfer.engines.base import Engine, InFlightCap, SamplingParams
 from batchinfer.engines.catalog import load_catalog
-from batchinfer.engines.configs import EngineContext
+from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.registry import AnyModelConfig, get_engine
 from batchinfer.errors import BatchInferError, JobError, rerun_hint, resume_hint
 from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING, JobParameters
@@ -199,10 +199,8 @@ class JobRun:
             # (once the server is back) asks the server again instead of reusing them.
             for result_path in self.result_paths:
                 Path(result_path).unlink(missing_ok=True)
-            base_url = getattr(self.config, "base_url", None)
-            raise unreachable_error(
-                self.job_id, self.config.id, base_url, self.error_codes["connection_error"]
-            )
+            urls = self.config.replica_urls if isinstance(self.config, OpenAIEngineConfig) else []
+            raise unreachable_error(self.job_id, self.config.id, urls, self.error_codes["connection_error"])
         counts = {"total": self.summary.lines, "completed": gathered.succeeded, "failed": gathered.failed}
         return {"job_dir": str(self.layout.root), "request_counts": counts}
 

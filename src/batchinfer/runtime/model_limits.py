@@ -1,8 +1,9 @@
 """A model's ``max_concurrency`` across every job and process, as a Prefect global concurrency limit.
 
-One process keeps its own requests under ``max_concurrency`` with a semaphore (the engine's). Two
-jobs, or two workers, each have their own. So each model with a ``max_concurrency`` also gets a
-global concurrency limit named ``batchinfer-model-<id>`` with that many slots. A job, before its
+One process keeps its own requests under ``max_concurrency`` per replica with its replica set (the
+engine's). Two jobs, or two workers, each have their own. So each model with a ``max_concurrency``
+also gets a global concurrency limit named ``batchinfer-model-<id>`` with that many slots for each
+of its replicas (``base_urls``). A job, before its
 first chunk, takes a share of them (``holding_share``: a lease, renewed while it runs and freed if
 its process dies) and holds it until its last chunk is done: as many chunks' worth
 (``chunk_slots`` each) as are free, up to its chunk window; it then runs that many chunks at once,
@@ -51,9 +52,9 @@ def limit_name(model_id: str) -> str:
 
 
 def shared_limit(config: AnyModelConfig) -> int | None:
-    """The model's cross-job concurrency, or None for engines that run in-process (no server to
-    protect: each process has its own model)."""
-    return config.max_concurrency if isinstance(config, OpenAIEngineConfig) else None
+    """The model's cross-job concurrency: ``max_concurrency`` for each of its replicas; None for
+    engines that run in-process (no server to protect: each process has its own model)."""
+    return config.total_concurrency if isinstance(config, OpenAIEngineConfig) else None
 
 
 def chunk_slots(max_concurrency: int, window: int) -> int:

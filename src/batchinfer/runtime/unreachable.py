@@ -9,7 +9,7 @@ no answer at all would hide an outage behind a green status. A job where some re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from batchinfer.errors import JobError
 
@@ -26,10 +26,18 @@ def model_unreachable(succeeded: int, inference_errors: Mapping[str, int]) -> bo
     return succeeded == 0 and set(failed) == {CONNECTION_ERROR}
 
 
-def unreachable_error(job_id: str, model_id: str, base_url: str | None, failed: int) -> JobError:
-    where = f"at {base_url}" if base_url else f"of model {model_id!r}"
+def unreachable_error(
+    job_id: str, model_id: str, base_urls: str | Sequence[str] | None, failed: int
+) -> JobError:
+    """The job's error; it names every URL of the model (its replicas), or the model if none."""
+    urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or ())
+    where = f"server of model {model_id!r}"
+    if len(urls) == 1:
+        where = f"server at {urls[0]}"
+    elif urls:
+        where = f"servers (replicas) at {', '.join(urls)}"
     return JobError(
-        f"The model server {where} could not be reached: all {failed} requests failed to connect "
+        f"The model {where} could not be reached: all {failed} requests failed to connect "
         f"(see errors.jsonl). Check that the server is up and reachable from the runner, then "
         f"resume the job: `batchinfer resume {job_id}` or POST /batch_inference/resume_job?job_id="
         f"{job_id}.",
