@@ -649,6 +649,31 @@ def test_a_replica_answering_5xx_goes_out_of_rotation_and_its_lines_are_answered
     assert failing.requests_total <= 3 + 4  # three in a row, and what was already in flight there
 
 
+@both_clients
+def test_a_replica_that_drops_connections_mid_request_goes_out_after_three_in_a_row(
+    make_engine: MakeEngine,
+) -> None:
+    dropped: list[int] = []
+
+    class Dropper(QuietHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # reads the request, then hangs up without an answer
+            self.rfile.read(int(self.headers["Content-Length"]))
+            dropped.append(1)
+            self.close_connection = True
+
+    with replicas(1, latency_ms=2) as (healthy,), loopback_server(Dropper) as dropper:
+        # No retries: a request whose connection broke goes to the other replica without using one.
+        engine = make_engine(
+            base_url=None, base_urls=[healthy.base_url, dropper + "/v1"], max_concurrency=2, max_retries=0
+        )
+        texts = [f"dropped {i}" for i in range(100)]
+        outcomes = engine.infer([request(i, text) for i, text in enumerate(texts)])
+    assert answered_each_line_once(outcomes, texts)
+    assert len(dropped) <= 3 + 2  # three in a row, and what was already in flight there
+
+
 def test_a_stopped_replica_is_probed_after_its_cooldown_and_takes_requests_again_once_back(
     make_engine: MakeEngine,
 ) -> None:

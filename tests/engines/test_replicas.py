@@ -111,17 +111,31 @@ def test_a_refused_connection_takes_a_replica_out_of_rotation_at_once() -> None:
     run(body)
 
 
-def test_three_5xx_in_a_row_take_a_replica_out_and_an_answer_between_them_starts_the_count_again() -> None:
+def test_three_failures_in_a_row_take_a_replica_out_and_an_answer_between_them_starts_again() -> None:
     async def body() -> None:
         replicas = replica_set(urls=URLS[:1] + URLS[1:2])
         a = replicas.replicas[0]
-        for health in ("server_error", "server_error", "ok", "server_error", "server_error"):
+        for health in ("failed", "failed", "ok", "failed", "failed"):
             lease = await replicas.acquire(avoid=replicas.replicas[1])
             replicas.release(lease, health)  # type: ignore[arg-type]
             assert a.in_rotation
         lease = await replicas.acquire(avoid=replicas.replicas[1])
-        replicas.release(lease, "server_error")
+        replicas.release(lease, "failed")
         assert not a.in_rotation
+
+    run(body)
+
+
+def test_a_broken_connection_is_rerouted_at_once_but_a_5xx_from_a_replica_in_rotation_is_not() -> None:
+    async def body() -> None:
+        replicas = replica_set()
+        a = await replicas.acquire()
+        replicas.release(a, "failed")
+        assert a.replica.in_rotation
+        assert replicas.can_reroute(a.replica, connection_failed=True)
+        assert not replicas.can_reroute(a.replica)  # a 5xx: retried with backoff, as on one server
+        lone = replica_set(urls=URLS[:1])
+        assert not lone.can_reroute(lone.replicas[0], connection_failed=True)  # nowhere else to go
 
     run(body)
 

@@ -20,11 +20,15 @@ if TYPE_CHECKING:
 
 
 class RetryableError(Exception):
-    """One attempt failed in a way worth retrying; ``code`` names it if retries run out."""
+    """One attempt failed in a way worth retrying; ``code`` names it if retries run out.
+    ``refused``: no connection could be made at all (nobody listening), as opposed to one that
+    broke during the request; the replica set takes a refusing server out of rotation at once."""
 
-    def __init__(self, code: str, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, code: str, reason: str, retry_after: float | None = None, *, refused: bool = False
+    ) -> None:
         super().__init__(reason)
-        self.code, self.reason, self.retry_after = code, reason, retry_after
+        self.code, self.reason, self.retry_after, self.refused = code, reason, retry_after, refused
 
 
 class Transport(Protocol):
@@ -41,8 +45,8 @@ def _timed_out(timeout_s: float) -> RetryableError:
     return RetryableError("timeout", f"no answer within timeout_s={timeout_s}")
 
 
-def _connection_failed(exc: Exception) -> RetryableError:
-    return RetryableError("connection_error", f"{type(exc).__name__}: {exc}")
+def _connection_failed(exc: Exception, refused: bool) -> RetryableError:
+    return RetryableError("connection_error", f"{type(exc).__name__}: {exc}", refused=refused)
 
 
 class AiohttpTransport:
@@ -64,7 +68,7 @@ class AiohttpTransport:
         except TimeoutError as exc:  # before ClientError: aiohttp's timeouts are both
             raise _timed_out(self._timeout_s) from exc
         except aiohttp.ClientError as exc:
-            raise _connection_failed(exc) from exc
+            raise _connection_failed(exc, isinstance(exc, aiohttp.ClientConnectorError)) from exc
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -93,7 +97,7 @@ class HttpxTransport:
         except httpx.TimeoutException as exc:  # before RequestError: it is one
             raise _timed_out(self._timeout_s) from exc
         except httpx.RequestError as exc:  # TransportError, and DecodingError like aiohttp's
-            raise _connection_failed(exc) from exc
+            raise _connection_failed(exc, isinstance(exc, httpx.ConnectError)) from exc
         return response.status_code, response.headers, response.content
 
     async def aclose(self) -> None:

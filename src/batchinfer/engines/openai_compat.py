@@ -355,10 +355,11 @@ class OpenAIEngine:
                 return await self._attempt(path, data, stop, avoid)
             except _Retry as retry:
                 exc, avoid = retry.error, retry.replica
-                # A replica that just went out of rotation is its own failure, not the model's: the
-                # request goes to another one at once (once per replica at most, so a model whose
-                # replicas all fail still gives up as one server would).
-                if reroutes < len(self._bases) and self._replicas.can_reroute(retry.replica):
+                # A replica that just went out of rotation, or whose connection failed, is its own
+                # failure, not the model's: the request goes to another one at once (once per
+                # replica at most, so a model whose replicas all fail gives up as one server would).
+                broken = exc.code == "connection_error"
+                if reroutes < len(self._bases) and self._replicas.can_reroute(retry.replica, broken):
                     reroutes += 1
                     continue
                 attempt += 1
@@ -385,9 +386,9 @@ class OpenAIEngine:
             try:
                 status, headers, body = await self._transport.post(replica.url + path, data, self._headers)
             except RetryableError as exc:  # timeouts and connection errors
-                health = "refused" if exc.code == "connection_error" else "timeout"
+                health = "refused" if exc.refused else "timeout" if exc.code == "timeout" else "failed"
                 raise _Retry(exc, replica) from exc
-            health = "server_error" if status >= 500 else "ok"
+            health = "failed" if status >= 500 else "ok"
         finally:
             self._replicas.release(lease, health)
         try:

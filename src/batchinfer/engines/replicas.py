@@ -5,13 +5,14 @@ one code path. Each replica takes at most ``limit`` requests at once (the model'
 ``max_concurrency``), and a request goes to the replica in rotation with the fewest outstanding,
 ties taken in turn, so that replicas of uneven speed each get what they can answer.
 
-A replica leaves the rotation when it refuses a connection, or after ``max_failures`` 5xx answers
-in a row; the engine then sends the failed request elsewhere at once. After a cooldown (1 s,
-doubling each time it fails again, up to 30 s) the next request goes to it as a single trial (the
-probe): an answer puts it back, a failure starts a longer cooldown. Probes ride on real requests,
-so an idle engine runs no timers. When every replica is out, all of them take requests as if they
-were in: the engine then fails and retries as it would against one server that is down, and the
-first answer puts that replica back.
+A replica leaves the rotation when it refuses a connection, or after ``max_failures`` failures in
+a row (a 5xx answer, or a connection that broke during the request: one keep-alive connection the
+server had just closed is no reason to drop a replica, a few in a row are); the engine then sends
+the failed request elsewhere at once. After a cooldown (1 s, doubling each time it fails again, up
+to 30 s) the next request goes to it as a single trial (the probe): an answer puts it back, a
+failure starts a longer cooldown. Probes ride on real requests, so an idle engine runs no timers.
+When every replica is out, all of them take requests as if they were in: the engine then fails and
+retries as it would against one server that is down, and the first answer puts that replica back.
 
 Waiters are served first come, first served: a request that finds every replica full queues, and
 each release hands the freed slot (or another one) to the oldest waiter.
@@ -26,13 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-MAX_FAILURES = 3  # consecutive 5xx answers that take a replica out of rotation
+MAX_FAILURES = 3  # consecutive failures (5xx, broken connections) that take a replica out
 FIRST_COOLDOWN_S = 1.0
 MAX_COOLDOWN_S = 30.0
 
-# What one request learned about its replica: it answered (any status below 500), it refused or
-# dropped the connection, it answered 5xx, it timed out, or nothing (cancelled before an answer).
-Health = Literal["ok", "refused", "server_error", "timeout", "none"]
+# What one request learned about its replica: it answered (any status below 500), it refused the
+# connection, it failed (answered 5xx, or the connection broke), it timed out, or nothing
+# (cancelled before an answer).
+Health = Literal["ok", "refused", "failed", "timeout", "none"]
 
 
 @dataclass(eq=False)
@@ -42,7 +44,7 @@ class Replica:
     url: str
     limit: int
     outstanding: int = 0
-    failures: int = 0  # 5xx answers in a row
+    failures: int = 0  # failures (5xx, broken connections) in a row
     out_until: float | None = None  # None: in rotation; else when it may be probed
     cooldown_s: float = FIRST_COOLDOWN_S  # how long it stays out the next time it goes out
     probing: bool = False  # a probe is in flight: no second one until it is back
@@ -118,7 +120,7 @@ class ReplicaSet:
             self._back_in(replica)
         elif health == "refused":
             self._failed(replica, lease.probe)
-        elif health == "server_error":
+        elif health == "failed":
             replica.failures += 1
             if replica.failures >= self._max_failures:
                 self._failed(replica, lease.probe)
@@ -126,9 +128,13 @@ class ReplicaSet:
             self._failed(replica, probe=True)
         self._dispatch()
 
-    def can_reroute(self, replica: Replica) -> bool:
-        """True when ``replica`` is out and another one is in: its failure is not the model's."""
-        return not replica.in_rotation and any(other.in_rotation for other in self.replicas)
+    def can_reroute(self, replica: Replica, connection_failed: bool = False) -> bool:
+        """True when a request that just failed on ``replica`` may go to another one without
+        counting as a retry: that one is in rotation, and ``replica`` is out or its connection
+        failed (that replica's trouble, not the model's; a 5xx from a replica in rotation may be
+        the request's own and is retried with backoff, as on one server)."""
+        others = any(other.in_rotation for other in self.replicas if other is not replica)
+        return others and (connection_failed or not replica.in_rotation)
 
     # -- inside -----------------------------------------------------------------------------
 
