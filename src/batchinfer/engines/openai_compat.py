@@ -7,9 +7,9 @@ aiohttp or httpx as ``http_client`` says, see ``http_transports``) and ONE ``Rep
 ``replicas``) shared by every caller: ``max_concurrency`` slots on each of the model's servers.
 Each request takes a slot for one HTTP attempt, on the replica with the fewest in flight, and gives
 it back, so each server sees a steady ``max_concurrency`` requests in flight regardless of chunk
-boundaries (no waves), and a request sleeping in backoff holds no slot. An attempt that failed on a
-replica the set has just taken out of rotation is sent to another one at once, without counting
-against the request's retries (``_post``).
+boundaries (no waves), and a request sleeping in backoff holds no slot. An attempt whose
+connection failed, or that failed on a replica the set has just taken out of rotation, is sent to
+another replica at once, without counting against the request's retries (``_post``).
 
 A request that fails for good becomes an ``ErrorDetail``; only a broken engine raises.
 """
