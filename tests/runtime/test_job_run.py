@@ -6,7 +6,10 @@ server that is never reached each end it as they should, every line accounted fo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -225,3 +228,32 @@ def test_a_job_within_its_max_error_rate_completes(run_job: RunJob) -> None:
         EchoEngine(), prompt=lambda i: f"fail {i}" if i % 10 == 0 else f"ok {i}", max_error_rate=0.25
     )
     assert ended.state.is_completed() and ended.progress.failed == LINES // 10
+
+
+def test_a_job_over_three_replicas_completes_with_every_line_once_when_one_is_killed_mid_job(
+    run_job: RunJob,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(FakeOpenAIServer(latency_ms=5)) for _ in range(3)]
+        urls = [server.base_url for server in servers]
+        engine = OpenAIEngine(
+            MODEL.model_copy(update={"base_url": None, "base_urls": urls, "max_concurrency": 4})
+        )
+        stack.callback(engine.close)
+
+        def kill_the_third_after_300_requests() -> None:
+            while sum(server.requests_total for server in servers) < 300:
+                time.sleep(0.002)
+            servers[2].stop()
+
+        killer = threading.Thread(target=kill_the_third_after_300_requests)
+        killer.start()
+        ended = run_job(engine, lines=900)
+        killer.join(timeout=10)
+        answers = [server.statuses[200] for server in servers]
+    assert ended.state.is_completed(), ended.state
+    records = ended.records()
+    assert sorted(records) == list(range(1, 901))
+    assert all(records[n]["generations"][0]["text"] == f"echo: prompt {n - 1}" for n in records)
+    assert sum(answers) == 900 and answers[2] < 200, answers  # its share moved to the other two
+    assert abs(answers[0] - answers[1]) <= 0.2 * max(answers[:2]), answers
