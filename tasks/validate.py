@@ -45,4 +45,5 @@ def validate(
         endpoint=endpoint,
         prompt=prompt,
         name=name,
+        dedupe=settings.deduplicate,
     )

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         "later runs: it stops after this many seconds without a job (`batchinfer server stop` stops "
         "it now); 0: a temporary server for each run, stopped with it.",
     )
+    deduplicate: bool = Field(
+        default=True,
+        description="Lines whose requests are identical and deterministic (temperature 0, or a seed) "
+        "are sent once, and each gets the answer (marked duplicate_of); false: every line is sent.",
+    )
     fail_fast_after: int = Field(
         default=20,
         ge=0,

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from batchinfer.flows.batch_job import batch_job
 
+from batchinfer.contract import Options, PathType
 from batchinfer.contract import Path as PromptPath
-from batchinfer.contract import PathType
 from batchinfer.engines.base import Engine
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.openai_compat import OpenAIEngine
@@ -257,3 +257,24 @@ def test_a_job_over_three_replicas_completes_with_every_line_once_when_one_is_ki
     assert all(records[n]["generations"][0]["text"] == f"echo: prompt {n - 1}" for n in records)
     assert sum(answers) == 900 and answers[2] < 200, answers  # its share moved to the other two
     assert abs(answers[0] - answers[1]) <= 0.2 * max(answers[:2]), answers
+
+
+def test_a_10000_line_job_with_30_percent_repeated_deterministic_lines_sends_7000_requests(
+    run_job: RunJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHINFER_CHUNK_SIZE", "500")
+    with FakeOpenAIServer(latency_ms=0) as server:
+        engine = OpenAIEngine(MODEL.model_copy(update={"base_url": server.base_url}))
+        try:
+            ended = run_job(
+                engine, lines=10_000, prompt=lambda i: f"question {i % 7000}", options=Options(temperature=0)
+            )
+        finally:
+            engine.close()
+        sent = server.requests_total
+    assert ended.state.is_completed(), ended.state
+    assert sent == 7_000 and ended.progress.deduplicated == 3_000
+    records = ended.records()
+    assert sorted(records) == list(range(1, 10_001))
+    assert all(records[n]["generations"][0]["text"] == f"echo: question {(n - 1) % 7000}" for n in records)
+    assert all(records[n].get("duplicate_of") == (n - 7000 if n > 7000 else None) for n in records)

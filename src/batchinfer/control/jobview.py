@@ -71,6 +71,8 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
     for name in ("prompt_template", "system_prompt"):
         if (value := getattr(params, name)) is not None:
             metadata[name] = value
+    if progress.deduplicated:  # answered by copying an identical earlier line's answer, not sent
+        metadata["request_counts"]["deduplicated"] = progress.deduplicated
     if progress.chunks:
         metadata["chunks"] = {"total": progress.chunks, "done": progress.chunks_done}
     if progress.blank_lines:

@@ -1,5 +1,5 @@
-"""Merging line errors and chunk results, in input order, into the success and error files and
-the results table.
+"""Merging line errors, chunk results and copies for duplicate lines (``duplicates``), in input
+order, into the success and error files and the results table.
 
 Every source is already sorted by line, so a streaming k-way merge keeps memory flat. The merge
 checks the one promise that matters: each non-blank input line lands in exactly one output file.
@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from batchinfer.errors import JobError
+from batchinfer.pipeline.duplicates import DuplicateCopies, duplicate_entries
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
 from batchinfer.pipeline.results_table import ResultsTable
 from batchinfer.records import ErrorDetail, ErrorRecord
@@ -44,7 +45,12 @@ def gather_outputs(
 ) -> GatherCounts:
     """Write ``success.jsonl``, ``errors.jsonl`` and ``results.parquet`` (every line's outcome, with
     a table's carried columns). ``file_error`` adds a whole-file record (line null) to the errors."""
-    sources = [line_records(layout.line_errors), *(line_records(p) for p in result_paths)]
+    sources = [
+        line_records(layout.line_errors),
+        duplicate_entries(layout.duplicates),
+        *(line_records(p) for p in result_paths),
+    ]
+    copies = DuplicateCopies(layout.duplicates)
     succeeded = failed = 0
     previous = 0
     with (
@@ -53,7 +59,8 @@ def gather_outputs(
         atomic_write(layout.results, "wb") as results_file,
         ResultsTable(results_file, layout.carried_columns) as results,
     ):
-        for line, raw, obj in heapq.merge(*sources, key=lambda record: record[0]):
+        for record in heapq.merge(*sources, key=lambda record: record[0]):
+            line, raw, obj = copies.resolve(record)
             if line <= previous:
                 raise JobError(f"Line {line} appears twice in the chunk results", code="duplicate_line")
             previous = line

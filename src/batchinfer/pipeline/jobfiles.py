@@ -63,6 +63,11 @@ class JobLayout:
     def line_errors(self) -> Path:
         return self.work / "line_errors.jsonl"
 
+    @property
+    def duplicates(self) -> Path:
+        """Lines not sent because an identical earlier one was (``pipeline.duplicates``)."""
+        return self.work / "duplicates.jsonl"
+
     def chunk_input(self, index: int) -> Path:
         return self.work / "chunks" / f"input-{index:05d}.jsonl"
 
@@ -111,6 +116,7 @@ class JobProgress(BaseModel):
     chunk_key: str | None = None
     chunks_done: int = 0
     blank_lines: int = 0
+    deduplicated: int = 0  # lines answered by copying an identical earlier line's answer
     prompt_tokens: int = 0
     completion_tokens: int = 0
     outputs_ready: bool = False

@@ -1,7 +1,8 @@
 """A job's records finished so far, in input order, while it runs (``GET /batch_inference/job_results``).
 
 A chunk's result file is written whole, renamed into place when the chunk ends, and sorted by line;
-the invalid lines found by validation are in ``line_errors.jsonl``. So the records of every line
+the invalid lines found by validation are in ``line_errors.jsonl``, the lines that repeat an earlier
+one in ``duplicates.jsonl``. So the records of every line
 before the first chunk that has not finished are final, and a k-way merge of those files gives
 them in input order: the same records, byte for byte, that gather will write to the two output
 files. Once the outputs are written, they are read instead (they also hold a whole-file error,
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from batchinfer.pipeline.duplicates import DuplicateCopies, duplicate_entries
 from batchinfer.pipeline.gather import line_records
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
 
@@ -46,10 +48,16 @@ def _from_chunks(layout: JobLayout, progress: JobProgress, after_line: int) -> I
             boundary = _first_line(layout.chunk_input(index))
             break
         finished.append(result)
-    sources = [line_records(layout.line_errors), *(line_records(path) for path in finished)]
-    for line, raw, _ in _merged(sources):
-        if boundary is not None and line >= boundary:
-            return
+    sources = [
+        line_records(layout.line_errors),
+        duplicate_entries(layout.duplicates),
+        *(line_records(path) for path in finished),
+    ]
+    copies = DuplicateCopies(layout.duplicates)
+    for record in _merged(sources):
+        if boundary is not None and record[0] >= boundary:
+            return  # (a duplicate before it copies a line before it: one already final)
+        line, raw, _ = copies.resolve(record)
         if line > after_line:
             yield raw
 

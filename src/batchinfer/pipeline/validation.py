@@ -22,6 +22,7 @@ from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.errors import PromptTableError
 from batchinfer.pipeline.chunking import plan_chunk_size
+from batchinfer.pipeline.duplicates import DuplicateFinder
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
 from batchinfer.pipeline.parsing import parse_line
 from batchinfer.pipeline.tables import (
@@ -60,6 +61,7 @@ class ValidationSummary(BaseModel):
     blank_lines: int
     chunk_size: int
     chunks: list[ChunkSpec]
+    duplicates: int = 0  # valid lines not sent: an identical earlier deterministic line is
     file_error: ErrorDetail | None = None  # set when the file as a whole is unusable
     endpoint: Endpoint = Endpoint.chat  # the one endpoint every valid line of the job names
 
@@ -115,18 +117,23 @@ def validate_prompt_file(
     endpoint: Endpoint | None = None,
     prompt: PromptTemplate | None = None,
     name: str | None = None,
+    dedupe: bool = True,
 ) -> ValidationSummary:
     """Split ``source`` into chunk input files of valid prompts and a file of line errors.
 
     ``source`` is a JSONL file, or a table (``pipeline.tables``: Parquet by its magic, CSV by
     ``name``, the path or URI the user gave), whose rows go the same way as lines: row ``n`` is line
     ``n``. A job runs one endpoint: ``endpoint`` when the job declares it (an OpenAI batch does),
-    else the first valid line's; a line naming another is a ``mismatched_endpoint`` line error."""
+    else the first valid line's; a line naming another is a ``mismatched_endpoint`` line error.
+    ``dedupe``: a line repeating an earlier deterministic request is not sent (``duplicates``)."""
     limits, prompt = limits or Limits(), prompt or PromptTemplate()
     layout.carried_columns.unlink(missing_ok=True)  # an earlier run's, of another input perhaps
+    layout.duplicates.unlink(missing_ok=True)
     fmt = table_format(source, name)
     if fmt is not None:
-        return _validate_table(source, fmt, layout, params, chunk_size, limits=limits, prompt=prompt)
+        return _validate_table(
+            source, fmt, layout, params, chunk_size, limits=limits, prompt=prompt, dedupe=dedupe
+        )
     if prompt.is_set:
         failure = template_needs_table()
         return _failed(ErrorDetail(code=failure.code, message=failure.message), chunk_size)
@@ -136,7 +143,7 @@ def validate_prompt_file(
     digest = hashlib.sha256()
     with open(source, "rb") as handle:
         outcomes = _line_outcomes(handle, digest, params, limits, defaults)
-        split = _split(outcomes, layout, plan_chunk_size(physical_lines, chunk_size), endpoint)
+        split = _split(outcomes, layout, plan_chunk_size(physical_lines, chunk_size), endpoint, dedupe)
     return split.summary(digest.hexdigest())
 
 
@@ -165,6 +172,7 @@ def _validate_table(
     *,
     limits: Limits,
     prompt: PromptTemplate,
+    dedupe: bool,
 ) -> ValidationSummary:
     """A table's rows as lines; its carried columns into ``layout.carried_columns``."""
     try:
@@ -175,7 +183,7 @@ def _validate_table(
             return _too_many_lines(rows, limits.max_lines, chunk_size)
         with CarriedColumns(layout.carried_columns, schema, plan) as carried:
             outcomes = _row_outcomes(source, fmt, plan, prompt, params, carried=carried)
-            split = _split(outcomes, layout, plan_chunk_size(rows, chunk_size), None)
+            split = _split(outcomes, layout, plan_chunk_size(rows, chunk_size), None, dedupe)
     except PromptTableError as exc:
         return _failed(ErrorDetail(code=exc.code, message=exc.message), chunk_size)
     except pa.ArrowException as exc:  # a corrupt Parquet file, a CSV whose types change midway
@@ -215,6 +223,7 @@ class _Split:
     tally: _Tally
     chunks: _ChunkWriter
     endpoints: _EndpointCheck
+    duplicates: int
 
     def summary(self, input_sha256: str) -> ValidationSummary:
         tally = self.tally
@@ -226,15 +235,24 @@ class _Split:
             blank_lines=tally.blank,
             chunk_size=self.chunks.size,
             chunks=self.chunks.specs,
+            duplicates=self.duplicates,
             file_error=_file_error(tally.valid + tally.invalid, tally.valid, tally.codes),
             endpoint=self.endpoints.job_endpoint or Endpoint.chat,
         )
 
 
-def _split(outcomes: Iterable[Outcome], layout: JobLayout, size: int, endpoint: Endpoint | None) -> _Split:
-    """Every outcome to its place: valid requests into chunk files, line errors into one file."""
+def _split(
+    outcomes: Iterable[Outcome], layout: JobLayout, size: int, endpoint: Endpoint | None, dedupe: bool
+) -> _Split:
+    """Every outcome to its place: valid requests into chunk files (a repeat of an earlier
+    deterministic one, with ``dedupe``, into the duplicates file), line errors into one file."""
     tally, endpoints = _Tally(), _EndpointCheck(endpoint)
-    with atomic_write(layout.line_errors) as errors_out, _ChunkWriter(layout, size) as chunks:
+    with (
+        atomic_write(layout.line_errors) as errors_out,
+        atomic_write(layout.duplicates) as duplicates_out,
+        _ChunkWriter(layout, size) as chunks,
+    ):
+        finder = DuplicateFinder(duplicates_out)
         for outcome in outcomes:
             if outcome is None:
                 tally.blank += 1
@@ -245,8 +263,9 @@ def _split(outcomes: Iterable[Outcome], layout: JobLayout, size: int, endpoint: 
                 errors_out.write(checked.model_dump_json() + "\n")
             else:
                 tally.valid += 1
-                chunks.write(checked)
-    return _Split(tally, chunks, endpoints)
+                if not (dedupe and finder.duplicate_of(checked)):
+                    chunks.write(checked)
+    return _Split(tally, chunks, endpoints, finder.count)
 
 
 @dataclass

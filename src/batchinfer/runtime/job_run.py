@@ -138,6 +138,7 @@ class JobRun:
         progress = self.reporter.progress
         progress.endpoint, progress.total, progress.failed = summary.endpoint, summary.lines, summary.invalid
         progress.chunks, progress.blank_lines = len(summary.chunks), summary.blank_lines
+        progress.deduplicated = summary.duplicates
         if summary.file_error is not None:
             self.tasks.gather(str(self.layout.root), [], summary.lines, summary.file_error)
             progress.outputs_ready = True
@@ -145,7 +146,7 @@ class JobRun:
         # Everything that shapes a chunk's requests: a resumed job reuses results only when all match.
         shape = (
             f"{params.model_dump_json()}|{defaults.model_dump_json()}|{self.params.endpoint}"
-            f"|{prompt.model_dump_json() if prompt.is_set else ''}"
+            f"|{prompt.model_dump_json() if prompt.is_set else ''}|dedupe={self.settings.deduplicate}"
         )
         key = chunk_key(summary.input_sha256, summary.chunk_size, self.config.model_dump_json(), shape)
         self.result_paths = [str(self.layout.chunk_result(c.index, key)) for c in summary.chunks]
