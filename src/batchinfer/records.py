@@ -86,6 +86,10 @@ class SuccessRecord(BaseModel):
         default=None,
         description="The model server's answer as it sent it (engines that talk to a server).",
     )
+    cached: bool = Field(
+        default=False,
+        description="The answer came from the model's result cache (``cache: true``), not the model.",
+    )
 
 
 class ErrorRecord(BaseModel):
@@ -99,8 +103,8 @@ class ErrorRecord(BaseModel):
 def dump_record(record: SuccessRecord | ErrorRecord) -> str:
     """One JSONL line (no newline). Unset fields of a generation are dropped to keep lines lean;
     the record's own fields (``custom_id`` included) are always present, ``embeddings`` and
-    ``response`` when there are some. Built from pydantic's compiled serializer piece by piece:
-    this runs once per prompt, on the hot path."""
+    ``response`` when there are some, ``cached`` when true. Built from pydantic's compiled
+    serializer piece by piece: this runs once per prompt, on the hot path."""
     if isinstance(record, ErrorRecord):
         return record.model_dump_json()
     generations = ",".join(g.model_dump_json(exclude_none=True) for g in record.generations)
@@ -109,6 +113,8 @@ def dump_record(record: SuccessRecord | ErrorRecord) -> str:
         extra += f',"embeddings":{_json(record.embeddings)}'
     if record.response is not None:
         extra += f',"response":{_json(record.response)}'
+    if record.cached:
+        extra += ',"cached":true'
     return (
         f'{{"line":{record.line},"custom_id":{_json(record.custom_id)},'
         f'"generations":[{generations}],"usage":{record.usage.model_dump_json()}{extra}}}'

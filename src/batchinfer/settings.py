@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         description="Lines whose requests are identical and deterministic (temperature 0, or a seed) "
         "are sent once, and each gets the answer (marked duplicate_of); false: every line is sent.",
     )
+    result_cache_max_bytes: int = Field(
+        default=GiB,
+        ge=1,
+        description="Size cap of the result cache of models with `cache: true` "
+        "($BATCHINFER_HOME/result-cache.sqlite3); past it, the answers used least recently go.",
+    )
     fail_fast_after: int = Field(
         default=20,
         ge=0,
@@ -265,3 +271,8 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def result_cache_path(self) -> Path:
+        """The answers of models with ``cache: true`` (``pipeline.result_cache``)."""
+        return self.home / "result-cache.sqlite3"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,7 +89,7 @@ def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: No
             "".join(json.dumps([{"role": "user", "text": prompt(i)}]) + "\n" for i in range(lines))
         )
         source = PromptPath(type=PathType.filepath, value=str(prompts))
-        out = tmp_path / "out"
+        out = Path(parameters.pop("output_dir", tmp_path / "out"))
         with engine_in_use(MODEL, context, engine):
             state = batch_job(
                 model=MODEL.id, prompt_file=source, output_dir=str(out), return_state=True, **parameters
@@ -278,3 +279,32 @@ def test_a_10000_line_job_with_30_percent_repeated_deterministic_lines_sends_700
     assert sorted(records) == list(range(1, 10_001))
     assert all(records[n]["generations"][0]["text"] == f"echo: question {(n - 1) % 7000}" for n in records)
     assert all(records[n].get("duplicate_of") == (n - 7000 if n > 7000 else None) for n in records)
+
+
+def test_with_the_cache_on_a_rerun_sends_nothing_and_a_file_with_1000_lines_changed_sends_1000(
+    run_job: RunJob, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cached_model = {**MODEL.model_dump(exclude_none=True), "cache": True}
+    Path(os.environ["BATCHINFER_MODELS"]).write_text(yaml.safe_dump({"models": [cached_model]}))
+    monkeypatch.setenv("BATCHINFER_CHUNK_SIZE", "500")
+    greedy = Options(temperature=0)
+    with FakeOpenAIServer(latency_ms=0) as server:
+        engine = OpenAIEngine(MODEL.model_copy(update={"base_url": server.base_url}))
+        sent = []
+        try:
+            for changed in (0, 0, 1_000):  # the first run, the same file again, 1,000 lines changed
+                before = server.requests_total
+                ended = run_job(
+                    engine,
+                    lines=10_000,
+                    prompt=lambda i, changed=changed: f"{'new ' if i < changed else ''}q {i % 7000}",
+                    options=greedy,
+                    output_dir=str(tmp_path / f"out-{len(sent)}"),
+                )
+                assert ended.state.is_completed(), ended.state
+                sent.append(server.requests_total - before)
+        finally:
+            engine.close()
+    assert sent == [7_000, 0, 1_000]
+    records = ended.records()
+    assert len(records) == 10_000 and records[1001]["cached"] is True and "cached" not in records[1]

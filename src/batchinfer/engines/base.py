@@ -72,6 +72,12 @@ class PromptRequest(BaseModel):
 InferenceOutcome: TypeAlias = Completion | ErrorDetail
 
 
+def deterministic(request: PromptRequest) -> bool:
+    """Whether sending ``request`` again should give the same answer: greedy, or seeded. Such a
+    request is sent once per job (``pipeline.duplicates``) and may be answered from the cache."""
+    return request.params.temperature == 0 or request.params.seed is not None
+
+
 @dataclass(frozen=True)
 class InFlightCap:
     """At most ``limit`` requests in flight across every ``infer`` call in this process that passes

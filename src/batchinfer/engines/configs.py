@@ -40,6 +40,13 @@ class _ModelConfigBase(BaseModel):
     price_per_million_output_tokens: float | None = Field(
         default=None, ge=0, exclude=True, description="Price of one million generated tokens."
     )
+    # Whether answers are kept across jobs, not how the model answers: excluded from its JSON.
+    cache: bool = Field(
+        default=False,
+        exclude=True,
+        description="Keep this model's answers to deterministic requests (temperature 0, or a seed) "
+        "across jobs, so that a re-run sends only what changed; marked `cached` in the records.",
+    )
     # How a job judges its failures, not how the model answers: excluded from the config's JSON too.
     max_error_rate: float | None = Field(
         default=None,

@@ -23,6 +23,7 @@ from batchinfer.engines.base import (
     StopFlag,
 )
 from batchinfer.pipeline.jobfiles import atomic_write
+from batchinfer.pipeline.result_cache import ResultCache
 from batchinfer.records import Completion, ErrorDetail, ErrorRecord, SuccessRecord, dump_record
 
 
@@ -70,9 +71,14 @@ class ChunkFiles:
 
 
 def run_chunk(
-    chunk: ChunkFiles, engine: Engine, stop: StopFlag | None = None, max_in_flight: InFlightCap | None = None
+    chunk: ChunkFiles,
+    engine: Engine,
+    stop: StopFlag | None = None,
+    max_in_flight: InFlightCap | None = None,
+    cache: ResultCache | None = None,
 ) -> ChunkCounts:
-    """Run the chunk (or what a cancel left of it) and write its result file; its counts."""
+    """Run the chunk (or what a cancel left of it) and write its result file; its counts. With a
+    ``cache``, the requests it has answers for are answered from it, and new answers kept in it."""
     requests = read_requests(chunk.input_path)
     kept: dict[int, tuple[str, dict[str, Any]]] = {}  # line -> finished record, raw and parsed
     if chunk.result_path.exists():
@@ -83,13 +89,32 @@ def run_chunk(
                 _count_parsed(counts, obj)
             return counts
         requests = [r for r in requests if r.line not in kept]
+    keys = {} if cache is None else {r.line: key for r in requests if (key := cache.key(r)) is not None}
+    fresh, requests = _answered_from_cache(cache, keys, requests)
     outcomes = _outcomes(requests, engine, stop, max_in_flight)
     if len(outcomes) != len(requests):
         raise RuntimeError(
             f"Engine returned {len(outcomes)} outcomes for {len(requests)} requests in chunk {chunk.index}"
         )
-    fresh = {r.line: to_record(r, o) for r, o in zip(requests, outcomes, strict=True)}
+    fresh.update({r.line: to_record(r, o) for r, o in zip(requests, outcomes, strict=True)})
+    if cache is not None:  # only answers: a failure is worth asking again
+        found = zip(requests, outcomes, strict=True)
+        cache.put({keys[r.line]: o for r, o in found if r.line in keys and isinstance(o, Completion)})
     return _write(chunk, kept, fresh)
+
+
+def _answered_from_cache(
+    cache: ResultCache | None, keys: dict[int, bytes], requests: list[PromptRequest]
+) -> tuple[dict[int, SuccessRecord | ErrorRecord], list[PromptRequest]]:
+    """The records of the requests the cache has answers for (marked cached), and the others."""
+    if cache is None or not keys:
+        return {}, requests
+    answers = cache.get(list(keys.values()))
+    hits: dict[int, SuccessRecord | ErrorRecord] = {}
+    for request in requests:
+        if (answer := answers.get(keys.get(request.line, b""))) is not None:
+            hits[request.line] = to_record(request, answer).model_copy(update={"cached": True})
+    return hits, [r for r in requests if r.line not in hits]
 
 
 def _outcomes(

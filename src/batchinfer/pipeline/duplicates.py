@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchinfer import jsonwire
-from batchinfer.engines.base import PromptRequest
+from batchinfer.engines.base import PromptRequest, deterministic
 
 DUPLICATE_OF = "duplicate_of"
 Record = tuple[int, str, dict[str, Any]]
@@ -39,7 +39,7 @@ class DuplicateFinder:
     def duplicate_of(self, request: PromptRequest) -> int | None:
         """The line of the earlier identical request, noted in the duplicates file; None when
         ``request`` is to be sent."""
-        if request.params.temperature != 0 and request.params.seed is None:
+        if not deterministic(request):
             return None  # sampled: two identical requests are two draws, both wanted
         shape = request.model_dump_json(exclude={"line", "custom_id"}).encode()
         first = self._first.setdefault(hashlib.blake2b(shape, digest_size=16).digest(), request.line)

@@ -17,6 +17,7 @@ from batchinfer.engines.base import InFlightCap
 from batchinfer.engines.configs import EngineContext
 from batchinfer.engines.registry import AnyModelConfig
 from batchinfer.pipeline.chunk_run import ChunkCounts
+from batchinfer.pipeline.result_cache import CacheSpec
 from batchinfer.runtime.deadline import DoneFuture
 from batchinfer.settings import Settings
 
@@ -41,6 +42,7 @@ class ChunkWork:
     context: EngineContext
     job_id: str | None = None
     max_in_flight: InFlightCap | None = None
+    cache: CacheSpec | None = None  # the model's result cache (``cache: true``), else None
 
     def at(self, input_path: str, result_path: str) -> ChunkWork:
         """The same work with its files somewhere else (on shared storage), for another process:

@@ -32,6 +32,7 @@ from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
 from batchinfer.pipeline.chunking import chunk_key
 from batchinfer.pipeline.gather import GatherCounts, gather_outputs
 from batchinfer.pipeline.jobfiles import JobLayout, job_layout
+from batchinfer.pipeline.result_cache import CacheSpec
 from batchinfer.pipeline.tables import PromptTemplate
 from batchinfer.pipeline.validation import ChunkSpec, ValidationSummary
 from batchinfer.runtime.cancellation import (
@@ -246,7 +247,12 @@ class JobRun:
         self, executor: ChunkExecutor, context: EngineContext, cap: InFlightCap | None
     ) -> Callable[[ChunkSpec], DoneFuture[ChunkCounts]]:
         assert self.config is not None
-        config = self.config
+        config, settings = self.config, self.settings
+        cache = None
+        if config.cache:  # by the config's JSON: a changed setting of the model changes the answers
+            cache = CacheSpec(
+                str(settings.result_cache_path), config.model_dump_json(), settings.result_cache_max_bytes
+            )
 
         def submit(chunk: ChunkSpec) -> DoneFuture[ChunkCounts]:
             self.submitted.add(chunk.index)
@@ -258,6 +264,7 @@ class JobRun:
                 context,
                 self.job_id,
                 cap,
+                cache,
             )
             return executor.submit(work)
 

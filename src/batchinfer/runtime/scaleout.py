@@ -54,15 +54,16 @@ def is_url(path: str) -> bool:
 
 def run_chunk_at(work: ChunkWork, engine: Engine, stop: StopFlag | None = None) -> ChunkCounts:
     """``run_chunk`` for a chunk whose files are local paths or URLs on shared storage."""
+    cache = None if work.cache is None else work.cache.open()
     if not is_url(work.input_path) and not is_url(work.result_path):
         files = ChunkFiles(work.index, Path(work.input_path), Path(work.result_path))
-        return run_chunk(files, engine, stop, work.max_in_flight)
+        return run_chunk(files, engine, stop, work.max_in_flight, cache)
     with tempfile.TemporaryDirectory(prefix="batchinfer-chunk-") as tmp:
         local = ChunkFiles(work.index, Path(tmp) / "input.jsonl", Path(tmp) / "result.jsonl")
         download(work.input_path, local.input_path)
         if _exists(work.result_path):  # an earlier run's result: run_chunk reuses or completes it
             download(work.result_path, local.result_path)
-        counts = run_chunk(local, engine, stop, work.max_in_flight)
+        counts = run_chunk(local, engine, stop, work.max_in_flight, cache)
         if not counts.reused:  # reused: the file on shared storage is already this result
             upload(local.result_path, work.result_path)
         return counts
