@@ -220,6 +220,9 @@ def run_batchinfer(
         BATCHINFER_HOME=str(home),
         BATCHINFER_MODELS=str(models),
         BATCHINFER_CHUNK_SIZE=str(args.chunk_size),
+        # Every prompt generated, as vLLM's run-batch does: a repeated greedy prompt is not sent twice
+        # by default, which would flatter batchinfer's tokens/s.
+        BATCHINFER_DEDUPLICATE="false",
     )
     env.pop("PREFECT_API_URL", None)  # a temporary server of its own, as `batchinfer run` does alone
     cmd = [
