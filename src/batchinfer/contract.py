@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 from typing import Any
-from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -157,7 +156,10 @@ class RetryFailedRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    job_id: UUID = Field(description="The job whose failed lines run again (it must have ended).")
+    job_id: str = Field(
+        description="The job whose failed lines run again (it must have ended); an OpenAI batch's id "
+        "names its job too."
+    )
     every_error: bool = Field(
         default=False,
         alias="all",

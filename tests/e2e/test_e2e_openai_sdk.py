@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types import Batch
 
+from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, read_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -324,3 +326,23 @@ def test_refusals_come_as_the_sdks_typed_errors(client: openai.OpenAI) -> None:
             endpoint="/v1/images/generations",
             completion_window="24h",
         )
+
+
+def test_retry_failed_of_a_batch_rewrites_its_output_and_error_files_through_the_sdk(
+    client: openai.OpenAI, served: ServeProcess, fake_openai: FakeOpenAIServer
+) -> None:
+    texts = {f"again-{i}": f"openai retry {i}" + (" [fault:503]" if i % 4 == 0 else "") for i in range(12)}
+    rows = [batch_line(cid, text, model="fake-faults", max_tokens=16) for cid, text in texts.items()]
+    batch, _ = poll(client, start(client, jsonl(rows), "retry.jsonl").id, ENDED)
+    assert batch.status == "completed" and len(lines_of(client, batch.error_file_id)) == 3
+    try:
+        fake_openai.faults = False  # the server recovers
+        response = httpx.post(served.url + "/batch_inference/retry_failed", json={"job_id": batch.id})
+        assert response.status_code == 200, response.text
+        retried, _ = poll(client, batch.id, ENDED)
+    finally:
+        fake_openai.faults = True
+    assert retried.status == "completed" and retried.error_file_id is None
+    assert answers(lines_of(client, retried.output_file_id)) == {
+        cid: f"echo: {t}" for cid, t in texts.items()
+    }

@@ -31,18 +31,23 @@ def _catalog(request: Request) -> ModelCatalog:
     return catalog
 
 
-def _job_uuid(
-    job_id: Annotated[str, Query(description="Unique identifier for the batch inference job.")],
-) -> UUID:
+def job_uuid(job_id: str, location: str = "query") -> UUID:
+    """The job a ``job_id`` names: a job id, or an OpenAI batch id (``batch_<job id>``)."""
     try:
         return UUID(job_id.removeprefix(BATCH_ID_PREFIX))  # an OpenAI batch id names its job too
     except ValueError:
         raise RequestError(
             f"{job_id!r} is not a job id (a UUID such as submit_job returns).",
             field="job_id",
-            location="query",
+            location=location,
             code="invalid_job_id",
         ) from None
+
+
+def _job_uuid(
+    job_id: Annotated[str, Query(description="Unique identifier for the batch inference job.")],
+) -> UUID:
+    return job_uuid(job_id)
 
 
 BackendDep = Annotated[JobBackend, Depends(_backend)]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
-from batchinfer.api.deps import BackendDep, CatalogDep, JobIdDep, SettingsDep
+from batchinfer.api.deps import BackendDep, CatalogDep, JobIdDep, SettingsDep, job_uuid
 from batchinfer.api.submission import prepare_job
 from batchinfer.contract import BatchInference, JobPage, JobStatus, RetryFailedRequest, SubmitJobRequest
 from batchinfer.pipeline.live_results import finished_so_far
@@ -98,7 +98,7 @@ async def resume_job(jobs: BackendDep, job_id: JobIdDep) -> BatchInference:
     "with no such line.",
 )
 async def retry_failed(jobs: BackendDep, body: RetryFailedRequest) -> BatchInference:
-    return await jobs.retry_failed(body.job_id, body.every_error)
+    return await jobs.retry_failed(job_uuid(body.job_id, location="body"), body.every_error)
 
 
 @router.post(
