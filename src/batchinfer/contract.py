@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# A share of a job's requests, from 0 to 1: the ``max_error_rate`` of a request, a job or a model.
+ErrorShare = Annotated[float, Field(ge=0, le=1)]
 
 
 class MediaAttachmentType(str, Enum):
@@ -107,10 +110,8 @@ class SubmitJobRequest(BaseModel):
         description="Extension, for a Parquet or CSV prompt file: a system message sent before each "
         "row's prompt.",
     )
-    max_error_rate: float | None = Field(
+    max_error_rate: ErrorShare | None = Field(
         default=None,
-        ge=0,
-        le=1,
         description="Extension: the job stops and fails `error_rate_exceeded` once more than this share "
         "of its requests failed (judged after 100 requests, or at the end). Default: the model's "
         "`max_error_rate` in the models file, else none.",

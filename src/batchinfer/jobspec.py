@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from batchinfer.contract import Options, Path
+from batchinfer.contract import ErrorShare, Options, Path
 from batchinfer.endpoints import Endpoint
 
 PHASE_VALIDATING = "Validating"
@@ -30,8 +30,8 @@ class JobParameters(BaseModel):
         default=None, description="A table's prompts, built from each row's columns: {column}."
     )
     system_prompt: str | None = Field(default=None, description="A system message before each row's.")
-    max_error_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Fail `error_rate_exceeded` past this share of failures."
+    max_error_rate: ErrorShare | None = Field(
+        default=None, description="Fail `error_rate_exceeded` past this share of failures."
     )
     endpoint: Endpoint | None = Field(
         default=None,

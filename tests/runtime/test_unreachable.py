@@ -27,7 +27,7 @@ def test_a_job_is_model_unreachable_only_when_no_request_ever_connected(
 
 
 def test_the_unreachable_error_names_the_server_the_count_and_how_to_resume() -> None:
-    error = unreachable_error("job-1", "llama", "http://10.0.0.5:8000/v1", 120)
+    error = unreachable_error("job-1", "llama", ["http://10.0.0.5:8000/v1"], 120)
     assert error.code == "model_unreachable"
     assert "http://10.0.0.5:8000/v1" in error.message
     assert "all 120 requests failed to connect" in error.message
@@ -35,7 +35,7 @@ def test_the_unreachable_error_names_the_server_the_count_and_how_to_resume() ->
 
 
 def test_without_a_base_url_the_unreachable_error_names_the_model() -> None:
-    assert "model 'local'" in unreachable_error("job-1", "local", None, 3).message
+    assert "model 'local'" in unreachable_error("job-1", "local", [], 3).message
 
 
 def test_the_unreachable_error_of_a_model_with_replicas_names_every_one() -> None:

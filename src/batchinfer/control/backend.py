@@ -129,7 +129,7 @@ class PrefectJobBackend:
     async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
         """The job as it is now, and where its files are (to read what it has finished so far)."""
         flow_run, job = await self._read_job(job_id)
-        return job, job_layout(str(job_id), dict(flow_run.parameters), self._jobs_dir)
+        return job, self._layout(flow_run)
 
     async def resume(self, job_id: UUID) -> BatchInference:
         """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"
@@ -149,12 +149,15 @@ class PrefectJobBackend:
         refusal = retry_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
         if refusal is not None:
             raise JobNotRetryableError(refusal)
-        layout = job_layout(str(job_id), dict(flow_run.parameters), self._jobs_dir)
+        layout = self._layout(flow_run)
         progress = read_progress(layout) or JobProgress()
         lines = await anyio.to_thread.run_sync(strip_failed, layout, progress, every_error)
         if not lines:
             raise JobNotRetryableError(nothing_to_retry(str(job_id), every_error))
         return await self._reschedule(job_id, retry_state(lines), JobNotRetryableError)
+
+    def _layout(self, flow_run: Any) -> JobLayout:
+        return job_layout(str(flow_run.id), dict(flow_run.parameters), self._jobs_dir)
 
     async def _settled_state_type(self, flow_run: Any) -> str:
         state_type: str = flow_run.state.type.value if flow_run.state else "PENDING"

@@ -129,16 +129,25 @@ FATAL_LINE_CODES = {
     "http_404": "model_not_found",
     "quota_exhausted": "quota_exhausted",
 }
+# The job code (and the code of each line it cut short) of a job past its ``max_error_rate``.
+ERROR_RATE_EXCEEDED = "error_rate_exceeded"
 # Codes of lines a stopped job never finished (a cancel, an expiry, a fail-fast stop).
-ABANDONED_CODES = frozenset({CANCELLED.code, EXPIRED.code, *FATAL_LINE_CODES.values(), "error_rate_exceeded"})
-# Line codes of failures that may well succeed when sent again later: the engine retried them and
-# ran out of retries (``retry_failed`` runs them again; the others fail the same way again).
-RETRYABLE_CODES = frozenset({"timeout", "connection_error", "http_408", "http_429"})
+ABANDONED_CODES = frozenset({CANCELLED.code, EXPIRED.code, *FATAL_LINE_CODES.values(), ERROR_RATE_EXCEEDED})
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP answer with ``status`` is worth sending again: the HTTP engine retries these,
+    and ``retry_failed`` runs again the lines that ran out of retries on one."""
+    return status in (408, 429) or status >= 500
 
 
 def retryable(code: str) -> bool:
-    """Whether a line that failed with ``code`` may succeed when sent again (a 5xx counts)."""
-    return code in RETRYABLE_CODES or (code.startswith("http_5") and len(code) == len("http_500"))
+    """Whether a line that failed with ``code`` may succeed when sent again: a timeout, a failed
+    connection, or an ``http_<status>`` the engine retries (``retryable_status``)."""
+    if code in ("timeout", "connection_error"):
+        return True
+    status = code.removeprefix("http_")
+    return code.startswith("http_") and status.isdigit() and retryable_status(int(status))
 
 
 # What a resume runs again: the lines never finished, and those that failed for a reason the user

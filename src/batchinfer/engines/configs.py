@@ -17,6 +17,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from batchinfer.contract import ErrorShare
+
 HttpClient = Literal["aiohttp", "httpx"]
 
 
@@ -48,10 +50,8 @@ class _ModelConfigBase(BaseModel):
         "across jobs, so that a re-run sends only what changed; marked `cached` in the records.",
     )
     # How a job judges its failures, not how the model answers: excluded from the config's JSON too.
-    max_error_rate: float | None = Field(
+    max_error_rate: ErrorShare | None = Field(
         default=None,
-        ge=0,
-        le=1,
         exclude=True,
         description="A job of this model stops and fails `error_rate_exceeded` once more than this "
         "share of its requests failed (judged after 100, or at the end); a job's own value wins.",

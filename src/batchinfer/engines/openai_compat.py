@@ -38,6 +38,7 @@ from batchinfer.engines.base import (
     OutcomeWatch,
     PromptRequest,
     StopFlag,
+    retryable_status,
 )
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.http_transports import RetryableError, Transport, make_transport
@@ -76,12 +77,18 @@ class _Retry(Exception):
 _INSUFFICIENT_QUOTA = "insufficient_quota"
 
 
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """An error body as the JSON object it usually is, else None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _error_code(body: bytes) -> str | None:
     """The ``error.code`` (else ``error.type``) of an OpenAI-style error body, if it has one."""
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        return None
+    error = (_json_object(body) or {}).get("error")
     if not isinstance(error, dict):
         return None
     code = error.get("code") or error.get("type")
@@ -105,11 +112,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def _server_message(body: bytes) -> str:
     """The server's ``error.message`` for OpenAI-style JSON, else the (cut) body text."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
+    data = _json_object(body)
+    if data is not None:
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return error["message"][:_MAX_ERROR_BODY]
@@ -433,7 +437,7 @@ def _answer_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
             f"HTTP 429 insufficient_quota: {_server_message(body)} Add credit or raise the quota "
             "with the provider, then resume the job.",
         )
-    if status in (408, 429) or status >= 500:
+    if retryable_status(status):
         reason = f"HTTP {status}: {_server_message(body)}"
         retry_after = parse_retry_after(headers.get("Retry-After"))
         raise RetryableError(f"http_{status}", reason, retry_after)

@@ -7,6 +7,7 @@ again."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,13 +168,25 @@ def _write(
 def _finished_records(result_path: Path) -> dict[int, tuple[str, dict[str, Any]]]:
     """An existing result file's records by line, without the ones a stop cut short or that failed
     for a reason the user fixes before resuming (``RERUN_ON_RESUME``)."""
-    finished = {}
+    finished, _ = records_to_keep(result_path, lambda code: code in RERUN_ON_RESUME)
+    return finished
+
+
+def records_to_keep(
+    result_path: Path, run_again: Callable[[str], bool]
+) -> tuple[dict[int, tuple[str, dict[str, Any]]], int]:
+    """A result file's records by line (raw, parsed), less the error records whose code
+    ``run_again`` picks; and how many those were."""
+    kept, dropped = {}, 0
     with open(result_path, encoding="utf-8") as handle:
         for raw in handle:
             obj = json.loads(raw)
-            if obj.get("error", {}).get("code") not in RERUN_ON_RESUME:
-                finished[obj["line"]] = (raw.rstrip("\n"), obj)
-    return finished
+            code = obj.get("error", {}).get("code")
+            if code is not None and run_again(code):
+                dropped += 1
+            else:
+                kept[obj["line"]] = (raw.rstrip("\n"), obj)
+    return kept, dropped
 
 
 def _count_parsed(counts: ChunkCounts, obj: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ answers are kept, never failures: a failure is worth asking again. Pure: no Pref
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import time
@@ -42,7 +43,13 @@ class CacheSpec:
     max_bytes: int
 
     def open(self) -> ResultCache:
-        return ResultCache(Path(self.path), self.model_json, self.max_bytes)
+        """This process's cache for the spec: its database is set up once, not for every chunk."""
+        return _opened(self)
+
+
+@functools.cache
+def _opened(spec: CacheSpec) -> ResultCache:
+    return ResultCache(Path(spec.path), spec.model_json, spec.max_bytes)
 
 
 class ResultCache:

@@ -13,10 +13,10 @@ they would fail the same way. Pure: no Prefect.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from batchinfer.engines.base import retryable
+from batchinfer.pipeline.chunk_run import records_to_keep
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, atomic_write
 
 
@@ -34,15 +34,8 @@ def strip_failed(layout: JobLayout, progress: JobProgress, every_error: bool = F
 
 
 def _strip(result: Path, every_error: bool) -> int:
-    kept, taken = [], 0
-    with open(result, encoding="utf-8") as handle:
-        for raw in handle:
-            code = json.loads(raw).get("error", {}).get("code")
-            if code is not None and (every_error or retryable(code)):
-                taken += 1
-            else:
-                kept.append(raw)
+    kept, taken = records_to_keep(result, lambda code: every_error or retryable(code))
     if taken:
         with atomic_write(result) as out:
-            out.writelines(kept)
+            out.writelines(raw + "\n" for raw, _ in kept.values())
     return taken

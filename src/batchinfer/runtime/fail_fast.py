@@ -22,11 +22,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from batchinfer.engines.base import AUTH_FAILED, FATAL_LINE_CODES, InferenceOutcome
+from batchinfer.engines.base import AUTH_FAILED, ERROR_RATE_EXCEEDED, FATAL_LINE_CODES, InferenceOutcome
 from batchinfer.errors import JobError, resume_hint
 from batchinfer.records import ErrorDetail
-
-ERROR_RATE_EXCEEDED = "error_rate_exceeded"
 
 _HOW_TO_FIX = {
     AUTH_FAILED: "the server refuses the API key: set a valid key in the variable the model's "
@@ -79,11 +77,10 @@ class OutcomeTally:
             return self.tripped
 
     def _verdict(self, final: bool) -> str | None:
-        fatal = self.fatal.total()
+        fatal, at_least = self.fatal.total(), self.rules.min_fatal
         # Early: enough fatal answers and no success. At the end: a small job that only failed so.
-        at_least = self.rules.min_fatal
-        only_fatal = at_least is not None and self.succeeded == 0 and fatal > 0
-        if only_fatal and (fatal >= at_least or (final and fatal == self.failed)):  # type: ignore[operator]
+        only_fatal = self.succeeded == 0 and fatal > 0
+        if at_least is not None and only_fatal and (fatal >= at_least or (final and fatal == self.failed)):
             return self.fatal.most_common(1)[0][0]
         rate = self.rules.max_error_rate
         done = self.succeeded + self.failed

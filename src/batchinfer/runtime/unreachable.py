@@ -26,11 +26,8 @@ def model_unreachable(succeeded: int, inference_errors: Mapping[str, int]) -> bo
     return succeeded == 0 and set(failed) == {CONNECTION_ERROR}
 
 
-def unreachable_error(
-    job_id: str, model_id: str, base_urls: str | Sequence[str] | None, failed: int
-) -> JobError:
+def unreachable_error(job_id: str, model_id: str, urls: Sequence[str], failed: int) -> JobError:
     """The job's error; it names every URL of the model (its replicas), or the model if none."""
-    urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or ())
     where = f"server of model {model_id!r}"
     if len(urls) == 1:
         where = f"server at {urls[0]}"
