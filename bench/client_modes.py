@@ -7,7 +7,8 @@ every mode is timed on the same work: sending every prompt and getting every ans
 Modes:
 - ``aiohttp-loop`` / ``httpx-loop``: the ceiling, the fastest plain asyncio client loop we could
   write: one session, one semaphore of N, every request a task (a continuous bound, no waves).
-- ``engine``: batchinfer's OpenAI engine alone, no Prefect: ``OpenAIEngine.infer`` on all prompts.
+- ``engine``: batchinfer's OpenAI engine alone, no Prefect: ``OpenAIEngine.infer`` on all prompts,
+  through its default (``native``) HTTP client; ``engine-aiohttp`` / ``engine-httpx`` through those.
 - ``prefect-chunks``: a short Prefect script a user might write instead of batchinfer: 10 tasks of a
   tenth of the prompts each, every task an aiohttp loop with its tenth of the concurrency.
 - ``naive-prefect``: what users write first: one Prefect task per prompt, ``.map`` over the prompts,
@@ -143,11 +144,15 @@ def naive_prefect(url: str, prompts: list[Any], concurrency: int, max_tokens: in
     return ok, time.perf_counter() - start
 
 
+# The engine's modes, by the ``http_client`` each runs it with (``engine``: the default).
+ENGINE_CLIENTS = {"engine": "native", "engine-aiohttp": "aiohttp", "engine-httpx": "httpx"}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "mode",
-        choices=["aiohttp-loop", "httpx-loop", "engine", "engine-httpx", "prefect-chunks", "naive-prefect"],
+        choices=["aiohttp-loop", "httpx-loop", *ENGINE_CLIENTS, "prefect-chunks", "naive-prefect"],
     )
     parser.add_argument("--base-url", required=True, help="…/v1")
     parser.add_argument("--prompts", type=Path, required=True)
@@ -156,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     url = args.base_url.rstrip("/") + "/chat/completions"
     prompts = load_messages(args.prompts)
-    if args.mode in {"engine", "engine-httpx"}:
-        client = "httpx" if args.mode == "engine-httpx" else "aiohttp"
+    if args.mode in ENGINE_CLIENTS:
+        client = ENGINE_CLIENTS[args.mode]
         ok, seconds = engine(args.base_url, args.prompts, args.concurrency, args.max_tokens, client)
     elif args.mode in {"naive-prefect", "prefect-chunks"}:
         script = naive_prefect if args.mode == "naive-prefect" else prefect_chunks

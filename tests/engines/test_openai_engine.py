@@ -2,7 +2,7 @@
 attachments and API keys. Faults are scripted in the prompt text, so each test uses its own text
 (and each HTTP client its own, where the server counts by text).
 
-The behavioural tests run once per ``http_client`` (``@both_clients``): both transports must pass
+The behavioural tests run once per ``http_client`` (``@every_client``): every transport must pass
 the same spec."""
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ GIF = b"GIF89a" + b"\x00" * 8
 WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 "
 
 MakeEngine = Callable[..., OpenAIEngine]
-HTTP_CLIENTS = ("aiohttp", "httpx")
-both_clients = pytest.mark.parametrize("http_client", HTTP_CLIENTS)
+HTTP_CLIENTS = ("native", "aiohttp", "httpx")
+every_client = pytest.mark.parametrize("http_client", HTTP_CLIENTS)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def server() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture
 def http_client() -> str:
-    """The default client; ``@both_clients`` overrides this with each one in turn."""
-    return "aiohttp"
+    """The default client; ``@every_client`` overrides this with each one in turn."""
+    return "native"
 
 
 @pytest.fixture
@@ -103,14 +103,14 @@ def one_off_server(body: bytes, seen: list[dict[str, str]] | None = None) -> Ite
         yield base + "/v1"
 
 
-def test_aiohttp_is_the_default_http_client_and_others_are_refused() -> None:
+def test_the_native_client_is_the_default_and_unknown_clients_are_refused() -> None:
     options = {"id": "m", "base_url": "http://localhost:1/v1", "model": "m"}
-    assert OpenAIEngineConfig(**options).http_client == "aiohttp"
+    assert OpenAIEngineConfig(**options).http_client == "native"
     with pytest.raises(ValidationError, match="http_client"):
         OpenAIEngineConfig(**options, http_client="requests")
 
 
-@both_clients
+@every_client
 def test_the_chosen_http_client_is_the_one_that_posts(make_engine: MakeEngine, http_client: str) -> None:
     seen: list[dict[str, str]] = []
     ok = b'{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}'
@@ -124,7 +124,7 @@ def test_the_engine_satisfies_the_engine_protocol(make_engine: MakeEngine) -> No
     assert isinstance(make_engine(), Engine)
 
 
-@both_clients
+@every_client
 def test_each_answer_comes_back_in_request_order_carrying_its_own_prompt(
     make_engine: MakeEngine,
 ) -> None:
@@ -142,7 +142,7 @@ def test_each_answer_comes_back_in_request_order_carrying_its_own_prompt(
         assert result.usage.total_tokens == 5
 
 
-@both_clients
+@every_client
 def test_a_scripted_429_is_retried_honouring_retry_after_and_then_succeeds(
     server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -156,7 +156,7 @@ def test_a_scripted_429_is_retried_honouring_retry_after_and_then_succeeds(
     assert time.monotonic() - started < 3
 
 
-@both_clients
+@every_client
 def test_a_scripted_500_is_retried_and_then_succeeds(
     server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -166,7 +166,7 @@ def test_a_scripted_500_is_retried_and_then_succeeds(
     assert server.prompts[text] == 2
 
 
-@both_clients
+@every_client
 def test_a_permanent_400_becomes_that_lines_error_record_and_other_lines_succeed(
     server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -180,7 +180,7 @@ def test_a_permanent_400_becomes_that_lines_error_record_and_other_lines_succeed
     assert completion(after).generations[0].text == "echo: fine after"
 
 
-@both_clients
+@every_client
 def test_rate_limits_past_max_retries_become_an_http_429_record_counting_the_attempts(
     make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -192,7 +192,7 @@ def test_rate_limits_past_max_retries_become_an_http_429_record_counting_the_att
     assert "3 attempts" in detail.message and "max_concurrency" in detail.message
 
 
-@both_clients
+@every_client
 def test_a_hang_times_out_and_the_retry_succeeds(
     server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -202,7 +202,7 @@ def test_a_hang_times_out_and_the_retry_succeeds(
     assert server.prompts[text] == 2
 
 
-@both_clients
+@every_client
 def test_a_permanent_hang_becomes_a_timeout_record(make_engine: MakeEngine) -> None:
     [outcome] = make_engine(timeout_s=0.3, max_retries=1).infer(
         [request(1, "[fault:hang] engine-hang-forever")]
@@ -212,7 +212,7 @@ def test_a_permanent_hang_becomes_a_timeout_record(make_engine: MakeEngine) -> N
     assert "2 attempts" in detail.message and "timeout_s" in detail.message
 
 
-@both_clients
+@every_client
 def test_n_generations_are_emulated_when_the_server_returns_fewer_choices(
     server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch, http_client: str
 ) -> None:
@@ -225,7 +225,7 @@ def test_n_generations_are_emulated_when_the_server_returns_fewer_choices(
     assert result.usage.completion_tokens == 3 * 2  # usage summed over the three requests
 
 
-@both_clients
+@every_client
 def test_n_generations_come_from_one_request_when_the_server_honours_n(
     server: FakeOpenAIServer, make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -236,7 +236,7 @@ def test_n_generations_come_from_one_request_when_the_server_honours_n(
     assert server.prompts[text] == 1
 
 
-@both_clients
+@every_client
 def test_logprobs_come_back_per_token_and_finite_only_when_asked(make_engine: MakeEngine) -> None:
     with_lp, without_lp = make_engine().infer(
         [request(1, "alpha beta", logprobs=True), request(2, "alpha beta")]
@@ -248,7 +248,7 @@ def test_logprobs_come_back_per_token_and_finite_only_when_asked(make_engine: Ma
     assert completion(without_lp).generations[0].logprobs is None
 
 
-@both_clients
+@every_client
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(make_engine: MakeEngine) -> None:
     [outcome] = make_engine().infer([request(1, "one two three four", max_tokens=2)])
     generation = completion(outcome).generations[0]
@@ -259,7 +259,7 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(make_engine: MakeE
     )
 
 
-@both_clients
+@every_client
 def test_in_flight_requests_never_exceed_max_concurrency(
     server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,7 +270,7 @@ def test_in_flight_requests_never_exceed_max_concurrency(
     assert 2 <= server.max_in_flight <= 4
 
 
-@both_clients
+@every_client
 def test_infer_works_from_several_threads_at_once(make_engine: MakeEngine) -> None:
     engine = make_engine(max_concurrency=8)
 
@@ -310,7 +310,7 @@ def test_a_missing_api_key_variable_is_an_engine_error_naming_it(
         make_engine(api_key_env="BATCHINFER_TEST_KEY")
 
 
-@both_clients
+@every_client
 def test_the_api_key_is_sent_as_a_bearer_token(
     server: FakeOpenAIServer, make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -321,7 +321,7 @@ def test_the_api_key_is_sent_as_a_bearer_token(
     assert "s3cret" not in repr(engine)
 
 
-@both_clients
+@every_client
 def test_a_refused_connection_becomes_a_connection_error_record(make_engine: MakeEngine) -> None:
     with socket.socket() as sock:  # a port that was free a moment ago and has nobody listening
         sock.bind(("127.0.0.1", 0))
@@ -332,14 +332,14 @@ def test_a_refused_connection_becomes_a_connection_error_record(make_engine: Mak
     assert "2 attempts" in detail.message
 
 
-@both_clients
+@every_client
 def test_a_malformed_200_becomes_a_bad_response_record(make_engine: MakeEngine) -> None:
     with one_off_server(b'{"hello": "world"}') as base_url:
         engine = make_engine(base_url=base_url)
         assert error(engine.infer([request(1, "hi")])[0]).code == "bad_response"
 
 
-@both_clients
+@every_client
 def test_close_is_safe_twice_and_infer_after_close_is_refused(make_engine: MakeEngine) -> None:
     engine = make_engine()
     engine.infer([request(1, "before close")])
@@ -497,7 +497,7 @@ def test_a_cancel_abandons_requests_in_flight_and_keeps_the_answered_ones(make_e
     assert isinstance(outcomes[1], ErrorDetail) and outcomes[1].code == "cancelled"
 
 
-@both_clients
+@every_client
 def test_an_exhausted_quota_is_not_retried_and_its_record_says_how_to_fix_it(make_engine: MakeEngine) -> None:
     with FakeOpenAIServer(latency_ms=0, refuse="quota") as refusing:
         engine = make_engine(base_url=refusing.base_url)
@@ -508,7 +508,7 @@ def test_an_exhausted_quota_is_not_retried_and_its_record_says_how_to_fix_it(mak
     assert "Add credit" in detail.message
 
 
-@both_clients
+@every_client
 def test_a_job_that_stops_itself_sends_none_of_the_requests_queued_behind_the_answer_that_told_it(
     make_engine: MakeEngine,
 ) -> None:
@@ -592,7 +592,7 @@ def answered_each_line_once(outcomes: list[Any], texts: list[str]) -> bool:
     return [completion(o).generations[0].text for o in outcomes] == [f"echo: {t}" for t in texts]
 
 
-@both_clients
+@every_client
 def test_requests_spread_evenly_over_three_replicas_each_within_its_max_concurrency(
     make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -607,7 +607,7 @@ def test_requests_spread_evenly_over_three_replicas_each_within_its_max_concurre
     assert all(peak <= 8 for peak in peaks), peaks
 
 
-@both_clients
+@every_client
 def test_a_replica_stopped_mid_call_hands_its_share_to_the_others_and_every_line_is_answered_once(
     make_engine: MakeEngine, http_client: str
 ) -> None:
@@ -649,7 +649,7 @@ def test_a_replica_answering_5xx_goes_out_of_rotation_and_its_lines_are_answered
     assert failing.requests_total <= 3 + 4  # three in a row, and what was already in flight there
 
 
-@both_clients
+@every_client
 def test_a_replica_that_drops_connections_mid_request_goes_out_after_three_in_a_row(
     make_engine: MakeEngine,
 ) -> None:
@@ -690,7 +690,7 @@ def test_a_stopped_replica_is_probed_after_its_cooldown_and_takes_requests_again
             assert back.requests_total >= 30, back.requests_total
 
 
-@both_clients
+@every_client
 def test_with_every_replica_down_a_line_fails_connection_error_naming_every_url(
     make_engine: MakeEngine,
 ) -> None:

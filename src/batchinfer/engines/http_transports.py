@@ -41,11 +41,11 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _timed_out(timeout_s: float) -> RetryableError:
+def timed_out(timeout_s: float) -> RetryableError:
     return RetryableError("timeout", f"no answer within timeout_s={timeout_s}")
 
 
-def _connection_failed(exc: Exception, refused: bool) -> RetryableError:
+def connection_failed(exc: BaseException, *, refused: bool) -> RetryableError:
     return RetryableError("connection_error", f"{type(exc).__name__}: {exc}", refused=refused)
 
 
@@ -66,9 +66,9 @@ class AiohttpTransport:
             async with self._session.post(url, data=data, headers=headers) as response:
                 return response.status, response.headers, await response.read()
         except TimeoutError as exc:  # before ClientError: aiohttp's timeouts are both
-            raise _timed_out(self._timeout_s) from exc
+            raise timed_out(self._timeout_s) from exc
         except aiohttp.ClientError as exc:
-            raise _connection_failed(exc, isinstance(exc, aiohttp.ClientConnectorError)) from exc
+            raise connection_failed(exc, refused=isinstance(exc, aiohttp.ClientConnectorError)) from exc
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -95,9 +95,9 @@ class HttpxTransport:
         try:
             response = await self._client.post(url, content=data, headers=headers)
         except httpx.TimeoutException as exc:  # before RequestError: it is one
-            raise _timed_out(self._timeout_s) from exc
+            raise timed_out(self._timeout_s) from exc
         except httpx.RequestError as exc:  # TransportError, and DecodingError like aiohttp's
-            raise _connection_failed(exc, isinstance(exc, httpx.ConnectError)) from exc
+            raise connection_failed(exc, refused=isinstance(exc, httpx.ConnectError)) from exc
         return response.status_code, response.headers, response.content
 
     async def aclose(self) -> None:
@@ -108,4 +108,8 @@ def make_transport(client: HttpClient, max_connections: int, timeout_s: float) -
     """The transport for ``client``; call it on the event loop that will use it."""
     if client == "httpx":
         return HttpxTransport(max_connections, timeout_s)
-    return AiohttpTransport(max_connections, timeout_s)
+    if client == "aiohttp":
+        return AiohttpTransport(max_connections, timeout_s)
+    from batchinfer.engines.native_http import NativeTransport  # it imports this module's errors
+
+    return NativeTransport(max_connections, timeout_s)

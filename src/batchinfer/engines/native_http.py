@@ -1,0 +1,259 @@
+"""batchinfer's own HTTP/1.1 client: the ``native`` transport, ``OpenAIEngine``'s default.
+
+Why a client of our own: at thousands of requests a second on a few cores, each request's Python
+work in the job's process is what bounds the job, and aiohttp's ``ClientSession`` spends most of
+its per-request time on what a batch job never uses (cookies, redirects, tracing, a timeout
+object and a multidict of headers per request). This one writes a request in one call and parses
+the answer with ``httptools`` (llhttp, the C parser uvicorn serves with): about a third of
+aiohttp's CPU per request (``bench/``, docs/performance.md).
+
+What it does: HTTP/1.1 keep-alive over at most ``max_connections`` sockets, TLS for ``https``
+URLs (the system's CA store, as aiohttp's default), answers of a ``Content-Length``, chunked or
+gzip/deflate encoded; a kept-alive socket the server closed while idle is replaced once, at once,
+as aiohttp and httpx do. What it does not: proxies (the other transports ignore the environment
+too), redirects (an OpenAI API answers rather than redirects; a 3xx is an error record, as with
+httpx), a body delimited by the server closing the socket (a lost connection instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import NamedTuple
+
+import httptools
+
+from batchinfer import __version__
+from batchinfer.engines.http_transports import connection_failed, timed_out
+
+USER_AGENT = f"batchinfer/{__version__} (native HTTP/1.1)"
+
+
+class _Origin(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+    host_header: str  # what ``Host:`` says: the URL's host and its port when not the default
+
+
+@functools.lru_cache(maxsize=256)
+def _split(url: str) -> tuple[_Origin, str]:
+    """The origin a URL's requests go to and the request target (path and query)."""
+    parts = httptools.parse_url(url.encode())
+    scheme = (parts.schema or b"").decode()
+    if scheme not in ("http", "https") or not parts.host:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    host = parts.host.decode()
+    port = parts.port or (443 if scheme == "https" else 80)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    host_header = shown if parts.port is None else f"{shown}:{port}"
+    target = (parts.path or b"/").decode() + (f"?{parts.query.decode()}" if parts.query else "")
+    return _Origin(scheme, host, port, host_header), target
+
+
+class _Headers(Mapping[str, str]):
+    """An answer's headers, by name in any case; built into a dict only when first read."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, str]:
+        return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self._raw}
+
+    def __getitem__(self, name: str) -> str:
+        return self._by_name[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+class _Connection(asyncio.Protocol):
+    """One socket, one request at a time: ``send`` writes a request, its future gets the answer."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._answer: asyncio.Future[tuple[int, _Headers, bytes]] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._encoding = b""
+        self.heard = False  # some of an answer arrived on this request (a failure is not a stale socket)
+        self.reusable = False  # the last answer was whole and the server keeps the socket open
+        self.closed = False
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, _Headers, bytes]]:
+        assert self._transport is not None
+        if self._transport.is_closing():  # closed under us since it went idle: a stale socket
+            raise ConnectionResetError("the server closed the kept-alive connection")
+        self.heard = self.reusable = False
+        self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        return self._answer
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"the server sent a malformed HTTP answer ({exc})"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(exc or ConnectionResetError("the server closed the connection before answering"))
+
+    # -- httptools callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers, self._body, self._encoding = [], [], b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        if name.lower() == b"content-encoding":
+            self._encoding = value.strip().lower()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        answer, self._answer = self._answer, None
+        self.reusable = self._parser.should_keep_alive()
+        if answer is None or answer.done():  # an answer nobody asked for: the socket is not ours to reuse
+            self.reusable = False
+            return
+        try:
+            body = _decoded(b"".join(self._body), self._encoding)
+        except zlib.error as exc:
+            answer.set_exception(
+                ConnectionError(f"the server's {self._encoding.decode()} body is corrupt ({exc})")
+            )
+            return
+        answer.set_result((self._parser.get_status_code(), _Headers(self._headers), body))
+
+    def _fail(self, exc: Exception) -> None:
+        answer, self._answer = self._answer, None
+        if answer is not None and not answer.done():
+            answer.set_exception(exc)
+
+
+def _decoded(body: bytes, encoding: bytes) -> bytes:
+    """The body as the server meant it: we ask for no encoding, but a server may use one anyway."""
+    if encoding in (b"", b"identity"):
+        return body
+    if encoding in (b"gzip", b"x-gzip"):
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if encoding == b"deflate":
+        return zlib.decompress(body)
+    raise zlib.error(f"unsupported Content-Encoding {encoding.decode()!r}")
+
+
+class _ConnectFailed(Exception):
+    """No connection could be made (wraps the OSError; tells it from one lost mid-request)."""
+
+
+class NativeTransport:
+    """Sockets kept alive per origin, one per request in flight; ``timeout_s`` per request in total
+    (connecting, sending, and the whole answer). It opens as many sockets as requests are in flight
+    at once: the engine's replica slots keep that within ``max_connections`` (no second semaphore
+    on the hot path)."""
+
+    def __init__(self, max_connections: int, timeout_s: float) -> None:
+        del max_connections  # bounded by the caller, see above
+        self._timeout_s = timeout_s
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
+        self._tls: ssl.SSLContext | None = None
+
+    async def post(
+        self, url: str, data: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        origin, target = _split(url)
+        request = _request_bytes(origin, target, data, headers)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._exchange(origin, request)
+        except TimeoutError as exc:
+            raise timed_out(self._timeout_s) from exc
+        except _ConnectFailed as exc:
+            raise connection_failed(exc.__cause__ or exc, refused=True) from exc
+        except OSError as exc:  # ConnectionError is one
+            raise connection_failed(exc, refused=False) from exc
+
+    async def _exchange(self, origin: _Origin, request: bytes) -> tuple[int, Mapping[str, str], bytes]:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if connection.closed:
+                continue
+            try:
+                return await self._on(origin, connection, request)
+            except OSError:
+                if connection.heard:  # it failed while answering: that is this request's failure
+                    raise
+                break  # the server had closed this kept-alive socket: once more on a new one
+        return await self._on(origin, await self._connect(origin), request)
+
+    async def _on(
+        self, origin: _Origin, connection: _Connection, request: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        self._busy.add(connection)
+        try:
+            answer = await connection.send(request)
+        except BaseException:  # lost, timed out or cancelled mid-answer: the socket's state is unknown
+            connection.close()
+            raise
+        finally:
+            self._busy.discard(connection)
+        if connection.reusable and not connection.closed:
+            self._idle.setdefault(origin, []).append(connection)
+        else:
+            connection.close()
+        return answer
+
+    async def _connect(self, origin: _Origin) -> _Connection:
+        tls = None
+        if origin.scheme == "https":
+            tls = self._tls = self._tls or ssl.create_default_context()
+        try:
+            _, connection = await asyncio.get_running_loop().create_connection(
+                _Connection, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
+            )
+        except OSError as exc:
+            raise _ConnectFailed from exc
+        return connection
+
+    async def aclose(self) -> None:
+        for connection in [*self._busy, *(c for idle in self._idle.values() for c in idle)]:
+            connection.close()
+        self._idle.clear()
+        self._busy.clear()
+
+
+def _request_bytes(origin: _Origin, target: str, data: bytes, headers: Mapping[str, str]) -> bytes:
+    for name, value in headers.items():  # a line break would smuggle a header (or a request) in
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError(f"the HTTP header {name!r} holds a line break")
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {origin.host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
+        f"Content-Length: {len(data)}\r\n{fields}\r\n"
+    )
+    return head.encode("latin-1") + data
