@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -61,6 +61,13 @@ def _default_home() -> Path:
     return Path.home() / ".batchinfer"
 
 
+class ChunkedModel(Protocol):
+    """A model's config as far as chunking goes (every ``engines.configs`` model is one)."""
+
+    @property
+    def default_chunk_size(self) -> int: ...
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
@@ -78,7 +85,17 @@ class Settings(BaseSettings):
             f"'{os.pathsep}'. Empty means: the data dir, the working directory and the temp dir."
         ),
     )
-    chunk_size: int = Field(default=100, ge=1, description="Prompts per chunk task.")
+    chunk_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompts per chunk task. Default: what the model's engine wants (100 for local "
+        "engines; 8 per in-flight slot for HTTP models, 512 at max_concurrency 64).",
+    )
+
+    def chunk_size_for(self, config: ChunkedModel) -> int:
+        """The chunk size a job of ``config`` runs with: this setting when given, else the model's."""
+        return self.chunk_size or config.default_chunk_size
+
     max_parallel_chunks: int | None = Field(
         default=None,
         ge=1,

@@ -60,7 +60,9 @@ def validate_command(args: argparse.Namespace, settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="batchinfer-validate-") as scratch:
         layout = JobLayout(Path(scratch))
         source = _source(args.prompts, settings, layout)
-        summary = validate_prompt_file(source, layout, params, settings.chunk_size, settings.limits())
+        summary = validate_prompt_file(
+            source, layout, params, settings.chunk_size_for(config), settings.limits()
+        )
         report = _report(args.prompts, config, summary, layout, settings)
     if args.json:
         print(report.model_dump_json(indent=2))

@@ -6,7 +6,6 @@ again."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from batchinfer import jsonwire
 from batchinfer.engines.base import (
     CANCELLED,
     RERUN_ON_RESUME,
@@ -180,7 +180,7 @@ def records_to_keep(
     kept, dropped = {}, 0
     with open(result_path, encoding="utf-8") as handle:
         for raw in handle:
-            obj = json.loads(raw)
+            obj = jsonwire.loads(raw)
             code = obj.get("error", {}).get("code")
             if code is not None and run_again(code):
                 dropped += 1

@@ -8,13 +8,13 @@ checks the one promise that matters: each non-blank input line lands in exactly 
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from batchinfer import jsonwire
 from batchinfer.errors import JobError
 from batchinfer.pipeline.duplicates import DuplicateCopies, duplicate_entries
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
@@ -33,7 +33,7 @@ def line_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
         return
     with open(path, encoding="utf-8") as handle:
         for raw in handle:
-            obj = json.loads(raw)
+            obj = jsonwire.loads(raw)
             yield obj["line"], raw if raw.endswith("\n") else raw + "\n", obj
 
 

@@ -131,7 +131,7 @@ class JobRun:
             self.params.prompt_file,
             str(self.layout.root),
             params,
-            self.settings.chunk_size,
+            self.settings.chunk_size_for(self.config),
             defaults,
             self.params.endpoint,
             prompt=prompt,
