@@ -278,6 +278,7 @@ def latency_rows(
     rows = [client_row(BARE_FIRST, "aiohttp-loop", url, prompts, args, env, lat)]
     rows.append(client_row("plain httpx loop", "httpx-loop", url, files["httpx"], args, env, lat))
     rows.append(client_row("batchinfer engine alone, no Prefect", "engine", url, prompts, args, env, lat))
+    rows.append(client_row(ENGINE_AIOHTTP, "engine-aiohttp", url, prompts, args, env, lat))
     rows.append(client_row(PREFECT_SCRIPT, "prefect-chunks", url, prompts, args, env, lat))
     rows += run_rows(url, model, prompts, tmp / f"run-home-{int(lat)}", served.env, lat)
     rows.append(serve_row(served, url, model, prompts, lat))
@@ -288,6 +289,7 @@ def latency_rows(
 
 
 BARE_FIRST, BARE_LAST = "bare aiohttp loop (first)", "bare aiohttp loop (last)"
+ENGINE_AIOHTTP = "batchinfer engine alone, http_client aiohttp"
 PREFECT_SCRIPT = "a short Prefect script: 10 tasks, each an aiohttp loop"
 NAIVE = "naive Prefect: a task per prompt"
 

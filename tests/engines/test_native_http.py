@@ -21,9 +21,12 @@ def plain(body: bytes, extra: str = "") -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
-async def scripted(answer: Answer, *, close_after_each: bool = False) -> tuple[asyncio.Server, list[int]]:
+async def scripted(
+    answer: Answer, *, close_after_each: bool = False, drop_request: int | None = None
+) -> tuple[asyncio.Server, list[int]]:
     """A server that reads one request at a time and writes ``answer(request)``; and the list of
-    requests per connection it accepted."""
+    requests per connection it accepted. ``drop_request``: on its first connection, the server
+    closes the socket on reading that request (1-based) instead of answering it."""
     per_connection: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,6 +36,8 @@ async def scripted(answer: Answer, *, close_after_each: bool = False) -> tuple[a
                 length = int(next(v for k, v in _fields(head) if k == "content-length"))
                 request = head + await reader.readexactly(length)
                 per_connection[-1] += 1
+                if len(per_connection) == 1 and per_connection[0] == drop_request:
+                    break
                 writer.write(answer(request))
                 await writer.drain()
                 if close_after_each:
@@ -154,6 +159,34 @@ def test_a_kept_alive_socket_the_server_closed_while_idle_is_replaced_without_an
         await transport.aclose()
         server.close()
         assert (first[0], second[0], per_connection) == (200, 200, [1, 1])
+
+    run(test)
+
+
+def test_a_kept_alive_socket_closed_as_the_next_request_went_out_sends_that_request_again_once() -> None:
+    async def test() -> None:
+        server, per_connection = await scripted(lambda _: plain(b"{}"), drop_request=2)
+        transport = NativeTransport(8, timeout_s=5)
+        first = await transport.post(url_of(server), b"{}", HEADERS)
+        second = await transport.post(url_of(server), b"{}", HEADERS)
+        await transport.aclose()
+        server.close()
+        assert (first[0], second[0], per_connection) == (200, 200, [2, 1])
+
+    run(test)
+
+
+def test_a_socket_lost_after_the_answer_began_is_that_requests_connection_error() -> None:
+    async def test() -> None:
+        server, _ = await scripted(
+            lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", close_after_each=True
+        )
+        transport = NativeTransport(8, timeout_s=5)
+        with pytest.raises(RetryableError) as caught:
+            await transport.post(url_of(server), b"{}", HEADERS)
+        await transport.aclose()
+        server.close()
+        assert (caught.value.code, caught.value.refused) == ("connection_error", False)
 
     run(test)
 
