@@ -16,6 +16,7 @@ EXPECTED_MODES = {
     "bare aiohttp loop (first)",
     "plain httpx loop",
     "batchinfer engine alone, no Prefect",
+    "batchinfer engine alone, http_client aiohttp",
     "a short Prefect script: 10 tasks, each an aiohttp loop",
     "`batchinfer run`, fresh data dir",
     "`batchinfer run`, the same again",
