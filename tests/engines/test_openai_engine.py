@@ -521,7 +521,10 @@ def test_a_job_that_stops_itself_sends_none_of_the_requests_queued_behind_the_an
     assert stop.reason == "auth_failed"
     assert 5 <= sent <= 5 + 4  # those that told it, and at most the ones already in flight
     codes = Counter(error(outcome).code for outcome in outcomes)
-    assert codes == {"http_401": sent, "cancelled": 200 - sent}
+    # A request in flight when the stop lands is abandoned if the chunk's poller sees the stop
+    # before its answer: recorded cancelled (and run again on resume), never lost.
+    assert set(codes) == {"http_401", "cancelled"} and 5 <= codes["http_401"] <= sent
+    assert codes["http_401"] + codes["cancelled"] == 200
 
 
 def test_max_in_flight_caps_one_calls_concurrent_requests_below_the_engine_limit() -> None:

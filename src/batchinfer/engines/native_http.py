@@ -87,6 +87,7 @@ class _Connection(asyncio.Protocol):
         self.heard = False  # some of an answer arrived on this request (a failure is not a stale socket)
         self.reusable = False  # the last answer was whole and the server keeps the socket open
         self.closed = False
+        self.deadline = 0.0  # the loop time by which the request in flight must be answered
 
     def send(self, request: bytes) -> asyncio.Future[tuple[int, _Headers, bytes]]:
         assert self._transport is not None
@@ -101,6 +102,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self._transport is not None:
             self._transport.close()
+
+    def expire(self) -> None:
+        """The request in flight ran out of time: it fails, and the socket, mid-answer, goes."""
+        self._fail(TimeoutError())
+        self.close()
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -173,7 +179,11 @@ class NativeTransport:
     """Sockets kept alive per origin, one per request in flight; ``timeout_s`` per request in total
     (connecting, sending, and the whole answer). It opens as many sockets as requests are in flight
     at once: the engine's replica slots keep that within ``max_connections`` (no second semaphore
-    on the hot path)."""
+    on the hot path).
+
+    Deadlines are kept by one sweeper for every request in flight, not a timer each (a request's
+    own ``asyncio.timeout`` cost the loop more than parsing its answer): a request that runs out
+    of time fails within a tenth of ``timeout_s`` (at most 1 s) after its deadline."""
 
     def __init__(self, max_connections: int, timeout_s: float) -> None:
         del max_connections  # bounded by the caller, see above
@@ -181,40 +191,47 @@ class NativeTransport:
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
         self._tls: ssl.SSLContext | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def post(
         self, url: str, data: bytes, headers: Mapping[str, str]
     ) -> tuple[int, Mapping[str, str], bytes]:
         origin, target = _split(url)
         request = _request_bytes(origin, target, data, headers)
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
-                return await self._exchange(origin, request)
-        except TimeoutError as exc:
+            return await self._exchange(origin, request, deadline)
+        except TimeoutError as exc:  # before OSError: it is one
             raise timed_out(self._timeout_s) from exc
         except _ConnectFailed as exc:
             raise connection_failed(exc.__cause__ or exc, refused=True) from exc
         except OSError as exc:  # ConnectionError is one
             raise connection_failed(exc, refused=False) from exc
 
-    async def _exchange(self, origin: _Origin, request: bytes) -> tuple[int, Mapping[str, str], bytes]:
+    async def _exchange(
+        self, origin: _Origin, request: bytes, deadline: float
+    ) -> tuple[int, Mapping[str, str], bytes]:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
             if connection.closed:
                 continue
             try:
-                return await self._on(origin, connection, request)
+                return await self._on(origin, connection, request, deadline)
+            except TimeoutError:
+                raise
             except OSError:
                 if connection.heard:  # it failed while answering: that is this request's failure
                     raise
                 break  # the server had closed this kept-alive socket: once more on a new one
-        return await self._on(origin, await self._connect(origin), request)
+        return await self._on(origin, await self._connect(origin, deadline), request, deadline)
 
     async def _on(
-        self, origin: _Origin, connection: _Connection, request: bytes
+        self, origin: _Origin, connection: _Connection, request: bytes, deadline: float
     ) -> tuple[int, Mapping[str, str], bytes]:
+        connection.deadline = deadline
         self._busy.add(connection)
+        self._keep_deadlines()
         try:
             answer = await connection.send(request)
         except BaseException:  # lost, timed out or cancelled mid-answer: the socket's state is unknown
@@ -228,19 +245,38 @@ class NativeTransport:
             connection.close()
         return answer
 
-    async def _connect(self, origin: _Origin) -> _Connection:
+    async def _connect(self, origin: _Origin, deadline: float) -> _Connection:
         tls = None
         if origin.scheme == "https":
             tls = self._tls = self._tls or ssl.create_default_context()
-        try:
-            _, connection = await asyncio.get_running_loop().create_connection(
-                _Connection, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
-            )
+        loop = asyncio.get_running_loop()
+        connecting = loop.create_connection(
+            _Connection, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
+        )
+        try:  # a new socket is rare (they are kept alive): its own timer is fine
+            _, connection = await asyncio.wait_for(connecting, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise
         except OSError as exc:
             raise _ConnectFailed from exc
         return connection
 
+    def _keep_deadlines(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Expire the requests past their deadline; runs while any is in flight."""
+        loop = asyncio.get_running_loop()
+        while self._busy:
+            await asyncio.sleep(min(1.0, self._timeout_s / 10))
+            now = loop.time()
+            for connection in [c for c in self._busy if c.deadline <= now]:
+                connection.expire()
+
     async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for connection in [*self._busy, *(c for idle in self._idle.values() for c in idle)]:
             connection.close()
         self._idle.clear()

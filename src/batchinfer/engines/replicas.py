@@ -99,6 +99,8 @@ class ReplicaSet:
     async def acquire(self, avoid: Replica | None = None) -> Lease:
         """A slot on the best replica, waiting in line for one if all are full. ``avoid``: a
         replica the request just failed on, taken only if no other one has room."""
+        if not self._waiters and (lease := self._pick(avoid)) is not None:
+            return lease  # nobody in line before us and a slot free: no need to queue
         waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters.append((waiter, avoid))
         self._dispatch()
