@@ -74,3 +74,18 @@ def test_the_api_token_is_secret_and_an_empty_one_means_no_auth(monkeypatch: pyt
     assert "hunter2" not in repr(settings)
     monkeypatch.setenv("BATCHINFER_API_TOKEN", "  ")
     assert Settings().api_token is None
+
+
+def test_a_chunk_is_100_prompts_for_a_local_model_and_8_per_in_flight_slot_for_an_http_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchinfer.engines.configs import OpenAIEngineConfig, TransformersEngineConfig
+
+    local = TransformersEngineConfig(id="tiny", path="/models/tiny")
+    one = OpenAIEngineConfig(id="one", base_url="http://127.0.0.1:1/v1", model="m", max_concurrency=64)
+    three = OpenAIEngineConfig(
+        id="three", base_urls=[f"http://127.0.0.1:{p}/v1" for p in (1, 2, 3)], model="m", max_concurrency=4
+    )
+    assert [Settings().chunk_size_for(c) for c in (local, one, three)] == [100, 512, 100]
+    monkeypatch.setenv("BATCHINFER_CHUNK_SIZE", "40")
+    assert [Settings().chunk_size_for(c) for c in (local, one, three)] == [40, 40, 40]
