@@ -71,7 +71,7 @@ class _Headers(Mapping[str, str]):
         return iter(self._by_name)
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return len(self._by_name)
 
 
 class _Connection(asyncio.Protocol):
@@ -86,20 +86,21 @@ class _Connection(asyncio.Protocol):
         self._encoding = b""
         self.heard = False  # some of an answer arrived on this request (a failure is not a stale socket)
         self.reusable = False  # the last answer was whole and the server keeps the socket open
-        self.closed = False
         self.deadline = 0.0  # the loop time by which the request in flight must be answered
+
+    @property
+    def closed(self) -> bool:
+        """Closed by us, or by the server (its close or a lost connection closes the transport)."""
+        return self._transport is None or self._transport.is_closing()
 
     def send(self, request: bytes) -> asyncio.Future[tuple[int, _Headers, bytes]]:
         assert self._transport is not None
-        if self._transport.is_closing():  # closed under us since it went idle: a stale socket
-            raise ConnectionResetError("the server closed the kept-alive connection")
         self.heard = self.reusable = False
         self._answer = asyncio.get_running_loop().create_future()
         self._transport.write(request)
         return self._answer
 
     def close(self) -> None:
-        self.closed = True
         if self._transport is not None:
             self._transport.close()
 
@@ -123,7 +124,6 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self._fail(exc or ConnectionResetError("the server closed the connection before answering"))
 
     # -- httptools callbacks ------------------------------------------------------------------------

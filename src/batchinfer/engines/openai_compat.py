@@ -265,42 +265,38 @@ class OpenAIEngine:
         max_in_flight: InFlightCap | None,
     ) -> list[InferenceOutcome]:
         # A cap inside the engine-wide replica slots, shared by the calls with its key: the job's share
-        # of the model's cross-job limit. A request holds it from its first attempt to its outcome.
-        cap = None
-        if max_in_flight is not None and max_in_flight.limit < self._config.total_concurrency:
-            cap = self._shared_cap(max_in_flight)  # at or above the replicas' slots it binds nothing
-        # What a stop leaves unanswered stays CANCELLED; a line whose request could not be built
-        # has its error already.
-        outcomes: list[InferenceOutcome] = [
-            CANCELLED if isinstance(item, dict) else item for item in prepared
-        ]
+        # of the model's cross-job limit. A request holds it from its first attempt to its outcome;
+        # at or above the replicas' own slots it binds nothing and is left out.
+        slots = self._config.total_concurrency
+        limit = slots if max_in_flight is None else min(max_in_flight.limit, slots)
+        cap = self._shared_cap(max_in_flight) if max_in_flight is not None and limit < slots else None
         watch = stop if isinstance(stop, OutcomeWatch) else None  # hears each answer as it lands
-        if watch is not None:
-            for outcome in outcomes:
-                if outcome is not CANCELLED:
-                    watch.observe(outcome)
-        todo = collections.deque(i for i, item in enumerate(prepared) if isinstance(item, dict))
+        outcomes: list[InferenceOutcome] = [CANCELLED] * len(prepared)  # what a stop leaves unanswered
+
+        def land(index: int, outcome: InferenceOutcome) -> None:
+            outcomes[index] = outcome
+            if watch is not None and outcome is not CANCELLED:
+                watch.observe(outcome)
+
+        todo: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        for index, item in enumerate(prepared):
+            if isinstance(item, dict):
+                todo.append((index, item))
+            else:  # a request that could not be built has its error already
+                land(index, item)
 
         async def worker() -> None:
             while todo:
-                line = todo.popleft()
-                body = prepared[line]
-                assert isinstance(body, dict)
-                outcomes[line] = outcome = await self._infer_capped(requests[line], body, cap, stop)
-                if watch is not None and outcome is not CANCELLED:
-                    watch.observe(outcome)
+                index, body = todo.popleft()
+                land(index, await self._infer_capped(requests[index], body, cap, stop))
 
         # A fixed set of workers, as many as may be in flight, each taking the next line in order:
         # one task per request cost the loop a third of its time at thousands of answers a second.
-        width = min(
-            len(todo), self._config.total_concurrency if max_in_flight is None else max_in_flight.limit
-        )
-        workers = [asyncio.ensure_future(worker()) for _ in range(width)]
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(len(todo), limit))]
         await self._until_done_or_stopped(workers, stop)
-        bugs = [task.exception() for task in workers if not task.cancelled()]
-        for bug in bugs:  # a bug, not a failed request: fail the chunk as before
-            if bug is not None:
-                raise bug
+        for task in workers:
+            if not task.cancelled() and (bug := task.exception()) is not None:
+                raise bug  # a bug, not a failed request: fail the chunk as before
         return outcomes
 
     @staticmethod
