@@ -50,6 +50,7 @@ from batchinfer.runtime.cancellation import (
 from batchinfer.runtime.deadline import Deadline, DeadlinePassed, DoneFuture, windowed
 from batchinfer.runtime.executors import MAX_CHUNK_THREADS, ChunkExecutor, ChunkWork, chunk_executor
 from batchinfer.runtime.fail_fast import FailFastRules, OutcomeTally
+from batchinfer.runtime.heap import quiet_collector
 from batchinfer.runtime.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
 from batchinfer.runtime.reporting import RunReporter
 from batchinfer.runtime.summary import PhaseClock
@@ -100,11 +101,17 @@ class JobRun:
 
     @contextmanager
     def lifecycle(self) -> Iterator[None]:
-        """Cancel, expiry, deadline and errors around the phases. A SIGTERM sets the stop signal
-        until the very end: a cancel's SIGTERM must not cut the gather short."""
+        """Cancel, expiry, deadline and errors around the phases, with the collector kept quiet
+        (``heap``). A SIGTERM sets the stop signal until the very end: a cancel's SIGTERM must
+        not cut the gather short."""
         watcher = CancelWatcher(self.job_id, self.stop, prefect_state_reader(self.job_id))
         try:
-            with sigterm_sets(self.stop), watcher, expiring(self.stop, self.params.expires_at):
+            with (
+                sigterm_sets(self.stop),
+                watcher,
+                expiring(self.stop, self.params.expires_at),
+                quiet_collector(),  # full collections would walk Prefect's whole heap, often
+            ):
                 yield
         except (BatchInferError, DeadlinePassed) as exc:
             error = self._deadline_error() if isinstance(exc, DeadlinePassed) else exc
