@@ -7,6 +7,7 @@ server that is never reached each end it as they should, every line accounted fo
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import threading
@@ -29,6 +30,7 @@ from batchinfer.engines.openai_compat import OpenAIEngine
 from batchinfer.engines.registry import engine_in_use
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
 from batchinfer.records import ErrorDetail
+from batchinfer.runtime.heap import YOUNG_THRESHOLD
 from batchinfer.settings import Settings
 from batchinfer.testing.engines import EchoEngine
 from batchinfer.testing.fake_openai import FakeOpenAIServer
@@ -122,6 +124,17 @@ def test_a_job_completes_with_every_line_answered_once_in_order(run_job: RunJob)
     assert sorted(records) == list(range(1, LINES + 1))
     assert all(records[line]["generations"][0]["text"] == f"echo: prompt {line - 1}" for line in records)
     assert (ended.progress.completed, ended.progress.failed, ended.progress.chunks_done) == (LINES, 0, 6)
+
+
+def test_while_a_job_runs_its_chunks_the_collector_is_quiet_and_after_it_is_as_it_was(
+    run_job: RunJob,
+) -> None:
+    before = gc.get_threshold()
+    seen: list[tuple[int, tuple[int, int, int]]] = []
+    ended = run_job(EchoEngine(on_call=lambda _: seen.append((gc.get_freeze_count(), gc.get_threshold()))))
+    assert ended.state.is_completed() and len(seen) == LINES // CHUNK_SIZE
+    assert all(frozen > 0 and threshold[0] >= YOUNG_THRESHOLD for frozen, threshold in seen)
+    assert (gc.get_freeze_count(), gc.get_threshold()) == (0, before)
 
 
 def test_a_file_with_no_lines_fails_the_job_with_its_error_in_the_error_file(run_job: RunJob) -> None:
