@@ -13,11 +13,42 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     http = [r for r in rows if r["benchmark"] == "http"]
+    tf = [r for r in rows if r["benchmark"] == "transformers"]
+    local = [r for r in rows if r["benchmark"] == "local engines"]
+    panels = 1 + bool(tf) + bool(local)
+    fig, axes = plt.subplots(1, panels, figsize=(9 + 5 * (panels - 1), 5), squeeze=False)
+    _http_panel(axes[0][0], http)
+    rest = iter(axes[0][1:])
+    if tf:
+        # Models differ ~50x in speed: plot each engine row relative to its own plain baseline.
+        plain = {r["model"]: r["tokens_per_s"] for r in tf if r["mode"] == "plain generate"}
+        _tokens_panel(
+            next(rest),
+            tf,
+            labels=[f"{r['model']}\n{r['mode']}" for r in tf],
+            ratios=[r["tokens_per_s"] / plain[r["model"]] for r in tf],
+            baseline=[r["mode"] == "plain generate" for r in tf],
+            ylabel="generated tokens/s, relative to plain generate",
+            title="(5) transformers engine vs plain batched generate",
+        )
+    if local:
+        _tokens_panel(
+            next(rest),
+            local,
+            labels=[r["mode"].replace(" ", "\n", 1) for r in local],
+            ratios=[r["ratio_to_transformers"] for r in local],
+            baseline=[r["mode"] == "transformers" for r in local],
+            ylabel="generated tokens/s, relative to transformers",
+            title="local engines, embedded SmolLM2 on the CPU",
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _http_panel(ax: Any, http: list[dict[str, Any]]) -> None:
     latencies = sorted({r["latency_ms"] for r in http})
     modes = list(dict.fromkeys(r["mode"] for r in http))
-    tf = [r for r in rows if r["benchmark"] == "transformers"]
-    fig, axes = plt.subplots(1, 2 if tf else 1, figsize=(14 if tf else 9, 5), squeeze=False)
-    ax = axes[0][0]
     width = 0.8 / max(1, len(latencies))
     for i, latency in enumerate(latencies):
         by_mode = {r["mode"]: r for r in http if r["latency_ms"] == latency}
@@ -39,28 +70,30 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("steady rate at the server, ratio to the bare aiohttp loop (label: requests/s)")
     ax.set_title("OpenAI-compatible loopback server, by server latency")
-    ax.legend(title="latency")
-    if tf:
-        # Models differ ~50x in speed: plot each engine row relative to its own plain baseline.
-        ax2 = axes[0][1]
-        plain = {r["model"]: r["tokens_per_s"] for r in tf if r["mode"] == "plain generate"}
-        labels = [f"{r['model']}\n{r['mode']}" for r in tf]
-        values = [r["tokens_per_s"] / plain[r["model"]] for r in tf]
-        bars = ax2.bar(
-            range(len(tf)), values, color=["#999" if r["mode"] == "plain generate" else "#1f77b4" for r in tf]
+    # Below the axes: inside, it covers the labels of whichever bars it sits on.
+    ax.legend(title="latency", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(latencies))
+
+
+def _tokens_panel(
+    ax: Any,
+    rows: list[dict[str, Any]],
+    *,
+    labels: list[str],
+    ratios: list[float],
+    baseline: list[bool],
+    ylabel: str,
+    title: str,
+) -> None:
+    bars = ax.bar(range(len(rows)), ratios, color=["#999" if b else "#1f77b4" for b in baseline])
+    for bar, r in zip(bars, rows, strict=True):
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height(),
+            f"{r['tokens_per_s']:.0f} tok/s",
+            ha="center",
+            va="bottom",
+            fontsize=8,
         )
-        for bar, r in zip(bars, tf, strict=True):
-            ax2.text(
-                bar.get_x() + bar.get_width() / 2,
-                bar.get_height(),
-                f"{r['tokens_per_s']:.0f} tok/s",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        ax2.set_xticks(range(len(tf)), labels, fontsize=8)
-        ax2.set_ylabel("generated tokens/s, relative to plain generate")
-        ax2.set_title("(5) transformers engine vs plain batched generate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
