@@ -40,7 +40,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Benchmarks (figures in README "Performance"): ~15 min on 2 cores. BENCH_ARGS=--smoke for a quick run.
+# Benchmarks (figures in README "Performance"): ~16 min on 2 cores. BENCH_ARGS=--smoke for a quick run.
 bench: install
 	$(PIP) install -q -e ".[bench]" $(QUIET)
 	$(PY) -m bench.run $(BENCH_ARGS)
