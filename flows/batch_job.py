@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from batchinfer.contract import Options, Path
 from batchinfer.control.names import FLOW_NAME
 from batchinfer.endpoints import Endpoint
-from batchinfer.jobspec import JobParameters
+from batchinfer.jobspec import JobParameters, LineChecks
 from batchinfer.runtime.executors import MAX_CHUNK_THREADS
 from batchinfer.runtime.job_run import JobRun, JobTasks
 from batchinfer.runtime.reporting import job_run_name, tag_with_model
@@ -49,6 +49,7 @@ def batch_job(
     prompt_template: str | None = None,
     system_prompt: str | None = None,
     max_error_rate: float | None = None,
+    line_checks: LineChecks = LineChecks.seed,
 ) -> dict[str, Any] | State[Any]:
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files.
 
@@ -56,7 +57,9 @@ def batch_job(
     its finished lines (an OpenAI batch's ``completion_window``). ``endpoint``: the one endpoint
     every line must name (an OpenAI batch's); None: the first valid line's. ``prompt_template``
     and ``system_prompt``: a table prompt file's prompts, built from each row's columns.
-    ``max_error_rate``: past this share of failed requests the job stops, ``error_rate_exceeded``."""
+    ``max_error_rate``: past this share of failed requests the job stops, ``error_rate_exceeded``.
+    ``line_checks``: ``openai`` checks every line as OpenAI's Batch API does and fails the job on
+    any invalid one before a request is sent (a /v1 batch's); ``seed``: each bad line to the error file."""
     params = JobParameters(
         model=model,
         prompt_file=prompt_file,
@@ -68,6 +71,7 @@ def batch_job(
         prompt_template=prompt_template,
         system_prompt=system_prompt,
         max_error_rate=max_error_rate,
+        line_checks=line_checks,
     )
     job = JobRun.start(str(flow_run.id), params, TASKS, Settings())
     tag_with_model(job.job_id, model)

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from batchinfer.contract import Path, PathType
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import SamplingParams
+from batchinfer.pipeline.batch_checks import BatchRules
 from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.prompt_source import SourceRules, fetch
 from batchinfer.pipeline.tables import PromptTemplate
@@ -27,11 +28,12 @@ def validate(
     endpoint: Endpoint | None = None,
     *,
     prompt: PromptTemplate | None = None,
+    rules: BatchRules | None = None,
 ) -> ValidationSummary:
     layout = JobLayout(LocalPath(job_dir))
     settings = Settings()  # limits and URI rules, as configured where the job runs
-    rules = SourceRules.from_settings(settings)
-    source = fetch(prompt_file, settings.input_roots(), layout.staged_input, rules)
+    source_rules = SourceRules.from_settings(settings)
+    source = fetch(prompt_file, settings.input_roots(), layout.staged_input, source_rules)
     limits = settings.limits()
     # A CSV table is known by its name: the one the user gave (a URI's is lost when it is staged).
     name = prompt_file.value if prompt_file.type is not PathType.raw_bytes else None
@@ -46,4 +48,5 @@ def validate(
         prompt=prompt,
         name=name,
         dedupe=settings.deduplicate,
+        rules=rules,
     )

@@ -5,14 +5,15 @@ cannot ship undocumented.
 
 Levels: ``request`` (a 4xx/5xx answer, no job), ``job`` (``metadata.error.code`` of a failed job;
 whole-file ones also as the error file's ``"line": null`` record), ``line`` (one record of the error
-file), ``client`` (raised by ``batchinfer.client`` on the caller's side).
+file), ``batch`` (an entry of a /v1 batch's ``errors.data``: an input line that fails OpenAI's checks),
+``client`` (raised by ``batchinfer.client`` on the caller's side).
 """
 
 from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-Level = Literal["request", "job", "line", "client"]
+Level = Literal["request", "job", "line", "batch", "client"]
 
 
 class ErrorCode(NamedTuple):
@@ -209,6 +210,13 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         None,
         "The Parquet or CSV file cannot be read (corrupt, or a CSV column whose type changes midway).",
     ),
+    ErrorCode(
+        "invalid_batch_file",
+        "job",
+        None,
+        "/v1: lines of the batch's input file are invalid, so nothing was sent; the batch's errors list "
+        "each one: fix them and create the batch again.",
+    ),
     ErrorCode("interrupted", "job", None, "A previous serve stopped while the job ran: resume it."),
     ErrorCode("crashed", "job", None, "The process running the job died: resume it."),
     ErrorCode(
@@ -344,6 +352,36 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "/v1 error file: the request was not run before the completion window passed.",
     ),
     ErrorCode("inference_error", "line", None, "One request failed for good in an engine."),
+    # -- an invalid input line of a /v1 batch: Batch.errors.data ------------------------------------
+    ErrorCode("invalid_json_line", "batch", None, "The line is not JSON (or not UTF-8)."),
+    ErrorCode(
+        "missing_required_parameter",
+        "batch",
+        None,
+        "The line is not an object, or lacks custom_id, method, url or body (param names it).",
+    ),
+    ErrorCode(
+        "invalid_request",
+        "batch",
+        None,
+        "A field of the line is wrong (custom_id not a string, method not POST, body not an object), "
+        "or its body lacks model or its endpoint's prompt field; line null: input_file_id names no file.",
+    ),
+    ErrorCode("invalid_url", "batch", None, "The line's url is not the batch's endpoint."),
+    ErrorCode("streaming_unsupported", "batch", None, "body.stream is set: remove it."),
+    ErrorCode(
+        "model_not_found", "batch", None, "body.model is not served here: use a model id the message lists."
+    ),
+    ErrorCode(
+        "model_mismatch", "batch", None, "body.model is another than the batch's: a batch runs one model."
+    ),
+    ErrorCode("duplicate_custom_id", "batch", None, "An earlier line has this custom_id: make each unique."),
+    ErrorCode(
+        "line_too_long",
+        "batch",
+        None,
+        "Longer than BATCHINFER_MAX_LINE_BYTES: shorten it, or raise the limit.",
+    ),
     # -- raised by batchinfer.client on the caller's side -------------------------------------------
     ErrorCode(
         "client_error",

@@ -4,6 +4,7 @@ phases (the flow sets them; ``control.states`` maps them onto the statuses)."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
@@ -13,6 +14,14 @@ from batchinfer.endpoints import Endpoint
 PHASE_VALIDATING = "Validating"
 PHASE_INFERRING = "Inferring"
 PHASE_GATHERING = "Gathering"
+
+
+class LineChecks(StrEnum):
+    """How a job checks its lines before any is sent."""
+
+    seed = "seed"  # each line parsed on its own; a bad one goes to the error file (the seed API's)
+    openai = "openai"  # OpenAI's Batch API: its checks on every line; any invalid line fails the job
+    openai_lenient = "openai_lenient"  # OpenAI's checks, each invalid line to the error file (/v1, opt-in)
 
 
 class JobParameters(BaseModel):
@@ -36,4 +45,9 @@ class JobParameters(BaseModel):
     endpoint: Endpoint | None = Field(
         default=None,
         description="The endpoint every line must name (an OpenAI batch's); None: the first line's.",
+    )
+    line_checks: LineChecks = Field(
+        default=LineChecks.seed,
+        description="seed: each bad line to the error file; openai: OpenAI's batch checks, any invalid "
+        "line fails the job before a request is sent; openai_lenient: OpenAI's checks, per line.",
     )

@@ -70,6 +70,11 @@ class Completion(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable, machine-readable reason, e.g. 'invalid_json', 'http_400'.")
     message: str = Field(description="What went wrong and how to fix it.")
+    param: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,  # only where a field is to blame (an OpenAI batch line's)
+        description="The field of the line at fault, as OpenAI names it ('custom_id', 'body.model').",
+    )
 
 
 class SuccessRecord(BaseModel):

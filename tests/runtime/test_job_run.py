@@ -24,10 +24,12 @@ from batchinfer.flows.batch_job import batch_job
 
 from batchinfer.contract import Options, PathType
 from batchinfer.contract import Path as PromptPath
+from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import Engine
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.openai_compat import OpenAIEngine
 from batchinfer.engines.registry import engine_in_use
+from batchinfer.jobspec import LineChecks
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
 from batchinfer.records import ErrorDetail
 from batchinfer.runtime.heap import YOUNG_THRESHOLD
@@ -84,18 +86,18 @@ def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: No
         engine: Engine,
         lines: int = LINES,
         prompt: Callable[[int], str] = "prompt {}".format,
+        rows: list[Any] | None = None,
         **parameters: Any,
     ) -> Ended:
+        """``rows`` (JSON values, one a line) instead of ``lines`` prompts made by ``prompt``."""
         prompts = tmp_path / "prompts.jsonl"
-        prompts.write_text(
-            "".join(json.dumps([{"role": "user", "text": prompt(i)}]) + "\n" for i in range(lines))
-        )
+        rows = [[{"role": "user", "text": prompt(i)}] for i in range(lines)] if rows is None else rows
+        prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
         source = PromptPath(type=PathType.filepath, value=str(prompts))
         out = Path(parameters.pop("output_dir", tmp_path / "out"))
+        parameters.setdefault("model", MODEL.id)
         with engine_in_use(MODEL, context, engine):
-            state = batch_job(
-                model=MODEL.id, prompt_file=source, output_dir=str(out), return_state=True, **parameters
-            )
+            state = batch_job(prompt_file=source, output_dir=str(out), return_state=True, **parameters)
         return Ended(state, JobLayout(out))
 
     yield run
@@ -142,6 +144,36 @@ def test_a_file_with_no_lines_fails_the_job_with_its_error_in_the_error_file(run
     assert ended.state.is_failed() and ended.progress.error_code == "empty_file"
     ((record),) = read_jsonl(ended.layout.errors)
     assert record["line"] is None and record["error"]["code"] == "empty_file"
+
+
+def batch_row(custom_id: str, model: str = MODEL.id, **fields: Any) -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": custom_id}]}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body} | fields
+
+
+def test_an_openai_batch_with_an_invalid_line_fails_validating_and_sends_nothing(run_job: RunJob) -> None:
+    engine = EchoEngine()
+    rows = [batch_row("a"), batch_row("b", url="/v1/embeddings"), batch_row("c")]
+    ended = run_job(engine, rows=rows, line_checks=LineChecks.openai, endpoint=Endpoint.chat)
+    assert ended.state.is_failed() and engine.calls == []
+    assert ended.progress.error_code == "invalid_batch_file"
+    assert "1 of the batch's 3 lines" in (ended.progress.error_message or "")
+    [listed] = read_jsonl(ended.layout.batch_errors)
+    assert (listed["line"], listed["error"]["code"], listed["error"]["param"]) == (2, "invalid_url", "url")
+
+
+def test_an_openai_batch_naming_a_model_not_served_fails_each_line_model_not_found(run_job: RunJob) -> None:
+    rows = [batch_row("a", model="gpt-unserved"), batch_row("b", model="gpt-unserved")]
+    ended = run_job(EchoEngine(), rows=rows, model="gpt-unserved", line_checks=LineChecks.openai)
+    assert ended.state.is_failed() and ended.progress.error_code == "invalid_batch_file"
+    codes = [(r["line"], r["error"]["code"]) for r in read_jsonl(ended.layout.batch_errors)]
+    assert codes == [(1, "model_not_found"), (2, "model_not_found")]
+
+
+def test_a_valid_openai_batch_runs_as_any_job(run_job: RunJob) -> None:
+    ended = run_job(EchoEngine(), rows=[batch_row("a"), batch_row("b")], line_checks=LineChecks.openai)
+    assert ended.state.is_completed() and not ended.layout.batch_errors.exists()
+    assert [r["custom_id"] for r in read_jsonl(ended.layout.success)] == ["a", "b"]
 
 
 def test_a_cancel_mid_window_keeps_the_finished_chunks_and_records_the_rest_cancelled(

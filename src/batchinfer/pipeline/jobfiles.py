@@ -64,6 +64,11 @@ class JobLayout:
         return self.work / "line_errors.jsonl"
 
     @property
+    def batch_errors(self) -> Path:
+        """The lines that failed an OpenAI batch's checks (``pipeline.batch_checks``), if any did."""
+        return self.work / "batch_errors.jsonl"
+
+    @property
     def duplicates(self) -> Path:
         """Lines not sent because an identical earlier one was (``pipeline.duplicates``)."""
         return self.work / "duplicates.jsonl"

@@ -78,12 +78,24 @@ def parse_line(
     """Parse one decoded, non-blank line. Never raises for bad input. ``limits`` caps the sampling
     fields of batch lines, as submit caps the job's own options; ``defaults`` (the job's options,
     where it set them) fill a batch line's body where the line says nothing."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        message = f"Line is not valid JSON ({_json_reason(exc)})."
+        return ErrorRecord(line=line, error=ErrorDetail(code="invalid_json", message=message))
+    return parse_value(value, line, params, limits, defaults)
+
+
+def parse_value(
+    value: Any,
+    line: int,
+    params: SamplingParams,
+    limits: Limits | None = None,
+    defaults: RequestDefaults | None = None,
+) -> PromptRequest | ErrorRecord:
+    """``parse_line`` of a line already read as JSON (an OpenAI batch's, which its checks read)."""
     custom_id: str | None = None
     try:
-        try:
-            value = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise _LineRejected("invalid_json", f"Line is not valid JSON ({_json_reason(exc)}).") from None
         if isinstance(value, dict) and "body" in value:
             custom_id = _custom_id(value)
             return _batch_request(value, line, custom_id, params, limits or Limits(), defaults)

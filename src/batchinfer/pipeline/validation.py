@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeAlias
+from typing import IO, Any, TypeAlias
 
 import pyarrow as pa
 from pydantic import BaseModel
@@ -21,10 +21,11 @@ from pydantic import BaseModel
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.errors import PromptTableError
+from batchinfer.pipeline.batch_checks import BatchLineChecker, BatchRules, LineProblem
 from batchinfer.pipeline.chunking import plan_chunk_size
 from batchinfer.pipeline.duplicates import DuplicateFinder
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
-from batchinfer.pipeline.parsing import parse_line
+from batchinfer.pipeline.parsing import parse_line, parse_value
 from batchinfer.pipeline.tables import (
     CarriedColumns,
     PromptTemplate,
@@ -103,7 +104,8 @@ def _skip_rest_of_line(handle: IO[bytes], digest: hashlib._Hash) -> None:
             return
 
 
-Outcome: TypeAlias = PromptRequest | ErrorRecord | None  # None: a blank line, skipped and counted
+# None: a blank line, skipped and counted; a LineProblem: a line that fails an OpenAI batch.
+Outcome: TypeAlias = PromptRequest | ErrorRecord | LineProblem | None
 
 
 def validate_prompt_file(
@@ -118,6 +120,7 @@ def validate_prompt_file(
     prompt: PromptTemplate | None = None,
     name: str | None = None,
     dedupe: bool = True,
+    rules: BatchRules | None = None,
 ) -> ValidationSummary:
     """Split ``source`` into chunk input files of valid prompts and a file of line errors.
 
@@ -125,11 +128,15 @@ def validate_prompt_file(
     ``name``, the path or URI the user gave), whose rows go the same way as lines: row ``n`` is line
     ``n``. A job runs one endpoint: ``endpoint`` when the job declares it (an OpenAI batch does),
     else the first valid line's; a line naming another is a ``mismatched_endpoint`` line error.
-    ``dedupe``: a line repeating an earlier deterministic request is not sent (``duplicates``)."""
+    ``dedupe``: a line repeating an earlier deterministic request is not sent (``duplicates``).
+    ``rules``: an OpenAI batch's (``batch_checks``): its file is JSONL whatever its bytes, every line
+    is checked as OpenAI checks it, and with ``rules.fail_batch`` any invalid line fails the job
+    (``invalid_batch_file``, the lines in ``layout.batch_errors``) before a chunk runs."""
     limits, prompt = limits or Limits(), prompt or PromptTemplate()
     layout.carried_columns.unlink(missing_ok=True)  # an earlier run's, of another input perhaps
     layout.duplicates.unlink(missing_ok=True)
-    fmt = table_format(source, name)
+    layout.batch_errors.unlink(missing_ok=True)
+    fmt = None if rules is not None else table_format(source, name)
     if fmt is not None:
         return _validate_table(
             source, fmt, layout, params, chunk_size, limits=limits, prompt=prompt, dedupe=dedupe
@@ -142,7 +149,10 @@ def validate_prompt_file(
         return _too_many_lines(physical_lines, limits.max_lines, chunk_size)
     digest = hashlib.sha256()
     with open(source, "rb") as handle:
-        outcomes = _line_outcomes(handle, digest, params, limits, defaults)
+        if rules is None:
+            outcomes = _line_outcomes(handle, digest, params, limits, defaults)
+        else:
+            outcomes = _batch_line_outcomes(handle, digest, params, limits, defaults, rules)
         split = _split(outcomes, layout, plan_chunk_size(physical_lines, chunk_size), endpoint, dedupe)
     return split.summary(digest.hexdigest())
 
@@ -161,6 +171,32 @@ def _line_outcomes(
             yield _line_too_long(number, limits.max_line_bytes)
         else:
             yield _parse(raw, number, params, limits, defaults)
+
+
+def _batch_line_outcomes(
+    handle: IO[bytes],
+    digest: hashlib._Hash,
+    params: SamplingParams,
+    limits: Limits,
+    defaults: RequestDefaults | None,
+    rules: BatchRules,
+) -> Iterator[Outcome]:
+    """An OpenAI batch's lines: each one's first problem (as a line error unless the batch fails
+    on it), else the request it makes."""
+    checker = BatchLineChecker(rules)
+    for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
+        if raw is not None and not raw.strip():
+            yield None
+            continue
+        if raw is None:
+            too_long = _line_too_long(number, limits.max_line_bytes).error
+            value, problem = None, LineProblem(number, too_long.code, too_long.message)
+        else:
+            value, problem = checker.check(number, raw)
+        if problem is None:
+            yield parse_value(value, number, params, limits, defaults)
+        else:
+            yield problem if rules.fail_batch else problem.as_error_record()
 
 
 def _validate_table(
@@ -227,6 +263,8 @@ class _Split:
 
     def summary(self, input_sha256: str) -> ValidationSummary:
         tally = self.tally
+        if tally.batch_problems:
+            return _failed(_invalid_batch(tally), self.chunks.size)
         return ValidationSummary(
             input_sha256=input_sha256,
             lines=tally.valid + tally.invalid,
@@ -251,11 +289,16 @@ def _split(
         atomic_write(layout.line_errors) as errors_out,
         atomic_write(layout.duplicates) as duplicates_out,
         _ChunkWriter(layout, size) as chunks,
+        _BatchErrorsWriter(layout.batch_errors) as batch_errors,
     ):
         finder = DuplicateFinder(duplicates_out)
         for outcome in outcomes:
             if outcome is None:
                 tally.blank += 1
+                continue
+            if isinstance(outcome, LineProblem):
+                tally.batch_problem(outcome)
+                batch_errors.write(outcome)
                 continue
             checked = endpoints.check(outcome)
             if isinstance(checked, ErrorRecord):
@@ -274,10 +317,37 @@ class _Tally:
     invalid: int = 0
     blank: int = 0
     codes: set[str] = field(default_factory=set)
+    batch_problems: int = 0  # lines that fail an OpenAI batch (``batch_checks``)
+    first_problem: LineProblem | None = None
 
     def error(self, code: str) -> None:
         self.invalid += 1
         self.codes.add(code)
+
+    def batch_problem(self, problem: LineProblem) -> None:
+        self.batch_problems += 1
+        self.first_problem = self.first_problem or problem
+
+
+class _BatchErrorsWriter:
+    """The lines that fail an OpenAI batch, as error records with their ``param``: written only
+    when there is one (a batch that passes leaves no file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stack = ExitStack()
+        self._out: IO[str] | None = None
+
+    def __enter__(self) -> _BatchErrorsWriter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.__exit__(*exc_info)  # an error while writing leaves no file
+
+    def write(self, problem: LineProblem) -> None:
+        if self._out is None:
+            self._out = self._stack.enter_context(atomic_write(self.path))
+        self._out.write(problem.as_error_record().model_dump_json() + "\n")
 
 
 class _ChunkWriter:
@@ -394,6 +464,18 @@ def _failed(error: ErrorDetail, chunk_size: int) -> ValidationSummary:
         chunk_size=chunk_size,
         chunks=[],
         file_error=error,
+    )
+
+
+def _invalid_batch(tally: _Tally) -> ErrorDetail:
+    first = tally.first_problem
+    assert first is not None
+    lines = tally.valid + tally.invalid + tally.batch_problems
+    return ErrorDetail(
+        code="invalid_batch_file",
+        message=f"{tally.batch_problems} of the batch's {lines} lines are invalid, so nothing was sent "
+        f"(line {first.line}: {first.message}); the batch's errors list every one. Fix them and "
+        "create the batch again.",
     )
 
 

@@ -21,13 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchinfer.endpoints import RequestDefaults
+from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import Engine, InFlightCap, SamplingParams
-from batchinfer.engines.catalog import load_catalog
+from batchinfer.engines.catalog import ModelCatalog, load_catalog
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.registry import AnyModelConfig, get_engine
-from batchinfer.errors import BatchInferError, JobError, rerun_hint, resume_hint
-from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING, JobParameters
+from batchinfer.errors import BatchInferError, JobError, UnknownModelError, rerun_hint, resume_hint
+from batchinfer.jobspec import (
+    PHASE_GATHERING,
+    PHASE_INFERRING,
+    PHASE_VALIDATING,
+    JobParameters,
+    LineChecks,
+)
+from batchinfer.pipeline.batch_checks import BatchRules
 from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
 from batchinfer.pipeline.chunking import chunk_key
 from batchinfer.pipeline.gather import GatherCounts, gather_outputs
@@ -130,18 +137,21 @@ class JobRun:
         """The prompt file as chunk files and line errors; a file unusable as a whole fails the
         job, its error in the error file."""
         self._enter(PHASE_VALIDATING)
-        self.config = load_catalog(self.settings.models).get(self.params.model)
-        self.stop.tally = OutcomeTally(self._fail_fast_rules())
+        catalog = load_catalog(self.settings.models)
+        rules = self._batch_rules(catalog)
+        self.config = self._model_config(catalog, rules)
         params, defaults = self._sampling()
         prompt = PromptTemplate(template=self.params.prompt_template, system_prompt=self.params.system_prompt)
         summary = self.tasks.validate(
             self.params.prompt_file,
             str(self.layout.root),
             params,
-            self.settings.chunk_size_for(self.config),
+            # No model: every line says so (model_not_found) and the job fails before it chunks.
+            self.settings.chunk_size_for(self.config) if self.config else 1,
             defaults,
             self.params.endpoint,
             prompt=prompt,
+            rules=rules,
         )
         progress = self.reporter.progress
         progress.endpoint, progress.total, progress.failed = summary.endpoint, summary.lines, summary.invalid
@@ -151,6 +161,8 @@ class JobRun:
             self.tasks.gather(str(self.layout.root), [], summary.lines, summary.file_error)
             progress.outputs_ready = True
             raise JobError(summary.file_error.message, code=summary.file_error.code)
+        assert self.config is not None  # the valid lines name a model that is served
+        self.stop.tally = OutcomeTally(self._fail_fast_rules())
         # Everything that shapes a chunk's requests: a resumed job reuses results only when all match.
         shape = (
             f"{params.model_dump_json()}|{defaults.model_dump_json()}|{self.params.endpoint}"
@@ -218,6 +230,27 @@ class JobRun:
     def _enter(self, phase: str) -> None:
         self.reporter.set_phase(phase)
         self.clock.enter(phase)
+
+    def _batch_rules(self, catalog: ModelCatalog) -> BatchRules | None:
+        """An OpenAI batch's line checks (``batch_checks``); None for the seed's per-line parsing."""
+        if self.params.line_checks is LineChecks.seed:
+            return None
+        return BatchRules(
+            endpoint=self.params.endpoint or Endpoint.chat,
+            model=self.params.model,
+            served=frozenset(catalog.ids()),
+            fail_batch=self.params.line_checks is LineChecks.openai,
+        )
+
+    def _model_config(self, catalog: ModelCatalog, rules: BatchRules | None) -> AnyModelConfig | None:
+        """The job's model. An OpenAI batch may name one that is not served: its lines say so, one
+        by one, and it fails at validation, before anything needs the model (None until then)."""
+        try:
+            return catalog.get(self.params.model)
+        except UnknownModelError:
+            if rules is None:
+                raise
+            return None
 
     def _sampling(self) -> tuple[SamplingParams, RequestDefaults]:
         options, n = self.params.options, self.params.num_generations
