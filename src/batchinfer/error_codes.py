@@ -128,7 +128,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("job_not_cancellable", "request", 409, "The job has already ended."),
     ErrorCode("service_unavailable", "request", 503, "The Prefect API is down or not ready: retry."),
-    ErrorCode("not_found", "request", 404, "/v1: no such file or batch."),
+    ErrorCode("not_found", "request", 404, "/v1: no such file or batch (or an expired file)."),
     ErrorCode(
         "invalid_file_purpose",
         "request",
@@ -136,11 +136,33 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "/v1: a batch's input file must be uploaded with purpose batch.",
     ),
     ErrorCode(
-        "missing_model", "request", 400, "/v1: no line names body.model: give every line the model id."
+        "invalid_value",
+        "request",
+        400,
+        "/v1: a value OpenAI does not take (endpoint, completion_window, expires_after): the message "
+        "lists the supported ones.",
     ),
-    ErrorCode("mismatched_model", "request", 400, "/v1: the lines name different models; a batch runs one."),
-    ErrorCode("model_not_found", "request", 400, "/v1: body.model is not a model id of the models file."),
-    ErrorCode("batch_not_cancellable", "request", 409, "/v1: the batch has already ended."),
+    ErrorCode(
+        "unknown_parameter",
+        "request",
+        400,
+        "/v1: a create parameter OpenAI does not take: remove it (the extensions are idempotency_key "
+        "and invalid_lines).",
+    ),
+    ErrorCode("object_above_max_properties", "request", 400, "/v1: metadata has more than 16 pairs."),
+    ErrorCode(
+        "string_above_max_length",
+        "request",
+        400,
+        "/v1: a metadata key over 64 characters, or a value over 512.",
+    ),
+    ErrorCode("invalid_type", "request", 400, "/v1: a metadata value that is not a string."),
+    ErrorCode(
+        "idempotency_conflict",
+        "request",
+        409,
+        "/v1: the idempotency_key made a batch with other parameters: send those, or use a new key.",
+    ),
     # -- a job that failed --------------------------------------------------------------------------
     ErrorCode("job_failed", "job", None, "The job failed; the message says why."),
     ErrorCode("empty_file", "job", None, "The prompt file has no lines."),

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -208,6 +208,19 @@ class Settings(BaseSettings):
         default=False,
         description="Allow http(s) prompt-file URIs whose host is loopback, private, link-local or "
         "reserved. Off by default, so a job cannot be used to reach the server's own network.",
+    )
+
+    # The OpenAI-compatible API (/v1): OpenAI's semantics unless an operator opts into an extension.
+    openai_any_completion_window: bool = Field(
+        default=False,
+        description="Extension: /v1/batches takes completion windows other than OpenAI's '24h' "
+        "('90m', '30s', '2d'); off: any other is a 400, as at OpenAI.",
+    )
+    openai_invalid_lines: Literal["fail_batch", "error_file"] = Field(
+        default="fail_batch",
+        description="What a /v1 batch does with an invalid input line unless its create says "
+        "(`invalid_lines`, an extension): fail_batch, OpenAI's (the batch fails while validating, "
+        "each line in its errors); error_file (each goes to the error file, the rest run).",
     )
 
     # Notifications.

@@ -1,10 +1,11 @@
-"""The OpenAI-compatible API's pure parts: status mapping, timestamps, line conversion, the file
-store, pagination; and the /v1 routes against an in-memory job backend (no Prefect)."""
+"""The OpenAI-compatible API's parts: status mapping, timestamps, line conversion, the store of
+files and batches; and the /v1 routes against an in-memory job backend (no Prefect)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +29,9 @@ from batchinfer.api.openai.lines import (
     success_line,
     unrun_records,
 )
-from batchinfer.api.openai.pagination import cursor_page, list_body
+from batchinfer.api.openai.records import BatchRecord, StoredFile
 from batchinfer.api.openai.status import StateEvent, timestamps
+from batchinfer.api.openai.store import Store, adopt_json_records
 from batchinfer.contract import BatchInference, JobStatus
 from batchinfer.control.states import SEED_STATUS, BatchStatus, batch_status, job_status
 from batchinfer.engines.catalog import load_catalog
@@ -297,21 +299,27 @@ def test_validation_line_errors_become_batch_errors_up_to_a_limit() -> None:
         json.dumps({"line": n, "custom_id": None, "error": {"code": "invalid_json", "message": "m"}})
         for n in range(5)
     ]
-    assert batch_errors(raws, 2) == [
+    raws[1] = json.dumps({"line": 1, "error": {"code": "invalid_url", "message": "u", "param": "url"}})
+    assert [e.model_dump() for e in batch_errors(raws, 2)] == [
         {"code": "invalid_json", "message": "m", "param": None, "line": 0},
-        {"code": "invalid_json", "message": "m", "param": None, "line": 1},
+        {"code": "invalid_url", "message": "u", "param": "url", "line": 1},
     ]
 
 
-# ---- file store, pagination -----------------------------------------------------------------
+# ---- the store ------------------------------------------------------------------------------
 
 
-def test_the_file_store_keeps_bytes_and_file_objects_and_deletes_both(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "files")
-    first = store.create("a.jsonl", "batch", [b"ab", b"c"])
-    second = store.create("b.jsonl", "batch_output", [b""])
-    assert store.path(first.id).read_bytes() == b"abc"
-    assert first.public() | {"created_at": 0} == {
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "openai.sqlite3")
+
+
+def test_the_file_store_keeps_bytes_and_file_objects_and_deletes_both(tmp_path: Path, store: Store) -> None:
+    files = FileStore(tmp_path / "files", store)
+    first = files.create("a.jsonl", "batch", [b"ab", b"c"])
+    second = files.create("b.jsonl", "batch_output", [b""])
+    assert files.path(first.id).read_bytes() == b"abc"
+    assert first.public().model_dump() | {"created_at": 0} == {
         "id": first.id,
         "object": "file",
         "bytes": 3,
@@ -322,34 +330,81 @@ def test_the_file_store_keeps_bytes_and_file_objects_and_deletes_both(tmp_path: 
         "expires_at": None,
         "status_details": None,
     }
-    assert [f.id for f in store.list()] == [second.id, first.id]  # newest first
-    assert [f.id for f in store.list("batch")] == [first.id]
-    assert store.delete(first.id) and not store.delete(first.id)
-    assert store.get(first.id) is None and not store.path(first.id).exists()
-    assert store.get("../../etc/passwd") is None and store.get("file-../x") is None
+    assert [f.id for f in files.page(None, None, 10)[0]] == [second.id, first.id]  # newest first
+    assert [f.id for f in files.page("batch", None, 10)[0]] == [first.id]
+    assert files.delete(first.id) and not files.delete(first.id)
+    assert files.get(first.id) is None and not files.path(first.id).exists()
+    assert files.get("../../etc/passwd") is None and files.get("file-../x") is None
 
 
-def test_a_file_over_the_limit_is_not_stored(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "files")
+def test_a_file_over_the_limit_is_not_stored(tmp_path: Path, store: Store) -> None:
+    files = FileStore(tmp_path / "files", store)
     with pytest.raises(FileTooLargeError):
-        store.create("big.jsonl", "batch", [b"x" * 6, b"x" * 6], max_bytes=10)
-    assert store.list() == [] and list((tmp_path / "files").iterdir()) == []
+        files.create("big.jsonl", "batch", [b"x" * 6, b"x" * 6], max_bytes=10)
+    assert files.page(None, None, 10) == ([], False) and list((tmp_path / "files").iterdir()) == []
 
 
-def test_cursor_pages_follow_after() -> None:
-    items = ["e", "d", "c", "b", "a"]
-    assert cursor_page(items, str, None, 2) == (["e", "d"], True)
-    assert cursor_page(items, str, "d", 2) == (["c", "b"], True)
-    assert cursor_page(items, str, "b", 2) == (["a"], False)
-    assert cursor_page(items, str, "gone", 2) == ([], False)
-    assert list_body([{"id": "x"}, {"id": "y"}], True) == {
-        "object": "list",
-        "data": [{"id": "x"}, {"id": "y"}],
-        "first_id": "x",
-        "last_id": "y",
-        "has_more": True,
-    }
-    assert list_body([], False)["first_id"] is None
+def test_a_file_is_gone_once_its_expiry_passes(tmp_path: Path, store: Store) -> None:
+    now = [1_000_000.0]
+    files = FileStore(tmp_path / "files", store, clock=lambda: now[0])
+    lasting = files.create("keep.jsonl", "batch", [b"k"])
+    expiring = files.create("gone.jsonl", "batch", [b"g"], expires_after_s=3600)
+    assert expiring.expires_at == 1_000_000 + 3600 and lasting.expires_at is None
+    now[0] += 3599
+    assert files.get(expiring.id) == expiring
+    now[0] += 1
+    assert [f.id for f in files.page(None, None, 10)[0]] == [lasting.id]
+    assert files.get(expiring.id) is None and not files.path(expiring.id).exists()
+
+
+def record(n: int, **fields: Any) -> BatchRecord:
+    fields = {"model": None, **fields}
+    return BatchRecord(
+        id=f"batch_{n:032x}",
+        job_id=None,
+        input_file_id="file-x",
+        input_path=None,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        window_s=86400,
+        created_at=n,
+        created_ns=n,
+        expires_at=n + 86400,
+        **fields,
+    )
+
+
+def test_batch_pages_run_newest_first_after_a_cursor(store: Store) -> None:
+    for n in range(1, 6):
+        store.save_batch(record(n))
+    ids = [r.id for r in store.batches_page(None, 10)[0]]
+    assert ids == [record(n).id for n in (5, 4, 3, 2, 1)]
+    assert [r.id for r in store.batches_page(ids[0], 2)[0]] == ids[1:3]
+    assert store.batches_page(ids[0], 2)[1] is True and store.batches_page(ids[2], 2)[1] is False
+    assert store.batches_page("batch_" + "f" * 32, 2) == ([], False)  # an unknown cursor
+
+
+def test_a_batch_is_found_by_its_idempotency_key_and_a_key_makes_one_batch(store: Store) -> None:
+    store.save_batch(record(1, idempotency_key="k"))
+    store.save_batch(record(1, idempotency_key="k", model="updated"))  # the same batch, saved again
+    found = store.batch_by_key("k")
+    assert found is not None and found.model == "updated"
+    with pytest.raises(sqlite3.IntegrityError):
+        store.save_batch(record(2, idempotency_key="k"))
+
+
+def test_records_an_earlier_release_kept_as_json_files_are_adopted_once(tmp_path: Path, store: Store) -> None:
+    files_dir, batches_dir = tmp_path / "files", tmp_path / "batches"
+    files_dir.mkdir()
+    batches_dir.mkdir()
+    old = StoredFile(
+        id="file-abc", bytes=1, created_at=1, filename="a", purpose="batch", sha256="0", created_ns=1
+    )
+    (files_dir / "file-abc.json").write_text(old.model_dump_json())
+    (batches_dir / f"{record(1).id}.json").write_text(record(1).model_dump_json())
+    assert adopt_json_records(store, files_dir, batches_dir) == 2
+    assert store.file("file-abc") == old and store.batch(record(1).id) == record(1)
+    assert adopt_json_records(store, files_dir, batches_dir) == 0
 
 
 # ---- the routes, on an in-memory backend ----------------------------------------------------
@@ -423,12 +478,12 @@ def test_upload_and_create_submit_one_job_reading_a_staged_copy(
     file_id = upload(client, content).json()["id"]
     response = client.post(
         "/v1/batches",
-        json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "1h"},
+        json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
     )
     assert response.status_code == 200, response.text
     batch = response.json()
     assert batch["id"] == batch_id_of(JOB) and batch["status"] == "validating"
-    assert batch["expires_at"] == batch["created_at"] + 3600 and batch["errors"] is None
+    assert batch["expires_at"] == batch["created_at"] + 86400 and batch["errors"] is None
     params = backend.submitted[0]
     assert params.model == default_model()
     # The job stops itself at the batch's expires_at, to the second.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchinfer import __version__
 from batchinfer.api import routes
+from batchinfer.api.openai.files import Clock
 from batchinfer.api.openai.router import mount_openai_api
 from batchinfer.contract import (
     MediaAttachment,
@@ -67,8 +69,11 @@ def bearer_token_matches(authorization: str | None, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: BackendFactory) -> FastAPI:
-    """The adapter app. ``backend_factory`` is entered for the app's lifetime (inject any backend)."""
+def create_app(
+    settings: Settings, catalog: ModelCatalog, backend_factory: BackendFactory, clock: Clock = time.time
+) -> FastAPI:
+    """The adapter app. ``backend_factory`` is entered for the app's lifetime (inject any backend);
+    ``clock`` is what /v1 files expire by."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,7 +95,8 @@ def create_app(settings: Settings, catalog: ModelCatalog, backend_factory: Backe
     app.add_exception_handler(Exception, _on_unexpected)
     app.include_router(routes.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    mount_openai_api(app, settings, catalog)  # /v1/files, /v1/batches: last, it wraps the handlers
+    # /v1/files, /v1/batches: last, it wraps the handlers.
+    mount_openai_api(app, settings, catalog, clock=clock)
     return app
 
 

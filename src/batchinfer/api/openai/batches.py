@@ -1,79 +1,54 @@
-"""``/v1/batches``: a batch is a job of the same flow, submitted through the app's ``JobBackend``.
+"""``/v1/batches``: a batch is a job of the same flow, submitted through the app's ``JobBackend``,
+and answered as OpenAI's Batch API answers.
 
-What the flow run knows (status, counts, outputs) is read from the job each time; what it does not
-(input file, endpoint, window, metadata, output file ids) is in the batch's record.
+What OpenAI refuses at create (an endpoint, window, metadata or parameter it does not take) is a 400
+naming the field; everything about the input file is found while the batch is ``validating``: an
+unknown ``input_file_id`` fails the batch at once, and the flow checks every line of the file
+(``pipeline.batch_checks``) before it sends any. What the flow run knows (status, counts, outputs)
+is read from the job each time; what it does not is in the batch's record (``records``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import anyio
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from batchinfer.api.openai.batch_view import BatchView
 from batchinfer.api.openai.errors import OpenAIError, from_batchinfer_error, not_found
 from batchinfer.api.openai.files import FileStore, StoredFile, link_or_copy
 from batchinfer.api.openai.history import HistoryReader
 from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
-from batchinfer.api.openai.lines import batch_errors, read_lines, scan_models
-from batchinfer.api.openai.outputs import make_outputs
-from batchinfer.api.openai.pagination import cursor_page, list_body
-from batchinfer.api.openai.records import BatchRecord, BatchStore
-from batchinfer.api.openai.status import StateEvent, timestamps
-from batchinfer.contract import BatchInference, JobStatus, Path, PathType
+from batchinfer.api.openai.lines import read_lines, scan_models
+from batchinfer.api.openai.records import BatchRecord
+from batchinfer.api.openai.schemas import Batch, BatchError, CreateBatch, InvalidLines, Page
+from batchinfer.api.openai.store import Store
+from batchinfer.contract import BatchInference, Path, PathType
 from batchinfer.control.backend import JobBackend
-from batchinfer.control.states import BatchStatus, batch_status
+from batchinfer.control.states import BatchStatus
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.catalog import ModelCatalog
-from batchinfer.errors import BatchInferError, JobNotCancellableError, UnknownModelError
-from batchinfer.jobspec import JobParameters
-from batchinfer.pipeline.jobfiles import job_layout
+from batchinfer.errors import BatchInferError, JobNotCancellableError
+from batchinfer.jobspec import JobParameters, LineChecks
 from batchinfer.settings import Settings
 
-ENDPOINTS = frozenset(e.value for e in Endpoint)  # each line's url must name the batch's
+OPENAI_WINDOW = "24h"
 _WINDOW = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_ERRORS_LISTED = 1000
 MAX_METADATA_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512
-
-
-class CreateBatch(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. output_expires_after: accepted, not applied
-
-    input_file_id: str
-    endpoint: str
-    completion_window: str
-    metadata: dict[str, str] | None = None
-
-
-def _window_of(request: CreateBatch) -> int:
-    """The batch's endpoint checked, its metadata checked, and its completion window in seconds."""
-    if request.endpoint not in ENDPOINTS:
-        raise OpenAIError(
-            400,
-            f"Endpoint {request.endpoint!r} is not supported; use {', '.join(sorted(ENDPOINTS))}.",
-            param="endpoint",
-            code="unsupported_endpoint",
-        )
-    _check_metadata(request.metadata)
-    try:
-        return window_seconds(request.completion_window)
-    except ValueError:
-        raise OpenAIError(
-            400,
-            f"completion_window {request.completion_window!r} is not a duration; use '24h'.",
-            param="completion_window",
-        ) from None
+ENDED = frozenset({BatchStatus.completed, BatchStatus.failed, BatchStatus.expired})
+STOPPING = frozenset({BatchStatus.cancelling, BatchStatus.cancelled})
 
 
 def window_seconds(window: str) -> int:
-    """``24h``, ``90m``, ``30s``, ``2d`` in seconds (OpenAI only knows ``24h``; shorter ones serve
-    tests and impatient users). A ``ValueError`` for anything else."""
+    """``24h``, ``90m``, ``30s``, ``2d`` in seconds; a ``ValueError`` for anything else."""
     match = _WINDOW.match(window.strip())
     seconds = int(match.group(1)) * _UNIT_S[match.group(2)] if match else 0
     if seconds <= 0:
@@ -87,254 +62,198 @@ class BatchService:
         settings: Settings,
         catalog: ModelCatalog,
         files: FileStore,
-        batches: BatchStore,
+        store: Store,
         history: HistoryReader,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.files = files
-        self.batches = batches
+        self.store = store
         self.history = history
-        # One output conversion per batch at a time; concurrent retrieves wait, then reuse it.
-        self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
+        self.view = BatchView(settings, files, store)
+        # One create per idempotency key at a time: the second waits, then finds the first's batch.
+        self._key_locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
 
     # ---- create ------------------------------------------------------------------------------
 
-    async def create(self, backend: JobBackend, payload: Any) -> dict[str, Any]:
+    async def create(self, backend: JobBackend, payload: Any) -> Batch:
         request = _parse_create(payload)
-        stored = self._input_file(request.input_file_id)
-        window_s = _window_of(request)
+        window_s = self._window_of(request)
+        key = request.idempotency_key
+        if key is None:
+            return await self._create(backend, request, window_s)
+        async with self._key_locks[key]:
+            existing = await anyio.to_thread.run_sync(self.store.batch_by_key, key)
+            if existing is None:
+                return await self._create(backend, request, window_s)
+            if existing.fingerprint != _fingerprint(request):
+                raise OpenAIError(
+                    409,
+                    f"The idempotency_key {key!r} was used to create {existing.id} with other parameters; "
+                    "send the same parameters to get that batch, or use a new key for a new batch.",
+                    param="idempotency_key",
+                    code="idempotency_conflict",
+                )
+            return await self._current(backend, existing)
+
+    def _window_of(self, request: CreateBatch) -> int:
+        """The endpoint, window and metadata checked as OpenAI checks them; the window in seconds."""
+        if request.endpoint not in {e.value for e in Endpoint}:
+            raise _invalid_value("endpoint", request.endpoint, [e.value for e in Endpoint])
+        _check_metadata(request.metadata)
+        window = request.completion_window
+        if window == OPENAI_WINDOW:
+            return window_seconds(window)
+        if not self.settings.openai_any_completion_window:
+            raise _invalid_value(
+                "completion_window",
+                window,
+                [OPENAI_WINDOW],
+                "(Other windows are an extension this server's operator can turn on: "
+                "BATCHINFER_OPENAI_ANY_COMPLETION_WINDOW=true.)",
+            )
+        try:
+            return window_seconds(window)
+        except ValueError:
+            raise OpenAIError(
+                400,
+                f"completion_window {window!r} is not a duration; use '24h', or e.g. '90m', '30s', '2d'.",
+                param="completion_window",
+                code="invalid_value",
+            ) from None
+
+    async def _create(self, backend: JobBackend, request: CreateBatch, window_s: int) -> Batch:
+        created = int(time.time())
+        record = BatchRecord(
+            id=batch_id_of(uuid4()),
+            job_id=None,
+            input_file_id=request.input_file_id,
+            input_path=None,
+            endpoint=request.endpoint,
+            completion_window=request.completion_window,
+            window_s=window_s,
+            model=None,
+            metadata=request.metadata,  # checked: every value a string
+            created_at=created,
+            created_ns=time.time_ns(),
+            expires_at=created + window_s,
+            invalid_lines=InvalidLines(request.invalid_lines or self.settings.openai_invalid_lines),
+            output_expires_after_s=expiry.seconds if (expiry := request.output_expires_after) else None,
+            idempotency_key=request.idempotency_key,
+            fingerprint=_fingerprint(request),
+        )
+        stored = await anyio.to_thread.run_sync(self.files.get, request.input_file_id)
+        if stored is None:  # as OpenAI: the batch is made, and fails while validating
+            record.failure = BatchError(
+                code="invalid_request",
+                param="input_file_id",
+                message=f"No file found with id {request.input_file_id!r}: upload the batch's input "
+                "file with purpose 'batch', and create the batch with the id the upload returned.",
+            )
+            await self._save(record)
+            return await self.view.of(record, None, [])
+        job = await self._submit(backend, record, _batch_input(stored))
+        await self._save(record)
+        return await self.view.of(record, job, [])
+
+    async def _submit(self, backend: JobBackend, record: BatchRecord, stored: StoredFile) -> BatchInference:
+        """The batch's job, reading a staged copy of its input file; ``record`` gets its job id."""
         source = self.files.path(stored.id)
-        model = await anyio.to_thread.run_sync(self._model_of, source, stored.id)
+        found = await anyio.to_thread.run_sync(lambda: scan_models(read_lines(source)))
         # Staged by content under the uploads dir, where every job may read (input_roots), and
         # apart from the file store: deleting the input file does not pull it from under the job.
         staged = self.settings.uploads_dir / f"{stored.sha256}.jsonl"
         await anyio.to_thread.run_sync(link_or_copy, source, staged)
-        # The batch's own clock, whole seconds as OpenAI's: the flow stops the job exactly at
-        # expires_at (keeping its finished lines), so expired_at is never before it.
-        created = int(time.time())
+        checks = (
+            LineChecks.openai
+            if record.invalid_lines is InvalidLines.fail_batch
+            else LineChecks.openai_lenient
+        )
         params = JobParameters(
-            model=model,
+            # A file whose lines name no model fails validation line by line (body.model).
+            model=found.model or "",
             prompt_file=Path(type=PathType.filepath, value=str(staged)),
-            expires_at=datetime.fromtimestamp(created + window_s, UTC),
-            endpoint=Endpoint(request.endpoint),
+            # The flow stops the job exactly at expires_at (keeping its finished lines).
+            expires_at=datetime.fromtimestamp(record.expires_at, UTC),
+            endpoint=Endpoint(record.endpoint),
+            line_checks=checks,
         )
         try:
             job = await backend.submit(params)
         except BatchInferError as exc:
             raise from_batchinfer_error(exc) from None
-        record = BatchRecord(
-            id=batch_id_of(job.job_id),
-            job_id=job.job_id,
-            input_file_id=stored.id,
-            input_path=str(staged),
-            endpoint=request.endpoint,
-            completion_window=request.completion_window,
-            window_s=window_s,
-            model=model,
-            metadata=request.metadata,
-            created_at=created,
-            created_ns=time.time_ns(),
-            expires_at=created + window_s,
-        )
-        self.batches.save(record)
-        return await self._view(backend, record, job, [])
+        record.id, record.job_id = batch_id_of(job.job_id), job.job_id
+        record.model, record.input_path = found.model, str(staged)
+        return job
 
-    def _input_file(self, file_id: str) -> StoredFile:
-        stored = self.files.get(file_id)
-        if stored is None:
-            raise not_found("File", file_id, "input_file_id")
-        if stored.purpose != "batch":
-            raise OpenAIError(
-                400,
-                f"File {stored.id!r} has purpose {stored.purpose!r}; a batch's input file must be "
-                "uploaded with purpose 'batch'.",
-                param="input_file_id",
-                code="invalid_file_purpose",
-            )
-        return stored
+    async def _save(self, record: BatchRecord) -> None:
+        await anyio.to_thread.run_sync(self.store.save_batch, record)
 
-    def _model_of(self, source: Any, file_id: str) -> str:
-        """The batch's one model, from its lines' ``body.model``; a known model id."""
-        found = scan_models(read_lines(source))
-        if found.model is None:
-            raise OpenAIError(
-                400,
-                f"No line of {file_id!r} names a model in body.model; give every line the model id.",
-                param="input_file_id",
-                code="missing_model",
-            )
-        if found.mismatched:
-            shown = ", ".join(map(str, found.mismatched[:10]))
-            raise OpenAIError(
-                400,
-                f"A batch runs one model: line {found.first_line} names {found.model!r}, but lines "
-                f"{shown}{' ...' if len(found.mismatched) > 10 else ''} name another.",
-                param="input_file_id",
-                code="mismatched_model",
-            )
-        try:
-            self.catalog.get(found.model)
-        except UnknownModelError as exc:
-            raise OpenAIError(400, exc.message, param="body.model", code="model_not_found") from None
-        return found.model
+    # ---- read --------------------------------------------------------------------------------
 
-    # ---- read ---------------------------------------------------------------------------------
+    async def retrieve(self, backend: JobBackend, batch_id: str) -> Batch:
+        return await self._current(backend, await self._record(batch_id))
 
-    async def retrieve(self, backend: JobBackend, batch_id: str) -> dict[str, Any]:
-        record = self._record(batch_id)
-        job = await self._job(backend, record)
-        history = await self.history([UUID(record.job_id)])
-        return await self._view(backend, record, job, history.get(UUID(record.job_id), []))
-
-    async def list_batches(self, backend: JobBackend, after: str | None, limit: int) -> dict[str, Any]:
-        if after is not None:
-            after = self._canonical(after)
-        records, has_more = cursor_page(self.batches.list(), lambda r: r.id, after, limit)
-        histories = await self.history([UUID(r.job_id) for r in records])
+    async def list_batches(self, backend: JobBackend, after: str | None, limit: int) -> Page[Batch]:
+        cursor = None if after is None else _canonical(after)
+        records, has_more = await anyio.to_thread.run_sync(self.store.batches_page, cursor, limit)
+        histories = await self.history([UUID(r.job_id) for r in records if r.job_id])
         data = []
         for record in records:
-            job = await self._job(backend, record)
-            data.append(await self._view(backend, record, job, histories.get(UUID(record.job_id), [])))
-        return list_body(data, has_more)
+            job = await self.view.job(backend, record)
+            data.append(await self.view.of(record, job, _history(histories, record)))
+        return Page[Batch].of(data, has_more)
 
-    async def cancel(self, backend: JobBackend, batch_id: str) -> dict[str, Any]:
-        record = self._record(batch_id)
+    async def cancel(self, backend: JobBackend, batch_id: str) -> Batch:
+        """As OpenAI: a batch already stopping is returned as it is; one that ended is a 409."""
+        record = await self._record(batch_id)
+        current = await self._current(backend, record)
+        if current.status in STOPPING:
+            return current
+        if current.status in ENDED or record.job_id is None:
+            raise _not_cancellable(current.status)
         try:
-            job = await backend.cancel(UUID(record.job_id))
-        except JobNotCancellableError as exc:
-            raise OpenAIError(409, exc.message, param="batch_id", code="batch_not_cancellable") from None
+            await backend.cancel(UUID(record.job_id))
+        except JobNotCancellableError:  # it ended meanwhile
+            raise _not_cancellable((await self._current(backend, record)).status) from None
         except BatchInferError as exc:
             raise from_batchinfer_error(exc) from None
         if record.cancelling_at is None:
             record.cancelling_at = int(time.time())
-            self.batches.save(record)
-        history = await self.history([UUID(record.job_id)])
-        return await self._view(backend, record, job, history.get(UUID(record.job_id), []))
+            await self._save(record)
+        return await self._current(backend, record)
 
-    def _canonical(self, batch_id: str) -> str:
-        job_id = job_uuid_of(batch_id)
-        return batch_id_of(job_id) if job_id is not None else batch_id
+    async def _current(self, backend: JobBackend, record: BatchRecord) -> Batch:
+        job = await self.view.job(backend, record)
+        history = await self.history([UUID(record.job_id)]) if record.job_id else {}
+        return await self.view.of(record, job, _history(history, record))
 
-    def _record(self, batch_id: str) -> BatchRecord:
-        record = self.batches.get(self._canonical(batch_id))
+    async def _record(self, batch_id: str) -> BatchRecord:
+        record = await anyio.to_thread.run_sync(self.store.batch, _canonical(batch_id))
         if record is None:
-            raise not_found("Batch", batch_id, "batch_id")
+            raise not_found("batch", batch_id, "batch_id")
         return record
 
-    async def _job(self, backend: JobBackend, record: BatchRecord) -> BatchInference:
-        try:
-            job = await backend.status(UUID(record.job_id))
-        except BatchInferError as exc:
-            raise from_batchinfer_error(exc) from None
-        return await self._expire_if_due(backend, record, job)
 
-    async def _expire_if_due(
-        self, backend: JobBackend, record: BatchRecord, job: BatchInference
-    ) -> BatchInference:
-        """Past its completion window, a batch still running is stopped as a cancel stops it (the
-        finished lines kept), and reads expired. The flow stops it itself (``expires_at``); this
-        covers a job that no runner has picked up by then."""
-        now = int(time.time())
-        if job.status in (JobStatus.completed, JobStatus.failed) or now < record.expires_at:
-            return job
-        if record.expiring_at is None:
-            record.expiring_at = now
-            self.batches.save(record)
-        state_type = job.metadata.get("state", {}).get("type")
-        # A running job stops itself at expires_at (the flow's timer); stopping it from here too
-        # would race it. Only a job that no runner has started yet is the adapter's to stop.
-        if state_type in ("RUNNING", "CANCELLING", "CANCELLED"):
-            return job
-        try:
-            return await backend.cancel(UUID(record.job_id))
-        except JobNotCancellableError:  # it ended meanwhile
-            return await backend.status(UUID(record.job_id))
+def _canonical(batch_id: str) -> str:
+    job_id = job_uuid_of(batch_id)
+    return batch_id_of(job_id) if job_id is not None else batch_id
 
-    # ---- the Batch object ---------------------------------------------------------------------
 
-    async def _view(
-        self, backend: JobBackend, record: BatchRecord, job: BatchInference, history: list[StateEvent]
-    ) -> dict[str, Any]:
-        state = job.metadata.get("state") or {}
-        error = job.metadata.get("error") or {}
-        status = batch_status(
-            state.get("type", "PENDING"), state.get("name"), error.get("code"), record.expiring_at is not None
+def _history(histories: dict[UUID, Any], record: BatchRecord) -> list[Any]:
+    return histories.get(UUID(record.job_id), []) if record.job_id else []
+
+
+def _batch_input(stored: StoredFile) -> StoredFile:
+    if stored.purpose != "batch":
+        raise OpenAIError(
+            400,
+            f"File {stored.id!r} has purpose {stored.purpose!r}; a batch's input file must be "
+            "uploaded with purpose 'batch'.",
+            param="input_file_id",
+            code="invalid_file_purpose",
         )
-        if status in (BatchStatus.completed, BatchStatus.failed, BatchStatus.expired, BatchStatus.cancelled):
-            record = await self._outputs(record, job, status)
-        stamps = timestamps(history, status)
-        if record.expiring_at is not None and record.cancelling_at is None:
-            stamps["cancelling_at"] = None  # the adapter's stop for the window, not a cancel
-        if stamps["cancelling_at"] is None and status in (BatchStatus.cancelling, BatchStatus.cancelled):
-            stamps["cancelling_at"] = record.cancelling_at
-        if status is BatchStatus.expired and stamps["expired_at"] is None:
-            stamps["expired_at"] = record.expiring_at
-        counts = job.metadata.get("request_counts") or {}
-        usage = job.metadata.get("usage") or {}
-        errors = await anyio.to_thread.run_sync(self._errors, record, status, error)
-        prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        return {
-            "id": record.id,
-            "object": "batch",
-            "endpoint": record.endpoint,
-            "model": record.model,
-            "errors": {"object": "list", "data": errors} if errors else None,
-            "input_file_id": record.input_file_id,
-            "completion_window": record.completion_window,
-            "status": status.value,
-            "output_file_id": record.output_file_id,
-            "error_file_id": record.error_file_id,
-            "created_at": record.created_at,
-            "expires_at": record.expires_at,
-            **stamps,
-            "request_counts": {
-                "total": int(counts.get("total", 0)),
-                "completed": int(counts.get("completed", 0)),
-                "failed": int(counts.get("failed", 0)),
-            },
-            "usage": {
-                "input_tokens": prompt,
-                "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": completion,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": prompt + completion,
-            },
-            "metadata": record.metadata,
-        }
-
-    async def _outputs(self, record: BatchRecord, job: BatchInference, status: BatchStatus) -> BatchRecord:
-        async with self._locks[record.id]:
-            current = self.batches.get(record.id) or record  # another request may have made them
-            made = await anyio.to_thread.run_sync(make_outputs, current, job, status, self.files)
-            if made is None:
-                return current
-            current = current.model_copy(
-                update={
-                    "output_file_id": made.output_file_id,
-                    "error_file_id": made.error_file_id,
-                    "outputs_signature": made.signature,
-                }
-            )
-            self.batches.save(current)
-            return current
-
-    def _errors(
-        self, record: BatchRecord, status: BatchStatus, error: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        """Validation failures by line (what the job's validation wrote), then a wholesale failure."""
-        layout = job_layout(record.job_id, {}, self.settings.jobs_dir)
-        data: list[dict[str, Any]] = []
-        try:
-            with open(layout.line_errors, encoding="utf-8") as handle:
-                data = batch_errors(handle, MAX_ERRORS_LISTED)
-        except FileNotFoundError:
-            pass
-        if status is BatchStatus.failed and error:
-            data.append(
-                {"code": error.get("code"), "message": error.get("message"), "param": None, "line": None}
-            )
-        return data
+    return stored
 
 
 def _parse_create(payload: Any) -> CreateBatch:
@@ -343,18 +262,64 @@ def _parse_create(payload: Any) -> CreateBatch:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        raise OpenAIError(400, f"{param or 'body'}: {first['msg']}.", param=param) from None
+        if first["type"] == "extra_forbidden":
+            raise OpenAIError(
+                400,
+                f"Unrecognized request argument supplied: {param}.",
+                param=param,
+                code="unknown_parameter",
+            ) from None
+        raise OpenAIError(400, f"Invalid '{param or 'body'}': {first['msg']}.", param=param) from None
 
 
-def _check_metadata(metadata: dict[str, str] | None) -> None:
+def _fingerprint(request: CreateBatch) -> str:
+    """The create's parameters but its key: the same key with other parameters is a conflict."""
+    return hashlib.sha256(request.model_dump_json(exclude={"idempotency_key"}).encode()).hexdigest()
+
+
+def _invalid_value(param: str, value: str, supported: list[str], more: str = "") -> OpenAIError:
+    quoted = [f"'{v}'" for v in supported]
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])}, and {quoted[-1]}"
+    message = f"Invalid value: '{value}'. Supported values are: {listed}." + (f" {more}" if more else "")
+    return OpenAIError(400, message, param=param, code="invalid_value")
+
+
+def _not_cancellable(status: BatchStatus) -> OpenAIError:
+    return OpenAIError(409, f"Cannot cancel a batch with status '{status.value}'.")
+
+
+def _check_metadata(metadata: dict[str, object] | None) -> None:
+    """OpenAI's limits: at most 16 pairs, keys up to 64 characters, values strings up to 512."""
     if metadata is None:
         return
     if len(metadata) > MAX_METADATA_KEYS:
-        raise OpenAIError(400, f"metadata has {len(metadata)} keys; at most 16.", param="metadata")
+        raise OpenAIError(
+            400,
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{MAX_METADATA_KEYS} properties, but got an object with {len(metadata)} properties instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
     for key, value in metadata.items():
-        if len(key) > MAX_KEY_CHARS or len(value) > MAX_VALUE_CHARS:
+        param = f"metadata.{key}"
+        if len(key) > MAX_KEY_CHARS:
+            raise _too_long(param, "key", MAX_KEY_CHARS, len(key))
+        if not isinstance(value, str):
             raise OpenAIError(
                 400,
-                f"metadata key {key[:64]!r}: keys are at most 64 characters, values at most 512.",
-                param="metadata",
+                f"Invalid type for '{param}': expected a string, but got {type(value).__name__} instead.",
+                param=param,
+                code="invalid_type",
             )
+        if len(value) > MAX_VALUE_CHARS:
+            raise _too_long(param, "value", MAX_VALUE_CHARS, len(value))
+
+
+def _too_long(param: str, what: str, limit: int, length: int) -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"Invalid '{param}': {what} too long. Expected a string with maximum length {limit}, "
+        f"but got a string with length {length} instead.",
+        param=param,
+        code="string_above_max_length",
+    )

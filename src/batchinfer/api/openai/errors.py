@@ -38,7 +38,8 @@ class OpenAIError(BatchInferError):
 
 
 def not_found(kind: str, object_id: str, param: str) -> OpenAIError:
-    return OpenAIError(404, f"No such {kind} object: {object_id!r}.", param=param, code="not_found")
+    """OpenAI's answer for an id never issued (``kind``: batch, file)."""
+    return OpenAIError(404, f"No {kind} found with id {object_id!r}.", param=param, code="not_found")
 
 
 def error_body(status: int, message: str, param: str | None, code: str | None) -> dict[str, Any]:

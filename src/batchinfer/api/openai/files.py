@@ -1,22 +1,22 @@
-"""The file store behind ``/v1/files``: each file's bytes plus a small JSON of its File object.
+"""The files behind ``/v1/files``: each file's bytes in ``<root>/<id>.data``, its File object in the
+store. The bytes are written (atomically) before the record, so a listed file always has its bytes;
+a delete removes the record first, so a half-deleted file is never listed.
 
-Bytes are written first and the JSON last, each atomically (temp file + rename), so a listed file
-always has its bytes; a delete removes the JSON first, so a half-deleted file is never listed.
+A file with an expiry (``expires_after``, a batch's ``output_expires_after``) is gone once it
+passes: it reads as never issued, and its bytes and record are removed when next looked at.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel
 
 from batchinfer.api.openai.ids import FILE_ID_PREFIX, new_file_id
+from batchinfer.api.openai.records import StoredFile
+from batchinfer.api.openai.store import Store
 from batchinfer.errors import FileTooLargeError
 from batchinfer.pipeline.jobfiles import atomic_write
 
@@ -34,50 +34,28 @@ PURPOSES = frozenset(
     }
 )
 _BLOCK = 1 << 20
-
-
-class StoredFile(BaseModel):
-    """A File object, plus what only the server needs (never sent)."""
-
-    id: str
-    bytes: int
-    created_at: int
-    filename: str
-    purpose: str
-    sha256: str
-    created_ns: int  # orders files created within the same second
-
-    def public(self) -> dict[str, Any]:
-        """OpenAI's File object."""
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": self.bytes,
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed",
-            "expires_at": None,
-            "status_details": None,
-        }
+Clock = Callable[[], float]
 
 
 class FileStore:
-    """Files under ``root``: ``<id>.data`` and ``<id>.json``."""
-
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: Store, clock: Clock = time.time) -> None:
         self.root = root
+        self.store = store
+        self.clock = clock
 
     def _data(self, file_id: str) -> Path:
         return self.root / f"{file_id}.data"
 
-    def _meta(self, file_id: str) -> Path:
-        return self.root / f"{file_id}.json"
-
     def create(
-        self, filename: str, purpose: str, chunks: Iterable[bytes], max_bytes: int | None = None
+        self,
+        filename: str,
+        purpose: str,
+        chunks: Iterable[bytes],
+        max_bytes: int | None = None,
+        expires_after_s: int | None = None,
     ) -> StoredFile:
-        """Store ``chunks`` as a new file; ``FileTooLargeError`` (and nothing stored) past ``max_bytes``."""
+        """Store ``chunks`` as a new file, gone ``expires_after_s`` after now if given;
+        ``FileTooLargeError`` (and nothing stored) past ``max_bytes``."""
         file_id = new_file_id()
         digest = hashlib.sha256()
         size = 0
@@ -92,50 +70,48 @@ class FileStore:
                     )
                 digest.update(chunk)
                 handle.write(chunk)
-        now = time.time_ns()
+        created_at = int(self.clock())
         stored = StoredFile(
             id=file_id,
             bytes=size,
-            created_at=now // 1_000_000_000,
+            created_at=created_at,
             filename=filename,
             purpose=purpose,
             sha256=digest.hexdigest(),
-            created_ns=now,
+            created_ns=time.time_ns(),
+            expires_at=None if expires_after_s is None else created_at + expires_after_s,
         )
-        with atomic_write(self._meta(file_id)) as handle:
-            handle.write(stored.model_dump_json())
+        self.store.save_file(stored)
         return stored
 
     def get(self, file_id: str) -> StoredFile | None:
+        """The file, or None if it was never issued, was deleted or has expired."""
         # The id becomes a file name: anything but our own id shape could walk out of the root.
         if not _is_file_id(file_id):
             return None
-        try:
-            return StoredFile.model_validate_json(self._meta(file_id).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        stored = self.store.file(file_id)
+        if stored is not None and stored.expires_at is not None and stored.expires_at <= self.clock():
+            self.delete(file_id)
             return None
+        return stored
 
     def path(self, file_id: str) -> Path:
         """Where the bytes of a file that ``get`` found are."""
         return self._data(file_id)
 
     def delete(self, file_id: str) -> bool:
-        if self.get(file_id) is None:
+        if not _is_file_id(file_id) or not self.store.delete_file(file_id):
             return False
-        self._meta(file_id).unlink(missing_ok=True)
         self._data(file_id).unlink(missing_ok=True)
         return True
 
-    def list(self, purpose: str | None = None) -> list[StoredFile]:
-        """Every file (of ``purpose``), newest first."""
-        files = []
-        for meta in self.root.glob(f"{FILE_ID_PREFIX}*.json"):
-            with contextlib.suppress(FileNotFoundError, ValueError):  # deleted meanwhile, or torn
-                stored = StoredFile.model_validate_json(meta.read_text(encoding="utf-8"))
-                if purpose is None or stored.purpose == purpose:
-                    files.append(stored)
-        files.sort(key=lambda f: (f.created_ns, f.id), reverse=True)
-        return files
+    def page(
+        self, purpose: str | None, after: str | None, limit: int, oldest_first: bool = False
+    ) -> tuple[list[StoredFile], bool]:
+        """A page of the files that have not expired (those that have are removed first)."""
+        for file_id in self.store.expired_files(int(self.clock())):
+            self.delete(file_id)
+        return self.store.files_page(purpose, after, limit, oldest_first)
 
 
 def read_blocks(path: Path) -> Iterable[bytes]:

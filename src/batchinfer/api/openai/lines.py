@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchinfer.api.openai.ids import derived_id
+from batchinfer.api.openai.schemas import BatchError
 from batchinfer.endpoints import Endpoint
 
 EXPIRED_CODE = "batch_expired"
@@ -207,21 +208,22 @@ def read_lines(path: Path) -> Iterator[bytes]:
         yield from handle
 
 
-def batch_errors(line_errors: Iterable[str], limit: int) -> list[dict[str, Any]]:
+def batch_errors(line_errors: Iterable[str], limit: int) -> list[BatchError]:
     """OpenAI's ``Batch.errors.data`` from our validation's line errors (at most ``limit``)."""
-    data: list[dict[str, Any]] = []
+    data: list[BatchError] = []
     for raw in line_errors:
         if len(data) >= limit:
             break
         if not raw.strip():
             continue
         record = json.loads(raw)
+        error = record["error"]
         data.append(
-            {
-                "code": record["error"]["code"],
-                "message": record["error"]["message"],
-                "param": None,
-                "line": record.get("line"),
-            }
+            BatchError(
+                code=error["code"],
+                message=error["message"],
+                param=error.get("param"),
+                line=record.get("line"),
+            )
         )
     return data

@@ -2,7 +2,8 @@
 files of purpose ``batch_output`` in the file store, so that their ids are stable.
 
 They are made again only if the job's own outputs change (a resumed job gathers again): the
-record keeps a signature (size and mtime) of the outputs it converted.
+record keeps a signature (size and mtime) of the outputs it converted. With the batch's
+``output_expires_after``, both files expire that long after they are made.
 """
 
 from __future__ import annotations
@@ -48,15 +49,20 @@ def make_outputs(
         signature = f"{_signature(success)};{_signature(errors)};{int(expired)}"
         if signature == record.outputs_signature:
             return None
-        ctx = OutputContext(record.id, record.model, int(success.stat().st_mtime), expired, record.endpoint)
+        ctx = OutputContext(
+            record.id, record.model or "", int(success.stat().st_mtime), expired, record.endpoint
+        )
         return _store(record, files, signature, _text(success), _text(errors), ctx)
     if status in (BatchStatus.cancelled, BatchStatus.expired):
         # Stopped before the job read its file: every line goes to the error file, none is lost.
         if record.outputs_signature == UNRUN_SIGNATURE:
             return None
         code, message = (EXPIRED_CODE, EXPIRED_MESSAGE) if expired else ("cancelled", CANCELLED_MESSAGE)
+        assert record.input_path is not None  # a batch with a job has its staged input
         unrun = unrun_records(read_lines(Path(record.input_path)), code, message)
-        ctx = OutputContext(record.id, record.model, int(job.created.timestamp()), expired, record.endpoint)
+        ctx = OutputContext(
+            record.id, record.model or "", int(job.created.timestamp()), expired, record.endpoint
+        )
         return _store(record, files, UNRUN_SIGNATURE, iter(()), unrun, ctx)
     return None
 
@@ -69,8 +75,9 @@ def _store(
     errors: Iterator[str],
     ctx: OutputContext,
 ) -> OutputFiles:
-    output = files.create(f"{record.id}_output.jsonl", OUTPUT_PURPOSE, convert(success, ctx))
-    error = files.create(f"{record.id}_error.jsonl", OUTPUT_PURPOSE, convert(errors, ctx))
+    expiry = record.output_expires_after_s
+    output = files.create(f"{record.id}_output.jsonl", OUTPUT_PURPOSE, convert(success, ctx), None, expiry)
+    error = files.create(f"{record.id}_error.jsonl", OUTPUT_PURPOSE, convert(errors, ctx), None, expiry)
     if error.bytes == 0:  # OpenAI leaves error_file_id null when no request failed
         files.delete(error.id)
     for stale in (record.output_file_id, record.error_file_id):

@@ -8,6 +8,7 @@ python-multipart (needed only to read an upload) is missing.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from uuid import UUID
@@ -16,6 +17,7 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
+from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,11 +30,12 @@ from batchinfer.api.openai.errors import (
     not_found,
     openai_error_response,
 )
-from batchinfer.api.openai.files import PURPOSES, FileStore, StoredFile
+from batchinfer.api.openai.files import PURPOSES, Clock, FileStore
 from batchinfer.api.openai.history import HistoryReader
-from batchinfer.api.openai.pagination import cursor_page, list_body
-from batchinfer.api.openai.records import BatchStore
+from batchinfer.api.openai.records import StoredFile
+from batchinfer.api.openai.schemas import Batch, ExpiresAfter, FileDeleted, FileObject, Page
 from batchinfer.api.openai.status import StateEvent
+from batchinfer.api.openai.store import Store, adopt_json_records
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import BatchInferError, FileTooLargeError
 from batchinfer.settings import Settings
@@ -51,8 +54,8 @@ ServiceDep = Annotated[BatchService, Depends(_service)]
 router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible (extension)"])
 
 
-@router.post("/files", summary="Upload a file (multipart: file, purpose)")
-async def upload_file(request: Request, service: ServiceDep) -> dict[str, Any]:
+@router.post("/files", summary="Upload a file (multipart: file, purpose, optional expires_after)")
+async def upload_file(request: Request, service: ServiceDep) -> FileObject:
     limit = service.settings.max_prompt_file_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + _FORM_SLACK:
@@ -65,7 +68,8 @@ async def upload_file(request: Request, service: ServiceDep) -> dict[str, Any]:
         raise OpenAIError(400, f"Send multipart/form-data with 'file' and 'purpose': {exc}") from None
     try:
         upload, purpose = _upload_parts(form)
-        stored = await anyio.to_thread.run_sync(_store, service.files, upload, purpose, limit)
+        expiry = _expires_after(form)
+        stored = await anyio.to_thread.run_sync(_store, service.files, upload, purpose, limit, expiry)
     finally:
         await form.close()
     return stored.public()
@@ -82,10 +86,26 @@ def _upload_parts(form: FormData) -> tuple[UploadFile, str]:
     return upload, purpose
 
 
-def _store(files: FileStore, upload: UploadFile, purpose: str, limit: int) -> StoredFile:
+def _expires_after(form: FormData) -> int | None:
+    """``expires_after[anchor]`` and ``expires_after[seconds]``, as the SDK sends them: the file's
+    life in seconds after it is made (None: it lasts until deleted)."""
+    parts = {key: form.get(f"expires_after[{key}]") for key in ("anchor", "seconds")}
+    if all(value is None for value in parts.values()):
+        return None
+    try:
+        return ExpiresAfter.model_validate(parts).seconds
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = "expires_after." + ".".join(str(p) for p in first["loc"])
+        raise OpenAIError(
+            400, f"Invalid '{param}': {first['msg']}.", param=param, code="invalid_value"
+        ) from None
+
+
+def _store(files: FileStore, upload: UploadFile, purpose: str, limit: int, expiry: int | None) -> StoredFile:
     try:
         chunks = iter(lambda: upload.file.read(1 << 20), b"")
-        return files.create(upload.filename or "upload.jsonl", purpose, chunks, limit)
+        return files.create(upload.filename or "upload.jsonl", purpose, chunks, limit, expiry)
     except FileTooLargeError:
         raise _too_large(limit) from None
 
@@ -97,41 +117,38 @@ async def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     after: str | None = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
-) -> dict[str, Any]:
-    stored = service.files.list(purpose)
-    if order == "asc":
-        stored.reverse()
-    page, has_more = cursor_page(stored, lambda f: f.id, after, limit)
-    return list_body([f.public() for f in page], has_more)
+) -> Page[FileObject]:
+    page, has_more = await anyio.to_thread.run_sync(service.files.page, purpose, after, limit, order == "asc")
+    return Page[FileObject].of([f.public() for f in page], has_more)
 
 
-def _stored(service: BatchService, file_id: str) -> StoredFile:
-    stored = service.files.get(file_id)
+async def _stored(service: BatchService, file_id: str) -> StoredFile:
+    stored = await anyio.to_thread.run_sync(service.files.get, file_id)
     if stored is None:
-        raise not_found("File", file_id, "file_id")
+        raise not_found("file", file_id, "file_id")
     return stored
 
 
 @router.get("/files/{file_id}", summary="Retrieve a file's File object")
-async def retrieve_file(service: ServiceDep, file_id: str) -> dict[str, Any]:
-    return _stored(service, file_id).public()
+async def retrieve_file(service: ServiceDep, file_id: str) -> FileObject:
+    return (await _stored(service, file_id)).public()
 
 
 @router.get("/files/{file_id}/content", summary="A file's bytes")
 async def file_content(service: ServiceDep, file_id: str) -> Response:
-    stored = _stored(service, file_id)
+    stored = await _stored(service, file_id)
     return FileResponse(service.files.path(stored.id), media_type="application/octet-stream")
 
 
 @router.delete("/files/{file_id}", summary="Delete a file")
-async def delete_file(service: ServiceDep, file_id: str) -> dict[str, Any]:
+async def delete_file(service: ServiceDep, file_id: str) -> FileDeleted:
     if not await anyio.to_thread.run_sync(service.files.delete, file_id):
-        raise not_found("File", file_id, "file_id")
-    return {"id": file_id, "object": "file", "deleted": True}
+        raise not_found("file", file_id, "file_id")
+    return FileDeleted(id=file_id)
 
 
 @router.post("/batches", summary="Create a batch: a job of the batch-inference flow")
-async def create_batch(request: Request, service: ServiceDep, backend: BackendDep) -> dict[str, Any]:
+async def create_batch(request: Request, service: ServiceDep, backend: BackendDep) -> Batch:
     try:
         payload = json.loads(await request.body())
     except (ValueError, RecursionError):
@@ -145,17 +162,17 @@ async def list_batches(
     backend: BackendDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+) -> Page[Batch]:
     return await service.list_batches(backend, after, limit)
 
 
 @router.get("/batches/{batch_id}", summary="Retrieve a batch")
-async def retrieve_batch(service: ServiceDep, backend: BackendDep, batch_id: str) -> dict[str, Any]:
+async def retrieve_batch(service: ServiceDep, backend: BackendDep, batch_id: str) -> Batch:
     return await service.retrieve(backend, batch_id)
 
 
 @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
-async def cancel_batch(service: ServiceDep, backend: BackendDep, batch_id: str) -> dict[str, Any]:
+async def cancel_batch(service: ServiceDep, backend: BackendDep, batch_id: str) -> Batch:
     return await service.cancel(backend, batch_id)
 
 
@@ -169,17 +186,19 @@ def _too_large(limit: int) -> OpenAIError:
 
 
 def mount_openai_api(
-    app: FastAPI, settings: Settings, catalog: ModelCatalog, history: HistoryReader | None = None
+    app: FastAPI,
+    settings: Settings,
+    catalog: ModelCatalog,
+    history: HistoryReader | None = None,
+    clock: Clock = time.time,
 ) -> None:
     """Serve /v1/files and /v1/batches on ``app``, answering errors under /v1 in OpenAI's shape.
-    Call it last in ``create_app``: it wraps the app's own error handlers for /v1 paths."""
-    app.state.openai_batches = BatchService(
-        settings,
-        catalog,
-        FileStore(settings.home / "files"),
-        BatchStore(settings.home / "batches"),
-        history or _prefect_history,
-    )
+    Call it last in ``create_app``: it wraps the app's own error handlers for /v1 paths.
+    ``clock`` tells the files when they expire."""
+    store = Store(settings.home / "openai.sqlite3")
+    adopt_json_records(store, settings.home / "files", settings.home / "batches")
+    files = FileStore(settings.home / "files", store, clock)
+    app.state.openai_batches = BatchService(settings, catalog, files, store, history or _prefect_history)
     app.include_router(router)
 
     async def on_openai_error(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,186 @@
+"""A batch as OpenAI's Batch object: its record and its job (status, counts, usage, outputs, errors)
+put together, each time it is read.
+
+Its status comes from the one table of Prefect states (``control.states``), its timestamps from the
+run's state history (``status``); its output and error files are made once its job has ended
+(``outputs``). A batch that failed at create (no job) or while validating has neither file, as at
+OpenAI: ``errors`` says why, each invalid line listed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+from uuid import UUID
+
+import anyio
+
+from batchinfer.api.openai.errors import from_batchinfer_error
+from batchinfer.api.openai.files import FileStore
+from batchinfer.api.openai.lines import batch_errors
+from batchinfer.api.openai.outputs import make_outputs
+from batchinfer.api.openai.records import BatchRecord
+from batchinfer.api.openai.schemas import (
+    Batch,
+    BatchError,
+    BatchErrors,
+    BatchRequestCounts,
+    BatchUsage,
+    InvalidLines,
+)
+from batchinfer.api.openai.status import StateEvent, timestamps
+from batchinfer.api.openai.store import Store
+from batchinfer.contract import BatchInference, JobStatus
+from batchinfer.control.backend import JobBackend
+from batchinfer.control.states import BatchStatus, batch_status
+from batchinfer.errors import BatchInferError, JobNotCancellableError
+from batchinfer.pipeline.jobfiles import job_layout
+from batchinfer.settings import Settings
+
+MAX_ERRORS_LISTED = 1000
+INVALID_FILE_CODE = "invalid_batch_file"  # the job's code when its lines failed the batch's checks
+_WITH_OUTPUTS = frozenset(
+    {BatchStatus.completed, BatchStatus.failed, BatchStatus.expired, BatchStatus.cancelled}
+)
+
+
+class BatchView:
+    def __init__(self, settings: Settings, files: FileStore, store: Store) -> None:
+        self.settings = settings
+        self.files = files
+        self.store = store
+        # One output conversion per batch at a time; concurrent retrieves wait, then reuse it.
+        self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
+
+    async def job(self, backend: JobBackend, record: BatchRecord) -> BatchInference | None:
+        """The batch's job as it is now (None: it never had one), stopped first if its window
+        passed before any runner picked it up."""
+        if record.job_id is None:
+            return None
+        try:
+            job = await backend.status(UUID(record.job_id))
+        except BatchInferError as exc:
+            raise from_batchinfer_error(exc) from None
+        return await self._expire_if_due(backend, record, job)
+
+    async def of(self, record: BatchRecord, job: BatchInference | None, history: list[StateEvent]) -> Batch:
+        if job is None:
+            return self._failed_at_create(record)
+        state = job.metadata.get("state") or {}
+        error = job.metadata.get("error") or {}
+        status = batch_status(
+            state.get("type", "PENDING"), state.get("name"), error.get("code"), record.expiring_at is not None
+        )
+        if status in _WITH_OUTPUTS and error.get("code") != INVALID_FILE_CODE:
+            record = await self._outputs(record, job, status)
+        errors = await anyio.to_thread.run_sync(self._errors, record, status, error)
+        counts = job.metadata.get("request_counts") or {}
+        return Batch(
+            **self._common(record),
+            model=record.model,
+            status=status,
+            errors=BatchErrors(data=errors) if errors else None,
+            output_file_id=record.output_file_id,
+            error_file_id=record.error_file_id,
+            **self._stamps(record, status, history),
+            request_counts=BatchRequestCounts(
+                total=int(counts.get("total", 0)),
+                completed=int(counts.get("completed", 0)),
+                failed=int(counts.get("failed", 0)),
+            ),
+            usage=_usage(job.metadata.get("usage") or {}),
+        )
+
+    def _failed_at_create(self, record: BatchRecord) -> Batch:
+        errors = BatchErrors(data=[record.failure]) if record.failure else None
+        return Batch(
+            **self._common(record), status=BatchStatus.failed, errors=errors, failed_at=record.created_at
+        )
+
+    @staticmethod
+    def _common(record: BatchRecord) -> dict[str, Any]:
+        return {
+            "id": record.id,
+            "endpoint": record.endpoint,
+            "input_file_id": record.input_file_id,
+            "completion_window": record.completion_window,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "metadata": record.metadata,
+        }
+
+    @staticmethod
+    def _stamps(record: BatchRecord, status: BatchStatus, history: list[StateEvent]) -> dict[str, Any]:
+        stamps = timestamps(history, status)
+        if record.expiring_at is not None and record.cancelling_at is None:
+            stamps["cancelling_at"] = None  # the adapter's stop for the window, not a cancel
+        if stamps["cancelling_at"] is None and status in (BatchStatus.cancelling, BatchStatus.cancelled):
+            stamps["cancelling_at"] = record.cancelling_at
+        if status is BatchStatus.expired and stamps["expired_at"] is None:
+            stamps["expired_at"] = record.expiring_at
+        return stamps
+
+    async def _expire_if_due(
+        self, backend: JobBackend, record: BatchRecord, job: BatchInference
+    ) -> BatchInference:
+        """Past its completion window, a batch still running is stopped as a cancel stops it (the
+        finished lines kept), and reads expired. The flow stops it itself (``expires_at``); this
+        covers a job that no runner has picked up by then."""
+        now = int(time.time())
+        if job.status in (JobStatus.completed, JobStatus.failed) or now < record.expires_at:
+            return job
+        if record.expiring_at is None:
+            record.expiring_at = now
+            await anyio.to_thread.run_sync(self.store.save_batch, record)
+        state_type = job.metadata.get("state", {}).get("type")
+        # A running job stops itself at expires_at (the flow's timer); stopping it from here too
+        # would race it. Only a job that no runner has started yet is the adapter's to stop.
+        if state_type in ("RUNNING", "CANCELLING", "CANCELLED"):
+            return job
+        assert record.job_id is not None
+        try:
+            return await backend.cancel(UUID(record.job_id))
+        except JobNotCancellableError:  # it ended meanwhile
+            return await backend.status(UUID(record.job_id))
+
+    async def _outputs(self, record: BatchRecord, job: BatchInference, status: BatchStatus) -> BatchRecord:
+        async with self._locks[record.id]:
+            current = await anyio.to_thread.run_sync(self.store.batch, record.id) or record
+            made = await anyio.to_thread.run_sync(make_outputs, current, job, status, self.files)
+            if made is None:
+                return current
+            current = current.model_copy(
+                update={
+                    "output_file_id": made.output_file_id,
+                    "error_file_id": made.error_file_id,
+                    "outputs_signature": made.signature,
+                }
+            )
+            await anyio.to_thread.run_sync(self.store.save_batch, current)
+            return current
+
+    def _errors(self, record: BatchRecord, status: BatchStatus, error: dict[str, Any]) -> list[BatchError]:
+        """Each invalid line of a batch that failed validation; with ``invalid_lines: error_file``
+        also those of one that ran; then why it failed, when no line says."""
+        assert record.job_id is not None
+        layout = job_layout(record.job_id, {}, self.settings.jobs_dir)
+        if error.get("code") == INVALID_FILE_CODE:
+            return _listed(layout.batch_errors)
+        data = _listed(layout.line_errors) if record.invalid_lines is InvalidLines.error_file else []
+        if status is BatchStatus.failed and error:
+            data.append(BatchError(code=error.get("code"), message=error.get("message")))
+        return data
+
+
+def _listed(path: Any) -> list[BatchError]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return batch_errors(handle, MAX_ERRORS_LISTED)
+    except FileNotFoundError:
+        return []
+
+
+def _usage(usage: dict[str, Any]) -> BatchUsage:
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return BatchUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion)
