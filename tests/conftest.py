@@ -12,6 +12,7 @@ import yaml
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, free_port, serve_env
+from batchinfer.testing.transformers_serve import TransformersServe, smollm2_checkpoint
 from batchinfer.testing.webhooks import Receiver, webhook_receiver
 
 # No hub, no telemetry, one torch thread: the machines have 2 cores and no internet.
@@ -96,6 +97,22 @@ def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def transformers_serve(e2e_root: Path) -> TransformersServe:
+    """Where Hugging Face's ``transformers serve`` will serve SmolLM2 (model ``smollm2-served`` of
+    the session's models file): named up front, started only by the tests that use it."""
+    return TransformersServe(
+        e2e_root / "smollm2-checkpoint", free_port(), e2e_root / "transformers-serve.log"
+    )
+
+
+@pytest.fixture(scope="session")
+def transformers_server(transformers_serve: TransformersServe) -> Iterator[TransformersServe]:
+    smollm2_checkpoint(transformers_serve.checkpoint)
+    with transformers_serve.running() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def models_file(
     e2e_root: Path,
     fake_openai: FakeOpenAIServer,
@@ -106,6 +123,7 @@ def models_file(
     recording_openai: FakeOpenAIServer,
     refusing_openai: FakeOpenAIServer,
     tiny_model_dir: Path,
+    transformers_serve: TransformersServe,
 ) -> Path:
     models = [
         {"id": "fake", "engine": "openai", "base_url": fake_openai.base_url, "model": "fake-model"},
@@ -130,6 +148,14 @@ def models_file(
             "model": "served-name",
         },
         {"id": "tiny", "engine": "transformers", "path": str(tiny_model_dir), "batch_size": 8},
+        {
+            "id": "smollm2-served",
+            "engine": "openai",
+            "base_url": transformers_serve.base_url,
+            "model": transformers_serve.model,
+            "max_concurrency": 2,
+            "timeout_s": 120,
+        },
         # Fault models: short timeouts and backoffs, so that a fault costs a test milliseconds.
         {
             "id": "fake-flaky",
