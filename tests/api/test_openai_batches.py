@@ -16,7 +16,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from batchinfer.api.app import create_app
-from batchinfer.api.openai import history
 from batchinfer.api.openai.batches import window_seconds
 from batchinfer.api.openai.files import FileStore
 from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
@@ -30,10 +29,10 @@ from batchinfer.api.openai.lines import (
     unrun_records,
 )
 from batchinfer.api.openai.records import BatchRecord, StoredFile
-from batchinfer.api.openai.status import StateEvent, timestamps
+from batchinfer.api.openai.status import timestamps
 from batchinfer.api.openai.store import Store, adopt_json_records
 from batchinfer.contract import BatchInference, JobStatus
-from batchinfer.control.states import SEED_STATUS, BatchStatus, batch_status, job_status
+from batchinfer.control.states import SEED_STATUS, BatchStatus, StateEvent, batch_status, job_status
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.errors import FileTooLargeError, JobNotFoundError
 from batchinfer.jobspec import JobParameters
@@ -438,6 +437,9 @@ class OneJobBackend:
             raise JobNotFoundError(str(job_id))
         return self._job()
 
+    async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
+        return {}  # no states recorded: every timestamp but created_at stays null
+
 
 @pytest.fixture
 def backend() -> OneJobBackend:
@@ -445,9 +447,7 @@ def backend() -> OneJobBackend:
 
 
 @pytest.fixture
-def client(tmp_path: Path, backend: OneJobBackend, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setattr(history, "prefect_history", history.no_history)  # no Prefect here
-
+def client(tmp_path: Path, backend: OneJobBackend) -> Iterator[TestClient]:
     @contextlib.asynccontextmanager
     async def factory() -> AsyncIterator[OneJobBackend]:
         yield backend

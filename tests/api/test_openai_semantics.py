@@ -20,10 +20,9 @@ from fastapi.testclient import TestClient
 
 from batchinfer.api.app import create_app
 from batchinfer.api.openai import schemas
-from batchinfer.api.openai.history import no_history
 from batchinfer.contract import BatchInference, PathType
 from batchinfer.contract import Path as ContractPath
-from batchinfer.control.states import job_status
+from batchinfer.control.states import StateEvent, job_status
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.errors import JobNotCancellableError, JobNotFoundError
 from batchinfer.jobspec import JobParameters, LineChecks
@@ -75,6 +74,9 @@ class MemoryBackend:
             raise JobNotFoundError(str(job_id))
         return self._view(job_id)
 
+    async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
+        return {}  # no states recorded: the timestamps a run's states give stay null
+
     async def cancel(self, job_id: UUID) -> BatchInference:
         job = self.jobs[job_id]
         if job.state["type"] in ("COMPLETED", "FAILED", "CANCELLED"):
@@ -117,7 +119,6 @@ def serve(tmp_path: Path, **settings: Any) -> Iterator[Server]:
         factory,  # type: ignore[arg-type]
         clock=clock,
     )
-    app.state.openai_batches.history = no_history  # no Prefect here: no state history
     with TestClient(app, raise_server_exceptions=False) as http:
         sdk = openai.OpenAI(
             base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0

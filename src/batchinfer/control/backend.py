@@ -5,6 +5,7 @@ The adapter only ever talks to a ``JobBackend``; tests and other front ends may 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
@@ -26,7 +27,7 @@ from batchinfer.control.recovery import (
     retry_state,
     settle_delay,
 )
-from batchinfer.control.states import cancel_action, status_query
+from batchinfer.control.states import StateEvent, cancel_action, status_query
 from batchinfer.errors import (
     JobNotCancellableError,
     JobNotFoundError,
@@ -37,6 +38,8 @@ from batchinfer.errors import (
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, job_layout, read_progress
 from batchinfer.pipeline.retry import strip_failed
+
+logger = logging.getLogger(__name__)
 
 
 class JobBackend(Protocol):
@@ -55,6 +58,10 @@ class JobBackend(Protocol):
     async def list_jobs(
         self, status: JobStatus | None, model: str | None, limit: int, offset: int
     ) -> JobPage: ...
+
+    async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
+        """Each job's states so far, oldest first; a job whose history cannot be read is left out."""
+        ...
 
 
 def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
@@ -240,6 +247,19 @@ class PrefectJobBackend:
         return JobPage(
             data=jobs, total=total, limit=limit, offset=offset, has_more=offset + len(jobs) < total
         )
+
+    async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
+        """From Prefect's record of each run's states (when it got there, not when someone asked).
+        A failure costs only the timestamps, logged, never the answer they are part of."""
+        histories: dict[UUID, list[StateEvent]] = {}
+        for job_id in job_ids:
+            try:
+                states = await self._client.read_flow_run_states(job_id)
+            except Exception:
+                logger.warning("Could not read the state history of job %s", job_id, exc_info=True)
+                continue
+            histories[job_id] = [StateEvent(s.type.value, s.name, s.timestamp) for s in states]
+        return histories
 
     async def _read_job(self, job_id: UUID) -> tuple[Any, BatchInference]:
         """The flow run and its ``BatchInference``; 404 for an unknown id or another flow's run."""

@@ -8,11 +8,21 @@ The flow names its own RUNNING phases (``jobspec.PHASE_*``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Literal
 
 from batchinfer.contract import JobStatus
 from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    """One state of a flow run's history (a batch's timestamps come from them)."""
+
+    type: str
+    name: str | None
+    timestamp: datetime
 
 
 class BatchStatus(str, Enum):

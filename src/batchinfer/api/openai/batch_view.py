@@ -29,11 +29,11 @@ from batchinfer.api.openai.schemas import (
     BatchUsage,
     InvalidLines,
 )
-from batchinfer.api.openai.status import StateEvent, timestamps
+from batchinfer.api.openai.status import timestamps
 from batchinfer.api.openai.store import Store
 from batchinfer.contract import BatchInference, JobStatus
 from batchinfer.control.backend import JobBackend
-from batchinfer.control.states import BatchStatus, batch_status
+from batchinfer.control.states import BatchStatus, StateEvent, batch_status
 from batchinfer.errors import BatchInferError, JobNotCancellableError
 from batchinfer.pipeline.jobfiles import job_layout
 from batchinfer.settings import Settings

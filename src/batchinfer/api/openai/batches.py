@@ -24,7 +24,6 @@ from pydantic import ValidationError
 from batchinfer.api.openai.batch_view import BatchView
 from batchinfer.api.openai.errors import OpenAIError, from_batchinfer_error, not_found
 from batchinfer.api.openai.files import FileStore, StoredFile, link_or_copy
-from batchinfer.api.openai.history import HistoryReader
 from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
 from batchinfer.api.openai.lines import read_lines, scan_models
 from batchinfer.api.openai.records import BatchRecord
@@ -63,13 +62,11 @@ class BatchService:
         catalog: ModelCatalog,
         files: FileStore,
         store: Store,
-        history: HistoryReader,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.files = files
         self.store = store
-        self.history = history
         self.view = BatchView(settings, files, store)
         # One create per idempotency key at a time: the second waits, then finds the first's batch.
         self._key_locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
@@ -197,7 +194,7 @@ class BatchService:
     async def list_batches(self, backend: JobBackend, after: str | None, limit: int) -> Page[Batch]:
         cursor = None if after is None else _canonical(after)
         records, has_more = await anyio.to_thread.run_sync(self.store.batches_page, cursor, limit)
-        histories = await self.history([UUID(r.job_id) for r in records if r.job_id])
+        histories = await backend.history([UUID(r.job_id) for r in records if r.job_id])
         data = []
         for record in records:
             job = await self.view.job(backend, record)
@@ -225,7 +222,7 @@ class BatchService:
 
     async def _current(self, backend: JobBackend, record: BatchRecord) -> Batch:
         job = await self.view.job(backend, record)
-        history = await self.history([UUID(record.job_id)]) if record.job_id else {}
+        history = await backend.history([UUID(record.job_id)]) if record.job_id else {}
         return await self.view.of(record, job, _history(history, record))
 
     async def _record(self, batch_id: str) -> BatchRecord:

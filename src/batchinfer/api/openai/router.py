@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
-from uuid import UUID
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -22,7 +21,6 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchinfer.api.deps import BackendDep
-from batchinfer.api.openai import history as run_history
 from batchinfer.api.openai.batches import BatchService
 from batchinfer.api.openai.errors import (
     OpenAIError,
@@ -31,10 +29,8 @@ from batchinfer.api.openai.errors import (
     openai_error_response,
 )
 from batchinfer.api.openai.files import PURPOSES, Clock, FileStore
-from batchinfer.api.openai.history import HistoryReader
 from batchinfer.api.openai.records import StoredFile
 from batchinfer.api.openai.schemas import Batch, ExpiresAfter, FileDeleted, FileObject, Page
-from batchinfer.api.openai.status import StateEvent
 from batchinfer.api.openai.store import Store, adopt_json_records
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import BatchInferError, FileTooLargeError
@@ -189,7 +185,6 @@ def mount_openai_api(
     app: FastAPI,
     settings: Settings,
     catalog: ModelCatalog,
-    history: HistoryReader | None = None,
     clock: Clock = time.time,
 ) -> None:
     """Serve /v1/files and /v1/batches on ``app``, answering errors under /v1 in OpenAI's shape.
@@ -198,7 +193,7 @@ def mount_openai_api(
     store = Store(settings.home / "openai.sqlite3")
     adopt_json_records(store, settings.home / "files", settings.home / "batches")
     files = FileStore(settings.home / "files", store, clock)
-    app.state.openai_batches = BatchService(settings, catalog, files, store, history or _prefect_history)
+    app.state.openai_batches = BatchService(settings, catalog, files, store)
     app.include_router(router)
 
     async def on_openai_error(request: Request, exc: Exception) -> Response:
@@ -210,11 +205,6 @@ def mount_openai_api(
         previous = app.exception_handlers.get(kind)
         if previous is not None:
             app.add_exception_handler(kind, _for_v1(convert, previous))
-
-
-async def _prefect_history(job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
-    # Looked up at each call, so that a test can swap the module's reader for one without Prefect.
-    return await run_history.prefect_history(job_ids)
 
 
 def _for_v1(convert: Callable[[Any], OpenAIError], previous: Handler) -> Handler:

@@ -3,20 +3,10 @@ table of Prefect states in ``control.states``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
-from batchinfer.control.states import BatchStatus
+from batchinfer.control.states import BatchStatus, StateEvent
 from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING
-
-
-@dataclass(frozen=True)
-class StateEvent:
-    """One state of a flow run's history."""
-
-    type: str
-    name: str | None
-    timestamp: datetime
 
 
 def _unix(moment: datetime | None) -> int | None:
