@@ -87,9 +87,8 @@ def run_flow_in_process(model: str, prompt_file: str) -> None:
     """Run the job's Prefect flow right here, called with Python objects."""
     import os
 
-    from batchinfer.flows.batch_job import batch_job
-
     from batchinfer.contract import Options, Path
+    from batchinfer.flows.batch_job import batch_job
 
     result = batch_job(
         model=model,

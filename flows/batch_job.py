@@ -10,9 +10,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from batchinfer.tasks.gather import gather
-from batchinfer.tasks.infer import infer_chunk
-from batchinfer.tasks.validate import validate
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
@@ -26,6 +23,9 @@ from batchinfer.runtime.executors import MAX_CHUNK_THREADS
 from batchinfer.runtime.job_run import JobRun, JobTasks
 from batchinfer.runtime.reporting import job_run_name, tag_with_model
 from batchinfer.settings import Settings
+from batchinfer.tasks.gather import gather
+from batchinfer.tasks.infer import infer_chunk
+from batchinfer.tasks.validate import validate
 
 TASKS = JobTasks(validate=validate, infer_chunk=infer_chunk, gather=gather)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from batchinfer.tasks.infer import infer_chunk
 
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.errors import JobError
 from batchinfer.runtime.executors import ChunkWork, ThreadChunks, chunk_executor
 from batchinfer.runtime.scaleout import DaskChunks, _mirror_result, run_chunk_at
 from batchinfer.settings import Settings
+from batchinfer.tasks.infer import infer_chunk
 from batchinfer.testing.engines import EchoEngine
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import (

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import yaml
-from batchinfer.flows.batch_job import batch_job
 
 from batchinfer.contract import Options, PathType
 from batchinfer.contract import Path as PromptPath
@@ -29,6 +28,7 @@ from batchinfer.engines.base import Engine
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.openai_compat import OpenAIEngine
 from batchinfer.engines.registry import engine_in_use
+from batchinfer.flows.batch_job import batch_job
 from batchinfer.jobspec import LineChecks
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
 from batchinfer.records import ErrorDetail
