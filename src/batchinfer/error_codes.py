@@ -90,7 +90,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "unauthorized",
         "request",
         401,
-        "Missing or wrong bearer token: send the server's BATCHINFER_API_TOKEN.",
+        "Missing, wrong or revoked key: send a key from batchinfer keys create (Authorization: Bearer, or "
+        "x-api-key), or the server's BATCHINFER_API_TOKEN.",
     ),
     ErrorCode(
         "unknown_template_field",
@@ -128,6 +129,16 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("job_not_cancellable", "request", 409, "The job has already ended."),
     ErrorCode("service_unavailable", "request", 503, "The Prefect API is down or not ready: retry."),
+    ErrorCode(
+        "quota_exceeded",
+        "request",
+        429,
+        "The key's quota (enqueued requests or tokens, running jobs) would be passed: the message says "
+        "which and how much is in use; wait for a job to end, submit less, or ask for a larger quota.",
+    ),
+    ErrorCode(
+        "key_exists", "request", 409, "batchinfer keys create: a key of that name exists; pick another."
+    ),
     ErrorCode("not_found", "request", 404, "/v1: no such file or batch (or an expired file)."),
     ErrorCode(
         "invalid_file_purpose",

@@ -116,8 +116,8 @@ class UnauthorizedError(RequestError):
 
     def __init__(self) -> None:
         super().__init__(
-            "Missing or invalid bearer token; send 'Authorization: Bearer <token>' with the "
-            "token the server was started with (BATCHINFER_API_TOKEN).",
+            "Missing, invalid or revoked key; send 'Authorization: Bearer <key>' (or 'x-api-key: "
+            "<key>') with a key from `batchinfer keys create`, or the server's BATCHINFER_API_TOKEN.",
             field="authorization",
             location="header",
         )

@@ -303,6 +303,11 @@ class Settings(BaseSettings):
         return self.home / "cache"
 
     @property
+    def keys_path(self) -> Path:
+        """The server's API keys, stored hashed (``control.keys``)."""
+        return self.home / "keys.sqlite3"
+
+    @property
     def result_cache_path(self) -> Path:
         """The answers of models with ``cache: true`` (``pipeline.result_cache``)."""
         return self.home / "result-cache.sqlite3"

@@ -315,8 +315,8 @@ def store(tmp_path: Path) -> Store:
 
 def test_the_file_store_keeps_bytes_and_file_objects_and_deletes_both(tmp_path: Path, store: Store) -> None:
     files = FileStore(tmp_path / "files", store)
-    first = files.create("a.jsonl", "batch", [b"ab", b"c"])
-    second = files.create("b.jsonl", "batch_output", [b""])
+    first = files.create("a.jsonl", "batch", [b"ab", b"c"], owner="")
+    second = files.create("b.jsonl", "batch_output", [b""], owner="")
     assert files.path(first.id).read_bytes() == b"abc"
     assert first.public().model_dump() | {"created_at": 0} == {
         "id": first.id,
@@ -329,31 +329,31 @@ def test_the_file_store_keeps_bytes_and_file_objects_and_deletes_both(tmp_path: 
         "expires_at": None,
         "status_details": None,
     }
-    assert [f.id for f in files.page(None, None, 10)[0]] == [second.id, first.id]  # newest first
-    assert [f.id for f in files.page("batch", None, 10)[0]] == [first.id]
-    assert files.delete(first.id) and not files.delete(first.id)
-    assert files.get(first.id) is None and not files.path(first.id).exists()
-    assert files.get("../../etc/passwd") is None and files.get("file-../x") is None
+    assert [f.id for f in files.page(None, None, None, 10)[0]] == [second.id, first.id]  # newest first
+    assert [f.id for f in files.page(None, "batch", None, 10)[0]] == [first.id]
+    assert files.delete(first.id, None) and not files.delete(first.id, None)
+    assert files.get(first.id, None) is None and not files.path(first.id).exists()
+    assert files.get("../../etc/passwd", None) is None and files.get("file-../x", None) is None
 
 
 def test_a_file_over_the_limit_is_not_stored(tmp_path: Path, store: Store) -> None:
     files = FileStore(tmp_path / "files", store)
     with pytest.raises(FileTooLargeError):
-        files.create("big.jsonl", "batch", [b"x" * 6, b"x" * 6], max_bytes=10)
-    assert files.page(None, None, 10) == ([], False) and list((tmp_path / "files").iterdir()) == []
+        files.create("big.jsonl", "batch", [b"x" * 6, b"x" * 6], max_bytes=10, owner="")
+    assert files.page(None, None, None, 10) == ([], False) and list((tmp_path / "files").iterdir()) == []
 
 
 def test_a_file_is_gone_once_its_expiry_passes(tmp_path: Path, store: Store) -> None:
     now = [1_000_000.0]
     files = FileStore(tmp_path / "files", store, clock=lambda: now[0])
-    lasting = files.create("keep.jsonl", "batch", [b"k"])
-    expiring = files.create("gone.jsonl", "batch", [b"g"], expires_after_s=3600)
+    lasting = files.create("keep.jsonl", "batch", [b"k"], owner="")
+    expiring = files.create("gone.jsonl", "batch", [b"g"], expires_after_s=3600, owner="")
     assert expiring.expires_at == 1_000_000 + 3600 and lasting.expires_at is None
     now[0] += 3599
-    assert files.get(expiring.id) == expiring
+    assert files.get(expiring.id, None) == expiring
     now[0] += 1
-    assert [f.id for f in files.page(None, None, 10)[0]] == [lasting.id]
-    assert files.get(expiring.id) is None and not files.path(expiring.id).exists()
+    assert [f.id for f in files.page(None, None, None, 10)[0]] == [lasting.id]
+    assert files.get(expiring.id, None) is None and not files.path(expiring.id).exists()
 
 
 def record(n: int, **fields: Any) -> BatchRecord:
@@ -376,17 +376,17 @@ def record(n: int, **fields: Any) -> BatchRecord:
 def test_batch_pages_run_newest_first_after_a_cursor(store: Store) -> None:
     for n in range(1, 6):
         store.save_batch(record(n))
-    ids = [r.id for r in store.batches_page(None, 10)[0]]
+    ids = [r.id for r in store.batches_page(None, None, 10)[0]]
     assert ids == [record(n).id for n in (5, 4, 3, 2, 1)]
-    assert [r.id for r in store.batches_page(ids[0], 2)[0]] == ids[1:3]
-    assert store.batches_page(ids[0], 2)[1] is True and store.batches_page(ids[2], 2)[1] is False
-    assert store.batches_page("batch_" + "f" * 32, 2) == ([], False)  # an unknown cursor
+    assert [r.id for r in store.batches_page(None, ids[0], 2)[0]] == ids[1:3]
+    assert store.batches_page(None, ids[0], 2)[1] is True and store.batches_page(None, ids[2], 2)[1] is False
+    assert store.batches_page(None, "batch_" + "f" * 32, 2) == ([], False)  # an unknown cursor
 
 
 def test_a_batch_is_found_by_its_idempotency_key_and_a_key_makes_one_batch(store: Store) -> None:
     store.save_batch(record(1, idempotency_key="k"))
     store.save_batch(record(1, idempotency_key="k", model="updated"))  # the same batch, saved again
-    found = store.batch_by_key("k")
+    found = store.batch_by_key("", "k")
     assert found is not None and found.model == "updated"
     with pytest.raises(sqlite3.IntegrityError):
         store.save_batch(record(2, idempotency_key="k"))
@@ -402,7 +402,7 @@ def test_records_an_earlier_release_kept_as_json_files_are_adopted_once(tmp_path
     (files_dir / "file-abc.json").write_text(old.model_dump_json())
     (batches_dir / f"{record(1).id}.json").write_text(record(1).model_dump_json())
     assert adopt_json_records(store, files_dir, batches_dir) == 2
-    assert store.file("file-abc") == old and store.batch(record(1).id) == record(1)
+    assert store.file("file-abc", None) == old and store.batch(record(1).id, None) == record(1)
     assert adopt_json_records(store, files_dir, batches_dir) == 0
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import openai
 import pytest
@@ -20,72 +19,13 @@ from fastapi.testclient import TestClient
 
 from batchinfer.api.app import create_app
 from batchinfer.api.openai import schemas
-from batchinfer.contract import BatchInference, PathType
-from batchinfer.contract import Path as ContractPath
-from batchinfer.control.states import StateEvent, job_status
 from batchinfer.engines.catalog import load_catalog
-from batchinfer.errors import JobNotCancellableError, JobNotFoundError
-from batchinfer.jobspec import JobParameters, LineChecks
+from batchinfer.jobspec import LineChecks
 from batchinfer.settings import Settings
+from batchinfer.testing.memory_backend import MemoryBackend
 
 MODEL = load_catalog(None).models[0].id
 CHAT = "/v1/chat/completions"
-
-
-@dataclass
-class Job:
-    params: JobParameters
-    state: dict[str, Any] = field(default_factory=lambda: {"type": "SCHEDULED", "name": "Scheduled"})
-    error: dict[str, str] | None = None
-    outputs: tuple[Path, Path] | None = None
-
-
-class MemoryBackend:
-    """Jobs in a dict; a test sets each one's state (and outputs) as a flow run would."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[UUID, Job] = {}
-
-    def _view(self, job_id: UUID) -> BatchInference:
-        job = self.jobs[job_id]
-        success, errors = (
-            (ContractPath(type=PathType.filepath, value=str(p)) for p in job.outputs)
-            if job.outputs
-            else (None, None)
-        )
-        metadata = {"model": job.params.model, "state": job.state, "request_counts": {"total": 1}}
-        return BatchInference(
-            job_id=str(job_id),
-            created=datetime.now(UTC),
-            status=job_status(job.state["type"], job.state["name"]),
-            input_file_path=job.params.prompt_file,
-            success_file_path=success,
-            error_file_path=errors,
-            metadata=metadata | ({"error": job.error} if job.error else {}),
-        )
-
-    async def submit(self, params: JobParameters) -> BatchInference:
-        job_id = uuid4()
-        self.jobs[job_id] = Job(params)
-        return self._view(job_id)
-
-    async def status(self, job_id: UUID) -> BatchInference:
-        if job_id not in self.jobs:
-            raise JobNotFoundError(str(job_id))
-        return self._view(job_id)
-
-    async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
-        return {}  # no states recorded: the timestamps a run's states give stay null
-
-    async def cancel(self, job_id: UUID) -> BatchInference:
-        job = self.jobs[job_id]
-        if job.state["type"] in ("COMPLETED", "FAILED", "CANCELLED"):
-            raise JobNotCancellableError(f"Job {job_id} has already ended.")
-        job.state = {"type": "CANCELLING", "name": "Cancelling"}
-        return self._view(job_id)
-
-    def job_of(self, batch_id: str) -> Job:
-        return self.jobs[UUID(batch_id.removeprefix("batch_"))]
 
 
 class Clock:

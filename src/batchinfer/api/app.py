@@ -3,8 +3,12 @@
 Every 4xx has FastAPI's own shape, ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``,
 so a client parses our refusals and FastAPI's the same way.
 
-With ``BATCHINFER_API_TOKEN`` set, every path but ``/healthz`` (docs and OpenAPI document included)
-requires ``Authorization: Bearer <token>``.
+Who makes each request is decided here too, by a middleware (so that it also guards the routes
+FastAPI adds itself, /docs and /openapi.json, and any added later). A key is accepted as
+``Authorization: Bearer <key>`` and as ``x-api-key: <key>``: one that ``batchinfer keys create`` made
+(``control.keys``; looked up at each request, so a revoked key is refused at once), or
+``BATCHINFER_API_TOKEN``, an admin key. With neither keys nor a token the server is open. Every
+route reaches jobs and files as ``request.state.principal`` (``control.ownership``, ``api.openai``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.utils import get_openapi
@@ -31,13 +36,18 @@ from batchinfer.contract import (
     Message,
 )
 from batchinfer.control.backend import JobBackend
+from batchinfer.control.keys import OPEN, KeyStore, Principal
+from batchinfer.control.ownership import QuotaBook
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import BatchInferError, RequestError, UnauthorizedError
 from batchinfer.settings import Settings
 
 logger = logging.getLogger(__name__)
 BackendFactory = Callable[[], AbstractAsyncContextManager[JobBackend]]
-OPEN_PATHS = frozenset({"/healthz"})  # a load balancer's health check carries no token
+OPEN_PATHS = frozenset({"/healthz"})  # a load balancer's health check carries no key
+# BATCHINFER_API_TOKEN is the server's own admin credential: what it makes belongs to no key
+# (admins see it; other keys do not), and it has no quota.
+TOKEN_PRINCIPAL = Principal(owner=None, admin=True)
 
 
 def _error_response(exc: BatchInferError) -> JSONResponse:
@@ -63,10 +73,23 @@ def _publish_seed_schemas(schema: dict[str, Any]) -> None:
         components.setdefault(model.__name__, model_schema)
 
 
-def bearer_token_matches(authorization: str | None, token: str) -> bool:
-    """``Authorization: Bearer <token>``, compared in constant time (no timing side channel)."""
-    scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+def given_key(request: Request) -> str | None:
+    """The key a request carries: ``Authorization: Bearer <key>``, else ``x-api-key: <key>``."""
+    scheme, _, bearer = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and bearer.strip():
+        return bearer.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def principal_of(key: str | None, token: str | None, keys: KeyStore) -> Principal | None:
+    """Whom ``key`` names: the token's admin (compared in constant time), a key's owner, or
+    nobody (None: no key, an unknown one, a revoked one)."""
+    if key is None:
+        return None
+    if token is not None and hmac.compare_digest(key.encode(), token.encode()):
+        return TOKEN_PRINCIPAL
+    record = keys.authenticate(key)
+    return None if record is None else Principal(owner=record.name, admin=record.admin, quota=record.quota)
 
 
 def create_app(
@@ -88,8 +111,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings, app.state.catalog = settings, catalog
-    if settings.api_token is not None:
-        _require_token(app, settings.api_token.get_secret_value())
+    keys = KeyStore(settings.keys_path)
+    app.state.quotas = QuotaBook(keys, settings.default_max_tokens)
+    _require_keys(app, settings.api_token.get_secret_value() if settings.api_token else None, keys)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(BatchInferError, _on_batchinfer_error)
     app.add_exception_handler(Exception, _on_unexpected)
@@ -100,19 +124,24 @@ def create_app(
     return app
 
 
-def _require_token(app: FastAPI, token: str) -> None:
-    """A middleware, not a route dependency: it also guards the routes FastAPI adds itself (/docs,
-    /openapi.json) and any route added later, and leaves the OpenAPI document as it is."""
+def _require_keys(app: FastAPI, token: str | None, keys: KeyStore) -> None:
+    """Every path but ``OPEN_PATHS`` needs a valid key once there is a token or any key."""
 
     @app.middleware("http")
-    async def require_token(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if request.url.path in OPEN_PATHS or bearer_token_matches(
-            request.headers.get("authorization"), token
-        ):
-            return await call_next(request)
-        return _error_response(UnauthorizedError())
+    async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.principal = OPEN
+        if request.url.path not in OPEN_PATHS:
+            found, guarded = await anyio.to_thread.run_sync(_look_up, given_key(request), token, keys)
+            if found is None and guarded:
+                return _error_response(UnauthorizedError())
+            request.state.principal = found or OPEN
+        return await call_next(request)
+
+
+def _look_up(key: str | None, token: str | None, keys: KeyStore) -> tuple[Principal | None, bool]:
+    """The key's principal, and whether the server asks for one at all."""
+    found = principal_of(key, token, keys)
+    return found, found is not None or token is not None or keys.any_keys()
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

@@ -1,6 +1,6 @@
 """What the routes depend on, as ``Annotated`` aliases (FastAPI's full-stack template's style): the
-app's job backend, settings and model catalog (set on ``app.state`` by ``create_app``), and the
-seed's ``job_id`` query parameter parsed into the job's UUID."""
+app's job backend as the request's principal may see it, settings and model catalog (set on
+``app.state`` by ``create_app``), and the seed's ``job_id`` query parameter parsed into the job's UUID."""
 
 from __future__ import annotations
 
@@ -11,14 +11,21 @@ from fastapi import Depends, Query, Request
 
 from batchinfer.api.openai.ids import BATCH_ID_PREFIX
 from batchinfer.control.backend import JobBackend
+from batchinfer.control.keys import Principal
+from batchinfer.control.ownership import OwnedJobs
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import RequestError
 from batchinfer.settings import Settings
 
 
-def _backend(request: Request) -> JobBackend:
-    backend: JobBackend = request.app.state.backend
-    return backend
+def _principal(request: Request) -> Principal:
+    principal: Principal = request.state.principal  # set by create_app's middleware
+    return principal
+
+
+def _backend(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> JobBackend:
+    """The jobs this request's key may see: every route's one way to them (``control.ownership``)."""
+    return OwnedJobs(request.app.state.backend, principal, request.app.state.quotas)
 
 
 def _settings(request: Request) -> Settings:
@@ -50,6 +57,7 @@ def _job_uuid(
     return job_uuid(job_id)
 
 
+PrincipalDep = Annotated[Principal, Depends(_principal)]
 BackendDep = Annotated[JobBackend, Depends(_backend)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CatalogDep = Annotated[ModelCatalog, Depends(_catalog)]

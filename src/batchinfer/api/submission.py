@@ -6,14 +6,13 @@ Shared by the HTTP adapter and ``batchinfer run`` so that both refuse the same t
 from __future__ import annotations
 
 from pathlib import Path as LocalPath
-from urllib.parse import unquote, urlparse
 
 from batchinfer.contract import Options, Path, PathType, SubmitJobRequest
 from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import LimitExceededError, RequestError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobLayout
-from batchinfer.pipeline.prompt_source import SourceRules, check_and_stage
+from batchinfer.pipeline.prompt_source import SourceRules, check_and_stage, local_input
 from batchinfer.pipeline.tables import PromptTemplate, check_prompt_source, template_fields
 from batchinfer.settings import Limits, Settings, env_name
 
@@ -53,7 +52,7 @@ def prepare_job(
 def check_prompt_table(given: Path, staged: Path, prompt: PromptTemplate) -> None:
     """A local table must make prompts with the request's template (its columns are read, not its
     rows); a template needs a table. A remote file is checked when the job reads it."""
-    local = _local_input(staged)
+    local = local_input(staged)
     if local is None:
         if prompt.template is not None:
             template_fields(prompt.template)  # a malformed template is refused now all the same
@@ -87,7 +86,7 @@ def check_output_dir(output_dir: str, prompt_file: Path) -> LocalPath:
     """The resolved output dir, unless writing the job's files there could overwrite the input:
     the success or error file would be the input itself, or the input lies in the job's work dir."""
     layout = JobLayout(LocalPath(output_dir).expanduser().resolve())
-    source = _local_input(prompt_file)
+    source = local_input(prompt_file)
     if source is None:  # a remote file is staged inside the job dir: ours to write
         return layout.root
     source = source.resolve()
@@ -100,10 +99,3 @@ def check_output_dir(output_dir: str, prompt_file: Path) -> LocalPath:
             code="output_overwrites_input",
         )
     return layout.root
-
-
-def _local_input(prompt_file: Path) -> LocalPath | None:
-    if prompt_file.type is PathType.filepath:
-        return LocalPath(prompt_file.value)
-    parsed = urlparse(prompt_file.value)
-    return LocalPath(unquote(parsed.path)) if parsed.scheme.lower() == "file" else None

@@ -14,7 +14,7 @@ import anyio
 from pydantic import ValidationError
 
 from batchinfer.contract import BatchInference, JobPage, JobStatus
-from batchinfer.control.jobview import RunSnapshot, batch_inference
+from batchinfer.control.jobview import RunSnapshot, batch_inference, owner_tag
 from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
 from batchinfer.control.recovery import (
     LEFT_RUNNING_STATE_TYPES,
@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 
 class JobBackend(Protocol):
-    async def submit(self, params: JobParameters) -> BatchInference: ...
+    async def submit(self, params: JobParameters, owner: str | None = None) -> BatchInference:
+        """A new job; ``owner``: the key it belongs to (``control.ownership``), None on an open server."""
+        ...
 
     async def status(self, job_id: UUID) -> BatchInference: ...
 
@@ -56,8 +58,10 @@ class JobBackend(Protocol):
     async def cancel(self, job_id: UUID) -> BatchInference: ...
 
     async def list_jobs(
-        self, status: JobStatus | None, model: str | None, limit: int, offset: int
-    ) -> JobPage: ...
+        self, status: JobStatus | None, model: str | None, limit: int, offset: int, owner: str | None = None
+    ) -> JobPage:
+        """A page of jobs, newest first; ``owner``: only that key's."""
+        ...
 
     async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
         """Each job's states so far, oldest first; a job whose history cannot be read is left out."""
@@ -76,6 +80,7 @@ def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
         state_message=state.message if state else None,
         parameters=parameters,
         progress=read_progress(job_layout(str(flow_run.id), parameters, jobs_dir)),
+        tags=list(flow_run.tags or []),
     )
 
 
@@ -119,13 +124,14 @@ class PrefectJobBackend:
             self._deployment_id = deployment.id
         return self._deployment_id
 
-    async def submit(self, params: JobParameters) -> BatchInference:
+    async def submit(self, params: JobParameters, owner: str | None = None) -> BatchInference:
         deployment_id = await self._deployment_uuid()
+        tags = [f"model:{params.model}", *([owner_tag(owner)] if owner is not None else [])]
         async with self._create_lock:
             flow_run = await self._client.create_flow_run_from_deployment(
                 deployment_id,
                 parameters=params.model_dump(mode="json", exclude_none=True),
-                tags=[f"model:{params.model}"],
+                tags=tags,
             )
         return batch_inference(snapshot(flow_run, self._jobs_dir))
 
@@ -205,9 +211,10 @@ class PrefectJobBackend:
         return await self.status(job_id)
 
     async def list_jobs(
-        self, status: JobStatus | None, model: str | None, limit: int, offset: int
+        self, status: JobStatus | None, model: str | None, limit: int, offset: int, owner: str | None = None
     ) -> JobPage:
-        """A page of jobs, newest first, filtered by status and model (the ``model:<id>`` tag)."""
+        """A page of jobs, newest first, filtered by status, model (the ``model:<id>`` tag) and
+        owner (the ``owner:<name>`` tag)."""
         from prefect.client.schemas.filters import (
             FlowFilter,
             FlowFilterName,
@@ -224,8 +231,9 @@ class PrefectJobBackend:
         # Every run of the flow, however it was started (adapter, deployment, UI, direct call).
         flow_filter = FlowFilter(name=FlowFilterName(any_=[self._flow_name]))
         run_filter = FlowRunFilter()
-        if model is not None:
-            run_filter.tags = FlowRunFilterTags(all_=[f"model:{model}"])
+        tags = [*([f"model:{model}"] if model else []), *([owner_tag(owner)] if owner else [])]
+        if tags:
+            run_filter.tags = FlowRunFilterTags(all_=tags)
         if status is not None:
             query = status_query(status)
             run_filter.state = FlowRunFilterState(  # type: ignore[call-arg]  # operator: a mixin field

@@ -4,7 +4,7 @@ flow run plus the progress file that the flow keeps in its job directory (``pipe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path as LocalPath
 from typing import Any
@@ -27,6 +27,19 @@ class RunSnapshot:
     state_message: str | None
     parameters: dict[str, Any]
     progress: JobProgress | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+OWNER_TAG = "owner:"  # a flow run's tag naming the key that submitted it (``control.ownership``)
+
+
+def owner_tag(owner: str) -> str:
+    return OWNER_TAG + owner
+
+
+def owner_of(tags: list[str]) -> str | None:
+    """The owner a flow run's tags name, if any."""
+    return next((tag.removeprefix(OWNER_TAG) for tag in tags if tag.startswith(OWNER_TAG)), None)
 
 
 _FAILURE_CODES = {"CRASHED": "crashed", "CANCELLED": "cancelled", "FAILED": "job_failed"}
@@ -71,6 +84,8 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
     for name in ("prompt_template", "system_prompt"):
         if (value := getattr(params, name)) is not None:
             metadata[name] = value
+    if (owner := owner_of(run.tags)) is not None:
+        metadata["owner"] = owner
     if progress.deduplicated:  # answered by copying an identical earlier line's answer, not sent
         metadata["request_counts"]["deduplicated"] = progress.deduplicated
     if progress.chunks:

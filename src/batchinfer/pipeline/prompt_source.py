@@ -347,3 +347,11 @@ def _write_bounded(blocks: Iterable[bytes], target: LocalPath, max_bytes: int, u
                     _too_large(repr(display_uri(uri)), None, max_bytes), field=VALUE_FIELD
                 )
             local.write(block)
+
+
+def local_input(prompt_file: Path) -> LocalPath | None:
+    """Where a prompt file is on this machine's disk (a path, a ``file://`` URI); None if remote."""
+    if prompt_file.type is PathType.filepath:
+        return LocalPath(prompt_file.value)
+    parsed = urlparse(prompt_file.value)
+    return LocalPath(unquote(parsed.path)) if parsed.scheme.lower() == "file" else None

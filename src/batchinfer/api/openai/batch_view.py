@@ -146,7 +146,7 @@ class BatchView:
 
     async def _outputs(self, record: BatchRecord, job: BatchInference, status: BatchStatus) -> BatchRecord:
         async with self._locks[record.id]:
-            current = await anyio.to_thread.run_sync(self.store.batch, record.id) or record
+            current = await anyio.to_thread.run_sync(self.store.batch, record.id, None) or record
             made = await anyio.to_thread.run_sync(make_outputs, current, job, status, self.files)
             if made is None:
                 return current

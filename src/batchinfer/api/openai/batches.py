@@ -6,14 +6,19 @@ naming the field; everything about the input file is found while the batch is ``
 unknown ``input_file_id`` fails the batch at once, and the flow checks every line of the file
 (``pipeline.batch_checks``) before it sends any. What the flow run knows (status, counts, outputs)
 is read from the job each time; what it does not is in the batch's record (``records``).
+
+The service a route gets is bound to the request's principal (``for_principal``): every file and
+batch it finds, lists or makes is that key's (an admin's: anyone's), through scoped queries.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -27,10 +32,11 @@ from batchinfer.api.openai.files import FileStore, StoredFile, link_or_copy
 from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
 from batchinfer.api.openai.lines import read_lines, scan_models
 from batchinfer.api.openai.records import BatchRecord
-from batchinfer.api.openai.schemas import Batch, BatchError, CreateBatch, InvalidLines, Page
-from batchinfer.api.openai.store import Store
+from batchinfer.api.openai.schemas import Batch, BatchError, CreateBatch, FileObject, InvalidLines, Page
+from batchinfer.api.openai.store import Scope, Store
 from batchinfer.contract import BatchInference, Path, PathType
 from batchinfer.control.backend import JobBackend
+from batchinfer.control.keys import OPEN, Principal
 from batchinfer.control.states import BatchStatus
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.catalog import ModelCatalog
@@ -68,8 +74,50 @@ class BatchService:
         self.files = files
         self.store = store
         self.view = BatchView(settings, files, store)
+        self.principal = OPEN
         # One create per idempotency key at a time: the second waits, then finds the first's batch.
-        self._key_locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
+        self._key_locks: defaultdict[tuple[str, str], anyio.Lock] = defaultdict(anyio.Lock)
+
+    def for_principal(self, principal: Principal) -> BatchService:
+        """This service as ``principal`` uses it (sharing everything else)."""
+        bound = copy.copy(self)
+        bound.principal = principal
+        return bound
+
+    @property
+    def scope(self) -> Scope:
+        """Whose files and batches this service finds; None: everyone's."""
+        return self.principal.scope
+
+    @property
+    def owner(self) -> str:
+        """Whose files and batches it makes; "": an open server's."""
+        return self.principal.owner or ""
+
+    # ---- files --------------------------------------------------------------------------------
+
+    def upload(
+        self, filename: str, purpose: str, chunks: Iterable[bytes], limit: int, expiry: int | None
+    ) -> StoredFile:
+        return self.files.create(filename, purpose, chunks, limit, expiry, owner=self.owner)
+
+    async def file(self, file_id: str) -> StoredFile:
+        stored = await anyio.to_thread.run_sync(self.files.get, file_id, self.scope)
+        if stored is None:
+            raise not_found("file", file_id, "file_id")
+        return stored
+
+    async def files_page(
+        self, purpose: str | None, after: str | None, limit: int, oldest_first: bool
+    ) -> Page[FileObject]:
+        page, more = await anyio.to_thread.run_sync(
+            self.files.page, self.scope, purpose, after, limit, oldest_first
+        )
+        return Page[FileObject].of([f.public() for f in page], more)
+
+    async def delete_file(self, file_id: str) -> None:
+        if not await anyio.to_thread.run_sync(self.files.delete, file_id, self.scope):
+            raise not_found("file", file_id, "file_id")
 
     # ---- create ------------------------------------------------------------------------------
 
@@ -79,8 +127,8 @@ class BatchService:
         key = request.idempotency_key
         if key is None:
             return await self._create(backend, request, window_s)
-        async with self._key_locks[key]:
-            existing = await anyio.to_thread.run_sync(self.store.batch_by_key, key)
+        async with self._key_locks[self.owner, key]:
+            existing = await anyio.to_thread.run_sync(self.store.batch_by_key, self.owner, key)
             if existing is None:
                 return await self._create(backend, request, window_s)
             if existing.fingerprint != _fingerprint(request):
@@ -123,6 +171,7 @@ class BatchService:
         created = int(time.time())
         record = BatchRecord(
             id=batch_id_of(uuid4()),
+            owner=self.owner,
             job_id=None,
             input_file_id=request.input_file_id,
             input_path=None,
@@ -139,7 +188,8 @@ class BatchService:
             idempotency_key=request.idempotency_key,
             fingerprint=_fingerprint(request),
         )
-        stored = await anyio.to_thread.run_sync(self.files.get, request.input_file_id)
+        # Another owner's file reads as one never issued: the batch fails alike.
+        stored = await anyio.to_thread.run_sync(self.files.get, request.input_file_id, self.scope)
         if stored is None:  # as OpenAI: the batch is made, and fails while validating
             record.failure = BatchError(
                 code="invalid_request",
@@ -193,7 +243,7 @@ class BatchService:
 
     async def list_batches(self, backend: JobBackend, after: str | None, limit: int) -> Page[Batch]:
         cursor = None if after is None else _canonical(after)
-        records, has_more = await anyio.to_thread.run_sync(self.store.batches_page, cursor, limit)
+        records, has_more = await anyio.to_thread.run_sync(self.store.batches_page, self.scope, cursor, limit)
         histories = await backend.history([UUID(r.job_id) for r in records if r.job_id])
         data = []
         for record in records:
@@ -226,7 +276,7 @@ class BatchService:
         return await self.view.of(record, job, _history(history, record))
 
     async def _record(self, batch_id: str) -> BatchRecord:
-        record = await anyio.to_thread.run_sync(self.store.batch, _canonical(batch_id))
+        record = await anyio.to_thread.run_sync(self.store.batch, _canonical(batch_id), self.scope)
         if record is None:
             raise not_found("batch", batch_id, "batch_id")
         return record

@@ -3,7 +3,9 @@ store. The bytes are written (atomically) before the record, so a listed file al
 a delete removes the record first, so a half-deleted file is never listed.
 
 A file with an expiry (``expires_after``, a batch's ``output_expires_after``) is gone once it
-passes: it reads as never issued, and its bytes and record are removed when next looked at.
+passes: it reads as never issued, and its bytes and record are removed when next looked at. A file
+belongs to the key that made it; every look-up is scoped (``store``): another owner's reads as never
+issued too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from batchinfer.api.openai.ids import FILE_ID_PREFIX, new_file_id
 from batchinfer.api.openai.records import StoredFile
-from batchinfer.api.openai.store import Store
+from batchinfer.api.openai.store import Scope, Store
 from batchinfer.errors import FileTooLargeError
 from batchinfer.pipeline.jobfiles import atomic_write
 
@@ -53,8 +55,10 @@ class FileStore:
         chunks: Iterable[bytes],
         max_bytes: int | None = None,
         expires_after_s: int | None = None,
+        *,
+        owner: str,
     ) -> StoredFile:
-        """Store ``chunks`` as a new file, gone ``expires_after_s`` after now if given;
+        """Store ``chunks`` as ``owner``'s new file, gone ``expires_after_s`` after now if given;
         ``FileTooLargeError`` (and nothing stored) past ``max_bytes``."""
         file_id = new_file_id()
         digest = hashlib.sha256()
@@ -80,18 +84,19 @@ class FileStore:
             sha256=digest.hexdigest(),
             created_ns=time.time_ns(),
             expires_at=None if expires_after_s is None else created_at + expires_after_s,
+            owner=owner,
         )
         self.store.save_file(stored)
         return stored
 
-    def get(self, file_id: str) -> StoredFile | None:
-        """The file, or None if it was never issued, was deleted or has expired."""
+    def get(self, file_id: str, scope: Scope) -> StoredFile | None:
+        """The file, or None if it was never issued, is another owner's, was deleted or expired."""
         # The id becomes a file name: anything but our own id shape could walk out of the root.
         if not _is_file_id(file_id):
             return None
-        stored = self.store.file(file_id)
+        stored = self.store.file(file_id, scope)
         if stored is not None and stored.expires_at is not None and stored.expires_at <= self.clock():
-            self.delete(file_id)
+            self.delete(file_id, None)
             return None
         return stored
 
@@ -99,19 +104,19 @@ class FileStore:
         """Where the bytes of a file that ``get`` found are."""
         return self._data(file_id)
 
-    def delete(self, file_id: str) -> bool:
-        if not _is_file_id(file_id) or not self.store.delete_file(file_id):
+    def delete(self, file_id: str, scope: Scope) -> bool:
+        if not _is_file_id(file_id) or not self.store.delete_file(file_id, scope):
             return False
         self._data(file_id).unlink(missing_ok=True)
         return True
 
     def page(
-        self, purpose: str | None, after: str | None, limit: int, oldest_first: bool = False
+        self, scope: Scope, purpose: str | None, after: str | None, limit: int, oldest_first: bool = False
     ) -> tuple[list[StoredFile], bool]:
         """A page of the files that have not expired (those that have are removed first)."""
         for file_id in self.store.expired_files(int(self.clock())):
-            self.delete(file_id)
-        return self.store.files_page(purpose, after, limit, oldest_first)
+            self.delete(file_id, None)
+        return self.store.files_page(scope, purpose, after, limit, oldest_first)
 
 
 def read_blocks(path: Path) -> Iterable[bytes]:

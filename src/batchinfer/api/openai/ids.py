@@ -24,7 +24,7 @@ def job_uuid_of(batch_id: str) -> UUID | None:
 
 
 def new_file_id() -> str:
-    return FILE_ID_PREFIX + secrets.token_hex(12)
+    return FILE_ID_PREFIX + secrets.token_hex(16)  # 128 random bits: not to be guessed
 
 
 def derived_id(prefix: str, *parts: object) -> str:

@@ -22,7 +22,7 @@ from batchinfer.api.openai.lines import (
     read_lines,
     unrun_records,
 )
-from batchinfer.api.openai.records import BatchRecord
+from batchinfer.api.openai.records import BatchRecord, StoredFile
 from batchinfer.contract import BatchInference
 from batchinfer.control.states import BatchStatus
 
@@ -75,14 +75,20 @@ def _store(
     errors: Iterator[str],
     ctx: OutputContext,
 ) -> OutputFiles:
-    expiry = record.output_expires_after_s
-    output = files.create(f"{record.id}_output.jsonl", OUTPUT_PURPOSE, convert(success, ctx), None, expiry)
-    error = files.create(f"{record.id}_error.jsonl", OUTPUT_PURPOSE, convert(errors, ctx), None, expiry)
+
+    def made(kind: str, records: Iterator[str]) -> StoredFile:
+        """The batch's owner's file, as its input file was, with the batch's output expiry."""
+        name, lines = f"{record.id}_{kind}.jsonl", convert(records, ctx)
+        return files.create(
+            name, OUTPUT_PURPOSE, lines, None, record.output_expires_after_s, owner=record.owner
+        )
+
+    output, error = made("output", success), made("error", errors)
     if error.bytes == 0:  # OpenAI leaves error_file_id null when no request failed
-        files.delete(error.id)
+        files.delete(error.id, None)
     for stale in (record.output_file_id, record.error_file_id):
         if stale is not None:
-            files.delete(stale)
+            files.delete(stale, None)
     return OutputFiles(output.id, error.id if error.bytes else None, signature)
 
 

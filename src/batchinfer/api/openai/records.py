@@ -19,6 +19,7 @@ class StoredFile(BaseModel):
     sha256: str
     created_ns: int  # orders files created within the same second
     expires_at: int | None = None  # past it the file is gone (``expires_after``)
+    owner: str = ""  # the key that uploaded it (or whose batch made it); "": an open server's
 
     def public(self) -> FileObject:
         return FileObject(
@@ -33,6 +34,7 @@ class StoredFile(BaseModel):
 
 class BatchRecord(BaseModel):
     id: str
+    owner: str = ""  # the key that created it; "": an open server's
     job_id: str | None  # None: it failed at create, before it became a job (see ``failure``)
     input_file_id: str
     input_path: str | None  # the staged copy the job reads (the input file may be deleted meanwhile)

@@ -20,12 +20,11 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batchinfer.api.deps import BackendDep
+from batchinfer.api.deps import BackendDep, PrincipalDep
 from batchinfer.api.openai.batches import BatchService
 from batchinfer.api.openai.errors import (
     OpenAIError,
     from_batchinfer_error,
-    not_found,
     openai_error_response,
 )
 from batchinfer.api.openai.files import PURPOSES, Clock, FileStore
@@ -41,9 +40,10 @@ _FORM_SLACK = 64 * 1024  # multipart boundaries and the purpose field around the
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 
-def _service(request: Request) -> BatchService:
+def _service(request: Request, principal: PrincipalDep) -> BatchService:
+    """The /v1 service as the request's key may use it: its files and batches only (an admin's: all)."""
     service: BatchService = request.app.state.openai_batches
-    return service
+    return service.for_principal(principal)
 
 
 ServiceDep = Annotated[BatchService, Depends(_service)]
@@ -65,7 +65,7 @@ async def upload_file(request: Request, service: ServiceDep) -> FileObject:
     try:
         upload, purpose = _upload_parts(form)
         expiry = _expires_after(form)
-        stored = await anyio.to_thread.run_sync(_store, service.files, upload, purpose, limit, expiry)
+        stored = await anyio.to_thread.run_sync(_store, service, upload, purpose, limit, expiry)
     finally:
         await form.close()
     return stored.public()
@@ -98,10 +98,12 @@ def _expires_after(form: FormData) -> int | None:
         ) from None
 
 
-def _store(files: FileStore, upload: UploadFile, purpose: str, limit: int, expiry: int | None) -> StoredFile:
+def _store(
+    service: BatchService, upload: UploadFile, purpose: str, limit: int, expiry: int | None
+) -> StoredFile:
     try:
         chunks = iter(lambda: upload.file.read(1 << 20), b"")
-        return files.create(upload.filename or "upload.jsonl", purpose, chunks, limit, expiry)
+        return service.upload(upload.filename or "upload.jsonl", purpose, chunks, limit, expiry)
     except FileTooLargeError:
         raise _too_large(limit) from None
 
@@ -114,32 +116,23 @@ async def list_files(
     after: str | None = None,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> Page[FileObject]:
-    page, has_more = await anyio.to_thread.run_sync(service.files.page, purpose, after, limit, order == "asc")
-    return Page[FileObject].of([f.public() for f in page], has_more)
-
-
-async def _stored(service: BatchService, file_id: str) -> StoredFile:
-    stored = await anyio.to_thread.run_sync(service.files.get, file_id)
-    if stored is None:
-        raise not_found("file", file_id, "file_id")
-    return stored
+    return await service.files_page(purpose, after, limit, order == "asc")
 
 
 @router.get("/files/{file_id}", summary="Retrieve a file's File object")
 async def retrieve_file(service: ServiceDep, file_id: str) -> FileObject:
-    return (await _stored(service, file_id)).public()
+    return (await service.file(file_id)).public()
 
 
 @router.get("/files/{file_id}/content", summary="A file's bytes")
 async def file_content(service: ServiceDep, file_id: str) -> Response:
-    stored = await _stored(service, file_id)
+    stored = await service.file(file_id)
     return FileResponse(service.files.path(stored.id), media_type="application/octet-stream")
 
 
 @router.delete("/files/{file_id}", summary="Delete a file")
 async def delete_file(service: ServiceDep, file_id: str) -> FileDeleted:
-    if not await anyio.to_thread.run_sync(service.files.delete, file_id):
-        raise not_found("file", file_id, "file_id")
+    await service.delete_file(file_id)
     return FileDeleted(id=file_id)
 
 
