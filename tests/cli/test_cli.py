@@ -215,6 +215,7 @@ COMMANDS = [
     "validate",
     "models",
     "server",
+    "keys",
 ]
 
 

@@ -115,6 +115,7 @@ def build_parser() -> Parser:
     _add_server_queries(sub)
     _add_validate(sub)
     _add_local_server(sub)
+    _add_keys(sub)
     models = _subparser(
         sub,
         "models",
@@ -282,6 +283,34 @@ def _add_local_server(sub: argparse._SubParsersAction[Parser]) -> None:
         ("BATCHINFER_HOME", "BATCHINFER_LOCAL_SERVER_IDLE_S"),
     )
     server.add_argument("action", nargs="?", choices=["status", "stop"], default="status")
+
+
+def _add_keys(sub: argparse._SubParsersAction[Parser]) -> None:
+    keys = _subparser(
+        sub,
+        "keys",
+        "Manage the API keys of `batchinfer serve`'s users: each key sees only its own jobs, files "
+        "and batches (an admin key sees all). Keys are stored hashed under BATCHINFER_HOME.",
+        ("BATCHINFER_HOME",),
+    )
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
+    create = actions.add_parser("create", help="Make a key and print it, once, alone on the last line.")
+    create.add_argument("name", help="Who the key is for: what it makes belongs to this name.")
+    create.add_argument("--admin", action="store_true", help="An admin key: it sees and manages everything.")
+    for quota, what in (
+        ("--max-enqueued-requests", "requests its jobs that have not ended may hold"),
+        ("--max-enqueued-tokens", "tokens (estimated as a hosted API counts them) its jobs may hold"),
+        ("--max-running-jobs", "jobs it may have that have not ended"),
+    ):
+        create.add_argument(quota, type=POSITIVE_INT, metavar="N", help=f"Quota: at most N {what}.")
+    actions.add_parser("list", help="The keys: name, first characters, role, quotas, created, revoked.")
+    for action, what in (
+        ("revoke", "Revoke a key: serve refuses it from its next request on."),
+        ("rotate", "Give a key a new secret (printed once, last line); the old one is refused at once."),
+    ):
+        actions.add_parser(action, help=what).add_argument(
+            "name", help="The key's name, as `keys list` shows it."
+        )
 
 
 def _add_validate(sub: argparse._SubParsersAction[Parser]) -> None:

@@ -2,7 +2,8 @@
 
 ``serve`` (Prefect server + runner + HTTP API), ``run`` (one job in the foreground), ``resume``,
 ``cancel`` and ``retry`` (a job, through Prefect); ``status``, ``jobs`` and ``results`` (through a running
-``serve``); ``validate`` (a dry run), ``models``, and ``server`` (``run``'s warm Prefect server).
+``serve``); ``validate`` (a dry run), ``models``, ``server`` (``run``'s warm Prefect server), and
+``keys`` (the API keys of ``serve``'s users).
 Flags are in ``cli_args``.
 
 Every mistake ends the command with one line on stderr that says how to fix it, and a non-zero exit:
@@ -76,6 +77,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from batchinfer.cli.jobs import models_command
 
         return models_command(args, settings)
+    if args.command == "keys":
+        from batchinfer.cli.keys import keys_command
+
+        return keys_command(args, settings)
     if args.command == "server":
         from batchinfer.cli.warm_prefect import server_command
 

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from batchinfer.cli.children import TOKEN_ENV, Owner, Supervisor, claim_home
+from batchinfer.cli.keys import access_line, keys_required
 from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
 from batchinfer.cli.prefect_env import apply_prefect_env
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, check_prefect_api, prefect_port, require_free_port
@@ -24,13 +25,13 @@ if TYPE_CHECKING:
 
 def bind_refusal(host: str, settings: Settings) -> str | None:
     """Why ``serve`` must not bind the adapter to ``host``, or None: beyond loopback, anyone who can
-    reach the port could submit jobs and read files under the allowed roots, so a token is required."""
-    if settings.api_token is not None or is_loopback(host):
+    reach the port could submit jobs and read files under the allowed roots, so keys are required."""
+    if is_loopback(host) or keys_required(settings):
         return None
     return (
-        f"refusing to serve on {host!r} without an API token: anyone who can reach it could submit "
-        "jobs and read prompt files under the allowed roots. Set BATCHINFER_API_TOKEN (clients then "
-        "send 'Authorization: Bearer <token>'), or bind to 127.0.0.1."
+        f"refusing to serve on {host!r} without keys: anyone who can reach it could submit jobs and "
+        "read prompt files under the allowed roots. Make keys (`batchinfer keys create NAME`) or set "
+        "BATCHINFER_API_TOKEN, or bind to 127.0.0.1."
     )
 
 
@@ -169,6 +170,7 @@ def serve(
 
         app = create_app(settings, catalog, lambda: PrefectJobBackend(settings.jobs_dir))
         print(f"batchinfer is serving on http://{host}:{port} (logs: {logs})", flush=True)
+        print(access_line(settings), flush=True)
         # A request stuck on a busy Prefect server must not hold up a shutdown.
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
         return 0
