@@ -16,7 +16,8 @@ from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.pipeline import validation
 from batchinfer.pipeline.chunking import plan_chunk_size
 from batchinfer.pipeline.jobfiles import JobLayout
-from batchinfer.pipeline.validation import ValidationSummary, count_lines, iter_lines, validate_prompt_file
+from batchinfer.pipeline.outcomes import count_lines, iter_lines
+from batchinfer.pipeline.validation import ValidationSummary, validate_prompt_file
 from batchinfer.settings import Limits
 
 PARAMS = SamplingParams(max_tokens=32, n=2)

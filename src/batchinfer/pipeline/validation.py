@@ -9,11 +9,11 @@ A table (Parquet, CSV: ``pipeline.tables``) goes the same way, a row a line, a b
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, Any
 
 import pyarrow as pa
 from pydantic import BaseModel
@@ -21,28 +21,30 @@ from pydantic import BaseModel
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
 from batchinfer.errors import PromptTableError
-from batchinfer.pipeline.batch_checks import BatchLineChecker, BatchRules, LineProblem
+from batchinfer.pipeline.batch_checks import BatchRules, LineProblem
 from batchinfer.pipeline.chunking import plan_chunk_size
 from batchinfer.pipeline.duplicates import DuplicateFinder
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
-from batchinfer.pipeline.parsing import parse_line, parse_value
+from batchinfer.pipeline.outcomes import (
+    Outcome,
+    batch_line_outcomes,
+    count_lines,
+    line_outcomes,
+    row_outcomes,
+)
 from batchinfer.pipeline.tables import (
     CarriedColumns,
     PromptTemplate,
     TableFormat,
-    TablePlan,
     count_rows,
-    iter_batches,
     plan_table,
     read_schema,
-    row_request,
     table_format,
     template_needs_table,
 )
 from batchinfer.records import ErrorDetail, ErrorRecord
 from batchinfer.settings import Limits, env_name
 
-_BOM = b"\xef\xbb\xbf"
 _BLOCK = 1 << 20
 
 
@@ -65,47 +67,6 @@ class ValidationSummary(BaseModel):
     duplicates: int = 0  # valid lines not sent: an identical earlier deterministic line is
     file_error: ErrorDetail | None = None  # set when the file as a whole is unusable
     endpoint: Endpoint = Endpoint.chat  # the one endpoint every valid line of the job names
-
-
-def count_lines(path: Path) -> int:
-    """Physical lines (a last line without a newline counts)."""
-    count, last = 0, b"\n"
-    with open(path, "rb") as handle:
-        while block := handle.read(_BLOCK):
-            count += block.count(b"\n")
-            last = block[-1:]
-    return count + (last != b"\n")
-
-
-def iter_lines(
-    handle: IO[bytes], digest: hashlib._Hash, max_line_bytes: int = Limits.max_line_bytes
-) -> Iterator[tuple[int, bytes | None]]:
-    """(1-based line number, line bytes without CR/LF), feeding every byte read into ``digest``.
-
-    A line longer than ``max_line_bytes`` (not counting its newline) comes as ``None``: it is read
-    in bounded pieces and dropped, so a 50 MB line costs one bounded buffer, not 50 MB."""
-    number = 0
-    while raw := handle.readline(max_line_bytes + 1):
-        number += 1
-        digest.update(raw)
-        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-            _skip_rest_of_line(handle, digest)
-            yield number, None
-            continue
-        if number == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-        yield number, raw.rstrip(b"\r\n")
-
-
-def _skip_rest_of_line(handle: IO[bytes], digest: hashlib._Hash) -> None:
-    while block := handle.readline(_BLOCK):
-        digest.update(block)
-        if block.endswith(b"\n"):
-            return
-
-
-# None: a blank line, skipped and counted; a LineProblem: a line that fails an OpenAI batch.
-Outcome: TypeAlias = PromptRequest | ErrorRecord | LineProblem | None
 
 
 def validate_prompt_file(
@@ -150,53 +111,11 @@ def validate_prompt_file(
     digest = hashlib.sha256()
     with open(source, "rb") as handle:
         if rules is None:
-            outcomes = _line_outcomes(handle, digest, params, limits, defaults)
+            outcomes = line_outcomes(handle, digest, params, limits, defaults)
         else:
-            outcomes = _batch_line_outcomes(handle, digest, params, limits, defaults, rules)
+            outcomes = batch_line_outcomes(handle, digest, params, limits, defaults, rules)
         split = _split(outcomes, layout, plan_chunk_size(physical_lines, chunk_size), endpoint, dedupe)
     return split.summary(digest.hexdigest())
-
-
-def _line_outcomes(
-    handle: IO[bytes],
-    digest: hashlib._Hash,
-    params: SamplingParams,
-    limits: Limits,
-    defaults: RequestDefaults | None,
-) -> Iterator[Outcome]:
-    for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
-        if raw is not None and not raw.strip():
-            yield None
-        elif raw is None:
-            yield _line_too_long(number, limits.max_line_bytes)
-        else:
-            yield _parse(raw, number, params, limits, defaults)
-
-
-def _batch_line_outcomes(
-    handle: IO[bytes],
-    digest: hashlib._Hash,
-    params: SamplingParams,
-    limits: Limits,
-    defaults: RequestDefaults | None,
-    rules: BatchRules,
-) -> Iterator[Outcome]:
-    """An OpenAI batch's lines: each one's first problem (as a line error unless the batch fails
-    on it), else the request it makes."""
-    checker = BatchLineChecker(rules)
-    for number, raw in iter_lines(handle, digest, limits.max_line_bytes):
-        if raw is not None and not raw.strip():
-            yield None
-            continue
-        if raw is None:
-            too_long = _line_too_long(number, limits.max_line_bytes).error
-            value, problem = None, LineProblem(number, too_long.code, too_long.message)
-        else:
-            value, problem = checker.check(number, raw)
-        if problem is None:
-            yield parse_value(value, number, params, limits, defaults)
-        else:
-            yield problem if rules.fail_batch else problem.as_error_record()
 
 
 def _validate_table(
@@ -218,7 +137,7 @@ def _validate_table(
         if rows > limits.max_lines:
             return _too_many_lines(rows, limits.max_lines, chunk_size)
         with CarriedColumns(layout.carried_columns, schema, plan) as carried:
-            outcomes = _row_outcomes(source, fmt, plan, prompt, params, carried=carried)
+            outcomes = row_outcomes(source, fmt, plan, prompt, params, carried=carried)
             split = _split(outcomes, layout, plan_chunk_size(rows, chunk_size), None, dedupe)
     except PromptTableError as exc:
         return _failed(ErrorDetail(code=exc.code, message=exc.message), chunk_size)
@@ -226,24 +145,6 @@ def _validate_table(
         message = f"The table cannot be read: {exc}. Check that it is a valid {fmt.value} file."
         return _failed(ErrorDetail(code="invalid_table", message=message), chunk_size)
     return split.summary(_file_sha256(source))
-
-
-def _row_outcomes(
-    source: Path,
-    fmt: TableFormat,
-    plan: TablePlan,
-    prompt: PromptTemplate,
-    params: SamplingParams,
-    *,
-    carried: CarriedColumns,
-) -> Iterator[Outcome]:
-    number = 0
-    for batch in iter_batches(source, fmt):
-        carried.write(batch)
-        # Only the columns a prompt is made of become Python objects; carried ones stay Arrow.
-        for row in batch.select(plan.read).to_pylist():
-            number += 1
-            yield row_request(row, number, plan, prompt, params)
 
 
 def _file_sha256(path: Path) -> str:
@@ -413,33 +314,6 @@ class _EndpointCheck:
                 "in a file of their own.",
             ),
         )
-
-
-def _parse(
-    raw: bytes, number: int, params: SamplingParams, limits: Limits, defaults: RequestDefaults | None
-) -> PromptRequest | ErrorRecord:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return ErrorRecord(
-            line=number,
-            error=ErrorDetail(
-                code="invalid_utf8",
-                message=f"Line is not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8.",
-            ),
-        )
-    return parse_line(text, number, params, limits, defaults)
-
-
-def _line_too_long(number: int, limit: int) -> ErrorRecord:
-    return ErrorRecord(
-        line=number,
-        error=ErrorDetail(
-            code="line_too_long",
-            message=f"Line is longer than the limit of {limit:,} bytes ({env_name('max_line_bytes')}); "
-            "shorten the prompt (large attachments can go by filepath or uri) or raise the limit.",
-        ),
-    )
 
 
 def _too_many_lines(lines: int, limit: int, chunk_size: int) -> ValidationSummary:
