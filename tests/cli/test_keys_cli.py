@@ -93,3 +93,11 @@ def test_serve_listens_beyond_loopback_only_once_keys_are_required_and_says_whic
     KeyStore(settings.keys_path).create("alice")
     assert bind_refusal("0.0.0.0", settings) is None
     assert "needs a key" in access_line(settings)
+
+
+def test_a_key_store_deleted_while_serve_runs_reads_as_no_keys(home: Path) -> None:
+    store = KeyStore(home / "keys.sqlite3")
+    store.create("alice")
+    for path in home.glob("keys.sqlite3*"):
+        path.unlink()
+    assert not store.any_keys() and store.authenticate("bik_anything") is None

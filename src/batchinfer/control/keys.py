@@ -100,15 +100,20 @@ class KeyExistsError(RequestError):
 class KeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        with self._connect():
+            pass
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Made again when it is not there: an operator may delete the store to start afresh while
+        # serve runs, and serve then reads it as "no keys" rather than failing every request.
+        fresh = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30)
         try:
+            if fresh:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
             with db:
                 yield db
         finally:
