@@ -44,6 +44,7 @@ def batch_job(
     options: Options | None = None,
     num_generations: int = 1,
     output_dir: str | None = None,
+    output_url: str | None = None,
     expires_at: datetime | None = None,
     endpoint: Endpoint | None = None,
     prompt_template: str | None = None,
@@ -53,8 +54,10 @@ def batch_job(
 ) -> dict[str, Any] | State[Any]:
     """Run every prompt of ``prompt_file`` through ``model``; write success and error JSONL files.
 
-    ``expires_at``: when it passes, the job stops as for a cancel and fails ``expired``, keeping
-    its finished lines (an OpenAI batch's ``completion_window``). ``endpoint``: the one endpoint
+    ``output_dir``: the job's folder, a path or an fsspec URL; ``output_url``: a store that holds it
+    as ``<output_url>/<job id>`` (else ``BATCHINFER_HOME/jobs/<job id>``). ``expires_at``: when it
+    passes, the job stops as for a cancel and fails ``expired``, keeping its finished lines (an
+    OpenAI batch's ``completion_window``). ``endpoint``: the one endpoint
     every line must name (an OpenAI batch's); None: the first valid line's. ``prompt_template``
     and ``system_prompt``: a table prompt file's prompts, built from each row's columns.
     ``max_error_rate``: past this share of failed requests the job stops, ``error_rate_exceeded``.
@@ -66,6 +69,7 @@ def batch_job(
         options=options or Options(),
         num_generations=num_generations,
         output_dir=output_dir,
+        output_url=output_url,
         expires_at=expires_at,
         endpoint=endpoint,
         prompt_template=prompt_template,

@@ -116,6 +116,12 @@ class SubmitJobRequest(BaseModel):
         "of its requests failed (judged after 100 requests, or at the end). Default: the model's "
         "`max_error_rate` in the models file, else none.",
     )
+    output_url: str | None = Field(
+        default=None,
+        description="Extension: a store (an fsspec URL: s3://bucket/prefix, gs://, az://, file://) that "
+        "holds the job's files as <output_url>/<job_id>, readable from any machine that can read it. "
+        "Default: the server's BATCHINFER_OUTPUT_URL, else the server's disk.",
+    )
 
 
 class JobStatus(str, Enum):

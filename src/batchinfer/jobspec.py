@@ -31,7 +31,14 @@ class JobParameters(BaseModel):
     prompt_file: Path
     options: Options = Field(default_factory=Options)
     num_generations: int = Field(default=1, ge=1)
-    output_dir: str | None = None
+    output_dir: str | None = Field(
+        default=None, description="The job's folder: a local path, or an fsspec URL (s3://...) on a store."
+    )
+    output_url: str | None = Field(
+        default=None,
+        description="A store (fsspec URL) that holds the job's folder as <output_url>/<job id> "
+        "(BATCHINFER_OUTPUT_URL, set by the server that submits it); ignored with output_dir.",
+    )
     expires_at: datetime | None = Field(
         default=None, description="When it passes, the job stops and fails `expired`, keeping its work."
     )

@@ -155,6 +155,14 @@ class Settings(BaseSettings):
         "chunks and fails `deadline_exceeded`, keeping finished chunks for a resume.",
     )
 
+    output_url: str | None = Field(
+        default=None,
+        description="A store (fsspec URL: s3://bucket/prefix, gs://, az://, file:///mnt/shared) that holds "
+        "each job's files as <url>/<job_id>, so that any machine that can read it answers for the job "
+        "(the server that submits a job sets it; a job's own output_url or --output-dir wins). Unset: "
+        "the disk of the machine that runs the job.",
+    )
+
     # Scale-out: one job's chunk tasks on a Dask cluster (``batchinfer.runtime.scaleout``).
     dask_address: str | None = Field(
         default=None,

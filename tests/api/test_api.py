@@ -25,6 +25,7 @@ from batchinfer.errors import JobNotFoundError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.gather import gather_outputs
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, write_progress
+from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.settings import Settings
 
 JSONL = '[{"role": "user", "text": "hi"}]\n'
@@ -65,8 +66,8 @@ class RecordingBackend:
             job_id, JobParameters(model=DEFAULT_MODEL_ID, prompt_file={"type": "uri", "value": "s3://b/k"})
         )
 
-    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
-        return await self.status(job_id), self.files
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]:
+        return await self.status(job_id), JobPlace(self.files)
 
     async def retry_failed(self, job_id: UUID, every_error: bool) -> BatchInference:
         self.retried.append((job_id, every_error))

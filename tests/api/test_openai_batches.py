@@ -36,6 +36,8 @@ from batchinfer.control.states import SEED_STATUS, BatchStatus, StateEvent, batc
 from batchinfer.engines.catalog import load_catalog
 from batchinfer.errors import FileTooLargeError, JobNotFoundError
 from batchinfer.jobspec import JobParameters
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.settings import Settings
 
 # ---- status ---------------------------------------------------------------------------------
@@ -439,6 +441,9 @@ class OneJobBackend:
 
     async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
         return {}  # no states recorded: every timestamp but created_at stays null
+
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]:
+        return await self.status(job_id), JobPlace(JobLayout(Path("/nonexistent") / str(job_id)))
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ class Server:
 
 @contextlib.contextmanager
 def serve(tmp_path: Path, **settings: Any) -> Iterator[Server]:
-    backend, clock = MemoryBackend(), Clock()
+    backend, clock = MemoryBackend(tmp_path / "home" / "jobs"), Clock()
 
     @contextlib.asynccontextmanager
     async def factory() -> AsyncIterator[MemoryBackend]:

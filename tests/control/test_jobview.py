@@ -13,7 +13,8 @@ from batchinfer.control.jobview import RunSnapshot, batch_inference
 from batchinfer.engines.base import SamplingParams
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
-from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, job_layout, read_progress, write_progress
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress, write_progress
+from batchinfer.pipeline.jobstore import job_place
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 JOB_ID = "0b6f2f1e-4a54-4c1e-9a55-0d3c6c2f0a11"
@@ -100,6 +101,13 @@ def test_output_paths_are_given_only_when_outputs_are_ready() -> None:
     assert gathering.error_file_path is None
 
 
+def test_the_outputs_of_a_job_on_a_store_are_uris_there() -> None:
+    done = batch_inference(snapshot("COMPLETED", **{**DONE, "output_dir": "s3://bucket/jobs/x"}))
+    assert done.success_file_path == Path(type=PathType.uri, value="s3://bucket/jobs/x/success.jsonl")
+    assert done.error_file_path == Path(type=PathType.uri, value="s3://bucket/jobs/x/errors.jsonl")
+    assert done.metadata["results_file_path"] == {"type": "uri", "value": "s3://bucket/jobs/x/results.parquet"}
+
+
 def test_a_failed_job_with_outputs_still_points_at_them() -> None:
     job = batch_inference(snapshot("FAILED", error_code="no_valid_lines", error_message="none valid", **DONE))
     assert job.error_file_path is not None
@@ -165,14 +173,21 @@ def test_job_progress_round_trips_through_the_progress_file(tmp_path: LocalPath)
 
 
 @pytest.mark.parametrize(
-    ("output_dir", "expected"),
-    [(None, "/jobs/" + JOB_ID), ("/somewhere/else", "/somewhere/else")],
+    ("output_dir", "output_url", "working", "store"),
+    [
+        (None, None, "/jobs/" + JOB_ID, None),
+        ("/somewhere/else", None, "/somewhere/else", None),
+        ("s3://bucket/out", None, "/jobs/" + JOB_ID, "s3://bucket/out"),
+        (None, "s3://bucket/jobs/", "/jobs/" + JOB_ID, f"s3://bucket/jobs/{JOB_ID}"),
+        ("/somewhere/else", "s3://bucket/jobs", "/somewhere/else", None),  # its own folder wins
+    ],
 )
-def test_a_jobs_directory_is_its_output_dir_parameter_or_one_under_the_jobs_dir(
-    output_dir: str | None, expected: str
+def test_a_jobs_files_are_in_its_output_dir_or_under_its_output_url_or_the_jobs_dir(
+    output_dir: str | None, output_url: str | None, working: str, store: str | None
 ) -> None:
-    layout = job_layout(JOB_ID, {"output_dir": output_dir}, LocalPath("/jobs"))
-    assert layout.root == LocalPath(expected)
+    place = job_place(JOB_ID, {"output_dir": output_dir, "output_url": output_url}, LocalPath("/jobs"))
+    assert place.layout.root == LocalPath(working)
+    assert (place.store.url if place.store else None) == store
 
 
 def test_sampling_params_defaults_fill_in_what_the_options_leave_out() -> None:

@@ -13,6 +13,7 @@ from batchinfer.engines.base import SamplingParams
 from batchinfer.pipeline.chunk_run import ChunkFiles, read_requests, run_chunk
 from batchinfer.pipeline.gather import gather_outputs
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, write_progress
+from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.pipeline.live_results import finished_so_far
 from batchinfer.pipeline.validation import ValidationSummary, validate_prompt_file
 from batchinfer.testing.engines import EchoEngine
@@ -118,7 +119,7 @@ def test_the_results_so_far_carry_the_duplicates_in_place(layout: JobLayout, tmp
     summary = validate(layout, tmp_path)
     run_all(layout, summary)
     write_progress(layout, JobProgress(chunks=len(summary.chunks), chunk_key="k"))
-    assert [json.loads(raw)["line"] for raw in finished_so_far(layout)] == [1, 2, 3, 4, 5, 6, 7]
+    assert [json.loads(raw)["line"] for raw in finished_so_far(JobPlace(layout))] == [1, 2, 3, 4, 5, 6, 7]
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff\xfe not text\n"], ids=["empty", "not utf-8"])

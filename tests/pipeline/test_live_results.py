@@ -12,6 +12,7 @@ from batchinfer.engines.base import SamplingParams
 from batchinfer.pipeline.chunk_run import ChunkFiles, run_chunk
 from batchinfer.pipeline.gather import gather_outputs
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, write_progress
+from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.pipeline.live_results import finished_so_far
 from batchinfer.pipeline.validation import ValidationSummary, validate_prompt_file
 from batchinfer.records import ErrorDetail
@@ -47,7 +48,7 @@ def run_chunks(layout: JobLayout, summary: ValidationSummary, *indexes: int) -> 
 
 
 def lines(layout: JobLayout, after_line: int = 0) -> list[int | None]:
-    return [json.loads(raw)["line"] for raw in finished_so_far(layout, after_line)]
+    return [json.loads(raw)["line"] for raw in finished_so_far(JobPlace(layout), after_line)]
 
 
 def test_before_any_chunk_finished_only_the_lines_before_the_first_chunk_are_final(
@@ -85,7 +86,7 @@ def test_the_records_are_the_ones_gather_writes_byte_for_byte(
     layout: JobLayout, summary: ValidationSummary
 ) -> None:
     run_chunks(layout, summary, *range(len(summary.chunks)))
-    so_far = "".join(finished_so_far(layout))
+    so_far = "".join(finished_so_far(JobPlace(layout)))
     results = [layout.chunk_result(c.index, KEY) for c in summary.chunks]
     gather_outputs(layout, results, summary.lines)
     by_line = {

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress
+from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.pipeline.retry import strip_failed
 from batchinfer.records import ErrorDetail, ErrorRecord, Generation, SuccessRecord, Usage, dump_record
 
@@ -50,20 +51,20 @@ def lines_left(layout: JobLayout) -> list[int]:
 
 
 def test_by_default_only_the_failures_a_retry_may_fix_are_taken_out(layout: JobLayout) -> None:
-    taken = strip_failed(layout, JobProgress(chunks=1, chunk_key=KEY))
+    taken = strip_failed(JobPlace(layout), JobProgress(chunks=1, chunk_key=KEY))
     assert taken == len(RETRYABLE)
     assert lines_left(layout) == [line for line in CHUNK if line not in RETRYABLE]
 
 
 def test_every_error_takes_out_every_failed_inference_and_keeps_the_answers(layout: JobLayout) -> None:
-    assert strip_failed(layout, JobProgress(chunks=1, chunk_key=KEY), every_error=True) == 9
+    assert strip_failed(JobPlace(layout), JobProgress(chunks=1, chunk_key=KEY), every_error=True) == 9
     assert lines_left(layout) == [1]
 
 
 def test_a_second_strip_has_nothing_left_to_take(layout: JobLayout) -> None:
     progress = JobProgress(chunks=1, chunk_key=KEY)
-    strip_failed(layout, progress)
-    assert strip_failed(layout, progress) == 0
+    strip_failed(JobPlace(layout), progress)
+    assert strip_failed(JobPlace(layout), progress) == 0
 
 
 @pytest.mark.parametrize(
@@ -76,9 +77,9 @@ def test_a_second_strip_has_nothing_left_to_take(layout: JobLayout) -> None:
     ids=["another run's key", "no key yet", "no chunks"],
 )
 def test_result_files_that_are_not_this_runs_are_left_alone(layout: JobLayout, progress: JobProgress) -> None:
-    assert strip_failed(layout, progress) == 0
+    assert strip_failed(JobPlace(layout), progress) == 0
     assert lines_left(layout) == list(CHUNK)
 
 
 def test_a_chunk_never_run_is_skipped(layout: JobLayout) -> None:
-    assert strip_failed(layout, JobProgress(chunks=3, chunk_key=KEY)) == len(RETRYABLE)
+    assert strip_failed(JobPlace(layout), JobProgress(chunks=3, chunk_key=KEY)) == len(RETRYABLE)

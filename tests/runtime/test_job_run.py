@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,86 +19,16 @@ from typing import Any
 import pytest
 import yaml
 
-from batchinfer.contract import Options, PathType
-from batchinfer.contract import Path as PromptPath
+from batchinfer.contract import Options
 from batchinfer.endpoints import Endpoint
-from batchinfer.engines.base import Engine
-from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.openai_compat import OpenAIEngine
-from batchinfer.engines.registry import engine_in_use
-from batchinfer.flows.batch_job import batch_job
 from batchinfer.jobspec import LineChecks
-from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
 from batchinfer.records import ErrorDetail
 from batchinfer.runtime.heap import YOUNG_THRESHOLD
-from batchinfer.settings import Settings
 from batchinfer.testing.engines import EchoEngine
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import read_jsonl
-
-MODEL = OpenAIEngineConfig(id="scripted", base_url="http://127.0.0.1:9/v1", model="scripted")
-LINES = 60
-CHUNK_SIZE = 10
-
-
-@dataclass
-class Ended:
-    """How a job's run ended: its final Prefect state and what it left in its directory."""
-
-    state: Any
-    layout: JobLayout
-
-    @property
-    def progress(self) -> JobProgress:
-        progress = read_progress(self.layout)
-        assert progress is not None
-        return progress
-
-    def records(self) -> dict[int, dict[str, Any]]:
-        """Every line's record, from both output files; a line in both would fail the test."""
-        success, errors = read_jsonl(self.layout.success), read_jsonl(self.layout.errors)
-        lines = [r["line"] for r in success + errors]
-        assert len(lines) == len(set(lines)), "a line is in both output files"
-        return {r["line"]: r for r in success + errors}
-
-
-RunJob = Callable[..., Ended]
-
-
-@pytest.fixture
-def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None) -> Iterator[RunJob]:
-    """Runs the flow in this process on ``engine`` over ``lines`` prompts; how it ended."""
-    models = tmp_path / "models.yaml"
-    models.write_text(yaml.safe_dump({"models": [MODEL.model_dump(exclude_none=True)]}))
-    for name, value in {
-        "HOME": str(tmp_path / "home"),
-        "MODELS": str(models),
-        "CHUNK_SIZE": str(CHUNK_SIZE),
-    }.items():
-        monkeypatch.setenv(f"BATCHINFER_{name}", value)
-    monkeypatch.setenv("BATCHINFER_SHARE_MODEL_LIMITS", "false")
-    settings = Settings()
-    context = EngineContext(cache_dir=settings.cache_dir, threads=settings.threads)
-
-    def run(
-        engine: Engine,
-        lines: int = LINES,
-        prompt: Callable[[int], str] = "prompt {}".format,
-        rows: list[Any] | None = None,
-        **parameters: Any,
-    ) -> Ended:
-        """``rows`` (JSON values, one a line) instead of ``lines`` prompts made by ``prompt``."""
-        prompts = tmp_path / "prompts.jsonl"
-        rows = [[{"role": "user", "text": prompt(i)}] for i in range(lines)] if rows is None else rows
-        prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        source = PromptPath(type=PathType.filepath, value=str(prompts))
-        out = Path(parameters.pop("output_dir", tmp_path / "out"))
-        parameters.setdefault("model", MODEL.id)
-        with engine_in_use(MODEL, context, engine):
-            state = batch_job(prompt_file=source, output_dir=str(out), return_state=True, **parameters)
-        return Ended(state, JobLayout(out))
-
-    yield run
+from tests.runtime.jobs import CHUNK_SIZE, LINES, MODEL, RunJob
 
 
 def cancel_at_call(call: int) -> Callable[[int], None]:

@@ -67,8 +67,8 @@ async def job_results(
     job_id: JobIdDep,
     after_line: Annotated[int, Query(ge=0, description="Only the lines after this one.")] = 0,
 ) -> StreamingResponse:
-    job, layout = await jobs.job_files(job_id)
-    records = iterate_in_threadpool(finished_so_far(layout, after_line))  # file reads: off the loop
+    job, place = await jobs.job_files(job_id)
+    records = iterate_in_threadpool(finished_so_far(place, after_line))  # file reads: off the loop
     return StreamingResponse(
         records, media_type="application/x-ndjson", headers={JOB_STATUS_HEADER: job.status.value}
     )

@@ -12,6 +12,7 @@ from batchinfer.engines.catalog import ModelCatalog
 from batchinfer.errors import LimitExceededError, RequestError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobstore import check_url, is_url
 from batchinfer.pipeline.prompt_source import SourceRules, check_and_stage, local_input
 from batchinfer.pipeline.tables import PromptTemplate, check_prompt_source, template_fields
 from batchinfer.settings import Limits, Settings, env_name
@@ -35,7 +36,12 @@ def prepare_job(
     )
     prompt = PromptTemplate(template=request.prompt_template, system_prompt=request.system_prompt)
     check_prompt_table(request.prompt_file_path, prompt_file, prompt)
-    if output_dir is not None:
+    output_url = request.output_url or settings.output_url
+    if output_url is not None:
+        check_url(output_url, "output_url")
+    if output_dir is not None and is_url(output_dir):
+        check_url(output_dir, "output_dir")
+    elif output_dir is not None:
         output_dir = str(check_output_dir(output_dir, prompt_file))
     return JobParameters(
         model=request.model,
@@ -43,6 +49,7 @@ def prepare_job(
         options=options,
         num_generations=num_generations,
         output_dir=output_dir,
+        output_url=None if output_dir is not None else output_url,
         prompt_template=prompt.template,
         system_prompt=prompt.system_prompt,
         max_error_rate=request.max_error_rate,

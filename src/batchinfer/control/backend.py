@@ -36,7 +36,8 @@ from batchinfer.errors import (
     ServiceUnavailableError,
 )
 from batchinfer.jobspec import JobParameters
-from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, job_layout, read_progress
+from batchinfer.pipeline.jobfiles import JobProgress
+from batchinfer.pipeline.jobstore import JobPlace, job_place
 from batchinfer.pipeline.retry import strip_failed
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class JobBackend(Protocol):
 
     async def status(self, job_id: UUID) -> BatchInference: ...
 
-    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]: ...
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]: ...
 
     async def resume(self, job_id: UUID) -> BatchInference: ...
 
@@ -79,7 +80,7 @@ def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
         state_name=state.name if state else None,
         state_message=state.message if state else None,
         parameters=parameters,
-        progress=read_progress(job_layout(str(flow_run.id), parameters, jobs_dir)),
+        progress=job_place(str(flow_run.id), parameters, jobs_dir).read_progress(),
         tags=list(flow_run.tags or []),
     )
 
@@ -139,10 +140,10 @@ class PrefectJobBackend:
         _, job = await self._read_job(job_id)
         return job
 
-    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]:
         """The job as it is now, and where its files are (to read what it has finished so far)."""
         flow_run, job = await self._read_job(job_id)
-        return job, self._layout(flow_run)
+        return job, self._place(flow_run)
 
     async def resume(self, job_id: UUID) -> BatchInference:
         """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"
@@ -162,15 +163,15 @@ class PrefectJobBackend:
         refusal = retry_refusal(str(job_id), state_type, has_deployment=flow_run.deployment_id is not None)
         if refusal is not None:
             raise JobNotRetryableError(refusal)
-        layout = self._layout(flow_run)
-        progress = read_progress(layout) or JobProgress()
-        lines = await anyio.to_thread.run_sync(strip_failed, layout, progress, every_error)
+        place = self._place(flow_run)
+        progress = await anyio.to_thread.run_sync(place.read_progress) or JobProgress()
+        lines = await anyio.to_thread.run_sync(strip_failed, place, progress, every_error)
         if not lines:
             raise JobNotRetryableError(nothing_to_retry(str(job_id), every_error))
         return await self._reschedule(job_id, retry_state(lines), JobNotRetryableError)
 
-    def _layout(self, flow_run: Any) -> JobLayout:
-        return job_layout(str(flow_run.id), dict(flow_run.parameters), self._jobs_dir)
+    def _place(self, flow_run: Any) -> JobPlace:
+        return job_place(str(flow_run.id), dict(flow_run.parameters), self._jobs_dir)
 
     async def _settled_state_type(self, flow_run: Any) -> str:
         state_type: str = flow_run.state.type.value if flow_run.state else "PENDING"

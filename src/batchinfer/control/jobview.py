@@ -16,6 +16,7 @@ from batchinfer.endpoints import Endpoint
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import ERROR_FILE, RESULTS_FILE, SUCCESS_FILE, JobProgress
+from batchinfer.pipeline.jobstore import is_url
 
 
 @dataclass
@@ -61,6 +62,16 @@ def _failure(run: RunSnapshot, progress: JobProgress) -> dict[str, str]:
     }
 
 
+OUTPUT_FILES = (SUCCESS_FILE, ERROR_FILE, RESULTS_FILE)
+
+
+def _output(root: str, name: str) -> Path:
+    """One output file of a job whose files are under ``root``: a folder, or a store's URL."""
+    if is_url(root):
+        return Path(type=PathType.uri, value=f"{root.rstrip('/')}/{name}")
+    return Path(type=PathType.filepath, value=str(LocalPath(root) / name))
+
+
 def batch_inference(run: RunSnapshot) -> BatchInference:
     status = job_status(run.state_type, run.state_name)
     progress = run.progress or JobProgress()
@@ -97,10 +108,7 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
     success = error = None
     # Only once the job has ended: a resumed job still has the outputs of its previous run on disk.
     if progress.outputs_ready and progress.output_dir and status in _ENDED:
-        root = LocalPath(progress.output_dir)
-        success = Path(type=PathType.filepath, value=str(root / SUCCESS_FILE))
-        error = Path(type=PathType.filepath, value=str(root / ERROR_FILE))
-        results = Path(type=PathType.filepath, value=str(root / RESULTS_FILE))
+        success, error, results = (_output(progress.output_dir, name) for name in OUTPUT_FILES)
         metadata["results_file_path"] = results.model_dump(mode="json")
     return BatchInference(
         job_id=run.id,

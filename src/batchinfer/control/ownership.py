@@ -24,7 +24,7 @@ from batchinfer.control.states import StateEvent
 from batchinfer.errors import JobNotFoundError, RequestError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.enqueued import Enqueued, enqueued
-from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.pipeline.prompt_source import local_input
 
 _ENDED = (JobStatus.completed, JobStatus.failed)
@@ -75,9 +75,9 @@ class OwnedJobs:
     async def status(self, job_id: UUID) -> BatchInference:
         return self._visible(await self.backend.status(job_id), job_id)
 
-    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
-        job, layout = await self.backend.job_files(job_id)
-        return self._visible(job, job_id), layout
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]:
+        job, place = await self.backend.job_files(job_id)
+        return self._visible(job, job_id), place
 
     async def resume(self, job_id: UUID) -> BatchInference:
         await self._owned(job_id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from batchinfer.endpoints import Endpoint
 
@@ -26,6 +26,10 @@ class JobLayout:
     """The files of one job under its directory. ``work/`` holds intermediate, resumable state."""
 
     root: Path
+
+    def name_of(self, path: Path) -> str:
+        """``path`` (one of this layout's files) relative to the job's folder: its name on a store."""
+        return path.relative_to(self.root).as_posix()
 
     @property
     def success(self) -> Path:
@@ -119,6 +123,7 @@ class JobProgress(BaseModel):
     # The key of this run's chunk result files (``chunking.chunk_key``): what finished so far is
     # read from them (``live_results``); files of an earlier, different run are not this run's.
     chunk_key: str | None = None
+    chunk_first_lines: list[int] = Field(default_factory=list)  # where each chunk starts, in input lines
     chunks_done: int = 0
     blank_lines: int = 0
     deduplicated: int = 0  # lines answered by copying an identical earlier line's answer
@@ -140,9 +145,3 @@ def read_progress(layout: JobLayout) -> JobProgress | None:
         return JobProgress.model_validate_json(layout.progress.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-
-
-def job_layout(job_id: str, parameters: dict[str, Any], jobs_dir: Path) -> JobLayout:
-    """Where a job's files are: its ``output_dir`` parameter, else ``<jobs_dir>/<job_id>``."""
-    output_dir = parameters.get("output_dir")
-    return JobLayout(Path(output_dir) if output_dir else jobs_dir / job_id)

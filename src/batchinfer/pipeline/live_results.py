@@ -7,7 +7,8 @@ before the first chunk that has not finished are final, and a k-way merge of tho
 them in input order: the same records, byte for byte, that gather will write to the two output
 files. Once the outputs are written, they are read instead (they also hold a whole-file error,
 line null, which comes last). Each call reads the files afresh: a reader follows a job by asking
-again with ``after_line`` set to the last line it has. Pure: no Prefect.
+again with ``after_line`` set to the last line it has. A job on a store is read from there (copies
+in a temp folder, gone after). Pure: no Prefect.
 """
 
 from __future__ import annotations
@@ -20,34 +21,43 @@ from typing import Any
 
 from batchinfer.pipeline.duplicates import DuplicateCopies, duplicate_entries
 from batchinfer.pipeline.gather import line_records
-from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, read_progress
+from batchinfer.pipeline.jobfiles import JobLayout, JobProgress
+from batchinfer.pipeline.jobstore import JobPlace
 
 Record = tuple[int, str, dict[str, Any]]
 
 
-def finished_so_far(layout: JobLayout, after_line: int = 0) -> Iterator[str]:
+def finished_so_far(place: JobPlace, after_line: int = 0) -> Iterator[str]:
     """The raw JSON lines (newline-terminated) of the job's final records after ``after_line``,
     in input order, up to the first chunk that has not finished."""
-    progress = read_progress(layout)
-    if progress is None:
-        return iter(())
+    progress = place.read_progress()
+    if progress is None or (progress.chunk_key is None and not progress.outputs_ready):
+        return  # still validating: no line is final yet
+    layout = place.layout
     if progress.outputs_ready:
-        return _from_outputs(layout, after_line)
-    if progress.chunk_key is None:  # still validating: no line is final yet
-        return iter(())
-    return _from_chunks(layout, progress, after_line)
+        with place.local_copies([layout.success, layout.errors]) as copy:
+            yield from _from_outputs(copy, after_line)
+        return
+    finished, boundary = _finished_chunks(place, progress)
+    with place.local_copies([layout.line_errors, layout.duplicates, *finished]) as copy:
+        yield from _from_chunks(copy, [copy.root / layout.name_of(p) for p in finished], boundary, after_line)
 
 
-def _from_chunks(layout: JobLayout, progress: JobProgress, after_line: int) -> Iterator[str]:
+def _finished_chunks(place: JobPlace, progress: JobProgress) -> tuple[list[Path], int | None]:
+    """The result files of the chunks that finished before the first that has not, and that
+    chunk's first line (None: every chunk has finished)."""
     assert progress.chunk_key is not None
-    finished: list[Path] = []
-    boundary: int | None = None  # the first line of the first unfinished chunk
-    for index in range(progress.chunks):
-        result = layout.chunk_result(index, progress.chunk_key)
-        if not result.exists():
-            boundary = _first_line(layout.chunk_input(index))
-            break
-        finished.append(result)
+    results = [place.layout.chunk_result(index, progress.chunk_key) for index in range(progress.chunks)]
+    present = place.present(results)
+    for index, result in enumerate(results):
+        if result not in present:
+            return results[:index], _first_line(place.layout, progress, index)
+    return results, None
+
+
+def _from_chunks(
+    layout: JobLayout, finished: list[Path], boundary: int | None, after_line: int
+) -> Iterator[str]:
     sources = [
         line_records(layout.line_errors),
         duplicate_entries(layout.duplicates),
@@ -84,6 +94,10 @@ def _merged(sources: Iterable[Iterator[Record]]) -> Iterator[Record]:
     return heapq.merge(*sources, key=lambda record: record[0])
 
 
-def _first_line(chunk_input: Path) -> int:
-    with open(chunk_input, encoding="utf-8") as handle:
+def _first_line(layout: JobLayout, progress: JobProgress, index: int) -> int:
+    """Chunk ``index``'s first input line: in the progress, or (a job that started before it was
+    there) its input file, on the disk of the machine that runs it."""
+    if index < len(progress.chunk_first_lines):
+        return progress.chunk_first_lines[index]
+    with open(layout.chunk_input(index), encoding="utf-8") as handle:
         return int(json.loads(handle.readline())["line"])

@@ -17,19 +17,26 @@ from pathlib import Path
 
 from batchinfer.engines.base import retryable
 from batchinfer.pipeline.chunk_run import records_to_keep
-from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, atomic_write
+from batchinfer.pipeline.jobfiles import JobProgress, atomic_write
+from batchinfer.pipeline.jobstore import JobPlace
 
 
-def strip_failed(layout: JobLayout, progress: JobProgress, every_error: bool = False) -> int:
+def strip_failed(place: JobPlace, progress: JobProgress, every_error: bool = False) -> int:
     """Take the error records a retry runs again out of the job's chunk result files (each
-    rewritten whole, atomically); how many lines were taken out."""
+    rewritten whole, atomically; on the job's store when it has one); how many lines were taken out."""
     if progress.chunk_key is None:
         return 0
+    layout = place.layout
+    results = [layout.chunk_result(index, progress.chunk_key) for index in range(progress.chunks)]
     taken = 0
-    for index in range(progress.chunks):
-        result = layout.chunk_result(index, progress.chunk_key)
-        if result.exists():
-            taken += _strip(result, every_error)
+    with place.local_copies(results) as copy:
+        for result in results:
+            name = layout.name_of(result)
+            local = copy.root / name
+            stripped = _strip(local, every_error) if local.exists() else 0
+            if stripped and place.store is not None:
+                place.store.publish(local, name)
+            taken += stripped
     return taken
 
 

@@ -38,7 +38,9 @@ from batchinfer.pipeline.batch_checks import BatchRules
 from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
 from batchinfer.pipeline.chunking import chunk_key
 from batchinfer.pipeline.gather import GatherCounts, gather_outputs
-from batchinfer.pipeline.jobfiles import JobLayout, job_layout
+from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobstore import job_place
+from batchinfer.pipeline.publish import Publisher
 from batchinfer.pipeline.result_cache import CacheSpec
 from batchinfer.pipeline.tables import PromptTemplate
 from batchinfer.pipeline.validation import ChunkSpec, ValidationSummary
@@ -88,7 +90,8 @@ class JobRun:
     params: JobParameters
     tasks: JobTasks
     settings: Settings
-    layout: JobLayout
+    layout: JobLayout  # where it works; with a store (``place``), the files go up there too
+    publisher: Publisher
     reporter: RunReporter
     deadline: Deadline  # per run: a resumed job gets a fresh one
     stop: StopSignal
@@ -101,10 +104,13 @@ class JobRun:
 
     @classmethod
     def start(cls, job_id: str, params: JobParameters, tasks: JobTasks, settings: Settings) -> JobRun:
-        layout = job_layout(job_id, {"output_dir": params.output_dir}, settings.jobs_dir)
+        place = job_place(job_id, params.model_dump(include={"output_dir", "output_url"}), settings.jobs_dir)
+        publisher = Publisher(place)
+        reporter = RunReporter(job_id, place.layout, place.root, publisher.progress)
         deadline = Deadline.after(settings.job_timeout_s)
-        reporter = RunReporter(job_id, layout)
-        return cls(job_id, params, tasks, settings, layout, reporter, deadline, stop_signal(job_id))
+        return cls(
+            job_id, params, tasks, settings, place.layout, publisher, reporter, deadline, stop_signal(job_id)
+        )
 
     @contextmanager
     def lifecycle(self) -> Iterator[None]:
@@ -157,8 +163,10 @@ class JobRun:
         progress.endpoint, progress.total, progress.failed = summary.endpoint, summary.lines, summary.invalid
         progress.chunks, progress.blank_lines = len(summary.chunks), summary.blank_lines
         progress.deduplicated = summary.duplicates
+        self.publisher.validated()
         if summary.file_error is not None:
             self.tasks.gather(str(self.layout.root), [], summary.lines, summary.file_error)
+            self.publisher.gathered()
             progress.outputs_ready = True
             raise JobError(summary.file_error.message, code=summary.file_error.code)
         assert self.config is not None  # the valid lines name a model that is served
@@ -170,7 +178,8 @@ class JobRun:
         )
         key = chunk_key(summary.input_sha256, summary.chunk_size, self.config.model_dump_json(), shape)
         self.result_paths = [str(self.layout.chunk_result(c.index, key)) for c in summary.chunks]
-        progress.chunk_key = key
+        self.publisher.resume_from_store([Path(p) for p in self.result_paths])
+        progress.chunk_key, progress.chunk_first_lines = key, [c.first_line for c in summary.chunks]
         self.summary = summary
         return summary
 
@@ -202,6 +211,7 @@ class JobRun:
         assert self.config is not None and self.summary is not None
         self.clock.enter(PHASE_GATHERING)
         gathered = self._gather(self.summary.lines)
+        self.publisher.gathered()
         progress = self.reporter.progress
         progress.completed, progress.failed = gathered.succeeded, gathered.failed
         progress.outputs_ready = True
@@ -218,8 +228,7 @@ class JobRun:
         if model_unreachable(gathered.succeeded, self.error_codes):
             # These results hold no answer, only connection errors: drop them, so that a resume
             # (once the server is back) asks the server again instead of reusing them.
-            for result_path in self.result_paths:
-                Path(result_path).unlink(missing_ok=True)
+            self.publisher.dropped([Path(p) for p in self.result_paths])
             urls = self.config.replica_urls if isinstance(self.config, OpenAIEngineConfig) else []
             raise unreachable_error(self.job_id, self.config.id, urls, self.error_codes["connection_error"])
         counts = {"total": self.summary.lines, "completed": gathered.succeeded, "failed": gathered.failed}
@@ -318,6 +327,7 @@ class JobRun:
         progress.completion_tokens += counts.completion_tokens
         progress.chunks_done += 1
         self.error_codes.update(counts.error_codes)
+        self.publisher.chunk_done(Path(self.result_paths[counts.index]))  # before the count that says so
         self.reporter.push()
 
     def _record_unstarted(self, engine: Engine, chunks: list[ChunkSpec]) -> None:

@@ -40,13 +40,22 @@ class RunReporter:
     every ``artifact_interval_s``, unless forced."""
 
     def __init__(
-        self, flow_run_id: str, layout: JobLayout, interval_s: float = 0.25, artifact_interval_s: float = 2.0
+        self,
+        flow_run_id: str,
+        layout: JobLayout,
+        output_root: str,
+        on_write: Callable[[bool], None] | None = None,
+        interval_s: float = 0.25,
+        artifact_interval_s: float = 2.0,
     ) -> None:
+        """``output_root``: where readers find the job's files (its folder, or its store's URL);
+        ``on_write(forced)``: told each time the progress file is written (to publish it)."""
         from prefect.client.orchestration import get_client
 
         self.flow_run_id = flow_run_id
         self.layout = layout
-        self.progress = JobProgress(output_dir=str(layout.root), pid=os.getpid())
+        self.on_write = on_write
+        self.progress = JobProgress(output_dir=output_root, pid=os.getpid())
         self.artifact_interval_s = artifact_interval_s
         self._last_artifact = 0.0
         self.interval_s = interval_s
@@ -72,6 +81,8 @@ class RunReporter:
             return
         self._last_push = now
         write_progress(self.layout, self.progress)
+        if self.on_write is not None:
+            self.on_write(force)
         if not force and now - self._last_artifact < self.artifact_interval_s:
             return
         self._last_artifact = now

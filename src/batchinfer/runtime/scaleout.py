@@ -17,22 +17,18 @@ process, so a cancel stops the flow submitting chunks, while the chunks already 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
-from fsspec.implementations.local import LocalFileSystem
 
 from batchinfer.engines.base import Engine, StopFlag
 from batchinfer.errors import JobError
 from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
-from batchinfer.pipeline.jobfiles import atomic_write
+from batchinfer.pipeline.jobstore import download, is_url, upload
 from batchinfer.runtime.executors import ChunkWork
 from batchinfer.settings import Settings, env_name
 
@@ -42,11 +38,6 @@ if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
 
 SCALEOUT_CODE = "scaleout_error"
-
-
-def is_url(path: str) -> bool:
-    """A chunk file given as a URL (``file://``, ``s3://`` ...) rather than a local path."""
-    return "://" in path
 
 
 # --- on the worker ------------------------------------------------------------------------------
@@ -69,43 +60,9 @@ def run_chunk_at(work: ChunkWork, engine: Engine, stop: StopFlag | None = None) 
         return counts
 
 
-# --- file transfer ------------------------------------------------------------------------------
-
-
-def download(url: str, local: Path) -> None:
-    """Copy ``url`` to ``local``, renamed into place whole (a reader never sees half a file)."""
-    fs, key = url_to_fs(url)
-    with fs.open(key, "rb") as source, atomic_write(local, "wb") as target:
-        shutil.copyfileobj(source, target)
-
-
-def upload(local: Path, url: str) -> None:
-    """Copy ``local`` to ``url`` so that it appears whole or not at all."""
-    fs, key = url_to_fs(url)
-    if _renames_atomically(fs):
-        # A (network) file system: write a temp name beside it, then rename it into place.
-        parent, name = key.rsplit("/", 1)
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            fs.put_file(str(local), tmp)
-            fs.mv(tmp, key)
-        except BaseException:
-            if fs.exists(tmp):
-                fs.rm(tmp)
-            raise
-    else:
-        # Object stores (s3, gcs, az) have no rename, but a single PUT is visible whole or not at all.
-        fs.put_file(str(local), key)
-
-
 def _exists(url: str) -> bool:
     fs, key = url_to_fs(url)
     return bool(fs.exists(key))
-
-
-def _renames_atomically(fs: AbstractFileSystem) -> bool:
-    return isinstance(fs, LocalFileSystem)
 
 
 # --- in the flow --------------------------------------------------------------------------------

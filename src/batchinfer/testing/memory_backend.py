@@ -15,6 +15,7 @@ from batchinfer.control.states import StateEvent, job_status
 from batchinfer.errors import JobNotCancellableError, JobNotFoundError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobLayout
+from batchinfer.pipeline.jobstore import JobPlace
 
 SCHEDULED = {"type": "SCHEDULED", "name": "Scheduled"}
 ENDED_TYPES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
@@ -82,8 +83,8 @@ class MemoryBackend:
         self._job(job_id)
         return self._view(job_id)
 
-    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobLayout]:
-        return await self.status(job_id), JobLayout(self.root / str(job_id))
+    async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]:
+        return await self.status(job_id), JobPlace(JobLayout(self.root / str(job_id)))
 
     async def resume(self, job_id: UUID) -> BatchInference:
         self._job(job_id).state = dict(SCHEDULED)

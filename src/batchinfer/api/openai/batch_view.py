@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -35,7 +36,7 @@ from batchinfer.contract import BatchInference, JobStatus
 from batchinfer.control.backend import JobBackend
 from batchinfer.control.states import BatchStatus, StateEvent, batch_status
 from batchinfer.errors import BatchInferError, JobNotCancellableError
-from batchinfer.pipeline.jobfiles import job_layout
+from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.settings import Settings
 
 MAX_ERRORS_LISTED = 1000
@@ -53,20 +54,21 @@ class BatchView:
         # One output conversion per batch at a time; concurrent retrieves wait, then reuse it.
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
 
-    async def job(self, backend: JobBackend, record: BatchRecord) -> BatchInference | None:
-        """The batch's job as it is now (None: it never had one), stopped first if its window
-        passed before any runner picked it up."""
+    async def job(self, backend: JobBackend, record: BatchRecord) -> Seen | None:
+        """The batch's job as it is now, and where its files are (None: it never had a job),
+        stopped first if its window passed before any runner picked it up."""
         if record.job_id is None:
             return None
         try:
-            job = await backend.status(UUID(record.job_id))
+            job, place = await backend.job_files(UUID(record.job_id))
         except BatchInferError as exc:
             raise from_batchinfer_error(exc) from None
-        return await self._expire_if_due(backend, record, job)
+        return Seen(await self._expire_if_due(backend, record, job), place)
 
-    async def of(self, record: BatchRecord, job: BatchInference | None, history: list[StateEvent]) -> Batch:
-        if job is None:
+    async def of(self, record: BatchRecord, seen: Seen | None, history: list[StateEvent]) -> Batch:
+        if seen is None:
             return self._failed_at_create(record)
+        job = seen.job
         state = job.metadata.get("state") or {}
         error = job.metadata.get("error") or {}
         status = batch_status(
@@ -74,7 +76,7 @@ class BatchView:
         )
         if status in _WITH_OUTPUTS and error.get("code") != INVALID_FILE_CODE:
             record = await self._outputs(record, job, status)
-        errors = await anyio.to_thread.run_sync(self._errors, record, status, error)
+        errors = await anyio.to_thread.run_sync(self._errors, record, status, error, seen.place)
         counts = job.metadata.get("request_counts") or {}
         return Batch(
             **self._common(record),
@@ -160,25 +162,39 @@ class BatchView:
             await anyio.to_thread.run_sync(self.store.save_batch, current)
             return current
 
-    def _errors(self, record: BatchRecord, status: BatchStatus, error: dict[str, Any]) -> list[BatchError]:
+    def _errors(
+        self, record: BatchRecord, status: BatchStatus, error: dict[str, Any], place: JobPlace | None
+    ) -> list[BatchError]:
         """Each invalid line of a batch that failed validation; with ``invalid_lines: error_file``
         also those of one that ran; then why it failed, when no line says."""
-        assert record.job_id is not None
-        layout = job_layout(record.job_id, {}, self.settings.jobs_dir)
         if error.get("code") == INVALID_FILE_CODE:
-            return _listed(layout.batch_errors)
-        data = _listed(layout.line_errors) if record.invalid_lines is InvalidLines.error_file else []
+            return _listed(place, "batch_errors")
+        lenient = record.invalid_lines is InvalidLines.error_file
+        data = _listed(place, "line_errors") if lenient else []
         if status is BatchStatus.failed and error:
             data.append(BatchError(code=error.get("code"), message=error.get("message")))
         return data
 
 
-def _listed(path: Any) -> list[BatchError]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return batch_errors(handle, MAX_ERRORS_LISTED)
-    except FileNotFoundError:
+@dataclass(frozen=True)
+class Seen:
+    """A batch's job as last read, and where its files are (None: just submitted, nothing to read)."""
+
+    job: BatchInference
+    place: JobPlace | None = None
+
+
+def _listed(place: JobPlace | None, which: str) -> list[BatchError]:
+    """The job's ``which`` file (``batch_errors``, ``line_errors``) as errors, wherever it is."""
+    if place is None:
         return []
+    path = getattr(place.layout, which)
+    with place.local_copies([path]) as copy:
+        local = copy.root / place.layout.name_of(path)
+        if not local.exists():
+            return []
+        with open(local, encoding="utf-8") as handle:
+            return batch_errors(handle, MAX_ERRORS_LISTED)
 
 
 def _usage(usage: dict[str, Any]) -> BatchUsage:

@@ -26,7 +26,7 @@ from uuid import UUID, uuid4
 import anyio
 from pydantic import ValidationError
 
-from batchinfer.api.openai.batch_view import BatchView
+from batchinfer.api.openai.batch_view import BatchView, Seen
 from batchinfer.api.openai.errors import OpenAIError, from_batchinfer_error, not_found
 from batchinfer.api.openai.files import FileStore, StoredFile, link_or_copy
 from batchinfer.api.openai.ids import batch_id_of, job_uuid_of
@@ -198,10 +198,10 @@ class BatchService:
                 "file with purpose 'batch', and create the batch with the id the upload returned.",
             )
             await self._save(record)
-            return await self.view.of(record, None, [])
+            return await self.view.of(record, None, [])  # failed at create: no job
         job = await self._submit(backend, record, _batch_input(stored))
         await self._save(record)
-        return await self.view.of(record, job, [])
+        return await self.view.of(record, Seen(job), [])
 
     async def _submit(self, backend: JobBackend, record: BatchRecord, stored: StoredFile) -> BatchInference:
         """The batch's job, reading a staged copy of its input file; ``record`` gets its job id."""
@@ -224,6 +224,7 @@ class BatchService:
             expires_at=datetime.fromtimestamp(record.expires_at, UTC),
             endpoint=Endpoint(record.endpoint),
             line_checks=checks,
+            output_url=self.settings.output_url,  # where the job's files go: its output file's source
         )
         try:
             job = await backend.submit(params)

@@ -8,10 +8,12 @@ record keeps a signature (size and mtime) of the outputs it converted. With the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+from fsspec.core import url_to_fs
 
 from batchinfer.api.openai.files import FileStore
 from batchinfer.api.openai.lines import (
@@ -45,13 +47,12 @@ def make_outputs(
     make (the job has not ended, or failed before it wrote outputs)."""
     expired = status is BatchStatus.expired
     if job.success_file_path is not None and job.error_file_path is not None:
-        success, errors = Path(job.success_file_path.value), Path(job.error_file_path.value)
-        signature = f"{_signature(success)};{_signature(errors)};{int(expired)}"
+        success, errors = job.success_file_path.value, job.error_file_path.value
+        (success_signature, made), (errors_signature, _) = _stamp(success), _stamp(errors)
+        signature = f"{success_signature};{errors_signature};{int(expired)}"
         if signature == record.outputs_signature:
             return None
-        ctx = OutputContext(
-            record.id, record.model or "", int(success.stat().st_mtime), expired, record.endpoint
-        )
+        ctx = OutputContext(record.id, record.model or "", made, expired, record.endpoint)
         return _store(record, files, signature, _text(success), _text(errors), ctx)
     if status in (BatchStatus.cancelled, BatchStatus.expired):
         # Stopped before the job read its file: every line goes to the error file, none is lost.
@@ -92,11 +93,18 @@ def _store(
     return OutputFiles(output.id, error.id if error.bytes else None, signature)
 
 
-def _signature(path: Path) -> str:
-    stat = os.stat(path)
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+def _stamp(location: str) -> tuple[str, int]:
+    """What changes when the output at ``location`` (a path, or a URL on the job's store) is
+    written again, and when it was written (whole seconds)."""
+    fs, key = url_to_fs(location)
+    fs.invalidate_cache(key)
+    info = fs.info(key)
+    modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+    seconds = int(modified.timestamp()) if isinstance(modified, datetime) else int(modified)
+    return f"{info.get('size')}:{info.get('ETag') or modified}", seconds
 
 
-def _text(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as handle:
+def _text(location: str) -> Iterator[str]:
+    fs, key = url_to_fs(location)
+    with fs.open(key, "r", encoding="utf-8") as handle:
         yield from handle
