@@ -43,12 +43,16 @@ class ChunkWork:
     job_id: str | None = None
     max_in_flight: InFlightCap | None = None
     cache: CacheSpec | None = None  # the model's result cache (``cache: true``), else None
+    stop_url: str | None = None  # on shared storage: the job's stop marker (``scaleout``)
 
-    def at(self, input_path: str, result_path: str) -> ChunkWork:
+    def at(self, input_path: str, result_path: str, stop_url: str) -> ChunkWork:
         """The same work with its files somewhere else (on shared storage), for another process:
-        there the chunk shares its cap with nothing, so it keeps its own part of the job's."""
+        there the chunk shares its cap with nothing, so it keeps its own part of the job's, and
+        learns that its job stopped from ``stop_url``."""
         cap = None if self.max_in_flight is None else self.max_in_flight.alone(self.index)
-        return replace(self, input_path=input_path, result_path=result_path, max_in_flight=cap)
+        return replace(
+            self, input_path=input_path, result_path=result_path, max_in_flight=cap, stop_url=stop_url
+        )
 
 
 class ChunkExecutor(Protocol):

@@ -11,13 +11,20 @@ shared storage (``BATCHINFER_SHARED_STORAGE``, an fsspec URL):
 3. when the flow takes the chunk's counts (``StagedFuture.result``), it first copies the result back
    to the path in the job dir that the threads path writes, so ``gather`` never knows the difference.
 
-What does not cross the wire: a job's cancel signal (``batchinfer.runtime.cancellation``) lives in the job's
-process, so a cancel stops the flow submitting chunks, while the chunks already on workers finish.
+A job's stop (a cancel, its completion window, its deadline, stopping itself on failures no retry
+fixes) lives in the job's process (``runtime.cancellation``); for the chunks already on workers it
+crosses the wire as a marker, ``<shared>/<job_id>/stop``, that the flow writes the moment the job
+stops and each worker's chunk looks for at most every ``STOP_POLL_S``: they stop sending within
+seconds and keep what they finished, as chunks on threads do. A worker that dies mid-chunk costs
+that chunk only: Dask runs it again on another worker, which finds no result and runs it whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +36,7 @@ from batchinfer.engines.base import Engine, StopFlag
 from batchinfer.errors import JobError
 from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
 from batchinfer.pipeline.jobstore import download, is_url, upload
+from batchinfer.runtime.cancellation import stop_signal
 from batchinfer.runtime.executors import ChunkWork
 from batchinfer.settings import Settings, env_name
 
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
 
 SCALEOUT_CODE = "scaleout_error"
+STOP_POLL_S = 0.5  # how often a chunk on a worker looks for its job's stop marker
 
 
 # --- on the worker ------------------------------------------------------------------------------
@@ -49,6 +58,8 @@ def run_chunk_at(work: ChunkWork, engine: Engine, stop: StopFlag | None = None) 
     if not is_url(work.input_path) and not is_url(work.result_path):
         files = ChunkFiles(work.index, Path(work.input_path), Path(work.result_path))
         return run_chunk(files, engine, stop, work.max_in_flight, cache)
+    if work.stop_url is not None:
+        stop = SharedStop(work.stop_url, stop)
     with tempfile.TemporaryDirectory(prefix="batchinfer-chunk-") as tmp:
         local = ChunkFiles(work.index, Path(tmp) / "input.jsonl", Path(tmp) / "result.jsonl")
         download(work.input_path, local.input_path)
@@ -62,7 +73,28 @@ def run_chunk_at(work: ChunkWork, engine: Engine, stop: StopFlag | None = None) 
 
 def _exists(url: str) -> bool:
     fs, key = url_to_fs(url)
+    fs.invalidate_cache(key)
     return bool(fs.exists(key))
+
+
+class SharedStop:
+    """A chunk's stop flag on a worker: its own process's, or its job's stop marker on shared storage
+    (looked for at most every ``STOP_POLL_S``; once seen, set for good)."""
+
+    def __init__(self, marker_url: str, local: StopFlag | None = None) -> None:
+        self.marker_url = marker_url
+        self.local = local
+        self._seen = False
+        self._next_look = 0.0
+
+    def is_set(self) -> bool:
+        if self._seen or (self.local is not None and self.local.is_set()):
+            return True
+        now = time.monotonic()
+        if now >= self._next_look:
+            self._next_look = now + STOP_POLL_S
+            self._seen = _exists(self.marker_url)
+        return self._seen
 
 
 # --- in the flow --------------------------------------------------------------------------------
@@ -98,8 +130,11 @@ class DaskChunks:
     ) -> None:
         self.address = address
         self._task = task
+        self.job_id = job_id
         self.chunks_url = f"{shared_storage.rstrip('/')}/{job_id}/chunks"
+        self.stop_url = f"{shared_storage.rstrip('/')}/{job_id}/stop"
         self._runner: DaskTaskRunner | None = None
+        self._done = threading.Event()
 
     def url(self, local: str | Path) -> str:
         """Where the job-dir file ``local`` lives on shared storage: the same name, so the cache
@@ -122,7 +157,25 @@ class DaskChunks:
                 code=SCALEOUT_CODE,
             ) from exc
         self._runner = runner
+        self._raise_stop_on_workers()
         return self
+
+    def _raise_stop_on_workers(self) -> None:
+        """The marker goes up the moment the job stops (a thread waits for it); a marker of an
+        earlier run of the job is taken down first, so that a resume runs."""
+        with contextlib.suppress(FileNotFoundError):
+            fs, key = url_to_fs(self.stop_url)
+            fs.rm(key)
+        stop = stop_signal(self.job_id)
+
+        def watch() -> None:
+            while not self._done.is_set():
+                if stop.wait(timeout=0.2):
+                    fs, key = url_to_fs(self.stop_url)
+                    fs.pipe_file(key, (stop.reason or "stopped").encode())
+                    return
+
+        threading.Thread(target=watch, name=f"stop-marker-{self.job_id}", daemon=True).start()
 
     def __exit__(
         self,
@@ -130,6 +183,7 @@ class DaskChunks:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._done.set()
         if self._runner is not None:
             self._runner.__exit__(exc_type, exc, tb)
             self._runner = None
@@ -138,7 +192,7 @@ class DaskChunks:
         """Stage the chunk's files on shared storage and submit its task to the cluster."""
         if self._runner is None:
             raise RuntimeError("DaskChunks.submit outside its `with` block")
-        staged = work.at(self.url(work.input_path), self.url(work.result_path))
+        staged = work.at(self.url(work.input_path), self.url(work.result_path), self.stop_url)
         upload(Path(work.input_path), staged.input_path)
         _mirror_result(Path(work.result_path), staged.result_path)
         future = self._runner.submit(self._task, parameters={"work": staged})
