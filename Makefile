@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DEMO_DIR ?= .batchinfer-demo
 
-.PHONY: install demo test test-fast lint serve bench clean install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
+.PHONY: install demo test test-fast lint serve bench bench-scaleout clean install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ lint: install
 bench: install
 	$(PIP) install -q -e ".[bench]" $(QUIET)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# What 1, 2 and 4 Dask workers buy one 20,000-line job, and what outputs on S3 cost (docs/operating.md).
+bench-scaleout: install
+	$(PY) -m bench.scaleout $(BENCH_ARGS)
 
 # Optional engines (README "Engines"); none of these is part of install, test or CI.
 # llama.cpp: builds from source into .venv (~10 min on 2 cores), then runs its tests.

@@ -8,6 +8,7 @@ accepts, and ``AWS_ENDPOINT_URL``); ``activate`` sets it in this process for as 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class S3Server:
     def running(self) -> Iterator[S3Server]:
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request on stderr
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
