@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DEMO_DIR ?= .batchinfer-demo
 
-.PHONY: install demo test test-fast lint serve bench bench-scaleout clean install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
+.PHONY: install demo test test-fast lint docs serve bench bench-scaleout clean install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not e2e"
+
+# docs/errors.md, generated from the ErrorCode enum (a test fails when it is stale).
+docs: install
+	$(PY) -m batchinfer.error_codes > docs/errors.md
 
 lint: install
 	$(VENV)/bin/ruff check .

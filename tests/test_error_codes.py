@@ -1,5 +1,5 @@
-"""One table of error codes (``error_codes.ERROR_CODES``): the docs' table lists exactly its codes,
-and every code the source raises is in it, so no code reaches a client undocumented."""
+"""One vocabulary of error codes (``error_codes.ErrorCode``): docs/errors.md is generated from it, and
+every code the source raises is in it, so no code reaches a client undocumented."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from batchinfer.error_codes import ERROR_CODES, codes
+from batchinfer.error_codes import ERROR_CODES, ErrorCode, codes, http, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "errors.md"
@@ -61,6 +61,16 @@ def raised_by_source() -> dict[str, str]:
 
 def test_the_docs_list_exactly_the_codes_of_the_table() -> None:
     assert set(documented()) == codes()
+
+
+def test_docs_errors_md_is_what_the_enum_generates() -> None:
+    assert DOCS.read_text(encoding="utf-8") == markdown(), "docs/errors.md is stale: run `make docs`"
+
+
+def test_every_code_carries_its_uses_and_is_its_own_string() -> None:
+    assert all(code.uses for code in ErrorCode)
+    assert ErrorCode.timeout == "timeout" and f"{ErrorCode.timeout}" == "timeout"
+    assert http(503) == "http_503" and ErrorCode.http_status_answer == "http_<status>"
 
 
 def test_every_code_the_source_raises_is_in_the_table() -> None:

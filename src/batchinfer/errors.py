@@ -43,6 +43,8 @@ Every message says what was wrong *and* how to fix it.
 
 from __future__ import annotations
 
+from batchinfer.error_codes import ErrorCode
+
 
 class BatchInferError(Exception):
     """Base of every error batchinfer raises on purpose."""
@@ -60,7 +62,7 @@ class BatchInferError(Exception):
 class RequestError(BatchInferError):
     """A request that cannot become a job. ``field`` is the dotted location of the culprit."""
 
-    code = "invalid_request"
+    code = ErrorCode.invalid_request
     http_status = 422
 
     def __init__(self, message: str, *, field: str, code: str | None = None, location: str = "body") -> None:
@@ -70,7 +72,7 @@ class RequestError(BatchInferError):
 
 
 class UnknownModelError(RequestError):
-    code = "unknown_model"
+    code = ErrorCode.unknown_model
 
     def __init__(self, model: str, known: list[str]) -> None:
         super().__init__(
@@ -83,13 +85,13 @@ class UnknownModelError(RequestError):
 class PromptFileError(RequestError):
     """The prompt file location is wrong: missing, unreadable, not allowed, or malformed."""
 
-    code = "invalid_prompt_file_path"
+    code = ErrorCode.invalid_prompt_file_path
 
 
 class LimitExceededError(RequestError):
     """A request past a configured limit. The message names the limit and its variable."""
 
-    code = "limit_exceeded"
+    code = ErrorCode.limit_exceeded
 
 
 class PromptTableError(RequestError):
@@ -97,21 +99,21 @@ class PromptTableError(RequestError):
     of (a template naming a column the table lacks; neither a ``messages`` nor a ``prompt`` column;
     a template for a JSONL file). At run time (a remote file) the job fails with the same code."""
 
-    code = "unknown_template_field"
+    code = ErrorCode.unknown_template_field
 
 
 class FileTooLargeError(PromptFileError):
     """The prompt file is over ``max_prompt_file_bytes``: 413 at submit; at run the job fails
     with this code (the flow keeps ``code`` when it turns any of these into a ``JobError``)."""
 
-    code = "file_too_large"
+    code = ErrorCode.file_too_large
     http_status = 413
 
 
 class UnauthorizedError(RequestError):
     """No or a wrong bearer token. The message never says which of the two, nor echoes it."""
 
-    code = "unauthorized"
+    code = ErrorCode.unauthorized
     http_status = 401
 
     def __init__(self) -> None:
@@ -124,7 +126,7 @@ class UnauthorizedError(RequestError):
 
 
 class JobNotFoundError(RequestError):
-    code = "job_not_found"
+    code = ErrorCode.job_not_found
     http_status = 404
 
     def __init__(self, job_id: str) -> None:
@@ -138,7 +140,7 @@ class JobNotFoundError(RequestError):
 class JobNotResumableError(RequestError):
     """A resume of a job that is completed, still running, or has no runner to go back to."""
 
-    code = "job_not_resumable"
+    code = ErrorCode.job_not_resumable
     http_status = 409
 
     def __init__(self, message: str) -> None:
@@ -149,7 +151,7 @@ class JobNotRetryableError(RequestError):
     """A retry_failed of a job that is still running, ran in the foreground, or has no failed line
     a retry would run."""
 
-    code = "job_not_retryable"
+    code = ErrorCode.job_not_retryable
     http_status = 409
 
     def __init__(self, message: str) -> None:
@@ -159,7 +161,7 @@ class JobNotRetryableError(RequestError):
 class JobNotCancellableError(RequestError):
     """A cancel of a job that has already ended."""
 
-    code = "job_not_cancellable"
+    code = ErrorCode.job_not_cancellable
     http_status = 409
 
     def __init__(self, message: str) -> None:
@@ -169,33 +171,33 @@ class JobNotCancellableError(RequestError):
 class ServiceUnavailableError(BatchInferError):
     """The Prefect API is unreachable or not ready; the client may retry."""
 
-    code = "service_unavailable"
+    code = ErrorCode.service_unavailable
     http_status = 503
 
 
 class JobError(BatchInferError):
     """The job cannot run at all; raised inside the flow, it ends the job ``failed``."""
 
-    code = "job_failed"
+    code = ErrorCode.job_failed
 
 
 class ConfigError(BatchInferError):
     """The environment a command starts in is unusable (a folder it cannot create, a profiles file it
     cannot read, a Prefect API that does not answer); the command stops before it starts anything."""
 
-    code = "config_error"
+    code = ErrorCode.config_error
 
 
 class EngineError(BatchInferError):
     """An engine could not be built or loaded (bad config, missing model file)."""
 
-    code = "engine_error"
+    code = ErrorCode.engine_error
 
 
 class InferenceError(BatchInferError):
     """One request failed for good (after retries). Becomes that line's error record."""
 
-    code = "inference_error"
+    code = ErrorCode.inference_error
 
 
 # -- how to go on after a job stopped, said by every message that reports it --------------------

@@ -39,6 +39,7 @@ from batchinfer.control.backend import JobBackend
 from batchinfer.control.keys import OPEN, KeyStore, Principal
 from batchinfer.control.ownership import QuotaBook
 from batchinfer.engines.catalog import ModelCatalog
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, RequestError, UnauthorizedError
 from batchinfer.settings import Settings
 
@@ -155,7 +156,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
                 "The body cannot be read as JSON (nested too deeply, or not UTF-8); "
                 "send one JSON object in UTF-8.",
                 field="",
-                code="json_invalid",
+                code=ErrorCode.json_invalid,
             )
         )
     return await http_exception_handler(request, exc)

@@ -14,6 +14,7 @@ from batchinfer.control.backend import JobBackend
 from batchinfer.control.keys import Principal
 from batchinfer.control.ownership import OwnedJobs
 from batchinfer.engines.catalog import ModelCatalog
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import RequestError
 from batchinfer.settings import Settings
 
@@ -47,7 +48,7 @@ def job_uuid(job_id: str, location: str = "query") -> UUID:
             f"{job_id!r} is not a job id (a UUID such as submit_job returns).",
             field="job_id",
             location=location,
-            code="invalid_job_id",
+            code=ErrorCode.invalid_job_id,
         ) from None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path as LocalPath
 
 from batchinfer.contract import Options, Path, PathType, SubmitJobRequest
 from batchinfer.engines.catalog import ModelCatalog
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import LimitExceededError, RequestError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobLayout
@@ -103,6 +104,6 @@ def check_output_dir(output_dir: str, prompt_file: Path) -> LocalPath:
             f"({layout.success.name}, {layout.errors.name} and {layout.work.name}/ are written "
             "there); choose another output dir.",
             field="output_dir",
-            code="output_overwrites_input",
+            code=ErrorCode.output_overwrites_input,
         )
     return layout.root

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from batchinfer.contract import BatchInference, JobPage, JobStatus, Path
+from batchinfer.error_codes import ErrorCode
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,7 +166,7 @@ def read_results(
         raise BatchInferClientError(
             f"Job {job.job_id} is {job.status.value} and has no results table yet; wait for it to "
             "end (wait_for_job), then read its results.",
-            code="no_results",
+            code=ErrorCode.no_results,
         )
     return pd.read_parquet(Path.model_validate(results).value)
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from batchinfer import __version__
 from batchinfer.client.errors import BatchInferClientError, JobWaitTimeout
 from batchinfer.contract import BatchInference, JobStatus, Options, Path, PathType
+from batchinfer.error_codes import ErrorCode
 
 URL_ENV = "BATCHINFER_URL"
 TOKEN_ENV = "BATCHINFER_API_TOKEN"
@@ -183,7 +184,7 @@ def parsed(response: httpx.Response, parse: Callable[[httpx.Response], T], shape
             f"with a body that is not {shape}: {exc}",
             status_code=response.status_code,
             detail=response.text[:500],
-            code="invalid_response",
+            code=ErrorCode.invalid_response,
         ) from None
 
 
@@ -219,5 +220,5 @@ def unreachable(base_url: str, exc: httpx.TransportError) -> BatchInferClientErr
     return BatchInferClientError(
         f"Cannot reach batchinfer at {base_url} ({type(exc).__name__}: {exc}); is `batchinfer serve` "
         f"running there? Point the client at it with base_url or {URL_ENV}.",
-        code="unreachable",
+        code=ErrorCode.unreachable,
     )

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from batchinfer.contract import BatchInference
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError
 
 _LOCATIONS = frozenset({"body", "query", "header", "path", "cookie"})  # FastAPI's loc prefixes
@@ -42,7 +43,7 @@ class BatchInferClientError(BatchInferError):
     error ``type`` (``unknown_model``, ``greater_than_equal``, ``job_not_found`` ...).
     """
 
-    code = "client_error"
+    code = ErrorCode.client_error
 
     def __init__(
         self,
@@ -88,7 +89,7 @@ class JobWaitTimeout(BatchInferClientError, TimeoutError):
         super().__init__(
             f"Job {job.job_id} is still {job.status.value} after {timeout_s:g} s; wait longer "
             "(timeout_s) or check it later with job_status.",
-            code="wait_timeout",
+            code=ErrorCode.wait_timeout,
         )
         self.job = job
 

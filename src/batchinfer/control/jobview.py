@@ -13,6 +13,7 @@ from batchinfer.contract import BatchInference, JobStatus, Path, PathType
 from batchinfer.control.recovery import INTERRUPTED_STATE_NAME
 from batchinfer.control.states import job_status
 from batchinfer.endpoints import Endpoint
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import ERROR_FILE, RESULTS_FILE, SUCCESS_FILE, JobProgress
@@ -43,7 +44,11 @@ def owner_of(tags: list[str]) -> str | None:
     return next((tag.removeprefix(OWNER_TAG) for tag in tags if tag.startswith(OWNER_TAG)), None)
 
 
-_FAILURE_CODES = {"CRASHED": "crashed", "CANCELLED": "cancelled", "FAILED": "job_failed"}
+_FAILURE_CODES = {
+    "CRASHED": ErrorCode.crashed,
+    "CANCELLED": ErrorCode.cancelled,
+    "FAILED": ErrorCode.job_failed,
+}
 _ENDED = (JobStatus.completed, JobStatus.failed)
 
 
@@ -53,11 +58,11 @@ def _failure(run: RunSnapshot, progress: JobProgress) -> dict[str, str]:
         # The process died, so any error in the progress file is from an earlier run: the state
         # tells. `serve` names the state Interrupted when it finds a job its previous self left.
         if run.state_name == INTERRUPTED_STATE_NAME:
-            return {"code": "interrupted", "message": run.state_message or resume_hint(run.id)}
+            return {"code": ErrorCode.interrupted, "message": run.state_message or resume_hint(run.id)}
         message = (run.state_message or "The process running the job stopped.").rstrip()
-        return {"code": "crashed", "message": f"{message} {resume_hint(run.id)}"}
+        return {"code": ErrorCode.crashed, "message": f"{message} {resume_hint(run.id)}"}
     return {
-        "code": progress.error_code or _FAILURE_CODES.get(run.state_type, "job_failed"),
+        "code": progress.error_code or _FAILURE_CODES.get(run.state_type, ErrorCode.job_failed),
         "message": progress.error_message or run.state_message or "The job failed.",
     }
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import RequestError
 
 KEY_PREFIX = "bik_"
@@ -93,7 +94,7 @@ class Reservation:
 
 
 class KeyExistsError(RequestError):
-    code = "key_exists"
+    code = ErrorCode.key_exists
     http_status = 409
 
 

@@ -21,6 +21,7 @@ from batchinfer.contract import BatchInference, JobPage, JobStatus
 from batchinfer.control.backend import JobBackend
 from batchinfer.control.keys import KeyStore, Principal, Quota, Reservation
 from batchinfer.control.states import StateEvent
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobNotFoundError, RequestError
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.enqueued import Enqueued, enqueued
@@ -33,7 +34,7 @@ _ENDED = (JobStatus.completed, JobStatus.failed)
 class QuotaExceededError(RequestError):
     """A submit that would take its key past one of its quotas (the message says which)."""
 
-    code = "quota_exceeded"
+    code = ErrorCode.quota_exceeded
     http_status = 429
 
 

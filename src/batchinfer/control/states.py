@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Literal
 
 from batchinfer.contract import JobStatus
+from batchinfer.error_codes import ErrorCode
 from batchinfer.jobspec import PHASE_GATHERING, PHASE_INFERRING, PHASE_VALIDATING
 
 
@@ -33,9 +34,9 @@ class BatchStatus(str, Enum):
     finalizing = "finalizing"
     completed = "completed"
     failed = "failed"
-    expired = "expired"
+    expired = ErrorCode.expired
     cancelling = "cancelling"
-    cancelled = "cancelled"
+    cancelled = ErrorCode.cancelled
 
 
 # (state type, RUNNING phase name or None for any) -> the batch status of a run in it.
@@ -67,8 +68,8 @@ SEED_STATUS = {
     BatchStatus.expired: JobStatus.failed,
 }
 # Error codes a job ends with when its deadline (the batch's completion window) passed.
-EXPIRED_CODES = frozenset({"expired", "deadline_exceeded", "batch_expired"})
-CANCELLED_CODE = "cancelled"
+EXPIRED_CODES = frozenset({ErrorCode.expired, ErrorCode.deadline_exceeded, ErrorCode.batch_expired})
+CANCELLED_CODE = ErrorCode.cancelled
 
 
 def run_status(state_type: str, state_name: str | None) -> BatchStatus:

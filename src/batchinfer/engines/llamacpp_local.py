@@ -35,6 +35,7 @@ from batchinfer.engines.local_common import (
     package_dir,
     require_installed,
 )
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
 
@@ -175,7 +176,9 @@ class LlamaCppEngine:
         try:
             prompt = self._formatter(messages=chat).prompt
         except Exception as exc:  # a template's raise_exception() (e.g. roles out of order)
-            return ErrorDetail(code="chat_template_error", message=f"The chat template refused it: {exc}")
+            return ErrorDetail(
+                code=ErrorCode.chat_template_error, message=f"The chat template refused it: {exc}"
+            )
         # The template may already have written the BOS; adding a second one changes the answer.
         add_bos = self._add_bos and not (self._bos_text and prompt.startswith(self._bos_text))
         tokens: list[int] = self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)

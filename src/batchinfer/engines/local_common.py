@@ -15,6 +15,7 @@ from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import CANCELLED, InferenceOutcome, PromptRequest, SamplingParams, StopFlag
 from batchinfer.engines.messages import to_text_chat
 from batchinfer.engines.openai_messages import OPENAI_MESSAGE_FIELDS
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import EngineError, InferenceError
 from batchinfer.records import ErrorDetail
 
@@ -40,7 +41,7 @@ class Capabilities:
         if honoured is None:
             served = ", ".join(e.value for e in self.endpoints)
             return ErrorDetail(
-                code="unsupported_endpoint",
+                code=ErrorCode.unsupported_endpoint,
                 message=f"The {self.engine} engine (model {model_id!r}) serves {served}, not "
                 f"{request.endpoint.value}; run these lines on a model served over HTTP (engine openai).",
             )
@@ -51,7 +52,7 @@ class Capabilities:
         if not asked:
             return None
         return ErrorDetail(
-            code="unsupported_parameter",
+            code=ErrorCode.unsupported_parameter,
             message=f"{asked[0]} is not supported by the {self.engine} engine (model {model_id!r}), "
             "which would have to ignore it; remove it from the line, or run the line on a model "
             "served over HTTP (engine openai).",
@@ -151,7 +152,7 @@ def text_chat_or_error(messages: list[Message]) -> list[dict[str, str]] | ErrorD
         return ErrorDetail(code=exc.code, message=exc.message)
     except OSError as exc:
         return ErrorDetail(
-            code="unsupported_attachment",
+            code=ErrorCode.unsupported_attachment,
             message=f"Cannot read an attachment file ({exc}); fix the path or send raw_bytes.",
         )
 
@@ -163,7 +164,7 @@ def prompt_ids(request: PromptRequest, tokenizer: Any, engine: str) -> list[int]
         prompt = (request.body or {}).get("prompt")
         if not isinstance(prompt, str):
             return ErrorDetail(
-                code="unsupported_parameter",
+                code=ErrorCode.unsupported_parameter,
                 message=f"body.prompt must be one string on the {engine} engine (not a list "
                 "of prompts or token ids); write one line per prompt.",
             )
@@ -185,7 +186,7 @@ def encode_chat(tokenizer: Any, chat: list[dict[str, str]]) -> list[int]:
 def context_length_exceeded(model_id: str, prompt_tokens: int, max_tokens: int, window: int) -> ErrorDetail:
     """The error of a line whose prompt plus ``max_tokens`` does not fit the model's context."""
     return ErrorDetail(
-        code="context_length_exceeded",
+        code=ErrorCode.context_length_exceeded,
         message=(
             f"The prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}, but model "
             f"{model_id!r} holds {window} tokens in all. Shorten the prompt or lower max_tokens."

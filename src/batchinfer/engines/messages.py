@@ -14,6 +14,7 @@ from batchinfer.contract import (
     MediaAttachmentType,
     Message,
 )
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import InferenceError
 
 FileReader = Callable[[str], bytes]
@@ -24,7 +25,7 @@ def read_local_file(path: str) -> bytes:
 
 
 class UnsupportedAttachment(InferenceError):
-    code = "unsupported_attachment"
+    code = ErrorCode.unsupported_attachment
 
 
 def attachment_bytes(attachment: MediaAttachment, read_file: FileReader = read_local_file) -> bytes:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from batchinfer.error_codes import ErrorCode
+
 MAX_FAILURES = 3  # consecutive failures (5xx, broken connections) that take a replica out
 FIRST_COOLDOWN_S = 1.0
 MAX_COOLDOWN_S = 30.0
@@ -126,7 +128,7 @@ class ReplicaSet:
             replica.failures += 1
             if replica.failures >= self._max_failures:
                 self._failed(replica, lease.probe)
-        elif health == "timeout" and lease.probe:  # a probe must answer; a busy replica may be slow
+        elif health == ErrorCode.timeout and lease.probe:  # a probe must answer; a busy replica may be slow
             self._failed(replica, probe=True)
         self._dispatch()
 

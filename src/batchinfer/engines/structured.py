@@ -15,6 +15,7 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
+from batchinfer.error_codes import ErrorCode
 from batchinfer.records import ErrorDetail
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class JsonGrammars:
         matcher = llguidance.LLMatcher(self._ll_tokenizer, grammar, log_level=0)
         if matcher.is_error():
             return ErrorDetail(
-                code="invalid_parameter",
+                code=ErrorCode.invalid_parameter,
                 message=f"body.response_format: the JSON schema cannot be used ({matcher.get_error()}); "
                 "fix the schema.",
             )
@@ -79,11 +80,11 @@ def _schema_of(response_format: dict[str, Any]) -> dict[str, Any] | ErrorDetail:
         if isinstance(schema, dict):
             return schema
         return ErrorDetail(
-            code="invalid_parameter",
+            code=ErrorCode.invalid_parameter,
             message="body.response_format.json_schema.schema must be a JSON schema object.",
         )
     return ErrorDetail(
-        code="unsupported_parameter",
+        code=ErrorCode.unsupported_parameter,
         message=f"body.response_format of type {kind!r} is not supported by the transformers engine; "
         "use json_schema, json_object or text.",
     )

@@ -41,6 +41,7 @@ from batchinfer.engines.local_common import (
     context_length_exceeded,
     require_installed,
 )
+from batchinfer.error_codes import ErrorCode
 from batchinfer.records import Completion, ErrorDetail, Generation, Logprobs, TokenLogprob, TopLogprob, Usage
 
 INSTALL_HINT = (
@@ -184,7 +185,9 @@ class VLLMEngine:
             # prompt. Run them one by one so only the bad line becomes an error record; errors
             # that are not about the input (CUDA, out of memory) propagate and fail the chunk.
             if len(piece) == 1:
-                return [ErrorDetail(code="invalid_request", message=f"vLLM refused the prompt: {exc}")]
+                return [
+                    ErrorDetail(code=ErrorCode.invalid_request, message=f"vLLM refused the prompt: {exc}")
+                ]
             return [outcome for item in piece for outcome in self._generate([item])]
         return [self._completion(item, result) for item, result in zip(piece, results, strict=True)]
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from batchinfer.endpoints import PROMPT_FIELD, Endpoint, endpoint_of
+from batchinfer.error_codes import ErrorCode
 from batchinfer.records import ErrorDetail, ErrorRecord
 
 ENVELOPE = ("custom_id", "method", "url", "body")
@@ -62,13 +63,13 @@ class BatchLineChecker:
         try:
             value = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
-            return None, LineProblem(number, "invalid_json_line", NOT_JSON_MESSAGE)
+            return None, LineProblem(number, ErrorCode.invalid_json_line, NOT_JSON_MESSAGE)
         custom_id = value.get("custom_id") if isinstance(value, dict) else None
         custom_id = custom_id if isinstance(custom_id, str) else None
         problem = _envelope_problem(value, self.rules) or _body_problem(value["body"], self.rules)
         if problem is None and custom_id is not None and custom_id in self._custom_ids:
             problem = (
-                "duplicate_custom_id",
+                ErrorCode.duplicate_custom_id,
                 f"The custom_id {custom_id!r} is already used by line {self._custom_ids[custom_id]}; "
                 "give every line of the file its own custom_id.",
                 "custom_id",
@@ -88,7 +89,7 @@ def _envelope_problem(value: Any, rules: BatchRules) -> Problem | None:
     """Not an object; a missing field of the four; a wrong type, method or url."""
     if not isinstance(value, dict):
         return (
-            "missing_required_parameter",
+            ErrorCode.missing_required_parameter,
             f"This line is {_json_type(value)}, not an object: missing required parameter 'custom_id'. "
             'Write each line as {"custom_id": ..., "method": "POST", "url": ..., "body": {...}}.',
             "custom_id",
@@ -96,24 +97,32 @@ def _envelope_problem(value: Any, rules: BatchRules) -> Problem | None:
     for field in ENVELOPE:
         if field not in value:
             return (
-                "missing_required_parameter",
+                ErrorCode.missing_required_parameter,
                 f"Missing required parameter: '{field}'. Every line needs custom_id, method, url and body.",
                 field,
             )
     if not isinstance(value["custom_id"], str):
-        return "invalid_request", "custom_id must be a string; give each line a unique one.", "custom_id"
+        return (
+            ErrorCode.invalid_request,
+            "custom_id must be a string; give each line a unique one.",
+            "custom_id",
+        )
     if value["method"] != "POST":
-        return "invalid_request", f"method is {value['method']!r}; a batch sends 'POST' only.", "method"
+        return (
+            ErrorCode.invalid_request,
+            f"method is {value['method']!r}; a batch sends 'POST' only.",
+            "method",
+        )
     if endpoint_of(value["url"]) is not rules.endpoint:
         return (
-            "invalid_url",
+            ErrorCode.invalid_url,
             f"The url {value['url']!r} does not match the batch's endpoint '{rules.endpoint.value}'; "
             "a batch runs one endpoint: put other requests in a batch of their own.",
             "url",
         )
     if not isinstance(value["body"], dict):
         return (
-            "invalid_request",
+            ErrorCode.invalid_request,
             f"body is {_json_type(value['body'])}; it must be the {rules.endpoint.value} request object.",
             "body",
         )
@@ -124,20 +133,20 @@ def _body_problem(body: dict[str, Any], rules: BatchRules) -> Problem | None:
     """``stream``; the model (served, the batch's); the fields the endpoint requires."""
     if body.get("stream"):
         return (
-            "streaming_unsupported",
+            ErrorCode.streaming_unsupported,
             "Streaming is not supported in a batch (answers go to the output file); remove body.stream.",
             "body.stream",
         )
     model = body.get("model")
     if isinstance(model, str) and model not in rules.served:
         return (
-            "model_not_found",
+            ErrorCode.model_not_found,
             f"The model {model!r} does not exist or is not served here; use one of: {_ids(rules)}.",
             "body.model",
         )
     if isinstance(model, str) and model != rules.model:
         return (
-            "model_mismatch",
+            ErrorCode.model_mismatch,
             f"This line names model {model!r}, but the batch runs {rules.model!r} (its first line's); "
             "a batch runs one model: put these lines in a batch of their own.",
             "body.model",
@@ -146,16 +155,20 @@ def _body_problem(body: dict[str, Any], rules: BatchRules) -> Problem | None:
     for field in ("model", prompt_field):
         if field not in body:
             return (
-                "invalid_request",
+                ErrorCode.invalid_request,
                 f"Missing required parameter: 'body.{field}' (a {rules.endpoint.value} request needs it).",
                 f"body.{field}",
             )
     if not isinstance(model, str):
-        return "invalid_request", "body.model must be a string: a model id of this server.", "body.model"
+        return (
+            ErrorCode.invalid_request,
+            "body.model must be a string: a model id of this server.",
+            "body.model",
+        )
     prompt = body[prompt_field]
     if not (isinstance(prompt, list) or (isinstance(prompt, str) and rules.endpoint is not Endpoint.chat)):
         kind = "an array of messages" if rules.endpoint is Endpoint.chat else "a string or an array"
-        return "invalid_request", f"body.{prompt_field} must be {kind}.", f"body.{prompt_field}"
+        return ErrorCode.invalid_request, f"body.{prompt_field} must be {kind}.", f"body.{prompt_field}"
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from batchinfer import jsonwire
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobError
 from batchinfer.pipeline.duplicates import DuplicateCopies, duplicate_entries
 from batchinfer.pipeline.jobfiles import JobLayout, atomic_write
@@ -62,7 +63,9 @@ def gather_outputs(
         for record in heapq.merge(*sources, key=lambda record: record[0]):
             line, raw, obj = copies.resolve(record)
             if line <= previous:
-                raise JobError(f"Line {line} appears twice in the chunk results", code="duplicate_line")
+                raise JobError(
+                    f"Line {line} appears twice in the chunk results", code=ErrorCode.duplicate_line
+                )
             previous = line
             results.add(obj)
             if "generations" in obj:
@@ -78,6 +81,6 @@ def gather_outputs(
             raise JobError(
                 f"Gathered {succeeded + failed} records for {expected_lines} input lines; "
                 "re-run the job to redo the missing chunks.",
-                code="lost_lines",
+                code=ErrorCode.lost_lines,
             )
     return GatherCounts(succeeded=succeeded, failed=failed)

@@ -12,6 +12,7 @@ from typing import IO, TypeAlias
 
 from batchinfer.endpoints import RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.error_codes import ErrorCode
 from batchinfer.pipeline.batch_checks import BatchLineChecker, BatchRules, LineProblem
 from batchinfer.pipeline.parsing import parse_line, parse_value
 from batchinfer.pipeline.tables import (
@@ -139,7 +140,7 @@ def _parse(
         return ErrorRecord(
             line=number,
             error=ErrorDetail(
-                code="invalid_utf8",
+                code=ErrorCode.invalid_utf8,
                 message=f"Line is not valid UTF-8 (byte {exc.start + 1}); save the file as UTF-8.",
             ),
         )
@@ -150,7 +151,7 @@ def line_too_long(number: int, limit: int) -> ErrorRecord:
     return ErrorRecord(
         line=number,
         error=ErrorDetail(
-            code="line_too_long",
+            code=ErrorCode.line_too_long,
             message=f"Line is longer than the limit of {limit:,} bytes ({env_name('max_line_bytes')}); "
             "shorten the prompt (large attachments can go by filepath or uri) or raise the limit.",
         ),

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from batchinfer.contract import MediaAttachment, Message
 from batchinfer.endpoints import PROMPT_FIELD, Endpoint, RequestDefaults, endpoint_list, endpoint_of
 from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.error_codes import ErrorCode
 from batchinfer.records import ErrorDetail, ErrorRecord
 from batchinfer.settings import Limits, env_name
 
@@ -82,7 +83,7 @@ def parse_line(
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         message = f"Line is not valid JSON ({_json_reason(exc)})."
-        return ErrorRecord(line=line, error=ErrorDetail(code="invalid_json", message=message))
+        return ErrorRecord(line=line, error=ErrorDetail(code=ErrorCode.invalid_json, message=message))
     return parse_value(value, line, params, limits, defaults)
 
 
@@ -133,12 +134,12 @@ def parse_messages(raw: Any, any_parts: bool = False) -> list[Message]:
     (audio, video, files) are allowed, for a batch line whose body goes to a server as written."""
     if not isinstance(raw, list):
         raise _LineRejected(
-            "not_a_list",
+            ErrorCode.not_a_list,
             f"Expected a JSON list of messages, got {_json_type(raw)}. "
             'Write each line as [{"role": "user", "text": "..."}].',
         )
     if not raw:
-        raise _LineRejected("empty_messages", "The message list is empty; give at least one message.")
+        raise _LineRejected(ErrorCode.empty_messages, "The message list is empty; give at least one message.")
     return [_parse_message(item, index, any_parts) for index, item in enumerate(raw)]
 
 
@@ -146,14 +147,16 @@ def _parse_message(item: Any, index: int, any_parts: bool) -> Message:
     where = f"Message {index}"
     if not isinstance(item, dict):
         raise _LineRejected(
-            "invalid_message", f"{where} is {_json_type(item)}; each message must be a JSON object."
+            ErrorCode.invalid_message, f"{where} is {_json_type(item)}; each message must be a JSON object."
         )
     converted = _from_openai_style(item, where, any_parts)
     role = converted.get("role")
     if role is None:
-        raise _LineRejected("missing_role", f"{where} has no 'role'; use one of {_roles()}.")
+        raise _LineRejected(ErrorCode.missing_role, f"{where} has no 'role'; use one of {_roles()}.")
     if not isinstance(role, str) or role not in KNOWN_ROLES:
-        raise _LineRejected("unknown_role", f"{where} has unknown role {role!r}; use one of {_roles()}.")
+        raise _LineRejected(
+            ErrorCode.unknown_role, f"{where} has unknown role {role!r}; use one of {_roles()}."
+        )
     attachments = converted.get("attachments")
     if attachments is not None:
         _check_attachments(attachments, where)
@@ -162,12 +165,12 @@ def _parse_message(item: Any, index: int, any_parts: bool) -> Message:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise _LineRejected("invalid_message", f"{where}: field '{field}': {first['msg']}.") from None
+        raise _LineRejected(ErrorCode.invalid_message, f"{where}: field '{field}': {first['msg']}.") from None
     # An assistant turn that only called tools has no text, and neither has a part we only pass on.
     said_something = message.text or message.attachments or item.get("tool_calls") or item.get("content")
     if not said_something:
         raise _LineRejected(
-            "missing_text", f"{where} has no 'text' (and no attachments); give it the prompt text."
+            ErrorCode.missing_text, f"{where} has no 'text' (and no attachments); give it the prompt text."
         )
     return message
 
@@ -183,7 +186,9 @@ def _from_openai_style(item: dict[str, Any], where: str, any_parts: bool) -> dic
         converted["text"] = content
         return converted
     if not isinstance(content, list):
-        raise _LineRejected("invalid_message", f"{where}: 'content' must be a string or a list of parts.")
+        raise _LineRejected(
+            ErrorCode.invalid_message, f"{where}: 'content' must be a string or a list of parts."
+        )
     texts: list[str] = []
     attachments: list[dict[str, Any]] = list(item.get("attachments") or [])
     for part in content:
@@ -195,7 +200,7 @@ def _from_openai_style(item: dict[str, Any], where: str, any_parts: bool) -> dic
             attachments.append({"attachment_type": "image", "data_type": "uri", "data": url})
         elif not (any_parts and isinstance(kind, str)):
             raise _LineRejected(
-                "invalid_message",
+                ErrorCode.invalid_message,
                 f"{where}: content part {part!r:.80} is not a text or image_url part "
                 "(other parts, such as input_audio, go in an OpenAI batch line's body).",
             )
@@ -207,7 +212,7 @@ def _from_openai_style(item: dict[str, Any], where: str, any_parts: bool) -> dic
 
 def _check_attachments(attachments: Any, where: str) -> None:
     if not isinstance(attachments, list):
-        raise _LineRejected("invalid_attachment", f"{where}: 'attachments' must be a list.")
+        raise _LineRejected(ErrorCode.invalid_attachment, f"{where}: 'attachments' must be a list.")
     for index, attachment in enumerate(attachments):
         try:
             parsed = MediaAttachment.model_validate(attachment)
@@ -215,12 +220,12 @@ def _check_attachments(attachments: Any, where: str) -> None:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "attachment"
             raise _LineRejected(
-                "invalid_attachment",
+                ErrorCode.invalid_attachment,
                 f"{where}, attachment {index}: field '{field}': {first['msg']}.",
             ) from None
         if parsed.attachment_type is None or parsed.data_type is None or not parsed.data:
             raise _LineRejected(
-                "invalid_attachment",
+                ErrorCode.invalid_attachment,
                 f"{where}, attachment {index} needs 'attachment_type', 'data_type' and 'data'.",
             )
 
@@ -236,19 +241,21 @@ def _batch_request(
     endpoint = endpoint_of(value.get("url", Endpoint.chat.value))
     if endpoint is None:
         raise _LineRejected(
-            "unsupported_endpoint",
+            ErrorCode.unsupported_endpoint,
             f"Batch line url {value.get('url')!r} is not an endpoint a batch can run; "
             f"use one of {endpoint_list()}.",
             custom_id,
         )
     method = str(value.get("method", "POST")).upper()
     if method != "POST":
-        raise _LineRejected("unsupported_method", f"Batch line method {method!r}; use 'POST'.", custom_id)
+        raise _LineRejected(
+            ErrorCode.unsupported_method, f"Batch line method {method!r}; use 'POST'.", custom_id
+        )
     body = _body(value["body"], endpoint, custom_id)
     body, inapplicable = (defaults or RequestDefaults()).fill(endpoint, body)
     if inapplicable:
         raise _LineRejected(
-            "unsupported_parameter",
+            ErrorCode.unsupported_parameter,
             f"The job's {' and '.join(inapplicable)} do not apply to {endpoint.value} lines; "
             "submit the job without them (or set the field in each line's body).",
             custom_id,
@@ -258,7 +265,7 @@ def _batch_request(
     messages = parse_messages(prompt, any_parts=True) if endpoint is Endpoint.chat else []
     if endpoint is not Endpoint.chat and not _is_prompt(prompt):
         raise _LineRejected(
-            "invalid_body",
+            ErrorCode.invalid_body,
             f"body.{PROMPT_FIELD[endpoint]} must be a non-empty string or list for {endpoint.value}.",
             custom_id,
         )
@@ -272,13 +279,13 @@ def _body(body: Any, endpoint: Endpoint, custom_id: str | None) -> dict[str, Any
     prompt_field = PROMPT_FIELD[endpoint]
     if not isinstance(body, dict) or prompt_field not in body:
         raise _LineRejected(
-            "invalid_body",
+            ErrorCode.invalid_body,
             f"Batch line 'body' must be an object with '{prompt_field}' (a {endpoint.value} request).",
             custom_id,
         )
     if body.get("stream"):
         raise _LineRejected(
-            "unsupported_parameter",
+            ErrorCode.unsupported_parameter,
             "body.stream cannot be used in a batch: answers are written to the output file; "
             "remove `stream` (and `stream_options`).",
             custom_id,
@@ -308,7 +315,7 @@ def _line_params(
         first = exc.errors()[0]
         field = str(first["loc"][0])
         key = next((k for k, f in fields.items() if f == field and k in body), field)
-        raise _LineRejected("invalid_parameter", f"body.{key}: {first['msg']}.", custom_id) from None
+        raise _LineRejected(ErrorCode.invalid_parameter, f"body.{key}: {first['msg']}.", custom_id) from None
     _check_limits(line_params, limits, custom_id)
     return line_params
 
@@ -318,7 +325,7 @@ def _constraint(response_format: Any, custom_id: str | None) -> str | None:
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if not isinstance(kind, str):
         raise _LineRejected(
-            "invalid_parameter",
+            ErrorCode.invalid_parameter,
             "body.response_format must be an object with a 'type' (text, json_object or json_schema).",
             custom_id,
         )
@@ -338,7 +345,7 @@ def _check_limits(params: SamplingParams, limits: Limits, custom_id: str | None)
     ):
         if value > limit:
             raise _LineRejected(
-                "limit_exceeded",
+                ErrorCode.limit_exceeded,
                 f"body.{name} {value} is over the limit of {limit} ({env_name(setting)}); ask for less.",
                 custom_id,
             )
@@ -348,7 +355,7 @@ def _custom_id(value: dict[str, Any]) -> str | None:
     custom_id = value.get("custom_id")
     if custom_id is None or isinstance(custom_id, str):
         return custom_id
-    raise _LineRejected("invalid_custom_id", "'custom_id' must be a string.")
+    raise _LineRejected(ErrorCode.invalid_custom_id, "'custom_id' must be a string.")
 
 
 def _json_type(value: Any) -> str:

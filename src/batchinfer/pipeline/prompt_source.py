@@ -25,6 +25,7 @@ from pathlib import Path as LocalPath
 from urllib.parse import ParseResult, unquote, urljoin, urlparse
 
 from batchinfer.contract import Path, PathType
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, FileTooLargeError, PromptFileError
 from batchinfer.pipeline.jobfiles import atomic_write
 from batchinfer.settings import DEFAULT_URI_SCHEMES, Limits, Settings, env_name
@@ -138,7 +139,7 @@ def _compressed() -> PromptFileError:
     return PromptFileError(
         "raw_bytes is compressed content (gzip): decompress first, then send the JSONL text or its base64.",
         field=VALUE_FIELD,
-        code="compressed_content",
+        code=ErrorCode.compressed_content,
     )
 
 
@@ -179,7 +180,7 @@ def check_uri(uri: str, rules: SourceRules) -> ParseResult:
             f"URI scheme {scheme!r} is not supported; use one of "
             f"{', '.join(sorted(rules.schemes))} (the allowlist {env_name('allowed_uri_schemes')}).",
             field=VALUE_FIELD,
-            code="scheme_not_allowed",
+            code=ErrorCode.scheme_not_allowed,
         )
     if scheme == "file" and parsed.netloc not in ("", "localhost"):
         raise PromptFileError(
@@ -211,7 +212,7 @@ def check_public_host(parsed: ParseResult, rules: SourceRules) -> None:
                 f"reach; use a public host, or set {env_name('allow_private_uris')}=true if this "
                 "server should read prompt files from its own network.",
                 field=VALUE_FIELD,
-                code="private_address",
+                code=ErrorCode.private_address,
             )
 
 

@@ -14,6 +14,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobError
 from batchinfer.pipeline.tables import RESULT_COLUMNS
 
@@ -77,7 +78,7 @@ class _CarriedRows:
                 raise JobError(
                     f"The stored columns of the table end before its results do ({n} rows wanted); "
                     "re-run the job.",
-                    code="lost_lines",
+                    code=ErrorCode.lost_lines,
                 )
             self._pending = pa.concat_tables([self._pending, pa.Table.from_batches([batch])])
         taken, self._pending = self._pending.slice(0, n), self._pending.slice(n)
@@ -109,7 +110,7 @@ class ResultsTable:
                 if self._carried is not None and not self._carried.exhausted():
                     raise JobError(
                         f"The table has more rows than the {self.rows} results gathered; re-run the job.",
-                        code="lost_lines",
+                        code=ErrorCode.lost_lines,
                     )
         finally:
             self._writer.close()

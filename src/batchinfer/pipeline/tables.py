@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import PromptTableError
 from batchinfer.pipeline.jobfiles import atomic_write
 from batchinfer.pipeline.parsing import parse_row_messages
@@ -134,7 +135,7 @@ def template_fields(template: str) -> list[str]:
             f"prompt_template is not a valid template ({exc}); write {{column}} for a column's "
             "value and {{{{ or }}}} for a literal brace.",
             field="prompt_template",
-            code="invalid_request",
+            code=ErrorCode.invalid_request,
         ) from None
     fields: list[str] = []
     for _, name, spec, _ in parsed:
@@ -145,7 +146,7 @@ def template_fields(template: str) -> list[str]:
                 f"prompt_template field {{{name}}} is not a column name; use named fields only, "
                 'such as "Summarise in one line: {abstract}".',
                 field="prompt_template",
-                code="invalid_request",
+                code=ErrorCode.invalid_request,
             )
         if name not in fields:
             fields.append(name)
@@ -177,7 +178,7 @@ def plan_table(columns: list[str], prompt: PromptTemplate) -> TablePlan:
             f"{PROMPT_COLUMN!r} column (a string); its columns are: {shown}. Rename the prompt "
             "column, or give a prompt_template.",
             field="prompt_file_path",
-            code="no_prompt_column",
+            code=ErrorCode.no_prompt_column,
         )
     used = {CUSTOM_ID_COLUMN, source}
     read = [c for c in columns if c in used or c in fields]
@@ -200,7 +201,7 @@ def template_needs_table() -> PromptTableError:
         "prompt_template and system_prompt build prompts from a table's columns (Parquet or CSV); "
         "a JSONL line carries its own messages. Put the system message in each line, or send a table.",
         field="prompt_template",
-        code="template_needs_table",
+        code=ErrorCode.template_needs_table,
     )
 
 
@@ -229,12 +230,12 @@ def _row_messages(row: dict[str, Any], plan: TablePlan, prompt: PromptTemplate) 
     value = row.get(plan.source)
     if value is None:
         return ErrorDetail(
-            code="missing_prompt", message=f"The row's {plan.source!r} is null; give it a prompt."
+            code=ErrorCode.missing_prompt, message=f"The row's {plan.source!r} is null; give it a prompt."
         )
     if plan.source == PROMPT_COLUMN:
         if not isinstance(value, str) or not value.strip():
             return ErrorDetail(
-                code="invalid_prompt",
+                code=ErrorCode.invalid_prompt,
                 message=f"The row's 'prompt' is {_kind(value)}; give a non-empty string.",
             )
         return [{"role": "user", "content": value}]
@@ -243,7 +244,7 @@ def _row_messages(row: dict[str, Any], plan: TablePlan, prompt: PromptTemplate) 
             value = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
             return ErrorDetail(
-                code="invalid_prompt",
+                code=ErrorCode.invalid_prompt,
                 message="The row's 'messages' is a string but not JSON; give a JSON list of "
                 '{"role", "content"} objects.',
             )
@@ -258,7 +259,7 @@ def _render(template: str, row: dict[str, Any]) -> list[dict[str, str]] | ErrorD
     nulls = [name for name, value in values.items() if value is None]
     if nulls:
         return ErrorDetail(
-            code="missing_prompt",
+            code=ErrorCode.missing_prompt,
             message=f"The row's {', '.join(map(repr, nulls))} is null, so prompt_template cannot "
             "be filled; give it a value.",
         )
@@ -266,7 +267,7 @@ def _render(template: str, row: dict[str, Any]) -> list[dict[str, str]] | ErrorD
         text = template.format_map(values)
     except (ValueError, TypeError) as exc:
         return ErrorDetail(
-            code="invalid_prompt", message=f"prompt_template cannot be filled from this row: {exc}."
+            code=ErrorCode.invalid_prompt, message=f"prompt_template cannot be filled from this row: {exc}."
         )
     return [{"role": "user", "content": text}]
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from batchinfer.endpoints import Endpoint, RequestDefaults
 from batchinfer.engines.base import PromptRequest, SamplingParams
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import PromptTableError
 from batchinfer.pipeline.batch_checks import BatchRules, LineProblem
 from batchinfer.pipeline.chunking import plan_chunk_size
@@ -143,7 +144,7 @@ def _validate_table(
         return _failed(ErrorDetail(code=exc.code, message=exc.message), chunk_size)
     except pa.ArrowException as exc:  # a corrupt Parquet file, a CSV whose types change midway
         message = f"The table cannot be read: {exc}. Check that it is a valid {fmt.value} file."
-        return _failed(ErrorDetail(code="invalid_table", message=message), chunk_size)
+        return _failed(ErrorDetail(code=ErrorCode.invalid_table, message=message), chunk_size)
     return split.summary(_file_sha256(source))
 
 
@@ -308,7 +309,7 @@ class _EndpointCheck:
             line=outcome.line,
             custom_id=outcome.custom_id,
             error=ErrorDetail(
-                code="mismatched_endpoint",
+                code=ErrorCode.mismatched_endpoint,
                 message=f"This line is a {outcome.endpoint.value} request, but the job runs "
                 f"{self.job_endpoint.value} ({why}); a job runs one endpoint, so put these lines "
                 "in a file of their own.",
@@ -319,7 +320,7 @@ class _EndpointCheck:
 def _too_many_lines(lines: int, limit: int, chunk_size: int) -> ValidationSummary:
     return _failed(
         ErrorDetail(
-            code="too_many_lines",
+            code=ErrorCode.too_many_lines,
             message=f"The prompt file has {lines:,} lines, over the limit of {limit:,} "
             f"({env_name('max_lines')}); split it into smaller files or raise the limit.",
         ),
@@ -346,7 +347,7 @@ def _invalid_batch(tally: _Tally) -> ErrorDetail:
     assert first is not None
     lines = tally.valid + tally.invalid + tally.batch_problems
     return ErrorDetail(
-        code="invalid_batch_file",
+        code=ErrorCode.invalid_batch_file,
         message=f"{tally.batch_problems} of the batch's {lines} lines are invalid, so nothing was sent "
         f"(line {first.line}: {first.message}); the batch's errors list every one. Fix them and "
         "create the batch again.",
@@ -356,18 +357,18 @@ def _invalid_batch(tally: _Tally) -> ErrorDetail:
 def _file_error(lines: int, valid: int, codes: set[str]) -> ErrorDetail | None:
     if lines == 0:
         return ErrorDetail(
-            code="empty_file",
+            code=ErrorCode.empty_file,
             message="The prompt file has no lines; give one JSON list of messages per line.",
         )
     if valid:
         return None
-    if "invalid_utf8" in codes:  # binary or UTF-16 text may hold lines that decode, but no prompt
+    if ErrorCode.invalid_utf8 in codes:  # binary or UTF-16 text may hold lines that decode, but no prompt
         return ErrorDetail(
-            code="not_utf8",
+            code=ErrorCode.not_utf8,
             message="The prompt file is not UTF-8 text (is it compressed or binary?); "
             "give a UTF-8 JSONL file.",
         )
     return ErrorDetail(
-        code="no_valid_lines",
+        code=ErrorCode.no_valid_lines,
         message=f"None of the {lines} lines is a valid prompt; the error file lists why for each.",
     )

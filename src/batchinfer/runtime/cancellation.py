@@ -24,16 +24,17 @@ from typing import Any
 from uuid import UUID
 
 from batchinfer.engines.base import CANCELLED, EXPIRED, InferenceOutcome
+from batchinfer.error_codes import ErrorCode
 from batchinfer.records import ErrorDetail
 from batchinfer.runtime.fail_fast import OutcomeTally, not_sent
 
 logger = logging.getLogger(__name__)
 
 CANCELLED_CODE = CANCELLED.code
-EXPIRED_REASON = "expired"  # the StopSignal reason when the job's completion window passes
+EXPIRED_REASON = ErrorCode.expired  # the StopSignal reason when the job's completion window passes
 # The reason when `batchinfer run` is interrupted (Ctrl-C, SIGTERM): a cancel of a job that no runner
 # owns, so no CANCELLING state stands behind it.
-INTERRUPTED_REASON = "interrupted"
+INTERRUPTED_REASON = ErrorCode.interrupted
 # Prefect state types in which a job is being, or has been, cancelled.
 CANCEL_STATE_TYPES = frozenset({"CANCELLING", "CANCELLED"})
 

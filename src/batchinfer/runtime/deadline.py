@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar
 
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobError, resume_hint
 
 T = TypeVar("T")
@@ -44,7 +45,7 @@ class Deadline:
             f"The job passed its deadline of {_duration(self.seconds)} (BATCHINFER_JOB_TIMEOUT_S) with "
             f"{chunks_done} of {chunks_total} chunks done. {resume_hint(job_id)} If the job needs "
             "longer, raise BATCHINFER_JOB_TIMEOUT_S where the runner runs.",
-            code="deadline_exceeded",
+            code=ErrorCode.deadline_exceeded,
         )
 
 

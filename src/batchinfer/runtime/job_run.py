@@ -26,6 +26,7 @@ from batchinfer.engines.base import Engine, InFlightCap, SamplingParams
 from batchinfer.engines.catalog import ModelCatalog, load_catalog
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.registry import AnyModelConfig, get_engine
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, JobError, UnknownModelError, rerun_hint, resume_hint
 from batchinfer.jobspec import (
     PHASE_GATHERING,
@@ -230,7 +231,9 @@ class JobRun:
             # (once the server is back) asks the server again instead of reusing them.
             self.publisher.dropped([Path(p) for p in self.result_paths])
             urls = self.config.replica_urls if isinstance(self.config, OpenAIEngineConfig) else []
-            raise unreachable_error(self.job_id, self.config.id, urls, self.error_codes["connection_error"])
+            raise unreachable_error(
+                self.job_id, self.config.id, urls, self.error_codes[ErrorCode.connection_error]
+            )
         counts = {"total": self.summary.lines, "completed": gathered.succeeded, "failed": gathered.failed}
         return {"job_dir": str(self.layout.root), "request_counts": counts}
 

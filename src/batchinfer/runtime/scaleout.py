@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from fsspec.core import url_to_fs
 
 from batchinfer.engines.base import Engine, StopFlag
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobError
 from batchinfer.pipeline.chunk_run import ChunkCounts, ChunkFiles, run_chunk
 from batchinfer.pipeline.jobstore import download, is_url, upload
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from prefect.futures import PrefectFuture
     from prefect_dask import DaskTaskRunner
 
-SCALEOUT_CODE = "scaleout_error"
+SCALEOUT_CODE = ErrorCode.scaleout_error
 STOP_POLL_S = 0.5  # how often a chunk on a worker looks for its job's stop marker
 
 

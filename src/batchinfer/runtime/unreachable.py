@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobError
 
-CONNECTION_ERROR = "connection_error"
+CONNECTION_ERROR = ErrorCode.connection_error
 
 
 def model_unreachable(succeeded: int, inference_errors: Mapping[str, int]) -> bool:
@@ -38,5 +39,5 @@ def unreachable_error(job_id: str, model_id: str, urls: Sequence[str], failed: i
         f"(see errors.jsonl). Check that the server is up and reachable from the runner, then "
         f"resume the job: `batchinfer resume {job_id}` or POST /batch_inference/resume_job?job_id="
         f"{job_id}.",
-        code="model_unreachable",
+        code=ErrorCode.model_unreachable,
     )

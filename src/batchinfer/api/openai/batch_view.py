@@ -35,12 +35,13 @@ from batchinfer.api.openai.store import Store
 from batchinfer.contract import BatchInference, JobStatus
 from batchinfer.control.backend import JobBackend
 from batchinfer.control.states import BatchStatus, StateEvent, batch_status
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, JobNotCancellableError
 from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.settings import Settings
 
 MAX_ERRORS_LISTED = 1000
-INVALID_FILE_CODE = "invalid_batch_file"  # the job's code when its lines failed the batch's checks
+INVALID_FILE_CODE = ErrorCode.invalid_batch_file  # the job's code when its lines failed the batch's checks
 _WITH_OUTPUTS = frozenset(
     {BatchStatus.completed, BatchStatus.failed, BatchStatus.expired, BatchStatus.cancelled}
 )

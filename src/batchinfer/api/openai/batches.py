@@ -40,6 +40,7 @@ from batchinfer.control.keys import OPEN, Principal
 from batchinfer.control.states import BatchStatus
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.catalog import ModelCatalog
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, JobNotCancellableError
 from batchinfer.jobspec import JobParameters, LineChecks
 from batchinfer.settings import Settings
@@ -137,7 +138,7 @@ class BatchService:
                     f"The idempotency_key {key!r} was used to create {existing.id} with other parameters; "
                     "send the same parameters to get that batch, or use a new key for a new batch.",
                     param="idempotency_key",
-                    code="idempotency_conflict",
+                    code=ErrorCode.idempotency_conflict,
                 )
             return await self._current(backend, existing)
 
@@ -164,7 +165,7 @@ class BatchService:
                 400,
                 f"completion_window {window!r} is not a duration; use '24h', or e.g. '90m', '30s', '2d'.",
                 param="completion_window",
-                code="invalid_value",
+                code=ErrorCode.invalid_value,
             ) from None
 
     async def _create(self, backend: JobBackend, request: CreateBatch, window_s: int) -> Batch:
@@ -192,7 +193,7 @@ class BatchService:
         stored = await anyio.to_thread.run_sync(self.files.get, request.input_file_id, self.scope)
         if stored is None:  # as OpenAI: the batch is made, and fails while validating
             record.failure = BatchError(
-                code="invalid_request",
+                code=ErrorCode.invalid_request,
                 param="input_file_id",
                 message=f"No file found with id {request.input_file_id!r}: upload the batch's input "
                 "file with purpose 'batch', and create the batch with the id the upload returned.",
@@ -299,7 +300,7 @@ def _batch_input(stored: StoredFile) -> StoredFile:
             f"File {stored.id!r} has purpose {stored.purpose!r}; a batch's input file must be "
             "uploaded with purpose 'batch'.",
             param="input_file_id",
-            code="invalid_file_purpose",
+            code=ErrorCode.invalid_file_purpose,
         )
     return stored
 
@@ -315,7 +316,7 @@ def _parse_create(payload: Any) -> CreateBatch:
                 400,
                 f"Unrecognized request argument supplied: {param}.",
                 param=param,
-                code="unknown_parameter",
+                code=ErrorCode.unknown_parameter,
             ) from None
         raise OpenAIError(400, f"Invalid '{param or 'body'}': {first['msg']}.", param=param) from None
 
@@ -329,7 +330,7 @@ def _invalid_value(param: str, value: str, supported: list[str], more: str = "")
     quoted = [f"'{v}'" for v in supported]
     listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])}, and {quoted[-1]}"
     message = f"Invalid value: '{value}'. Supported values are: {listed}." + (f" {more}" if more else "")
-    return OpenAIError(400, message, param=param, code="invalid_value")
+    return OpenAIError(400, message, param=param, code=ErrorCode.invalid_value)
 
 
 def _not_cancellable(status: BatchStatus) -> OpenAIError:
@@ -346,7 +347,7 @@ def _check_metadata(metadata: dict[str, object] | None) -> None:
             f"Invalid 'metadata': too many properties. Expected an object with at most "
             f"{MAX_METADATA_KEYS} properties, but got an object with {len(metadata)} properties instead.",
             param="metadata",
-            code="object_above_max_properties",
+            code=ErrorCode.object_above_max_properties,
         )
     for key, value in metadata.items():
         param = f"metadata.{key}"
@@ -357,7 +358,7 @@ def _check_metadata(metadata: dict[str, object] | None) -> None:
                 400,
                 f"Invalid type for '{param}': expected a string, but got {type(value).__name__} instead.",
                 param=param,
-                code="invalid_type",
+                code=ErrorCode.invalid_type,
             )
         if len(value) > MAX_VALUE_CHARS:
             raise _too_long(param, "value", MAX_VALUE_CHARS, len(value))
@@ -369,5 +370,5 @@ def _too_long(param: str, what: str, limit: int, length: int) -> OpenAIError:
         f"Invalid '{param}': {what} too long. Expected a string with maximum length {limit}, "
         f"but got a string with length {length} instead.",
         param=param,
-        code="string_above_max_length",
+        code=ErrorCode.string_above_max_length,
     )

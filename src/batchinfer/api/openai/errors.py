@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, RequestError
 
 _TYPES = {
@@ -39,7 +40,7 @@ class OpenAIError(BatchInferError):
 
 def not_found(kind: str, object_id: str, param: str) -> OpenAIError:
     """OpenAI's answer for an id never issued (``kind``: batch, file)."""
-    return OpenAIError(404, f"No {kind} found with id {object_id!r}.", param=param, code="not_found")
+    return OpenAIError(404, f"No {kind} found with id {object_id!r}.", param=param, code=ErrorCode.not_found)
 
 
 def error_body(status: int, message: str, param: str | None, code: str | None) -> dict[str, Any]:

@@ -19,12 +19,15 @@ from typing import Any
 from batchinfer.api.openai.ids import derived_id
 from batchinfer.api.openai.schemas import BatchError
 from batchinfer.endpoints import Endpoint
+from batchinfer.error_codes import ErrorCode
 
-EXPIRED_CODE = "batch_expired"
+EXPIRED_CODE = ErrorCode.batch_expired
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 _HTTP_CODE = re.compile(r"^http_(\d{3})$")
 # Our error codes for lines the job did not run because it stopped, by why it stopped.
-_STOPPED_CODES = frozenset({"cancelled", "expired", "deadline_exceeded", EXPIRED_CODE})
+_STOPPED_CODES = frozenset(
+    {ErrorCode.cancelled, ErrorCode.expired, ErrorCode.deadline_exceeded, EXPIRED_CODE}
+)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from batchinfer.api.openai.lines import (
 from batchinfer.api.openai.records import BatchRecord, StoredFile
 from batchinfer.contract import BatchInference
 from batchinfer.control.states import BatchStatus
+from batchinfer.error_codes import ErrorCode
 
 OUTPUT_PURPOSE = "batch_output"
 UNRUN_SIGNATURE = "unrun"
@@ -58,7 +59,9 @@ def make_outputs(
         # Stopped before the job read its file: every line goes to the error file, none is lost.
         if record.outputs_signature == UNRUN_SIGNATURE:
             return None
-        code, message = (EXPIRED_CODE, EXPIRED_MESSAGE) if expired else ("cancelled", CANCELLED_MESSAGE)
+        code, message = (
+            (EXPIRED_CODE, EXPIRED_MESSAGE) if expired else (ErrorCode.cancelled, CANCELLED_MESSAGE)
+        )
         assert record.input_path is not None  # a batch with a job has its staged input
         unrun = unrun_records(read_lines(Path(record.input_path)), code, message)
         ctx = OutputContext(

@@ -32,6 +32,7 @@ from batchinfer.api.openai.records import StoredFile
 from batchinfer.api.openai.schemas import Batch, ExpiresAfter, FileDeleted, FileObject, Page
 from batchinfer.api.openai.store import Store, adopt_json_records
 from batchinfer.engines.catalog import ModelCatalog
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, FileTooLargeError
 from batchinfer.settings import Settings
 
@@ -94,7 +95,7 @@ def _expires_after(form: FormData) -> int | None:
         first = exc.errors()[0]
         param = "expires_after." + ".".join(str(p) for p in first["loc"])
         raise OpenAIError(
-            400, f"Invalid '{param}': {first['msg']}.", param=param, code="invalid_value"
+            400, f"Invalid '{param}': {first['msg']}.", param=param, code=ErrorCode.invalid_value
         ) from None
 
 
@@ -170,7 +171,7 @@ def _too_large(limit: int) -> OpenAIError:
         413,
         f"The file is over the limit of {limit} bytes (BATCHINFER_MAX_PROMPT_FILE_BYTES).",
         param="file",
-        code="file_too_large",
+        code=ErrorCode.file_too_large,
     )
 
 
