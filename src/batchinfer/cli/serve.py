@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from batchinfer.cli.children import TOKEN_ENV, Owner, Supervisor, claim_home
 from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
-from batchinfer.cli.prefect_env import apply_prefect_env
+from batchinfer.cli.prefect_env import PREFECT_SOURCES, PrefectSetup, apply_prefect_env, use_api_url
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, check_prefect_api, prefect_port, require_free_port
 from batchinfer.errors import ConfigError
 from batchinfer.settings import Settings
@@ -116,15 +116,14 @@ def serve_from_cli(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(refusal)
     catalog = load_catalog(settings.models)
     require_free_port(args.host, args.port, "--port")
-    apply_prefect_env(settings, os.environ)  # Prefect reads it when first imported: before that
-    external = os.environ.get("PREFECT_API_URL")
-    if external:
+    prefect = apply_prefect_env(settings)
+    if prefect.api_url:
         check_prefect_api(
-            external,
-            "start that server, fix PREFECT_API_URL (or the Prefect profile that "
-            "sets it), or unset it so that serve starts a Prefect server of its own.",
+            prefect.api_url,
+            f"start that server, or fix or unset the PREFECT_API_URL that Prefect reads ({PREFECT_SOURCES}) "
+            "so that serve starts a Prefect server of its own.",
         )
-    port = None if external else prefect_port(args.prefect_port)
+    port = None if prefect.api_url else prefect_port(args.prefect_port)
     if port not in (None, args.prefect_port, DEFAULT_PREFECT_PORT):
         print(
             f"Port {DEFAULT_PREFECT_PORT} is taken (another Prefect server?); this serve's own Prefect "
@@ -132,11 +131,17 @@ def serve_from_cli(args: argparse.Namespace, settings: Settings) -> int:
             flush=True,
         )
     with claim_home(settings.home, f"http://{args.host}:{args.port}") as owner:
-        return serve(args.host, args.port, port, settings, catalog, owner)
+        return serve(args.host, args.port, port, settings, catalog, owner, prefect)
 
 
 def serve(
-    host: str, port: int, prefect_port: int | None, settings: Settings, catalog: ModelCatalog, owner: Owner
+    host: str,
+    port: int,
+    prefect_port: int | None,
+    settings: Settings,
+    catalog: ModelCatalog,
+    owner: Owner,
+    prefect: PrefectSetup,
 ) -> int:
     """Run everything until Ctrl-C or SIGTERM; ``prefect_port`` None: use ``PREFECT_API_URL``'s server."""
     from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
@@ -149,12 +154,15 @@ def serve(
     owns_server = prefect_port is not None
     try:
         if prefect_port is not None:
-            print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}) ...", flush=True)
+            print(
+                f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}): "
+                f"{prefect.why_a_server_of_our_own()}.",
+                flush=True,
+            )
             env["PREFECT_API_URL"] = start_prefect_server(
                 supervisor, prefect_port, env, logs / "prefect-server.log"
             )
-        # Prefect reads its settings when first imported: only now may this process import it.
-        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME") if k in env})
+        use_api_url(env["PREFECT_API_URL"])
         import uvicorn
 
         from batchinfer.api.app import create_app

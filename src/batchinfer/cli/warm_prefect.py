@@ -30,6 +30,7 @@ import psutil
 
 from batchinfer.cli.children import Supervisor
 from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
+from batchinfer.cli.prefect_env import PrefectSetup
 from batchinfer.cli.preflight import free_port, listens_on
 from batchinfer.pipeline.jobfiles import atomic_write
 from batchinfer.settings import Settings
@@ -92,7 +93,7 @@ def using(home: Path) -> Iterator[None]:
         mark_used(home)
 
 
-def warm_prefect_url(settings: Settings, env: dict[str, str]) -> str:
+def warm_prefect_url(settings: Settings, prefect: PrefectSetup) -> str:
     """The API URL of this data dir's warm Prefect server, started first if there is none."""
     home = settings.home
     with _locked(home / LOCK_FILE):
@@ -100,14 +101,16 @@ def warm_prefect_url(settings: Settings, env: dict[str, str]) -> str:
         if warm is not None and warm.answers():
             mark_used(home)
             return warm.url
-        return _start_keeper(settings, env)
+        return _start_keeper(settings, prefect, dict(os.environ))
 
 
-def _start_keeper(settings: Settings, env: dict[str, str]) -> str:
+def _start_keeper(settings: Settings, prefect: PrefectSetup, env: dict[str, str]) -> str:
     home, idle_s = settings.home, settings.local_server_idle_s
     log = home / "logs" / "prefect-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print("Starting a local Prefect server ...", file=sys.stderr, flush=True)
+    print(
+        f"Starting a local Prefect server: {prefect.why_a_server_of_our_own()}.", file=sys.stderr, flush=True
+    )
     argv = [sys.executable, "-m", __name__, "--port", str(free_port()), "--idle-s", str(idle_s)]
     with open(log, "ab") as out:  # a session of its own: it outlives this run, and its terminal
         keeper = subprocess.Popen(
