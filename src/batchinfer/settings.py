@@ -115,9 +115,10 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="How often the `serve` runner looks for new jobs."
     )
     fork_flow_runs: bool = Field(
-        default=True,
-        description="Start each of the `serve` runner's flow runs by forking a process that has "
-        "already imported Prefect and the flow (about 2 s sooner); off: Prefect's own spawn.",
+        default=False,
+        description="Opt-in: start each of the `serve` runner's flow runs by forking a process that has "
+        "already imported Prefect and the flow (about 1 s sooner), on the Prefect releases it was "
+        "written for (3.7 to 3.9); off: Prefect's own way, public API only.",
     )
     share_model_limits: bool = Field(
         default=True,

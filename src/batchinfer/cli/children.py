@@ -39,12 +39,18 @@ class Supervisor:
     def start(
         self, name: str, module_argv: list[str], env: dict[str, str], log: Path
     ) -> subprocess.Popen[bytes]:
-        """``python -m <module_argv>`` under the guard, its output appended to ``log``."""
+        """``python -m <module_argv>`` under the guard, its output appended to ``log``; its stdin is
+        a pipe from us (the runner waits for a line there)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "batchinfer.cli.guard", str(os.getpid()), *module_argv]
         with open(log, "ab") as out:  # the child has its own copy of the descriptor
             proc = subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.children.append((name, proc))
         return proc

@@ -9,14 +9,16 @@ import os
 import signal
 import socket
 import sys
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 from batchinfer.cli.children import TOKEN_ENV, Owner, Supervisor, claim_home
-from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
+from batchinfer.cli.forked_runs import fork_server_notice
+from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, launch_prefect_server, wait_until
 from batchinfer.cli.prefect_env import PREFECT_SOURCES, PrefectSetup, apply_prefect_env, use_api_url
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, check_prefect_api, prefect_port, require_free_port
 from batchinfer.errors import ConfigError
-from batchinfer.settings import Settings
+from batchinfer.settings import Settings, env_name
 
 if TYPE_CHECKING:
     from batchinfer.engines.catalog import ModelCatalog
@@ -153,15 +155,23 @@ def serve(
     # A server of our own was down while we were: nothing can be running its jobs (see below).
     owns_server = prefect_port is not None
     try:
+        server = None
         if prefect_port is not None:
             print(
                 f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}): "
                 f"{prefect.why_a_server_of_our_own()}.",
                 flush=True,
             )
-            env["PREFECT_API_URL"] = start_prefect_server(
-                supervisor, prefect_port, env, logs / "prefect-server.log"
-            )
+            server = launch_prefect_server(supervisor, prefect_port, env, logs / "prefect-server.log")
+            env["PREFECT_API_URL"] = server.url
+        if settings.fork_flow_runs and (notice := fork_server_notice(version("prefect"))):
+            print(notice, flush=True)
+            env[env_name("fork_flow_runs")] = "false"
+        # Started now, it imports Prefect and the flow while the server starts; it takes no job
+        # before the go-ahead below.
+        runner = supervisor.start("runner", ["batchinfer.cli.runner"], env, logs / "runner.log")
+        if server is not None:
+            server.wait_until_ours()
         use_api_url(env["PREFECT_API_URL"])
         import uvicorn
 
@@ -171,7 +181,9 @@ def serve(
         _ensure_job_webhook(settings)  # before the runner starts, so that no job ends unnoticed
         if owns_server:  # before the runner starts: from then on a RUNNING job may be its
             _mark_interrupted_jobs()
-        runner = supervisor.start("runner", ["batchinfer.cli.runner"], env, logs / "runner.log")
+        assert runner.stdin is not None
+        runner.stdin.write(b"go\n")
+        runner.stdin.flush()
         deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
         wait_until(http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
 
