@@ -20,7 +20,7 @@ STARTUP_TIMEOUT_S = 90.0  # a fresh SQLite database takes 15-25 s to migrate on 
 
 @dataclass(frozen=True)
 class LocalServer:
-    """A Prefect server we started, on 127.0.0.1."""
+    """A Prefect server we started on 127.0.0.1."""
 
     proc: subprocess.Popen[bytes]
     port: int
@@ -49,22 +49,11 @@ def launch_prefect_server(
     server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     if ui is not None:
         server_env["PREFECT_SERVER_UI_ENABLED"] = str(ui).lower()
-    return LocalServer(supervisor.start("prefect-server", argv, server_env, log), port, log)
-
-
-def start_prefect_server(
-    supervisor: Supervisor, port: int, env: dict[str, str], log: Path, *, ui: bool | None = None
-) -> str:
-    """Start a Prefect server on ``port``; its API URL, once it answers and is ours."""
-    return launch_prefect_server(supervisor, port, env, log, ui=ui).wait_until_ours()
+    return LocalServer(supervisor.start(argv, server_env, log), port, log)
 
 
 def wait_until(
-    check: Callable[[], bool],
-    timeout_s: float,
-    what: str,
-    proc: subprocess.Popen[bytes] | None,
-    log: Path,
+    check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None, log: Path
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -103,7 +103,7 @@ def _local_prefect_server(
     """The warm local server (``warm_prefect``) and what marks it used while the job runs, or with
     ``local_server_idle_s`` 0 a temporary one."""
     if settings.local_server_idle_s:
-        return warm_prefect_url(settings, prefect), using(settings.home)
+        return warm_prefect_url(settings, prefect), using(prefect.home)
     return _temporary_prefect_server(settings, prefect), nullcontext()
 
 
@@ -111,7 +111,7 @@ def _temporary_prefect_server(settings: Settings, prefect: PrefectSetup) -> str:
     """Start a Prefect server for this run; its API URL. It stops when this process exits, after
     Prefect's own exit hooks have sent the last logs and events (they run before ``atexit``'s)."""
     from batchinfer.cli.children import Supervisor
-    from batchinfer.cli.local_prefect import start_prefect_server
+    from batchinfer.cli.local_prefect import launch_prefect_server
 
     supervisor = Supervisor()
     atexit.register(supervisor.stop_all, 5.0)
@@ -121,7 +121,7 @@ def _temporary_prefect_server(settings: Settings, prefect: PrefectSetup) -> str:
         flush=True,
     )
     log = settings.home / "logs" / "run-prefect-server.log"
-    return start_prefect_server(supervisor, free_port(), dict(os.environ), log, ui=False)
+    return launch_prefect_server(supervisor, free_port(), dict(os.environ), log, ui=False).wait_until_ours()
 
 
 def _run_flow(parameters: dict[str, Any], settings: Settings) -> int:

@@ -12,7 +12,7 @@ import sys
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from batchinfer.cli.children import TOKEN_ENV, Owner, Supervisor, claim_home
+from batchinfer.cli.children import Supervisor, claim_home
 from batchinfer.cli.forked_runs import fork_server_notice
 from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, launch_prefect_server, wait_until
 from batchinfer.cli.prefect_env import PREFECT_SOURCES, PrefectSetup, apply_prefect_env, use_api_url
@@ -132,8 +132,8 @@ def serve_from_cli(args: argparse.Namespace, settings: Settings) -> int:
             f"server uses port {port}.",
             flush=True,
         )
-    with claim_home(settings.home, f"http://{args.host}:{args.port}") as owner:
-        return serve(args.host, args.port, port, settings, catalog, owner, prefect)
+    with claim_home(settings.home, f"http://{args.host}:{args.port}"):
+        return serve(args.host, args.port, port, settings, catalog, prefect)
 
 
 def serve(
@@ -142,53 +142,19 @@ def serve(
     prefect_port: int | None,
     settings: Settings,
     catalog: ModelCatalog,
-    owner: Owner,
     prefect: PrefectSetup,
 ) -> int:
     """Run everything until Ctrl-C or SIGTERM; ``prefect_port`` None: use ``PREFECT_API_URL``'s server."""
-    from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
-
-    logs = settings.home / "logs"
-    # cli.main has put Prefect's defaults in the environment (prefect_env); the token marks our children.
-    env = {**os.environ, TOKEN_ENV: owner.token}
     supervisor = Supervisor()
-    # A server of our own was down while we were: nothing can be running its jobs (see below).
-    owns_server = prefect_port is not None
     try:
-        server = None
-        if prefect_port is not None:
-            print(
-                f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}): "
-                f"{prefect.why_a_server_of_our_own()}.",
-                flush=True,
-            )
-            server = launch_prefect_server(supervisor, prefect_port, env, logs / "prefect-server.log")
-            env["PREFECT_API_URL"] = server.url
-        if settings.fork_flow_runs and (notice := fork_server_notice(version("prefect"))):
-            print(notice, flush=True)
-            env[env_name("fork_flow_runs")] = "false"
-        # Started now, it imports Prefect and the flow while the server starts; it takes no job
-        # before the go-ahead below.
-        runner = supervisor.start("runner", ["batchinfer.cli.runner"], env, logs / "runner.log")
-        if server is not None:
-            server.wait_until_ours()
-        use_api_url(env["PREFECT_API_URL"])
+        _start_prefect_and_runner(supervisor, prefect_port, settings, prefect)
         import uvicorn
 
         from batchinfer.api.app import create_app
         from batchinfer.control.backend import PrefectJobBackend
 
-        _ensure_job_webhook(settings)  # before the runner starts, so that no job ends unnoticed
-        if owns_server:  # before the runner starts: from then on a RUNNING job may be its
-            _mark_interrupted_jobs()
-        assert runner.stdin is not None
-        runner.stdin.write(b"go\n")
-        runner.stdin.flush()
-        deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
-        wait_until(http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
-
         app = create_app(settings, catalog, lambda: PrefectJobBackend(settings.jobs_dir))
-        print(f"batchinfer is serving on http://{host}:{port} (logs: {logs})", flush=True)
+        print(f"batchinfer is serving on http://{host}:{port} (logs: {settings.home / 'logs'})", flush=True)
         # A request stuck on a busy Prefect server must not hold up a shutdown.
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
         return 0
@@ -203,3 +169,36 @@ def serve(
     finally:
         print("Stopping ...", flush=True)
         supervisor.stop_all()
+
+
+def _start_prefect_and_runner(
+    supervisor: Supervisor, prefect_port: int | None, settings: Settings, prefect: PrefectSetup
+) -> None:
+    """A Prefect server of our own on ``prefect_port`` (None: the one Prefect's settings name) and the
+    runner; return once the runner has registered the deployment."""
+    from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
+
+    logs, env = settings.home / "logs", dict(os.environ)  # with Prefect's defaults (prefect_env)
+    server = None
+    if prefect_port is not None:
+        why = prefect.why_a_server_of_our_own()
+        print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}): {why}.", flush=True)
+        server = launch_prefect_server(supervisor, prefect_port, env, logs / "prefect-server.log")
+        env["PREFECT_API_URL"] = server.url
+    if settings.fork_flow_runs and (notice := fork_server_notice(version("prefect"))):
+        print(notice, flush=True)
+        env[env_name("fork_flow_runs")] = "false"
+    # Started now, the runner imports Prefect and the flow while the server starts; it takes no job
+    # before the go-ahead below.
+    runner = supervisor.start(["batchinfer.cli.runner"], env, logs / "runner.log")
+    if server is not None:
+        server.wait_until_ours()
+    use_api_url(env["PREFECT_API_URL"])
+    _ensure_job_webhook(settings)  # before the runner takes jobs, so that no job ends unnoticed
+    if server is not None:  # ours was down while we were: nothing can be running its jobs
+        _mark_interrupted_jobs()  # before the runner takes jobs: from then on a RUNNING job may be its
+    assert runner.stdin is not None
+    runner.stdin.write(b"go\n")
+    runner.stdin.flush()
+    deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
+    wait_until(http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
