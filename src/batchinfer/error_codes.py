@@ -345,7 +345,7 @@ class ErrorCode(StrEnum):
         Use(
             JOB,
             None,
-            "The environment is unusable (a folder, a Prefect profile, a Prefect API): at the CLI, one "
+            "The environment is unusable (a folder, Prefect's settings, a Prefect API): at the CLI, one "
             "line before anything starts.",
         ),
     )

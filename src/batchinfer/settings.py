@@ -38,8 +38,9 @@ class Limits:
     max_max_tokens: int = 32768
 
 
-# Prefect's two names for its database URL (the second is the newer one); either counts as set.
-PREFECT_DATABASE_URL_NAMES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+# Prefect's name for its database URL (an older alias, PREFECT_API_DATABASE_CONNECTION_URL, reaches
+# it too: Prefect reports a setting under this name however it was given).
+PREFECT_DATABASE_URL = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 _NOTHING_SET: Mapping[str, str] = MappingProxyType({})
 _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -114,9 +115,10 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="How often the `serve` runner looks for new jobs."
     )
     fork_flow_runs: bool = Field(
-        default=True,
-        description="Start each of the `serve` runner's flow runs by forking a process that has "
-        "already imported Prefect and the flow (about 2 s sooner); off: Prefect's own spawn.",
+        default=False,
+        description="Opt-in: start each of the `serve` runner's flow runs by forking a process that has "
+        "already imported Prefect and the flow (about 1 s sooner), on the Prefect releases it was "
+        "written for (3.7 to 3.9); off: Prefect's own way, public API only.",
     )
     share_model_limits: bool = Field(
         default=True,
@@ -289,13 +291,13 @@ class Settings(BaseSettings):
         """Defaults for Prefect's environment, for every Prefect this process or its children
         start (``serve``'s server, ``run``'s temporary one): state in the data dir, no telemetry.
 
-        ``user`` is what the user set for Prefect (their environment over their active profile,
-        see ``prefect_env.user_prefect_settings``): those names are left out, and the database
-        goes into whichever Prefect home applies, so the two never disagree."""
+        ``user`` is what the user set for Prefect, in any of Prefect's sources, as Prefect reports
+        it (see ``cli.prefect_env``): those names are left out, and the database goes into whichever
+        Prefect home applies, so the two never disagree."""
         prefect_home = self.prefect_home(user)
         defaults = {**_PREFECT_DEFAULTS, "PREFECT_HOME": str(prefect_home)}
-        if not any(user.get(name) for name in PREFECT_DATABASE_URL_NAMES):
-            defaults[PREFECT_DATABASE_URL_NAMES[0]] = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
+        if not user.get(PREFECT_DATABASE_URL):
+            defaults[PREFECT_DATABASE_URL] = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
         return {name: value for name, value in defaults.items() if not user.get(name)}
 
     @property

@@ -1,10 +1,9 @@
 """`serve` owns its Prefect server and its data dir: it never attaches to a Prefect server it did not
-start, its children end when it dies (even by `kill -9`), and a new `serve` over a home cleans up
-what a killed one left."""
+start, its children end when it dies (even by `kill -9`, leaving nothing for the next one to clean
+up), and of two `serve`s of one home exactly one runs, the other refused while it lives."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from batchinfer.cli.children import OWNER_FILE, TOKEN_ENV, claim_home
+from batchinfer.cli.children import OWNER_FILE, claim_home
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, listens_on, port_free, prefect_port
 from batchinfer.errors import ConfigError
 from batchinfer.testing.fake_openai import FakeOpenAIServer
@@ -114,36 +113,60 @@ def test_a_server_is_trusted_only_when_the_process_we_started_is_the_one_listeni
     assert not listens_on(os.getpid(), port)
 
 
-def _sleeper(**env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env={**os.environ, **env})
+# A serve's claim on a home, in a process of its own: it waits for the file ``go`` (so that several
+# claim at the same moment), then says whether it won, and holds the home for a while if it did.
+CLAIM = """
+import sys, time
+from pathlib import Path
+from batchinfer.cli.children import claim_home
+from batchinfer.errors import ConfigError
+home, go, hold_s = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+try:
+    with claim_home(home, "http://127.0.0.1:1"):
+        print("won", flush=True)
+        time.sleep(hold_s)
+except ConfigError:
+    print("refused", flush=True)
+"""
 
 
-def test_a_new_serve_over_a_killed_ones_home_ends_what_it_left_and_refuses_a_live_one(tmp_path: Path) -> None:
-    dead = _sleeper()
-    dead_started = psutil.Process(dead.pid).create_time()
-    dead.kill()
-    dead.wait()
-    leftover = _sleeper(**{TOKEN_ENV: "token-of-the-killed-serve"})  # a flow run, say
-    stranger = _sleeper(**{TOKEN_ENV: "another-serves-token"})
-    owner = {
-        "pid": dead.pid,
-        "started": dead_started,
-        "token": "token-of-the-killed-serve",
-        "url": "http://x",
-    }
-    (tmp_path / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+def _claimants(home: Path, go: Path, n: int, hold_s: float) -> list[subprocess.Popen[str]]:
+    argv = [sys.executable, "-c", CLAIM, str(home), str(go), str(hold_s)]
+    claimants = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    for claimant in claimants:
+        assert claimant.stdout is not None and claimant.stdout.readline().strip() == "ready"
+    return claimants
+
+
+def test_of_serves_claiming_a_home_at_the_same_moment_exactly_one_wins(tmp_path: Path) -> None:
+    claimants = _claimants(tmp_path, tmp_path / "go", 6, hold_s=3)
+    (tmp_path / "go").touch()
+    outcomes = sorted(c.stdout.readline().strip() for c in claimants if c.stdout is not None)
+    for claimant in claimants:
+        claimant.wait(timeout=30)
+    assert outcomes == ["refused"] * 5 + ["won"]
+
+
+def test_a_home_is_refused_while_its_serve_lives_and_free_again_once_it_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "go").touch()
+    (holder,) = _claimants(tmp_path, tmp_path / "go", 1, hold_s=120)
     try:
-        with claim_home(tmp_path, "http://127.0.0.1:1") as me:
-            assert leftover.wait(timeout=10) is not None, "the killed serve's leftover still runs"
-            assert stranger.poll() is None, "a process of another serve was touched"
-            refused = pytest.raises(ConfigError, match=f"Another batchinfer serve \\(pid {me.pid}")
-            with refused, claim_home(tmp_path, "http://127.0.0.1:2"):
-                pass
-        assert not (tmp_path / OWNER_FILE).exists()
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "won"
+        refused = pytest.raises(ConfigError, match=f"Another batchinfer serve \\(pid {holder.pid}")
+        with refused, claim_home(tmp_path, "http://127.0.0.1:2"):
+            pass
     finally:
-        for proc in (leftover, stranger):
-            proc.kill()
-            proc.wait()
+        holder.kill()  # kill -9: no handler of its runs, the operating system lets go of its lock
+        holder.wait()
+    with claim_home(tmp_path, "http://127.0.0.1:1") as me:
+        assert me.pid == os.getpid()
+        refused = pytest.raises(ConfigError, match=f"Another batchinfer serve \\(pid {me.pid}")
+        with refused, claim_home(tmp_path, "http://127.0.0.1:2"):
+            pass
+    assert not (tmp_path / OWNER_FILE).exists()
 
 
 def test_a_guarded_child_ends_as_soon_as_its_parent_is_killed() -> None:
@@ -157,7 +180,7 @@ def test_a_guarded_child_ends_as_soon_as_its_parent_is_killed() -> None:
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     child = psutil.Process(int(parent.stdout.readline()))
-    time.sleep(1)  # the guard has asked the kernel, and started to watch
+    time.sleep(1)  # the guard has started to watch
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     _, alive = psutil.wait_procs([child], timeout=5)

@@ -39,10 +39,20 @@ def _server(env: dict[str, str], *action: str) -> str:
 
 
 def _family(home: Path) -> list[psutil.Process]:
-    warm = warm_prefect.read_warm(home)
-    assert warm is not None and warm.alive(), "no warm server recorded"
-    keeper = psutil.Process(warm.pid)
-    return [keeper, *keeper.children(recursive=True)]
+    """The warm server's processes, and its watcher's."""
+    warm = warm_prefect.read_warm(home / "prefect")  # the Prefect home: Prefect's own record is there
+    assert warm is not None, "no warm server running"
+    server = psutil.Process(warm.pid)
+    return [server, *server.children(recursive=True), *_watchers(home)]
+
+
+def _watchers(home: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        argv = process.info["cmdline"] or []
+        if "batchinfer.cli.warm_prefect" in argv and str(home / "prefect") in argv:
+            found.append(process)
+    return found
 
 
 def _warm_env(tmp: Path, models_file: Path, template: Path, idle_s: int) -> tuple[Path, dict[str, str]]:
@@ -71,7 +81,7 @@ def test_the_second_run_uses_the_first_runs_server_until_server_stop_ends_it(
     assert "Stopped the local Prefect server" in _server(env, "stop")
     _, alive = psutil.wait_procs(family, timeout=10)
     assert alive == [], f"left running: {alive}"
-    assert warm_prefect.read_warm(home) is None
+    assert warm_prefect.read_warm(home / "prefect") is None
     assert "No local Prefect server" in _server(env)
 
 
@@ -82,7 +92,7 @@ def test_a_warm_server_stops_by_itself_once_no_run_has_used_it_for_the_idle_time
     _run(tmp_path, env, "warm-idle")
     family = _family(home)
     wait_for(lambda: not any(p.is_running() for p in family), 30, "the idle server to stop")
-    assert warm_prefect.read_warm(home) is None
+    assert warm_prefect.read_warm(home / "prefect") is None
 
 
 def test_a_server_is_idle_only_when_no_run_has_touched_it_for_the_idle_time(tmp_path: Path) -> None:

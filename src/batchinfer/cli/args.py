@@ -19,7 +19,8 @@ from batchinfer.settings import Settings
 _OTHER_VARIABLES = {
     "PREFECT_API_URL": (
         "unset",
-        "A Prefect server to use (also read from your Prefect profile); unset: batchinfer starts its own.",
+        "A Prefect server to use, wherever Prefect reads it (also .env, prefect.toml, pyproject.toml, "
+        "the profile); unset everywhere: batchinfer starts its own.",
     ),
     "PREFECT_HOME": ("$BATCHINFER_HOME/prefect", "Prefect's home; the local Prefect database is inside it."),
     "BATCHINFER_URL": ("http://127.0.0.1:8000", "Where `batchinfer serve` listens."),

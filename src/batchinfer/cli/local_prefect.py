@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from batchinfer.cli.children import Supervisor
@@ -17,34 +18,42 @@ from batchinfer.cli.preflight import listens_on
 STARTUP_TIMEOUT_S = 90.0  # a fresh SQLite database takes 15-25 s to migrate on these machines
 
 
-def start_prefect_server(
+@dataclass(frozen=True)
+class LocalServer:
+    """A Prefect server we started on 127.0.0.1."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait_until_ours(self) -> str:
+        """Its API URL, once it answers and the process we started is the one listening."""
+        healthy = http_ok(self.url + "/health")
+
+        def ours() -> bool:
+            return healthy() and listens_on(self.proc.pid, self.port)
+
+        wait_until(ours, STARTUP_TIMEOUT_S, "The Prefect server", self.proc, self.log)
+        return self.url
+
+
+def launch_prefect_server(
     supervisor: Supervisor, port: int, env: dict[str, str], log: Path, *, ui: bool | None = None
-) -> str:
-    """Start a Prefect server on ``port``; its API URL, once it answers and is ours. ``ui`` None
-    leaves the UI to Prefect's settings (on by default)."""
-    url = f"http://127.0.0.1:{port}/api"
+) -> LocalServer:
+    """Start ``prefect server start`` on ``port`` (``ui`` None: as Prefect's settings say)."""
     argv = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    server_env = {**env, "PREFECT_API_URL": url}
+    server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     if ui is not None:
         server_env["PREFECT_SERVER_UI_ENABLED"] = str(ui).lower()
-    server = supervisor.start("prefect-server", argv, server_env, log)
-    healthy = http_ok(url + "/health")
-    wait_until(
-        lambda: healthy() and listens_on(server.pid, port),
-        STARTUP_TIMEOUT_S,
-        "The Prefect server",
-        server,
-        log,
-    )
-    return url
+    return LocalServer(supervisor.start(argv, server_env, log), port, log)
 
 
 def wait_until(
-    check: Callable[[], bool],
-    timeout_s: float,
-    what: str,
-    proc: subprocess.Popen[bytes] | None,
-    log: Path,
+    check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None, log: Path
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -82,9 +82,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return keys_command(args, settings)
     if args.command == "server":
+        from batchinfer.cli.prefect_env import apply_prefect_env
         from batchinfer.cli.warm_prefect import server_command
 
-        return server_command(args.action, settings)
+        return server_command(args.action, settings, apply_prefect_env(settings).home)
     if args.command == "validate":
         from batchinfer.cli.validate import validate_command
 

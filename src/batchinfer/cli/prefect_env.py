@@ -1,78 +1,87 @@
-"""The environment of every Prefect that batchinfer starts or talks to, derived from what the user set.
+"""Prefect's settings as Prefect itself reads them, and batchinfer's defaults for the rest.
 
-Prefect reads its settings from the environment, then from the active profile of its profiles file
-(``PREFECT_PROFILES_PATH``, else ``$PREFECT_HOME/profiles.toml``, else ``~/.prefect/profiles.toml``).
-batchinfer adds defaults (``Settings.prefect_env``) only for what neither sets, derives the database
-location from the Prefect home that applies, and creates the folders that location needs: a database
-whose folder does not exist makes Prefect's server fail to start ("unable to open database file").
-
-Prefect is imported nowhere here: it reads its settings once, when first imported, so this runs first.
+Prefect reads its settings from the environment, ``.env`` and ``prefect.toml`` in the working
+directory, ``[tool.prefect]`` in ``pyproject.toml`` and the active profile. batchinfer never reads
+those files: it asks Prefect (``prefect.settings.Settings``) once which settings any of them sets,
+and puts its own defaults (``Settings.prefect_env``) into this process's environment only for the
+rest, so that every Prefect it starts or talks to, children included, sees the same settings. It
+also creates the folders a local database needs: one whose folder does not exist makes Prefect's
+server fail to start ("unable to open database file").
 """
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Mapping, MutableMapping
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from batchinfer.errors import ConfigError
-from batchinfer.settings import PREFECT_DATABASE_URL_NAMES, Settings, env_name
+from batchinfer.settings import PREFECT_DATABASE_URL, Settings, env_name
+
+# Where Prefect looks, in its order (the first that sets a value wins).
+PREFECT_SOURCES = "the environment, .env, prefect.toml, pyproject.toml's [tool.prefect], the profile"
 
 
-def profiles_path(environ: Mapping[str, str]) -> Path:
-    """Where Prefect looks for the user's profiles, as Prefect decides it."""
-    if explicit := environ.get("PREFECT_PROFILES_PATH"):
-        return Path(explicit).expanduser()
-    home = environ.get("PREFECT_HOME")
-    return (Path(home).expanduser() if home else Path.home() / ".prefect") / "profiles.toml"
+@dataclass(frozen=True)
+class PrefectSetup:
+    """What Prefect's settings decide for a command."""
+
+    api_url: str | None  # from any of Prefect's sources; None: batchinfer starts a server of its own
+    home: Path  # the Prefect home that applies: the local database goes inside it
+    profile: str  # the active Prefect profile
+
+    def why_a_server_of_our_own(self) -> str:
+        return f"Prefect has no API URL (none in {PREFECT_SOURCES} {self.profile!r})"
 
 
-def active_profile(environ: Mapping[str, str]) -> dict[str, str]:
-    """The settings of the user's active Prefect profile (``PREFECT_PROFILE``, else the file's
-    ``active``); empty when there is no profiles file."""
-    path = profiles_path(environ)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(
-            f"Cannot read the Prefect profiles file {path} ({exc}); fix it, or point "
-            "PREFECT_PROFILES_PATH at another one."
-        ) from None
-    name = environ.get("PREFECT_PROFILE") or document.get("active")
-    profiles = document.get("profiles")
-    values = profiles.get(name) if isinstance(profiles, dict) and name else None
-    if not isinstance(values, dict):
-        return {}
-    return {str(key).upper(): str(value) for key, value in values.items() if value not in ("", None)}
-
-
-def user_prefect_settings(environ: Mapping[str, str]) -> dict[str, str]:
-    """What the user set for Prefect: their ``PREFECT_*`` variables over their active profile."""
-    variables = {name: value for name, value in environ.items() if name.startswith("PREFECT_") and value}
-    return {**active_profile(environ), **variables}
-
-
-def apply_prefect_env(settings: Settings, environ: MutableMapping[str, str]) -> None:
-    """Put Prefect's defaults into ``environ`` (this process's, so children inherit them) and create
-    the data dir, the Prefect home and the database's folder."""
-    user = user_prefect_settings(environ)
+def apply_prefect_env(settings: Settings) -> PrefectSetup:
+    """Ask Prefect what is set, put batchinfer's defaults for the rest into ``os.environ`` (children
+    inherit them), create the folders they need, and have Prefect in this process use them too."""
+    # Before Prefect is first imported: its import may show a telemetry notice.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    user, profiles_path = _what_prefect_reads()
     defaults = settings.prefect_env(user)
-    user_profiles = profiles_path(environ)
-    if "PREFECT_HOME" in defaults and user_profiles.is_file() and "PREFECT_PROFILES_PATH" not in environ:
-        # Our PREFECT_HOME would move where Prefect looks for profiles: keep the user's.
-        defaults["PREFECT_PROFILES_PATH"] = str(user_profiles)
-    if user.get("PREFECT_API_URL") and not environ.get("PREFECT_API_URL"):
-        # A profile's server: exported, so that every command sees it where it looks (the environment).
-        defaults["PREFECT_API_URL"] = user["PREFECT_API_URL"]
+    if "PREFECT_HOME" in defaults and "PREFECT_PROFILES_PATH" not in user and profiles_path.is_file():
+        # Our PREFECT_HOME would move where Prefect looks for the user's profiles: keep their file.
+        defaults["PREFECT_PROFILES_PATH"] = str(profiles_path)
+    if url := user.get("PREFECT_API_URL"):
+        # Exported, so that a child started in another working directory uses the same server.
+        defaults["PREFECT_API_URL"] = url
     _create(settings.home, env_name("home"))
-    _create(settings.prefect_home(user), "PREFECT_HOME")
-    merged = {**user, **defaults}
-    database = next((merged[name] for name in PREFECT_DATABASE_URL_NAMES if merged.get(name)), "")
-    if (folder := sqlite_folder(database)) is not None:
-        _create(folder, "the database URL (PREFECT_API_DATABASE_CONNECTION_URL)")
-    environ.update(defaults)
+    home = settings.prefect_home(user)
+    _create(home, "PREFECT_HOME")
+    if (folder := sqlite_folder({**user, **defaults}.get(PREFECT_DATABASE_URL, ""))) is not None:
+        _create(folder, PREFECT_DATABASE_URL)
+    os.environ.update(defaults)
+    return PrefectSetup(api_url=url or None, home=home, profile=_refresh())
+
+
+def use_api_url(url: str) -> None:
+    """From now on, this process and the children it starts use the Prefect API at ``url``."""
+    os.environ["PREFECT_API_URL"] = url
+    _refresh()
+
+
+def _what_prefect_reads() -> tuple[dict[str, str], Path]:
+    """The settings any of Prefect's sources sets (as environment variable names), and its
+    profiles file, as Prefect reads them now."""
+    try:
+        from prefect.settings import Settings as PrefectSettings
+
+        current = PrefectSettings()
+    except Exception as exc:  # a prefect.toml that is not TOML, a value of the wrong type, ...
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"Prefect cannot read its settings ({message}); fix {PREFECT_SOURCES}.") from None
+    return current.to_environment_variables(exclude_unset=True), Path(current.profiles_path or "")
+
+
+def _refresh() -> str:
+    """Have Prefect in this process read the environment again (it read it when first imported);
+    the active profile's name."""
+    from prefect.context import get_settings_context, refresh_global_settings_context
+
+    refresh_global_settings_context()
+    return str(get_settings_context().profile.name)
 
 
 def sqlite_folder(url: str) -> Path | None:

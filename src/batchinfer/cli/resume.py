@@ -43,7 +43,7 @@ def job_action_from_cli(action: JobAction, job_id: str, flag: str | None, settin
     except ValueError:
         print(f"error: {job_id!r} is not a job id (a UUID such as submit_job returns).", file=sys.stderr)
         return 2
-    apply_prefect_env(settings, os.environ)  # a Prefect profile's PREFECT_API_URL counts too
+    apply_prefect_env(settings)  # a PREFECT_API_URL from any of Prefect's sources counts too
     api_url = prefect_api_url(flag)
     check_prefect_api(api_url, _WHERE_IS_SERVE)  # at once: Prefect's client would retry for long
     from prefect.settings import PREFECT_API_URL, temporary_settings

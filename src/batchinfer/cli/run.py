@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from batchinfer.api.submission import prepare_job
-from batchinfer.cli.prefect_env import apply_prefect_env
+from batchinfer.cli.prefect_env import PREFECT_SOURCES, PrefectSetup, apply_prefect_env, use_api_url
 from batchinfer.cli.preflight import check_prefect_api, free_port
 from batchinfer.cli.warm_prefect import using, warm_prefect_url
 from batchinfer.contract import BatchInference, Options, Path, PathType, SubmitJobRequest
@@ -82,39 +82,46 @@ def run_in_foreground(args: argparse.Namespace, settings: Settings) -> int:
         error = exc.errors()[0]
         raise RequestError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}", field="") from None
     params = prepare_job(request, settings, load_catalog(settings.models), args.output_dir)
-    apply_prefect_env(settings, os.environ)  # Prefect reads it when first imported: before that
-    external = os.environ.get("PREFECT_API_URL")
-    if external:
+    prefect = apply_prefect_env(settings)
+    if prefect.api_url:
         check_prefect_api(
-            external,
-            "start that server, fix PREFECT_API_URL (or the Prefect profile that sets it), or unset it "
-            "to run on a temporary Prefect server.",
+            prefect.api_url,
+            f"start that server, or fix or unset the PREFECT_API_URL that Prefect reads ({PREFECT_SOURCES}) "
+            "to run on a Prefect server of batchinfer's own.",
         )
-    url, in_use = (external, nullcontext()) if external else _local_prefect_server(settings)
-    os.environ["PREFECT_API_URL"] = url  # before Prefect is first imported (below): it reads it once
+    url, in_use = (
+        (prefect.api_url, nullcontext()) if prefect.api_url else _local_prefect_server(settings, prefect)
+    )
+    use_api_url(url)
     with in_use:
         return _run_flow(params.model_dump(mode="json", exclude_none=True), settings)
 
 
-def _local_prefect_server(settings: Settings) -> tuple[str, AbstractContextManager[None]]:
+def _local_prefect_server(
+    settings: Settings, prefect: PrefectSetup
+) -> tuple[str, AbstractContextManager[None]]:
     """The warm local server (``warm_prefect``) and what marks it used while the job runs, or with
     ``local_server_idle_s`` 0 a temporary one."""
     if settings.local_server_idle_s:
-        return warm_prefect_url(settings, dict(os.environ)), using(settings.home)
-    return _temporary_prefect_server(settings), nullcontext()
+        return warm_prefect_url(settings, prefect), using(prefect.home)
+    return _temporary_prefect_server(settings, prefect), nullcontext()
 
 
-def _temporary_prefect_server(settings: Settings) -> str:
+def _temporary_prefect_server(settings: Settings, prefect: PrefectSetup) -> str:
     """Start a Prefect server for this run; its API URL. It stops when this process exits, after
     Prefect's own exit hooks have sent the last logs and events (they run before ``atexit``'s)."""
     from batchinfer.cli.children import Supervisor
-    from batchinfer.cli.local_prefect import start_prefect_server
+    from batchinfer.cli.local_prefect import launch_prefect_server
 
     supervisor = Supervisor()
     atexit.register(supervisor.stop_all, 5.0)
-    print("Starting a temporary Prefect server ...", file=sys.stderr, flush=True)
+    print(
+        f"Starting a temporary Prefect server: {prefect.why_a_server_of_our_own()}.",
+        file=sys.stderr,
+        flush=True,
+    )
     log = settings.home / "logs" / "run-prefect-server.log"
-    return start_prefect_server(supervisor, free_port(), dict(os.environ), log, ui=False)
+    return launch_prefect_server(supervisor, free_port(), dict(os.environ), log, ui=False).wait_until_ours()
 
 
 def _run_flow(parameters: dict[str, Any], settings: Settings) -> int:

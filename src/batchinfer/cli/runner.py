@@ -1,21 +1,35 @@
 """The runner process of ``batchinfer serve``: registers the deployment and runs its flow runs.
 
-Started as ``python -m batchinfer.cli.runner``. Each flow run executes in a process of its own.
-The flow is given to the runner as the object (``add_flow``), so Prefect starts a run from it
-directly rather than as ``python -m prefect.engine``, which would import the flow again; with
-``fork_flow_runs`` that process is forked from one that has imported it already (``forked_runs``).
+Started as ``python -m batchinfer.cli.runner``; each flow run executes in a process of its own.
+By default only Prefect's public API: the flow is registered as a deployment whose entrypoint is its
+module path (``Flow.to_deployment``, ``Runner.add_deployment``), and Prefect starts each run as
+``python -m prefect.engine``, which imports the flow by that path. With ``fork_flow_runs`` the runner
+is handed the flow object (``add_flow``) and its runs' processes come from the fork server
+(``forked_runs``), which has imported everything already.
+
+It imports Prefect and the flow as soon as it starts, while ``serve``'s Prefect server may still be
+starting, and waits for a line on stdin before it takes any job: ``serve`` sends it once the server
+answers and the jobs a previous ``serve`` left running are marked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
-from batchinfer.cli.forked_runs import flows_by_reference, fork_flow_runs
 from batchinfer.control.names import DEPLOYMENT_NAME
 from batchinfer.settings import Settings
 
 logger = logging.getLogger(__name__)
+DEPLOYMENT_OPTIONS: dict[str, Any] = {
+    "name": DEPLOYMENT_NAME,
+    "tags": ["batchinfer"],
+    "description": "Batch inference jobs submitted through the batchinfer adapter.",
+}
 
 
 def main() -> None:
@@ -23,31 +37,34 @@ def main() -> None:
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
+    from batchinfer.cli.forked_runs import start_fork_server
     from batchinfer.flows.batch_job import batch_job
 
     settings = Settings()
-    flows_by_reference()
-    if settings.fork_flow_runs:
-        fork_flow_runs()
-    runner = Runner(
-        name=DEPLOYMENT_NAME,
-        limit=settings.max_concurrent_jobs,
+    with tempfile.TemporaryDirectory(prefix="batchinfer-runner-") as scratch:
+        if settings.fork_flow_runs:  # now, so that its imports too overlap the server's start
+            start_fork_server(Path(scratch))
+        if not sys.stdin.readline():  # serve's go-ahead; EOF: serve has gone
+            return
         # Prefect polls every 10 s by default; a job should start within a couple of seconds.
         # One cheap API query each half second is a fair price for that.
-        query_seconds=settings.runner_poll_seconds,
-    )
-    runner.add_flow(
-        batch_job,
-        name=DEPLOYMENT_NAME,
+        runner = Runner(
+            name=DEPLOYMENT_NAME,
+            limit=settings.max_concurrent_jobs,
+            query_seconds=settings.runner_poll_seconds,
+        )
         # The flow is found by module path, so any working directory (or a worker) can load it.
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        tags=["batchinfer"],
-        description="Batch inference jobs submitted through the batchinfer adapter.",
-    )
-    try:
-        asyncio.run(runner.start())
-    except (KeyboardInterrupt, TerminationSignal) as exc:  # serve stopping us: not an error
-        logger.info("Runner stopping on %s", type(exc).__name__)
+        if settings.fork_flow_runs:
+            runner.add_flow(batch_job, entrypoint_type=EntrypointType.MODULE_PATH, **DEPLOYMENT_OPTIONS)
+        else:
+            deployment = batch_job.to_deployment(
+                entrypoint_type=EntrypointType.MODULE_PATH, **DEPLOYMENT_OPTIONS
+            )
+            runner.add_deployment(deployment)
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal) as exc:  # serve stopping us: not an error
+            logger.info("Runner stopping on %s", type(exc).__name__)
 
 
 if __name__ == "__main__":

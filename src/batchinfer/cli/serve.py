@@ -9,15 +9,17 @@ import os
 import signal
 import socket
 import sys
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from batchinfer.cli.children import TOKEN_ENV, Owner, Supervisor, claim_home
+from batchinfer.cli.children import Supervisor, claim_home
+from batchinfer.cli.forked_runs import fork_server_notice
 from batchinfer.cli.keys import access_line, keys_required
-from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
-from batchinfer.cli.prefect_env import apply_prefect_env
+from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, launch_prefect_server, wait_until
+from batchinfer.cli.prefect_env import PREFECT_SOURCES, PrefectSetup, apply_prefect_env, use_api_url
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, check_prefect_api, prefect_port, require_free_port
 from batchinfer.errors import ConfigError
-from batchinfer.settings import Settings
+from batchinfer.settings import Settings, env_name
 
 if TYPE_CHECKING:
     from batchinfer.engines.catalog import ModelCatalog
@@ -117,59 +119,43 @@ def serve_from_cli(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(refusal)
     catalog = load_catalog(settings.models)
     require_free_port(args.host, args.port, "--port")
-    apply_prefect_env(settings, os.environ)  # Prefect reads it when first imported: before that
-    external = os.environ.get("PREFECT_API_URL")
-    if external:
+    prefect = apply_prefect_env(settings)
+    if prefect.api_url:
         check_prefect_api(
-            external,
-            "start that server, fix PREFECT_API_URL (or the Prefect profile that "
-            "sets it), or unset it so that serve starts a Prefect server of its own.",
+            prefect.api_url,
+            f"start that server, or fix or unset the PREFECT_API_URL that Prefect reads ({PREFECT_SOURCES}) "
+            "so that serve starts a Prefect server of its own.",
         )
-    port = None if external else prefect_port(args.prefect_port)
+    port = None if prefect.api_url else prefect_port(args.prefect_port)
     if port not in (None, args.prefect_port, DEFAULT_PREFECT_PORT):
         print(
             f"Port {DEFAULT_PREFECT_PORT} is taken (another Prefect server?); this serve's own Prefect "
             f"server uses port {port}.",
             flush=True,
         )
-    with claim_home(settings.home, f"http://{args.host}:{args.port}") as owner:
-        return serve(args.host, args.port, port, settings, catalog, owner)
+    with claim_home(settings.home, f"http://{args.host}:{args.port}"):
+        return serve(args.host, args.port, port, settings, catalog, prefect)
 
 
 def serve(
-    host: str, port: int, prefect_port: int | None, settings: Settings, catalog: ModelCatalog, owner: Owner
+    host: str,
+    port: int,
+    prefect_port: int | None,
+    settings: Settings,
+    catalog: ModelCatalog,
+    prefect: PrefectSetup,
 ) -> int:
     """Run everything until Ctrl-C or SIGTERM; ``prefect_port`` None: use ``PREFECT_API_URL``'s server."""
-    from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
-
-    logs = settings.home / "logs"
-    # cli.main has put Prefect's defaults in the environment (prefect_env); the token marks our children.
-    env = {**os.environ, TOKEN_ENV: owner.token}
     supervisor = Supervisor()
-    # A server of our own was down while we were: nothing can be running its jobs (see below).
-    owns_server = prefect_port is not None
     try:
-        if prefect_port is not None:
-            print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}) ...", flush=True)
-            env["PREFECT_API_URL"] = start_prefect_server(
-                supervisor, prefect_port, env, logs / "prefect-server.log"
-            )
-        # Prefect reads its settings when first imported: only now may this process import it.
-        os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME") if k in env})
+        _start_prefect_and_runner(supervisor, prefect_port, settings, prefect)
         import uvicorn
 
         from batchinfer.api.app import create_app
         from batchinfer.control.backend import PrefectJobBackend
 
-        _ensure_job_webhook(settings)  # before the runner starts, so that no job ends unnoticed
-        if owns_server:  # before the runner starts: from then on a RUNNING job may be its
-            _mark_interrupted_jobs()
-        runner = supervisor.start("runner", ["batchinfer.cli.runner"], env, logs / "runner.log")
-        deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
-        wait_until(http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")
-
         app = create_app(settings, catalog, lambda: PrefectJobBackend(settings.jobs_dir))
-        print(f"batchinfer is serving on http://{host}:{port} (logs: {logs})", flush=True)
+        print(f"batchinfer is serving on http://{host}:{port} (logs: {settings.home / 'logs'})", flush=True)
         print(access_line(settings), flush=True)
         # A request stuck on a busy Prefect server must not hold up a shutdown.
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
@@ -185,3 +171,36 @@ def serve(
     finally:
         print("Stopping ...", flush=True)
         supervisor.stop_all()
+
+
+def _start_prefect_and_runner(
+    supervisor: Supervisor, prefect_port: int | None, settings: Settings, prefect: PrefectSetup
+) -> None:
+    """A Prefect server of our own on ``prefect_port`` (None: the one Prefect's settings name) and the
+    runner; return once the runner has registered the deployment."""
+    from batchinfer.control.names import DEPLOYMENT_NAME, FLOW_NAME
+
+    logs, env = settings.home / "logs", dict(os.environ)  # with Prefect's defaults (prefect_env)
+    server = None
+    if prefect_port is not None:
+        why = prefect.why_a_server_of_our_own()
+        print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}): {why}.", flush=True)
+        server = launch_prefect_server(supervisor, prefect_port, env, logs / "prefect-server.log")
+        env["PREFECT_API_URL"] = server.url
+    if settings.fork_flow_runs and (notice := fork_server_notice(version("prefect"))):
+        print(notice, flush=True)
+        env[env_name("fork_flow_runs")] = "false"
+    # Started now, the runner imports Prefect and the flow while the server starts; it takes no job
+    # before the go-ahead below.
+    runner = supervisor.start(["batchinfer.cli.runner"], env, logs / "runner.log")
+    if server is not None:
+        server.wait_until_ours()
+    use_api_url(env["PREFECT_API_URL"])
+    _ensure_job_webhook(settings)  # before the runner takes jobs, so that no job ends unnoticed
+    if server is not None:  # ours was down while we were: nothing can be running its jobs
+        _mark_interrupted_jobs()  # before the runner takes jobs: from then on a RUNNING job may be its
+    assert runner.stdin is not None
+    runner.stdin.write(b"go\n")
+    runner.stdin.flush()
+    deployment_url = f"{env['PREFECT_API_URL']}/deployments/name/{FLOW_NAME}/{DEPLOYMENT_NAME}"
+    wait_until(http_ok(deployment_url), STARTUP_TIMEOUT_S, "The runner", runner, logs / "runner.log")

@@ -1,71 +1,64 @@
 """The local Prefect server that ``batchinfer run`` keeps warm between runs.
 
-Without ``PREFECT_API_URL``, ``run`` needs a Prefect server, and starting one costs 10-25 s (a fresh
-database takes longer). So the first run starts one that outlives it, and later runs on the same
-data dir use it: ``python -m batchinfer.cli.warm_prefect`` (the keeper) runs ``prefect server
-start`` under the guard, records it in ``prefect-server.json`` in the data dir, and stops it, and
-itself, once no job has run on it for ``BATCHINFER_LOCAL_SERVER_IDLE_S`` seconds. The user is told
-when it starts, ``batchinfer server`` shows it and ``batchinfer server stop`` stops it.
-``BATCHINFER_LOCAL_SERVER_IDLE_S=0`` gives each run a temporary server that stops with it.
+Starting a Prefect server costs 10-25 s, so the first run without an API URL starts one that outlives
+it, with Prefect's own ``prefect server start --background`` (Prefect records it in ``server.pid`` in
+the Prefect home; ``prefect server stop`` stops it), and later runs of that Prefect home use it. A
+watcher (``python -m batchinfer.cli.warm_prefect``) stops it once no run has used it for
+``BATCHINFER_LOCAL_SERVER_IDLE_S``, and ends with it. ``batchinfer server`` shows it, ``batchinfer
+server stop`` stops it; ``BATCHINFER_LOCAL_SERVER_IDLE_S=0`` gives each run a temporary server.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
-import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+from typing import IO
 
 import psutil
+from filelock import FileLock
 
-from batchinfer.cli.children import Supervisor
-from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, start_prefect_server, wait_until
+from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, last_line, wait_until
+from batchinfer.cli.prefect_env import PrefectSetup
 from batchinfer.cli.preflight import free_port, listens_on
-from batchinfer.pipeline.jobfiles import atomic_write
 from batchinfer.settings import Settings
 
-STATE_FILE = "prefect-server.json"  # the warm server, while its keeper lives
-USED_FILE = "prefect-server.used"  # touched when a run starts and ends: its mtime is the last use
-LOCK_FILE = "prefect-server.lock"  # one run at a time decides whether to start a server
-IDLE_POLL_S = 5.0
+PID_FILE = "server.pid"  # Prefect's record of its background server, in the Prefect home
+USED_FILE = "prefect-server.used"  # touched while runs use the server: its mtime is the last use
+LOCK_FILE = "prefect-server.lock"  # held by a run deciding which server to use, and by the watcher
+IDLE_POLL_S = 2.0
 USE_TOUCH_S = 30.0  # how often a running job marks the server used
 
 
 @dataclass(frozen=True)
 class WarmServer:
-    """A warm Prefect server, as its keeper recorded it."""
+    """The server ``prefect server start --background`` left running for a Prefect home."""
 
-    pid: int  # the keeper
-    started: float  # the keeper's create time: a reused pid does not match
-    url: str
+    pid: int
     port: int
-    server_pid: int  # the process that runs ``prefect server start`` (under the guard)
 
-    def alive(self) -> bool:
-        try:
-            return abs(psutil.Process(self.pid).create_time() - self.started) < 1.0
-        except psutil.Error:
-            return False
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
 
     def answers(self) -> bool:
-        """Alive, answering, and the one listening on its port: nothing else is ever used."""
-        return self.alive() and http_ok(self.url + "/health")() and listens_on(self.server_pid, self.port)
+        """Answering, and the one listening on its port: nothing else is ever used."""
+        return http_ok(self.url + "/health")() and listens_on(self.pid, self.port)
 
 
-def read_warm(home: Path) -> WarmServer | None:
+def read_warm(prefect_home: Path) -> WarmServer | None:
+    """The background server Prefect recorded in ``prefect_home``, while its process runs."""
     try:
-        return WarmServer(**json.loads((home / STATE_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
+        pid = int((prefect_home / PID_FILE).read_text(encoding="utf-8"))
+        argv = psutil.Process(pid).cmdline()
+        return WarmServer(pid, int(argv[argv.index("--port") + 1]))
+    except (OSError, ValueError, IndexError, psutil.Error):  # none, or a pid no server holds now
         return None
 
 
@@ -83,8 +76,7 @@ def using(home: Path) -> Iterator[None]:
             mark_used(home)
 
     mark_used(home)
-    toucher = threading.Thread(target=touch, name="warm-prefect-use", daemon=True)
-    toucher.start()
+    threading.Thread(target=touch, name="warm-prefect-use", daemon=True).start()
     try:
         yield
     finally:
@@ -92,142 +84,108 @@ def using(home: Path) -> Iterator[None]:
         mark_used(home)
 
 
-def warm_prefect_url(settings: Settings, env: dict[str, str]) -> str:
-    """The API URL of this data dir's warm Prefect server, started first if there is none."""
-    home = settings.home
-    with _locked(home / LOCK_FILE):
-        warm = read_warm(home)
-        if warm is not None and warm.answers():
-            mark_used(home)
-            return warm.url
-        return _start_keeper(settings, env)
+def warm_prefect_url(settings: Settings, prefect: PrefectSetup) -> str:
+    """The API URL of the Prefect home's warm server, started first if there is none."""
+    with FileLock(prefect.home / LOCK_FILE):
+        warm = read_warm(prefect.home)
+        url = warm.url if warm is not None and warm.answers() else _start(settings, prefect)
+        mark_used(prefect.home)
+        return url
 
 
-def _start_keeper(settings: Settings, env: dict[str, str]) -> str:
-    home, idle_s = settings.home, settings.local_server_idle_s
-    log = home / "logs" / "prefect-server.log"
+def _start(settings: Settings, prefect: PrefectSetup) -> str:
+    home, idle_s = prefect.home, settings.local_server_idle_s
+    print(f"Starting a local Prefect server: {prefect.why_a_server_of_our_own()}.", file=sys.stderr)
+    (home / PID_FILE).unlink(missing_ok=True)  # of a server that is gone: Prefect would refuse to start
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    log = settings.home / "logs" / "prefect-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print("Starting a local Prefect server ...", file=sys.stderr, flush=True)
-    argv = [sys.executable, "-m", __name__, "--port", str(free_port()), "--idle-s", str(idle_s)]
-    with open(log, "ab") as out:  # a session of its own: it outlives this run, and its terminal
-        keeper = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-        )
-
-    def ready() -> bool:
-        warm = read_warm(home)
-        return warm is not None and warm.pid == keeper.pid and warm.answers()
-
-    wait_until(ready, STARTUP_TIMEOUT_S + 10, "The local Prefect server", keeper, log)
-    url = read_warm(home).url  # type: ignore[union-attr]
+    background = ["prefect", "server", "start", "--background", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "ab") as out:
+        if _detached(background, env, out).wait():
+            raise RuntimeError(f"The local Prefect server did not start ({last_line(log)}); see {log}")
+        server = WarmServer(int((home / PID_FILE).read_text(encoding="utf-8")), port)
+        wait_until(server.answers, STARTUP_TIMEOUT_S, "The local Prefect server", None, log)
+        mark_used(home)  # before the watcher looks: never used would be idle
+        _detached(["batchinfer.cli.warm_prefect", str(home), str(idle_s)], env, out)
     print(
-        f"Started a local Prefect server at {url.removesuffix('/api')} (the UI too) for this and later "
+        f"Started a local Prefect server at http://127.0.0.1:{port} (the UI too) for this and later "
         f"runs; it stops after {idle_s / 60:g} min without a job, or now with `batchinfer server stop` "
         "(BATCHINFER_LOCAL_SERVER_IDLE_S=0: a temporary server for each run).",
         file=sys.stderr,
-        flush=True,
     )
-    return url
+    return server.url
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _detached(module_argv: list[str], env: dict[str, str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+    """``python -m <module_argv>`` in a session of its own: it outlives this run, and its terminal."""
+    argv = [sys.executable, "-m", *module_argv]
+    return subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+    )
 
 
-def stop_warm(home: Path, grace_s: float = 20.0) -> WarmServer | None:
-    """Stop this data dir's warm server (its keeper stops it); the one stopped, or None."""
-    warm = read_warm(home)
-    if warm is None or not warm.alive():
+def stop_warm(prefect_home: Path, grace_s: float = 20.0) -> WarmServer | None:
+    """Stop the Prefect home's warm server with ``prefect server stop``; the one stopped, or None."""
+    if (warm := read_warm(prefect_home)) is None:
         return None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(warm.pid, signal.SIGTERM)
     with contextlib.suppress(psutil.Error):
-        psutil.Process(warm.pid).wait(grace_s)
+        server = psutil.Process(warm.pid)
+        argv = [sys.executable, "-m", "prefect", "server", "stop"]
+        subprocess.run(argv, env={**os.environ, "PREFECT_HOME": str(prefect_home)}, capture_output=True)
+        _, alive = psutil.wait_procs([server], timeout=grace_s)
+        for straggler in alive:  # it did not stop when asked
+            straggler.kill()
     return warm
 
 
-def server_command(action: str, settings: Settings) -> int:
+def server_command(action: str, settings: Settings, prefect_home: Path) -> int:
     """``batchinfer server [status|stop]``."""
-    home = settings.home
-    if action == "stop":
-        stopped = stop_warm(home)
-        print(f"Stopped the local Prefect server at {stopped.url}." if stopped else _NONE.format(home))
-        return 0
-    warm = read_warm(home)
-    if warm is None or not warm.alive():
-        print(_NONE.format(home))
-        return 0
-    try:
-        idle = time.time() - (home / USED_FILE).stat().st_mtime
-    except OSError:
-        idle = 0.0
-    left = max(0.0, settings.local_server_idle_s - idle)
-    print(
-        f"Local Prefect server: {warm.url.removesuffix('/api')} (pid {warm.pid}); last used "
-        f"{idle / 60:.0f} min ago, stops in {left / 60:.0f} min unless used; `batchinfer server stop` "
-        "stops it now."
-    )
+    warm = stop_warm(prefect_home) if action == "stop" else read_warm(prefect_home)
+    if warm is None:
+        print(f"No local Prefect server is running for the Prefect home {prefect_home}.")
+    elif action == "stop":
+        print(f"Stopped the local Prefect server at {warm.url}.")
+    else:
+        idle = time.time() - _last_used(prefect_home)
+        left = max(0.0, settings.local_server_idle_s - idle)
+        print(
+            f"Local Prefect server: {warm.url.removesuffix('/api')} (pid {warm.pid}); last used "
+            f"{idle / 60:.0f} min ago, stops in {left / 60:.0f} min unless used; `batchinfer server "
+            "stop` stops it now."
+        )
     return 0
 
 
-_NONE = "No local Prefect server is running for {}."
-
-
-# -- the keeper ----------------------------------------------------------------------------------
-
-
-def keep(port: int, idle_s: float, settings: Settings) -> int:
-    """Run the server until it has been idle for ``idle_s`` (or SIGTERM); remove the record."""
-    home = settings.home
-    supervisor = Supervisor()
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    me: WarmServer | None = None
+def _last_used(home: Path) -> float:
     try:
-        url = start_prefect_server(supervisor, port, dict(os.environ), home / "logs" / "prefect-server.log")
-        server = supervisor.children[0][1]
-        me = WarmServer(os.getpid(), psutil.Process().create_time(), url, port, server.pid)
-        with atomic_write(home / STATE_FILE) as handle:
-            handle.write(json.dumps(asdict(me)))
-        mark_used(home)
-        while server.poll() is None and not _idle(home, idle_s):
-            time.sleep(IDLE_POLL_S)
-        return 0
-    except SystemExit:
-        return 0
-    finally:
-        if me is not None and read_warm(home) == me:
-            (home / STATE_FILE).unlink(missing_ok=True)
-        supervisor.stop_all()
-
-
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+        return (home / USED_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _idle(home: Path, idle_s: float) -> bool:
     """No run has used the server for ``idle_s``: a run touches ``USED_FILE`` while it lasts, so a
     run that was killed stops counting once that long has passed."""
-    try:
-        last_used = (home / USED_FILE).stat().st_mtime
-    except OSError:
-        last_used = 0.0
-    return time.time() - last_used > idle_s
+    return time.time() - _last_used(home) > idle_s
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Keep a local Prefect server for `batchinfer run`.")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--idle-s", type=float, required=True)
-    args = parser.parse_args(argv)
-    return keep(args.port, args.idle_s, Settings())
+def watch(prefect_home: Path, idle_s: float) -> None:
+    """The watcher: stop the warm server once it has been idle for ``idle_s``; return when it has
+    gone, whoever stopped it."""
+    if (warm := read_warm(prefect_home)) is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        server = psutil.Process(warm.pid)
+        while server.is_running():
+            with FileLock(prefect_home / LOCK_FILE):  # no run decides to use it meanwhile
+                if _idle(prefect_home, idle_s):
+                    stop_warm(prefect_home)
+                    return
+            with contextlib.suppress(psutil.TimeoutExpired):
+                server.wait(IDLE_POLL_S)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    watch(Path(sys.argv[1]), float(sys.argv[2]))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchinfer.contract import Message, Options
 from batchinfer.endpoints import Endpoint
+from batchinfer.error_codes import ErrorCode
 from batchinfer.records import Completion, ErrorDetail
 
 
@@ -113,24 +114,24 @@ class OutcomeWatch(Protocol):
 
 # What an engine returns for a request it abandoned because the job was cancelled.
 CANCELLED = ErrorDetail(
-    code="cancelled",
+    code=ErrorCode.cancelled,
     message="The job was cancelled before this line finished; resuming the job runs it again.",
 )
 # The same, when the job stopped because its completion window (``expires_at``) passed.
 EXPIRED = ErrorDetail(
-    code="expired",
+    code=ErrorCode.expired,
     message="The job's completion window passed before this line finished; resuming the job runs it again.",
 )
 # Line codes of answers that no retry fixes, by the code of the job they stop (``fail_fast``).
-AUTH_FAILED = "auth_failed"
+AUTH_FAILED = ErrorCode.auth_failed
 FATAL_LINE_CODES = {
     "http_401": AUTH_FAILED,
     "http_403": AUTH_FAILED,
-    "http_404": "model_not_found",
-    "quota_exhausted": "quota_exhausted",
+    "http_404": ErrorCode.model_not_found,
+    ErrorCode.quota_exhausted: ErrorCode.quota_exhausted,
 }
 # The job code (and the code of each line it cut short) of a job past its ``max_error_rate``.
-ERROR_RATE_EXCEEDED = "error_rate_exceeded"
+ERROR_RATE_EXCEEDED = ErrorCode.error_rate_exceeded
 # Codes of lines a stopped job never finished (a cancel, an expiry, a fail-fast stop).
 ABANDONED_CODES = frozenset({CANCELLED.code, EXPIRED.code, *FATAL_LINE_CODES.values(), ERROR_RATE_EXCEEDED})
 
@@ -144,7 +145,7 @@ def retryable_status(status: int) -> bool:
 def retryable(code: str) -> bool:
     """Whether a line that failed with ``code`` may succeed when sent again: a timeout, a failed
     connection, or an ``http_<status>`` the engine retries (``retryable_status``)."""
-    if code in ("timeout", "connection_error"):
+    if code in (ErrorCode.timeout, ErrorCode.connection_error):
         return True
     status = code.removeprefix("http_")
     return code.startswith("http_") and status.isdigit() and retryable_status(int(status))

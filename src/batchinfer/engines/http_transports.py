@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 
 from batchinfer.engines.configs import HttpClient
+from batchinfer.error_codes import ErrorCode
 
 if TYPE_CHECKING:
     import httpx
@@ -42,11 +43,11 @@ class Transport(Protocol):
 
 
 def timed_out(timeout_s: float) -> RetryableError:
-    return RetryableError("timeout", f"no answer within timeout_s={timeout_s}")
+    return RetryableError(ErrorCode.timeout, f"no answer within timeout_s={timeout_s}")
 
 
 def connection_failed(exc: BaseException, *, refused: bool) -> RetryableError:
-    return RetryableError("connection_error", f"{type(exc).__name__}: {exc}", refused=refused)
+    return RetryableError(ErrorCode.connection_error, f"{type(exc).__name__}: {exc}", refused=refused)
 
 
 class AiohttpTransport:

@@ -46,6 +46,7 @@ from batchinfer.engines.messages import FileReader, read_local_file
 from batchinfer.engines.openai_answers import merge, parse_answer
 from batchinfer.engines.openai_messages import request_payload
 from batchinfer.engines.replicas import Health, Replica, ReplicaSet
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import EngineError, InferenceError
 from batchinfer.records import Completion, ErrorDetail
 
@@ -199,7 +200,7 @@ class OpenAIEngine:
             return ErrorDetail(code=exc.code, message=exc.message)
         except OSError as exc:
             return ErrorDetail(
-                code="unreadable_attachment",
+                code=ErrorCode.unreadable_attachment,
                 message=f"Cannot read an attachment file ({exc}); check the path.",
             )
 
@@ -347,7 +348,7 @@ class OpenAIEngine:
                 more = await self._answer(endpoint, {**payload, "n": want - have}, stop) if have else None
                 if more is None or not more.generations:
                     raise _Failed(
-                        "bad_response",
+                        ErrorCode.bad_response,
                         f"The server returned no choices after {have} of {want} generations; "
                         "lower num_generations or check the server.",
                     )
@@ -364,7 +365,7 @@ class OpenAIEngine:
             return parse_answer(endpoint, jsonwire.loads(body))
         except (ValueError, TypeError, KeyError) as exc:
             raise _Failed(
-                "bad_response",
+                ErrorCode.bad_response,
                 f"The server at {base} answered 200 with a body that is not a "
                 f"{endpoint.value} answer ({exc}); check that base_url is an OpenAI-compatible /v1 "
                 "endpoint that serves it.",
@@ -386,7 +387,7 @@ class OpenAIEngine:
                 # A replica that just went out of rotation, or whose connection failed, is its own
                 # failure, not the model's: the request goes to another one at once (once per
                 # replica at most, so a model whose replicas all fail gives up as one server would).
-                broken = exc.code == "connection_error"
+                broken = exc.code == ErrorCode.connection_error
                 if reroutes < len(self._bases) and self._replicas.can_reroute(retry.replica, broken):
                     reroutes += 1
                     continue
@@ -414,7 +415,13 @@ class OpenAIEngine:
             try:
                 status, headers, body = await self._transport.post(replica.url + path, data, self._headers)
             except RetryableError as exc:  # timeouts and connection errors
-                health = "refused" if exc.refused else "timeout" if exc.code == "timeout" else "failed"
+                health = (
+                    "refused"
+                    if exc.refused
+                    else ErrorCode.timeout
+                    if exc.code == ErrorCode.timeout
+                    else "failed"
+                )
                 raise _Retry(exc, replica) from exc
             health = "failed" if status >= 500 else "ok"
         finally:
@@ -432,8 +439,8 @@ class OpenAIEngine:
 
     def _gave_up(self, exc: RetryableError, attempts: int) -> str:
         advice = {
-            "timeout": "raise timeout_s for this model, or check the server is not overloaded",
-            "connection_error": f"check that {self._servers()} up and reachable",
+            ErrorCode.timeout: "raise timeout_s for this model, or check the server is not overloaded",
+            ErrorCode.connection_error: f"check that {self._servers()} up and reachable",
             "http_429": "lower max_concurrency for this model, or raise max_retries/max_backoff_s",
         }.get(exc.code, "check the server's health and logs, or raise max_retries")
         tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
@@ -457,7 +464,7 @@ def _answer_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
         return body
     if status == 429 and _error_code(body) == _INSUFFICIENT_QUOTA:  # no retry refills a quota
         raise _Failed(
-            "quota_exhausted",
+            ErrorCode.quota_exhausted,
             f"HTTP 429 insufficient_quota: {_server_message(body)} Add credit or raise the quota "
             "with the provider, then resume the job.",
         )

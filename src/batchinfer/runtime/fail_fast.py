@@ -23,15 +23,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from batchinfer.engines.base import AUTH_FAILED, ERROR_RATE_EXCEEDED, FATAL_LINE_CODES, InferenceOutcome
+from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobError, resume_hint
 from batchinfer.records import ErrorDetail
 
 _HOW_TO_FIX = {
     AUTH_FAILED: "the server refuses the API key: set a valid key in the variable the model's "
     "`api_key_env` names (where the runner runs)",
-    "model_not_found": "the server does not know the model: check the model's `model` name and its "
+    ErrorCode.model_not_found: "the server does not know the model: check the model's `model` name and its "
     "`base_url` (or `base_urls`) in the models file",
-    "quota_exhausted": "the account's quota is used up: add credit or raise the quota with the provider",
+    ErrorCode.quota_exhausted: "the account's quota is used up: add credit or raise the quota with the "
+    "provider",
 }
 
 

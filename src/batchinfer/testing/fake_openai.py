@@ -44,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from batchinfer import jsonwire
+from batchinfer.error_codes import ErrorCode
 from batchinfer.testing import fake_answers
 
 HOST = "127.0.0.1"  # a test double must never be reachable from outside the machine
@@ -86,7 +87,7 @@ _REFUSALS = {
         404,
         "The model `fake-model` does not exist or you do not have access to it.",
         "invalid_request_error",
-        "model_not_found",
+        ErrorCode.model_not_found,
     ),
     "quota": (
         429,

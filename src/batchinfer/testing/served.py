@@ -71,6 +71,7 @@ class ServeProcess:
     proc: subprocess.Popen[bytes] | None = None
     # Start it as a person would, without --port or --prefect-port (8000; 4200, or a free port).
     default_ports: bool = False
+    cwd: Path | None = None  # where it starts: Prefect reads prefect.toml and .env there
 
     def __post_init__(self) -> None:
         if self.default_ports:
@@ -89,7 +90,7 @@ class ServeProcess:
         if not self.default_ports:
             argv += ["--port", str(self.port), "--prefect-port", str(self.prefect_port)]
         log = open(self.home / "serve-stdout.log", "ab")  # noqa: SIM115 - lives as long as the child
-        self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
