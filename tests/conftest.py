@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,3 +250,35 @@ def prefect_db_template(served: ServeProcess, e2e_root: Path) -> Path:
     template = e2e_root / "prefect-template.db"
     snapshot_database(served.home / "prefect" / "prefect.db", template)
     return template
+
+
+# PostgreSQL as the Prefect database (tests/e2e/test_postgres.py, test_two_machines.py).
+SCRIPT = Path(__file__).parents[1] / "scripts" / "postgres-for-tests.sh"
+UNAVAILABLE = 3  # the script's exit status for "PostgreSQL cannot be had here"
+# A first install of the package takes ~30-60 s; a cluster starts in a few seconds.
+SCRIPT_TIMEOUT_S = 300
+
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL cluster for the session, stopped and removed at its end."""
+    if shutil.which("bash") is None:
+        pytest.skip("PostgreSQL test needs bash to run scripts/postgres-for-tests.sh")
+    # Not under pytest's tmp_path: that is a 0700 directory of root's, which the `postgres` user that
+    # owns the cluster could not enter.
+    workdir = tempfile.mkdtemp(prefix="batchinfer-pg-")
+    started = _script("start", workdir, str(free_port()))
+    try:
+        if started.returncode == UNAVAILABLE:
+            pytest.skip(started.stderr.strip().splitlines()[-1])
+        assert started.returncode == 0, f"PostgreSQL did not start:\n{started.stderr}"
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        _script("stop", workdir)
+        shutil.rmtree(workdir, ignore_errors=True)

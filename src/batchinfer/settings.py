@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         "chunks and fails `deadline_exceeded`, keeping finished chunks for a resume.",
     )
 
+    work_pool: str | None = Field(
+        default=None,
+        description="`serve` hands its jobs to the workers of this Prefect work pool (a process pool "
+        "is made if there is none) instead of running them itself; its workers run on any machine that "
+        "reaches the Prefect API (`prefect worker start --pool NAME`). Pair it with BATCHINFER_OUTPUT_URL.",
+    )
     output_url: str | None = Field(
         default=None,
         description="A store (fsspec URL: s3://bucket/prefix, gs://, az://, file:///mnt/shared) that holds "

@@ -105,7 +105,10 @@ def test_the_outputs_of_a_job_on_a_store_are_uris_there() -> None:
     done = batch_inference(snapshot("COMPLETED", **{**DONE, "output_dir": "s3://bucket/jobs/x"}))
     assert done.success_file_path == Path(type=PathType.uri, value="s3://bucket/jobs/x/success.jsonl")
     assert done.error_file_path == Path(type=PathType.uri, value="s3://bucket/jobs/x/errors.jsonl")
-    assert done.metadata["results_file_path"] == {"type": "uri", "value": "s3://bucket/jobs/x/results.parquet"}
+    assert done.metadata["results_file_path"] == {
+        "type": "uri",
+        "value": "s3://bucket/jobs/x/results.parquet",
+    }
 
 
 def test_a_failed_job_with_outputs_still_points_at_them() -> None:

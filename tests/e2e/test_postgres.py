@@ -8,9 +8,6 @@ where PostgreSQL is not installed and cannot be installed (not root, no apt-get,
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,39 +16,9 @@ import pytest
 import yaml
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from batchinfer.testing.served import ServeProcess, free_port, read_jsonl, serve_env, user_prompt, write_jsonl
+from batchinfer.testing.served import ServeProcess, read_jsonl, serve_env, user_prompt, write_jsonl
 
 pytestmark = pytest.mark.e2e
-
-SCRIPT = Path(__file__).parents[2] / "scripts" / "postgres-for-tests.sh"
-UNAVAILABLE = 3  # the script's exit status for "PostgreSQL cannot be had here"
-# A first install of the package takes ~30-60 s; a cluster starts in a few seconds.
-SCRIPT_TIMEOUT_S = 300
-
-
-def _script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, check=False
-    )
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL cluster for this module, stopped and removed at its end."""
-    if shutil.which("bash") is None:
-        pytest.skip("PostgreSQL test needs bash to run scripts/postgres-for-tests.sh")
-    # Not under pytest's tmp_path: that is a 0700 directory of root's, which the `postgres` user that
-    # owns the cluster could not enter.
-    workdir = tempfile.mkdtemp(prefix="batchinfer-pg-")
-    started = _script("start", workdir, str(free_port()))
-    try:
-        if started.returncode == UNAVAILABLE:
-            pytest.skip(started.stderr.strip().splitlines()[-1])
-        assert started.returncode == 0, f"PostgreSQL did not start:\n{started.stderr}"
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        _script("stop", workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

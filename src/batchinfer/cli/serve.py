@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 from batchinfer.cli.children import Supervisor, claim_home
 from batchinfer.cli.forked_runs import fork_server_notice
 from batchinfer.cli.keys import access_line, keys_required
-from batchinfer.cli.local_prefect import STARTUP_TIMEOUT_S, http_ok, launch_prefect_server, wait_until
+from batchinfer.cli.local_prefect import (
+    STARTUP_TIMEOUT_S,
+    LocalServer,
+    http_ok,
+    launch_prefect_server,
+    wait_until,
+)
 from batchinfer.cli.prefect_env import PREFECT_SOURCES, PrefectSetup, apply_prefect_env, use_api_url
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, check_prefect_api, prefect_port, require_free_port
 from batchinfer.errors import ConfigError
@@ -173,6 +179,23 @@ def serve(
         supervisor.stop_all()
 
 
+def _hand_jobs_to_work_pool(
+    pool: str, server: LocalServer | None, env: dict[str, str], settings: Settings
+) -> None:
+    """No runner of our own: the deployment goes to ``pool``, whose workers run the jobs wherever
+    they are (``work_pool``). A job they run may outlive this serve, so none is marked interrupted."""
+    from batchinfer.cli.runner import DEPLOYMENT_OPTIONS
+    from batchinfer.cli.work_pool import deploy_to_work_pool
+
+    if server is not None:
+        server.wait_until_ours()
+    use_api_url(env["PREFECT_API_URL"])
+    _ensure_job_webhook(settings)
+    deploy_to_work_pool(pool, DEPLOYMENT_OPTIONS)
+    where = settings.output_url or "the disk of the worker that runs each (set BATCHINFER_OUTPUT_URL)"
+    print(f"Jobs go to the workers of work pool {pool!r}; their files to {where}.", flush=True)
+
+
 def _start_prefect_and_runner(
     supervisor: Supervisor, prefect_port: int | None, settings: Settings, prefect: PrefectSetup
 ) -> None:
@@ -187,6 +210,9 @@ def _start_prefect_and_runner(
         print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}): {why}.", flush=True)
         server = launch_prefect_server(supervisor, prefect_port, env, logs / "prefect-server.log")
         env["PREFECT_API_URL"] = server.url
+    if settings.work_pool:
+        _hand_jobs_to_work_pool(settings.work_pool, server, env, settings)
+        return
     if settings.fork_flow_runs and (notice := fork_server_notice(version("prefect"))):
         print(notice, flush=True)
         env[env_name("fork_flow_runs")] = "false"
