@@ -4,11 +4,16 @@ line and a non-zero exit within seconds, found before any server starts; `--help
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,17 +188,68 @@ def placeholders(served: ServeProcess, data_dir: Path, tmp_path: Path) -> dict[s
     }
 
 
+@pytest.fixture
+def in_process(served: ServeProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Ran]]:
+    """``main(args)`` in this process with the served environment (no ``PREFECT_*`` of its own):
+    its exit code and captured output. The environment and the SIGTERM handler a command sets up
+    are put back afterwards."""
+    saved_env, saved_sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
+
+    def run(args: list[str], env: dict[str, str]) -> Ran:
+        os.environ.clear()
+        os.environ.update({k: v for k, v in served.env.items() if not k.startswith("PREFECT_")}, **env)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(args)
+            except SystemExit as exit_:  # argparse's mistakes
+                code = int(exit_.code or 0)
+        return Ran(code, stdout.getvalue(), stderr.getvalue())
+
+    yield run
+    os.environ.clear()
+    os.environ.update(saved_env)
+    signal.signal(signal.SIGTERM, saved_sigterm)
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", list(MISTAKES))
 def test_a_mistake_is_one_clear_line_and_a_non_zero_exit_within_seconds(
-    served: ServeProcess, placeholders: dict[str, str], name: str
+    in_process: Callable[..., Ran], placeholders: dict[str, str], name: str
 ) -> None:
     mistake = MISTAKES[name]
     args = [arg.format(**placeholders) for arg in mistake.args]
     env = {key: value.format(**placeholders) for key, value in mistake.env.items()}
     started = time.monotonic()
-    result = _cli(served, *args, **env)
-    elapsed = time.monotonic() - started
+    result = in_process(args, env)
+    _assert_one_clear_line(result, mistake, placeholders, time.monotonic() - started)
+
+
+@pytest.mark.e2e
+def test_a_mistake_as_a_process_is_the_same_one_line_and_exit_code(
+    served: ServeProcess, placeholders: dict[str, str]
+) -> None:
+    """The table runs through ``main()``; this one goes through the real entry point and stderr."""
+    mistake = MISTAKES["run: an unknown model"]
+    started = time.monotonic()
+    result = _cli(served, *[arg.format(**placeholders) for arg in mistake.args])
+    _assert_one_clear_line(result, mistake, placeholders, time.monotonic() - started)
+    assert "Traceback" not in result.stderr
+
+
+def _assert_one_clear_line(
+    result: Ran | subprocess.CompletedProcess[str],
+    mistake: Mistake,
+    placeholders: dict[str, str],
+    elapsed: float,
+) -> None:
     assert result.returncode == mistake.code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -20,7 +19,7 @@ from batchinfer.cli.children import OWNER_FILE, claim_home
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, listens_on, port_free, prefect_port
 from batchinfer.errors import ConfigError
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from batchinfer.testing.served import ServeProcess, serve_env, user_prompt, write_jsonl
+from batchinfer.testing.served import ServeProcess, free_port, serve_env, user_prompt, wait_for, write_jsonl
 
 
 def _listening(port: int) -> bool:
@@ -51,29 +50,26 @@ def _submit(serve: ServeProcess, model: str, prompts: Path) -> str:
 
 
 @pytest.mark.e2e
-def test_two_serves_of_different_homes_on_default_ports_each_run_their_own_jobs_and_kill_9_leaves_nothing(
+def test_two_serves_of_different_homes_on_the_same_ports_each_run_their_own_jobs_and_kill_9_leaves_nothing(
     tmp_path: Path, fake_openai: FakeOpenAIServer, slow_openai: FakeOpenAIServer
 ) -> None:
-    busy = [port for port in (8000, DEFAULT_PREFECT_PORT) if not port_free("127.0.0.1", port)]
-    assert not busy, f"this test starts serve on its default ports, but {busy} are taken on this machine"
+    ports = {"port": free_port(), "prefect_port": free_port()}  # the second takes them after kill -9
     home_a, models_a = _home_with_model(tmp_path, "model-a", slow_openai.base_url)
-    first = ServeProcess(home_a, serve_env(home_a, models_a, [tmp_path]), default_ports=True).start()
-    assert first.proc is not None and first.prefect_port == DEFAULT_PREFECT_PORT
+    first = ServeProcess(home_a, serve_env(home_a, models_a, [tmp_path]), **ports).start()
+    assert first.proc is not None
     prompts = write_jsonl(tmp_path / "a.jsonl", [user_prompt(f"kill-9 {i}") for i in range(3000)])
     job_a = _submit(first, "model-a", prompts)
-    deadline = time.monotonic() + 90
-    while first.status(job_a).json()["status"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: first.status(job_a).json()["status"] == "running", 90, "job A running")
     family = _family(first.proc)
     assert len(family) >= 4, f"expected serve, a Prefect server, a runner and a flow run: {family}"
 
     first.proc.kill()  # kill -9: no handler of serve's runs
     _, alive = psutil.wait_procs(family, timeout=15)
     assert alive == [], f"left running after kill -9: {[p.pid for p in alive]}"
-    assert not _listening(8000) and not _listening(DEFAULT_PREFECT_PORT)
+    assert not _listening(ports["port"]) and not _listening(ports["prefect_port"])
 
     home_b, models_b = _home_with_model(tmp_path, "model-b", fake_openai.base_url)
-    second = ServeProcess(home_b, serve_env(home_b, models_b, [tmp_path]), default_ports=True).start()
+    second = ServeProcess(home_b, serve_env(home_b, models_b, [tmp_path]), **ports).start()
     try:
         job_b = _submit(second, "model-b", write_jsonl(tmp_path / "b.jsonl", [user_prompt("b")]))
         assert second.wait(job_b)["status"] == "completed"
@@ -180,7 +176,8 @@ def test_a_guarded_child_ends_as_soon_as_its_parent_is_killed() -> None:
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     child = psutil.Process(int(parent.stdout.readline()))
-    time.sleep(1)  # the guard has started to watch
+    # The guard starts watching before it runs the module: once the module listens, it watches.
+    wait_for(lambda: any(c.status == psutil.CONN_LISTEN for c in child.net_connections()), 30, "listening")
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     _, alive = psutil.wait_procs([child], timeout=5)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from batchinfer.control.notifications import TERMINAL_STATE_TYPES
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.served import ServeProcess, prompt_texts, read_jsonl, wait_for, write_prompts
 from batchinfer.testing.webhooks import Receiver
@@ -53,6 +54,7 @@ def test_a_cancelled_job_stops_within_seconds_keeps_every_finished_line_and_resu
     texts = prompt_texts("cancel-me", 3000)  # ~10 s at the slow server: cancelled part-way
     job_id = _submit(served, write_prompts(data_dir, "cancel-me", texts), "fake-slow")
     wait_for(lambda: _lines_done(served, job_id) >= 200, 60, "200 lines done")
+    assert served.job_processes(job_id), "the job runs in a process of its own under serve"
 
     asked = time.monotonic()
     response = served.cancel(job_id)
@@ -73,7 +75,10 @@ def test_a_cancelled_job_stops_within_seconds_keeps_every_finished_line_and_resu
     assert all(r["generations"][0]["text"] == f"echo: {texts[r['line'] - 1]}" for r in success)
     assert {r["error"]["code"] for r in errors} == {"cancelled"}
     assert 200 <= len(success) < len(texts)
-    time.sleep(1.0)  # nothing more reaches the model once the job has ended
+    # Nothing more reaches the model: the job's process has ended, and the model has answered
+    # every request it had.
+    wait_for(lambda: not served.job_processes(job_id), 30, "the job's process to end")
+    wait_for(lambda: slow_openai.in_flight == 0, 30, "the model to answer what it had")
     assert sum(slow_openai.prompts[t] for t in texts) == sent_at_end
 
     assert served.resume(job_id).status_code == 200
@@ -227,7 +232,11 @@ def test_serve_with_a_webhook_url_posts_each_finished_job_once_with_its_status(
     assert served.wait(done)["status"] == "completed" and served.wait(failed)["status"] == "failed"
 
     job_webhook.wait_for_jobs([done, failed], timeout_s=60)
-    time.sleep(1.0)  # a second notification of the same job would have arrived by now
+    # The automation calls once per terminal state a job enters, and each entered exactly one.
+    for job_id in (done, failed):
+        states = _prefect(served, "GET", f"/flow_run_states/?flow_run_id={job_id}")
+        assert [s["type"] for s in states].count("COMPLETED" if job_id == done else "FAILED") == 1, states
+        assert len([s for s in states if s["type"] in TERMINAL_STATE_TYPES]) == 1, states
     (completed,), (failure,) = job_webhook.for_job(done), job_webhook.for_job(failed)
     assert completed.body["status"] == "completed" and completed.body["state"]["type"] == "COMPLETED"
     assert failure.body["status"] == "failed" and failure.body["state"]["message"]

@@ -383,7 +383,7 @@ def test_a_reader_polling_the_job_dir_never_sees_a_partial_output_file(
     reader.start()
     try:
         assert served.wait(job_id)["status"] == "completed"
-        time.sleep(0.2)  # and a few looks at the finished files
+        wait_for(lambda: ("success.jsonl", 1999, True) in seen, 30, "a look at the finished files")
     finally:
         stop.set()
         reader.join(timeout=10)

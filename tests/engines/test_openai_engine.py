@@ -34,6 +34,7 @@ from batchinfer.runtime.fail_fast import FailFastRules, OutcomeTally
 from batchinfer.testing.engines import Flag, ask, completion, error
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.loopback_http import QuietHandler, loopback_server
+from batchinfer.testing.served import wait_for
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 8
@@ -482,13 +483,17 @@ def test_audio_and_video_attachments_are_refused(kind: str) -> None:
         to_openai_message(Message(role="user", attachments=[attachment]))
 
 
-def test_a_cancel_abandons_requests_in_flight_and_keeps_the_answered_ones(make_engine: MakeEngine) -> None:
+def test_a_cancel_abandons_requests_in_flight_and_keeps_the_answered_ones(
+    make_engine: MakeEngine, server: FakeOpenAIServer
+) -> None:
     engine = make_engine(timeout_s=30.0)
     stop = Flag()
     requests = [request(1, "cancel answered"), request(2, "cancel [fault:hang]")]
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(engine.infer, requests, stop)
-        time.sleep(0.5)  # the first is answered; the second hangs at the server
+        # Both reached the server, and the one left in flight is the hang: the first is answered.
+        both = ("cancel answered", "cancel [fault:hang]")
+        wait_for(lambda: all(server.prompts[t] for t in both) and server.in_flight == 1, 10, "the hang")
         started = time.monotonic()
         stop.value = True
         outcomes = future.result(timeout=10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -48,9 +48,15 @@ def test_the_watcher_stops_the_job_once_its_run_is_cancelling(cancel_state: str)
 
 
 def test_the_watcher_leaves_a_running_job_alone() -> None:
-    stop = StopSignal()
-    with CancelWatcher("job", stop, lambda: "RUNNING", interval_s=0.01):
-        time.sleep(0.1)
+    stop, looks = StopSignal(), threading.Semaphore(0)
+
+    def read() -> str:
+        looks.release()
+        return "RUNNING"
+
+    with CancelWatcher("job", stop, read, interval_s=0.01):
+        for _ in range(5):  # five looks at a running job, each followed by no stop
+            assert looks.acquire(timeout=5)
     assert not stop.is_set()
 
 

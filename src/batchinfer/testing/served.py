@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -69,13 +68,7 @@ class ServeProcess:
     port: int = field(default_factory=free_port)
     prefect_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
-    # Start it as a person would, without --port or --prefect-port (8000; 4200, or a free port).
-    default_ports: bool = False
     cwd: Path | None = None  # where it starts: Prefect reads prefect.toml and .env there
-
-    def __post_init__(self) -> None:
-        if self.default_ports:
-            self.port = 8000
 
     @property
     def url(self) -> str:
@@ -87,8 +80,7 @@ class ServeProcess:
 
     def start(self, timeout_s: float = 150.0) -> ServeProcess:
         argv = [sys.executable, "-m", "batchinfer.cli", "serve"]
-        if not self.default_ports:
-            argv += ["--port", str(self.port), "--prefect-port", str(self.prefect_port)]
+        argv += ["--port", str(self.port), "--prefect-port", str(self.prefect_port)]
         log = open(self.home / "serve-stdout.log", "ab")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
@@ -97,20 +89,12 @@ class ServeProcess:
                 raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    self._learn_prefect_port()
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"serve did not come up in {timeout_s} s: {self.log_tail()}")
-
-    def _learn_prefect_port(self) -> None:
-        """With default ports, the Prefect port is serve's choice: read it from what serve printed."""
-        if self.default_ports:
-            log = (self.home / "serve-stdout.log").read_text(errors="replace")
-            if found := re.findall(r"UI: http://127\.0\.0\.1:(\d+)", log):
-                self.prefect_port = int(found[-1])
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -136,6 +120,17 @@ class ServeProcess:
                 if "batchinfer.cli.runner" in process.cmdline():
                     return process
         raise AssertionError("no runner process under serve")
+
+    def job_processes(self, job_id: str) -> list[psutil.Process]:
+        """The processes under serve running this job's flow run (Prefect names the run in their
+        environment): none once the job's process has ended, so nothing of it can reach a model."""
+        assert self.proc is not None, "serve is not running"
+        found = []
+        for process in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("PREFECT__FLOW_RUN_ID") == job_id:
+                    found.append(process)
+        return found
 
     def log_tail(self, chars: int = 4000) -> str:
         text = ""
