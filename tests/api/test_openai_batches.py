@@ -445,6 +445,10 @@ class OneJobBackend:
     async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]:
         return await self.status(job_id), JobPlace(JobLayout(Path("/nonexistent") / str(job_id)))
 
+    async def jobs_files(self, job_ids: list[UUID]) -> dict[UUID, tuple[BatchInference, JobPlace]]:
+        known = [job_id for job_id in job_ids if job_id == JOB and self.submitted]
+        return {job_id: await self.job_files(job_id) for job_id in known}
+
 
 @pytest.fixture
 def backend() -> OneJobBackend:

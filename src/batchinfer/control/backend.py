@@ -5,6 +5,7 @@ The adapter only ever talks to a ``JobBackend``; tests and other front ends may 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ from batchinfer.pipeline.jobstore import JobPlace, job_place
 from batchinfer.pipeline.retry import strip_failed
 
 logger = logging.getLogger(__name__)
+HISTORY_READS_AT_ONCE = 8
 
 
 class JobBackend(Protocol):
@@ -51,6 +53,10 @@ class JobBackend(Protocol):
     async def status(self, job_id: UUID) -> BatchInference: ...
 
     async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]: ...
+
+    async def jobs_files(self, job_ids: list[UUID]) -> dict[UUID, tuple[BatchInference, JobPlace]]:
+        """``job_files`` of several jobs in one read (a page of a list); an unknown id is left out."""
+        ...
 
     async def resume(self, job_id: UUID) -> BatchInference: ...
 
@@ -82,6 +88,7 @@ def snapshot(flow_run: Any, jobs_dir: Path) -> RunSnapshot:
         parameters=parameters,
         progress=job_place(str(flow_run.id), parameters, jobs_dir).read_progress(),
         tags=list(flow_run.tags or []),
+        state_timestamp=state.timestamp if state else None,
     )
 
 
@@ -144,6 +151,25 @@ class PrefectJobBackend:
         """The job as it is now, and where its files are (to read what it has finished so far)."""
         flow_run, job = await self._read_job(job_id)
         return job, self._place(flow_run)
+
+    async def jobs_files(self, job_ids: list[UUID]) -> dict[UUID, tuple[BatchInference, JobPlace]]:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        if not job_ids:
+            return {}
+        runs = await self._client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=job_ids)), limit=len(job_ids)
+        )
+        return await anyio.to_thread.run_sync(self._jobs_of, runs)
+
+    def _jobs_of(self, runs: list[Any]) -> dict[UUID, tuple[BatchInference, JobPlace]]:
+        found = {}
+        for run in runs:
+            try:
+                found[run.id] = (batch_inference(snapshot(run, self._jobs_dir)), self._place(run))
+            except ValidationError:  # a flow run of some other flow: not one of our jobs
+                continue
+        return found
 
     async def resume(self, job_id: UUID) -> BatchInference:
         """Set a failed, crashed or cancelled job back to SCHEDULED, as the Prefect UI's "Retry"
@@ -259,15 +285,21 @@ class PrefectJobBackend:
 
     async def history(self, job_ids: list[UUID]) -> dict[UUID, list[StateEvent]]:
         """From Prefect's record of each run's states (when it got there, not when someone asked).
-        A failure costs only the timestamps, logged, never the answer they are part of."""
+        A failure costs only the timestamps, logged, never the answer they are part of. The reads
+        go side by side, a few at a time."""
         histories: dict[UUID, list[StateEvent]] = {}
-        for job_id in job_ids:
-            try:
-                states = await self._client.read_flow_run_states(job_id)
-            except Exception:
-                logger.warning("Could not read the state history of job %s", job_id, exc_info=True)
-                continue
+        reads = anyio.Semaphore(HISTORY_READS_AT_ONCE)
+
+        async def read(job_id: UUID) -> None:
+            async with reads:
+                try:
+                    states = await self._client.read_flow_run_states(job_id)
+                except Exception:
+                    logger.warning("Could not read the state history of job %s", job_id, exc_info=True)
+                    return
             histories[job_id] = [StateEvent(s.type.value, s.name, s.timestamp) for s in states]
+
+        await asyncio.gather(*map(read, job_ids))
         return histories
 
     async def _read_job(self, job_id: UUID) -> tuple[Any, BatchInference]:

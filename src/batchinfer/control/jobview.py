@@ -30,6 +30,7 @@ class RunSnapshot:
     parameters: dict[str, Any]
     progress: JobProgress | None = None
     tags: list[str] = field(default_factory=list)
+    state_timestamp: datetime | None = None  # when the run entered its state
 
 
 OWNER_TAG = "owner:"  # a flow run's tag naming the key that submitted it (``control.ownership``)
@@ -77,6 +78,13 @@ def _output(root: str, name: str) -> Path:
     return Path(type=PathType.filepath, value=str(LocalPath(root) / name))
 
 
+def _state(run: RunSnapshot) -> dict[str, Any]:
+    state: dict[str, Any] = {"type": run.state_type, "name": run.state_name}
+    if run.state_timestamp is not None:
+        state["timestamp"] = run.state_timestamp.isoformat()
+    return state
+
+
 def batch_inference(run: RunSnapshot) -> BatchInference:
     status = job_status(run.state_type, run.state_name)
     progress = run.progress or JobProgress()
@@ -91,7 +99,7 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
             "completed": progress.completed,
             "failed": progress.failed,
         },
-        "state": {"type": run.state_type, "name": run.state_name},
+        "state": _state(run),
         "usage": {
             "prompt_tokens": progress.prompt_tokens,
             "completion_tokens": progress.completion_tokens,

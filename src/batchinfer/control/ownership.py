@@ -80,6 +80,11 @@ class OwnedJobs:
         job, place = await self.backend.job_files(job_id)
         return self._visible(job, job_id), place
 
+    async def jobs_files(self, job_ids: list[UUID]) -> dict[UUID, tuple[BatchInference, JobPlace]]:
+        found = await self.backend.jobs_files(job_ids)
+        scope = self.principal.scope
+        return {i: job for i, job in found.items() if scope is None or job[0].metadata.get("owner") == scope}
+
     async def resume(self, job_id: UUID) -> BatchInference:
         await self._owned(job_id)
         return await self.backend.resume(job_id)

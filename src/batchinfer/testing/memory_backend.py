@@ -86,6 +86,9 @@ class MemoryBackend:
     async def job_files(self, job_id: UUID) -> tuple[BatchInference, JobPlace]:
         return await self.status(job_id), JobPlace(JobLayout(self.root / str(job_id)))
 
+    async def jobs_files(self, job_ids: list[UUID]) -> dict[UUID, tuple[BatchInference, JobPlace]]:
+        return {job_id: await self.job_files(job_id) for job_id in job_ids if job_id in self.jobs}
+
     async def resume(self, job_id: UUID) -> BatchInference:
         self._job(job_id).state = dict(SCHEDULED)
         return self._view(job_id)

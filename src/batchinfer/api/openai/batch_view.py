@@ -10,8 +10,9 @@ OpenAI: ``errors`` says why, each invalid line listed.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -36,11 +37,12 @@ from batchinfer.contract import BatchInference, JobStatus
 from batchinfer.control.backend import JobBackend
 from batchinfer.control.states import BatchStatus, StateEvent, batch_status
 from batchinfer.error_codes import ErrorCode
-from batchinfer.errors import BatchInferError, JobNotCancellableError
+from batchinfer.errors import BatchInferError, JobNotCancellableError, JobNotFoundError
 from batchinfer.pipeline.jobstore import JobPlace
 from batchinfer.settings import Settings
 
 MAX_ERRORS_LISTED = 1000
+HISTORIES_KEPT = 10_000  # state histories remembered (each a few states), the least recently read dropped
 INVALID_FILE_CODE = ErrorCode.invalid_batch_file  # the job's code when its lines failed the batch's checks
 _WITH_OUTPUTS = frozenset(
     {BatchStatus.completed, BatchStatus.failed, BatchStatus.expired, BatchStatus.cancelled}
@@ -54,17 +56,33 @@ class BatchView:
         self.store = store
         # One output conversion per batch at a time; concurrent retrieves wait, then reuse it.
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
+        self._histories = Histories()
 
-    async def job(self, backend: JobBackend, record: BatchRecord) -> Seen | None:
-        """The batch's job as it is now, and where its files are (None: it never had a job),
-        stopped first if its window passed before any runner picked it up."""
-        if record.job_id is None:
-            return None
+    async def jobs(self, backend: JobBackend, records: list[BatchRecord]) -> list[Seen | None]:
+        """Each batch's job as it is now, and where its files are (None: it never had a job), in
+        one read; a job stopped first if its window passed before any runner picked it up."""
+        ids = [UUID(r.job_id) for r in records if r.job_id]
         try:
-            job, place = await backend.job_files(UUID(record.job_id))
+            found = await backend.jobs_files(ids)
+            if missing := [job_id for job_id in ids if job_id not in found]:
+                raise JobNotFoundError(str(missing[0]))
         except BatchInferError as exc:
             raise from_batchinfer_error(exc) from None
-        return Seen(await self._expire_if_due(backend, record, job), place)
+        seen: list[Seen | None] = []
+        for record in records:
+            if record.job_id is None:
+                seen.append(None)
+                continue
+            job, place = found[UUID(record.job_id)]
+            seen.append(Seen(await self._expire_if_due(backend, record, job), place))
+        return seen
+
+    async def histories(self, backend: JobBackend, seen: list[Seen | None]) -> dict[UUID, list[StateEvent]]:
+        """The state history of each job seen, read from the backend only where it has a state
+        since it was last read (an ended batch's history is read once)."""
+        jobs = [s.job for s in seen if s is not None]
+        await self._histories.refresh(backend, jobs)
+        return {UUID(job.job_id): self._histories.of(job) for job in jobs}
 
     async def of(self, record: BatchRecord, seen: Seen | None, history: list[StateEvent]) -> Batch:
         if seen is None:
@@ -175,6 +193,33 @@ class BatchView:
         if status is BatchStatus.failed and error:
             data.append(BatchError(code=error.get("code"), message=error.get("message")))
         return data
+
+
+class Histories:
+    """The state histories last read, by job, each valid while its job's state is the history's last."""
+
+    def __init__(self, size: int = HISTORIES_KEPT) -> None:
+        self._size = size
+        self._kept: OrderedDict[str, list[StateEvent]] = OrderedDict()
+
+    async def refresh(self, backend: JobBackend, jobs: list[BatchInference]) -> None:
+        stale = [UUID(job.job_id) for job in jobs if not self._current(job)]
+        for job_id, history in (await backend.history(stale)).items():
+            self._kept[str(job_id)] = history
+            self._kept.move_to_end(str(job_id))
+        while len(self._kept) > self._size:
+            self._kept.popitem(last=False)
+
+    def of(self, job: BatchInference) -> list[StateEvent]:
+        return self._kept.get(job.job_id, [])
+
+    def _current(self, job: BatchInference) -> bool:
+        history, state = self._kept.get(job.job_id), job.metadata.get("state") or {}
+        if not history or "timestamp" not in state:
+            return False
+        last = history[-1]
+        entered = datetime.fromisoformat(state["timestamp"])
+        return (last.type, last.name, last.timestamp) == (state.get("type"), state.get("name"), entered)
 
 
 @dataclass(frozen=True)

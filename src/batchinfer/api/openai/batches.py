@@ -13,6 +13,7 @@ batch it finds, lists or makes is that key's (an admin's: anyone's), through sco
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import re
@@ -246,12 +247,7 @@ class BatchService:
     async def list_batches(self, backend: JobBackend, after: str | None, limit: int) -> Page[Batch]:
         cursor = None if after is None else _canonical(after)
         records, has_more = await anyio.to_thread.run_sync(self.store.batches_page, self.scope, cursor, limit)
-        histories = await backend.history([UUID(r.job_id) for r in records if r.job_id])
-        data = []
-        for record in records:
-            job = await self.view.job(backend, record)
-            data.append(await self.view.of(record, job, _history(histories, record)))
-        return Page[Batch].of(data, has_more)
+        return Page[Batch].of(await self._batches(backend, records), has_more)
 
     async def cancel(self, backend: JobBackend, batch_id: str) -> Batch:
         """As OpenAI: a batch already stopping is returned as it is; one that ended is a 409."""
@@ -273,9 +269,16 @@ class BatchService:
         return await self._current(backend, record)
 
     async def _current(self, backend: JobBackend, record: BatchRecord) -> Batch:
-        job = await self.view.job(backend, record)
-        history = await backend.history([UUID(record.job_id)]) if record.job_id else {}
-        return await self.view.of(record, job, _history(history, record))
+        (batch,) = await self._batches(backend, [record])
+        return batch
+
+    async def _batches(self, backend: JobBackend, records: list[BatchRecord]) -> list[Batch]:
+        """The batches as they are now: their jobs in one read, the state histories that changed,
+        then each put together."""
+        seen = await self.view.jobs(backend, records)
+        histories = await self.view.histories(backend, seen)
+        batches = [self.view.of(r, s, _history(histories, r)) for r, s in zip(records, seen, strict=True)]
+        return list(await asyncio.gather(*batches))  # each may read its job's error files
 
     async def _record(self, batch_id: str) -> BatchRecord:
         record = await anyio.to_thread.run_sync(self.store.batch, _canonical(batch_id), self.scope)
