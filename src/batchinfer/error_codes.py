@@ -373,6 +373,13 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("connection_error", "line", None, "The model server could not be reached after every retry."),
     ErrorCode(
+        "certificate_untrusted",
+        "line",
+        None,
+        "The model server's TLS certificate failed verification (not retried): set SSL_CERT_FILE (or "
+        "SSL_CERT_DIR) to its CA's bundle, or the model's ca_bundle.",
+    ),
+    ErrorCode(
         "bad_response",
         "line",
         None,

@@ -123,6 +123,7 @@ EXPIRED = ErrorDetail(
 )
 # Line codes of answers that no retry fixes, by the code of the job they stop (``fail_fast``).
 AUTH_FAILED = "auth_failed"
+CERTIFICATE_UNTRUSTED = "certificate_untrusted"  # the server's TLS certificate failed verification
 FATAL_LINE_CODES = {
     "http_401": AUTH_FAILED,
     "http_403": AUTH_FAILED,
