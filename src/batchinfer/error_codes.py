@@ -231,6 +231,14 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "answered or cut short): add credit, then resume.",
     ),
     ErrorCode(
+        "certificate_untrusted",
+        "job",
+        None,
+        "Stopped early: its first requests all found the model server's TLS certificate untrusted (also "
+        "each line it cut short): set SSL_CERT_FILE or the model's ca_bundle to the CA that signed it, "
+        "then resume.",
+    ),
+    ErrorCode(
         "error_rate_exceeded",
         "job",
         None,

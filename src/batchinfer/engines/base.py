@@ -129,6 +129,7 @@ FATAL_LINE_CODES = {
     "http_403": AUTH_FAILED,
     "http_404": "model_not_found",
     "quota_exhausted": "quota_exhausted",
+    CERTIFICATE_UNTRUSTED: CERTIFICATE_UNTRUSTED,
 }
 # The job code (and the code of each line it cut short) of a job past its ``max_error_rate``.
 ERROR_RATE_EXCEEDED = "error_rate_exceeded"
