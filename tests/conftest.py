@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
+from batchinfer.testing.forward_proxy import ForwardProxy
 from batchinfer.testing.served import ServeProcess, free_port, serve_env
+from batchinfer.testing.tls import PrivateCA
 from batchinfer.testing.transformers_serve import TransformersServe, smollm2_checkpoint
 from batchinfer.testing.webhooks import Receiver, webhook_receiver
 
@@ -86,6 +88,39 @@ def refusing_openai() -> Iterator[FakeOpenAIServer]:
     sets its ``refuse`` to None (the key fixed). Used by no other model."""
     with FakeOpenAIServer(latency_ms=2, refuse="auth") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
+    """A CA of the session's own, as a company's internal one: no system store trusts it."""
+    return PrivateCA.make(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def tls_server(private_ca: PrivateCA) -> Iterator[FakeOpenAIServer]:
+    """A model server on https://127.0.0.1 whose certificate ``private_ca`` signed; it notes each
+    request's client port (``peers``), so a test sees which requests came through a proxy."""
+    with FakeOpenAIServer(tls=private_ca.server_context, record_peers=True) as server:
+        yield server
+
+
+@pytest.fixture
+def forward_proxy() -> Iterator[ForwardProxy]:
+    """A forward proxy of the test's own on 127.0.0.1, counting what it carried."""
+    with ForwardProxy() as proxy:
+        yield proxy
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+NETWORK_VARIABLES = [*PROXY_VARIABLES, *(n.lower() for n in PROXY_VARIABLES), "SSL_CERT_FILE", "SSL_CERT_DIR"]
+
+
+@pytest.fixture
+def network_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy and no CA bundle from the machine's environment: a test sets the ones it means."""
+    for name in NETWORK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
 
 
 @pytest.fixture(scope="session")

@@ -295,6 +295,22 @@ class ErrorCode(StrEnum):
             "answered or cut short): add credit, then resume.",
         ),
     )
+    certificate_untrusted = (
+        "certificate_untrusted",
+        Use(
+            JOB,
+            None,
+            "Stopped early: its first requests all found the model server's TLS certificate untrusted (also "
+            "each line it cut short): set SSL_CERT_FILE or the model's ca_bundle to the CA that signed it, "
+            "then resume.",
+        ),
+        Use(
+            LINE,
+            None,
+            "The model server's TLS certificate failed verification (not retried): set SSL_CERT_FILE (or "
+            "SSL_CERT_DIR) to its CA's bundle, or the model's ca_bundle.",
+        ),
+    )
     error_rate_exceeded = (
         "error_rate_exceeded",
         Use(

@@ -206,3 +206,48 @@ def test_a_models_file_without_exactly_one_way_to_name_the_servers_is_refused_na
         load_catalog(path)
     assert str(path) in raised.value.message and "models[0]" in raised.value.message
     assert where in raised.value.message
+
+
+NETWORK_YAML = ONE_MODEL + "    base_url: https://llm.internal/v1\n"
+GOOD_NETWORK = [
+    ("an http proxy", "    proxy: http://proxy.corp:3128\n", {"proxy": "http://proxy.corp:3128"}),
+    ("a proxy without a scheme, as curl takes one", "    proxy: corp:3128\n", {"proxy": "corp:3128"}),
+    ("no proxy at all", "    proxy: none\n", {"proxy": "none"}),
+    ("a CA bundle", "    ca_bundle: /etc/corp/ca.pem\n", {"ca_bundle": "/etc/corp/ca.pem"}),
+    ("no verification", "    verify: false\n", {"verify": False}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "fields"), [c[1:] for c in GOOD_NETWORK], ids=[c[0] for c in GOOD_NETWORK])
+def test_a_models_network_settings_are_read_and_key_its_caches_only_when_set(
+    tmp_path: Path, text: str, fields: dict[str, object]
+) -> None:
+    model = load_catalog(models_file(tmp_path, NETWORK_YAML + text)).get("a")
+    assert {name: getattr(model, name) for name in fields} == fields
+    assert all(f'"{name}"' in model.model_dump_json() for name in fields)  # a change starts afresh
+    plain = load_catalog(models_file(tmp_path, NETWORK_YAML)).get("a").model_dump_json()
+    assert not any(f'"{name}"' in plain for name in ("proxy", "ca_bundle", "verify"))  # as before them
+
+
+BAD_NETWORK = [
+    ("a socks proxy", "    proxy: socks5://proxy.corp:1080\n",
+     "field 'proxy': a socks5:// proxy, and only http:// proxies are supported"),
+    ("a proxy without a host", "    proxy: 'http://:3128'\n", "field 'proxy': a proxy URL without a host"),
+    ("a proxy's password in the file", "    proxy: http://alice:secret@proxy.corp:3128\n",
+     "field 'proxy': a proxy's password does not go in the models file"),
+    ("an empty ca_bundle", "    ca_bundle: ''\n", "field 'ca_bundle'"),
+    ("verify not a boolean", "    verify: sometimes\n", "field 'verify'"),
+    ("a ca_bundle that verify: false leaves unused", "    ca_bundle: /ca.pem\n    verify: false\n",
+     "field 'verify': verify: false checks no certificate, so ca_bundle would be unused"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "where"), [c[1:] for c in BAD_NETWORK], ids=[c[0] for c in BAD_NETWORK])
+def test_a_network_setting_that_cannot_be_used_is_refused_naming_the_field(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    path = models_file(tmp_path, NETWORK_YAML + text)
+    with pytest.raises(EngineError) as raised:
+        load_catalog(path)
+    assert str(path) in raised.value.message and where in raised.value.message
+    assert "secret" not in raised.value.message  # a password is never repeated

@@ -14,6 +14,9 @@ import pytest
 
 from batchinfer.engines.http_transports import RetryableError
 from batchinfer.engines.native_http import NativeTransport
+from batchinfer.engines.network import Network, tls_context
+
+DIRECT = Network(tls_context(), proxies={})  # no proxy, whatever the environment says
 
 Answer = Callable[[bytes], bytes]  # the raw request -> the raw answer
 HEADERS = {"Content-Type": "application/json"}
@@ -64,7 +67,7 @@ async def scripted(
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     host, port = server.sockets[0].getsockname()[:2]
-    transport = NativeTransport(8, timeout_s=timeout_s)
+    transport = NativeTransport(8, timeout_s=timeout_s, network=DIRECT)
     try:
         yield Scripted(f"http://{host}:{port}/v1/chat/completions", transport, per_connection)
     finally:
@@ -190,7 +193,7 @@ def test_nobody_listening_is_a_refused_connection_error() -> None:
     async def test() -> None:
         async with scripted(lambda _: plain(b"{}")) as server:
             url = server.url
-        transport = NativeTransport(8, timeout_s=5)
+        transport = NativeTransport(8, timeout_s=5, network=DIRECT)
         with pytest.raises(RetryableError) as caught:
             await transport.post(url, b"{}", HEADERS)
         await transport.aclose()

@@ -28,6 +28,7 @@ def feed(tally: OutcomeTally, outcomes: list[ErrorDetail | Completion]) -> list[
         ("http_403", "auth_failed"),
         ("http_404", "model_not_found"),
         ("quota_exhausted", "quota_exhausted"),
+        ("certificate_untrusted", "certificate_untrusted"),
     ],
 )
 def test_the_first_answers_all_failing_for_good_stop_the_job_on_the_last_of_them(
@@ -111,6 +112,15 @@ def test_the_jobs_error_says_what_to_fix_and_how_to_go_on() -> None:
     assert "batchinfer resume job-1" in str(error)
 
 
+def test_an_untrusted_certificates_job_error_says_which_setting_trusts_its_ca() -> None:
+    tally = OutcomeTally(FailFastRules(min_fatal=2))
+    feed(tally, [failed("certificate_untrusted")] * 2)
+    error = tally.error("job-1", "gpt-x")
+    assert error.code == "certificate_untrusted"
+    assert "SSL_CERT_FILE" in str(error) and "`ca_bundle`" in str(error)
+    assert "batchinfer resume job-1" in str(error)
+
+
 def test_the_rate_error_names_the_counts_and_the_setting() -> None:
     tally = OutcomeTally(FailFastRules(max_error_rate=0.2, min_sample=4))
     feed(tally, [failed("http_400")] * 3 + [OK])
@@ -137,7 +147,9 @@ def test_a_stop_signal_set_by_a_cancel_is_not_a_fail_fast() -> None:
     assert not stop.failed_fast and stop.abandoned.code == "cancelled"
 
 
-@pytest.mark.parametrize("code", ["http_401", "http_403", "http_404", "quota_exhausted", "auth_failed"])
+@pytest.mark.parametrize(
+    "code", ["http_401", "http_403", "http_404", "quota_exhausted", "auth_failed", "certificate_untrusted"]
+)
 def test_a_resume_runs_again_the_lines_that_failed_for_good_and_those_cut_short(code: str) -> None:
     assert code in RERUN_ON_RESUME
 

@@ -1,8 +1,9 @@
 """Every branch of a job's run (``runtime.job_run.JobRun``), in this process: the real flow and its
 tasks on one Prefect test server for the session, with a scripted engine at the model boundary
 (``testing.engines.EchoEngine``, made the process's engine for the model). A job completes; a file
-unusable as a whole fails it; a cancel mid-window, its completion window, its deadline and a model
-server that is never reached each end it as they should, every line accounted for."""
+unusable as a whole fails it; a cancel mid-window, its completion window, its deadline, a model
+server that is never reached and one whose certificate is not trusted each end it as they should,
+every line accounted for."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from batchinfer.records import ErrorDetail
 from batchinfer.runtime.heap import YOUNG_THRESHOLD
 from batchinfer.testing.engines import EchoEngine
 from batchinfer.testing.fake_openai import FakeOpenAIServer
+from batchinfer.testing.forward_proxy import ForwardProxy
 from batchinfer.testing.served import read_jsonl
+from batchinfer.testing.tls import PrivateCA
 from tests.runtime.jobs import CHUNK_SIZE, LINES, MODEL, RunJob
 
 
@@ -186,6 +189,36 @@ def test_a_small_job_whose_every_answer_is_a_401_fails_auth_failed(
     ended = run_job(http_engine, lines=5)
     assert ended.state.is_failed() and ended.progress.error_code == "auth_failed"
     assert refusing.requests_total == 5
+
+
+@pytest.mark.parametrize("ssl_cert_file", [True, False], ids=["SSL_CERT_FILE set", "no SSL_CERT_FILE"])
+def test_a_job_behind_an_https_proxy_completes_through_it_or_fails_certificate_untrusted_saying_how_to_fix_it(
+    ssl_cert_file: bool,
+    run_job: RunJob,
+    tls_server: FakeOpenAIServer,
+    forward_proxy: ForwardProxy,
+    private_ca: PrivateCA,
+    network_env: pytest.MonkeyPatch,
+) -> None:
+    tls_server.reset()
+    network_env.setenv("HTTPS_PROXY", forward_proxy.url)
+    if ssl_cert_file:
+        network_env.setenv("SSL_CERT_FILE", str(private_ca.pem))
+    engine = OpenAIEngine(MODEL.model_copy(update={"base_url": tls_server.base_url, "max_concurrency": 4}))
+    try:
+        ended = run_job(engine)
+    finally:
+        engine.close()
+    records = ended.records()
+    assert sorted(records) == list(range(1, LINES + 1))
+    if ssl_cert_file:
+        assert ended.state.is_completed(), ended.state
+        assert tls_server.requests_total == LINES and set(tls_server.peers) <= forward_proxy.upstream_ports
+    else:
+        assert ended.state.is_failed() and ended.progress.error_code == "certificate_untrusted"
+        assert "SSL_CERT_FILE" in (ended.progress.error_message or "")
+        assert {r["error"]["code"] for r in records.values()} == {"certificate_untrusted"}
+        assert tls_server.requests_total == 0 and forward_proxy.tunnels.total() < LINES  # stopped early
 
 
 def test_a_job_past_its_max_error_rate_fails_error_rate_exceeded_with_every_line_recorded(

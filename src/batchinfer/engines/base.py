@@ -124,11 +124,13 @@ EXPIRED = ErrorDetail(
 )
 # Line codes of answers that no retry fixes, by the code of the job they stop (``fail_fast``).
 AUTH_FAILED = ErrorCode.auth_failed
+CERTIFICATE_UNTRUSTED = ErrorCode.certificate_untrusted  # the server's TLS certificate failed verification
 FATAL_LINE_CODES = {
     "http_401": AUTH_FAILED,
     "http_403": AUTH_FAILED,
     "http_404": ErrorCode.model_not_found,
     ErrorCode.quota_exhausted: ErrorCode.quota_exhausted,
+    CERTIFICATE_UNTRUSTED: CERTIFICATE_UNTRUSTED,
 }
 # The job code (and the code of each line it cut short) of a job past its ``max_error_rate``.
 ERROR_RATE_EXCEEDED = ErrorCode.error_rate_exceeded

@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from batchinfer.contract import ErrorShare
+from batchinfer.engines.network import PROXY_NONE, parse_proxy
 
 HttpClient = Literal["native", "aiohttp", "httpx"]
 
@@ -105,8 +106,25 @@ class OpenAIEngineConfig(_ModelConfigBase):
     http_client: HttpClient = Field(
         default="native",
         description="HTTP client for the requests: `native` (batchinfer's own HTTP/1.1 client, "
-        "keep-alive and TLS, no proxies or redirects; the least CPU per request, see bench/), "
-        "`aiohttp` or `httpx`.",
+        "keep-alive, TLS and proxies, no redirects; the least CPU per request, see bench/), "
+        "`aiohttp` or `httpx`; all three take `proxy`, `ca_bundle` and `verify` alike.",
+    )
+    proxy: str | None = Field(
+        default=None,
+        description="An http:// proxy every request of this model goes through (without "
+        "credentials: those go in the environment's), or `none` to go direct; default: "
+        "HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY from the environment.",
+    )
+    ca_bundle: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A PEM file of CA certificates to trust for this model's servers, besides the "
+        "default store (SSL_CERT_FILE / SSL_CERT_DIR, else the system's).",
+    )
+    verify: bool = Field(
+        default=True,
+        description="Check the servers' TLS certificates. false turns the checks off (logged as a "
+        "warning): only for a server you reach over a network you trust.",
     )
 
     @model_validator(mode="after")
@@ -121,15 +139,34 @@ class OpenAIEngineConfig(_ModelConfigBase):
             raise _field_error("base_urls", "base_urls lists the same URL twice")
         return self
 
+    @model_validator(mode="after")
+    def _a_proxy_and_certificates_that_can_be_used(self) -> OpenAIEngineConfig:
+        if self.proxy is not None and self.proxy != PROXY_NONE:
+            try:
+                proxy = parse_proxy(self.proxy)
+            except ValueError as exc:
+                raise _field_error("proxy", f"{exc}: give an http:// proxy URL, or none") from None
+            if proxy.authorization is not None:  # as for API keys, the file never holds a secret
+                raise _field_error(
+                    "proxy",
+                    "a proxy's password does not go in the models file: put the proxy's URL with "
+                    "it in HTTPS_PROXY / HTTP_PROXY where the job runs",
+                )
+        if not self.verify and self.ca_bundle is not None:
+            raise _field_error("verify", "verify: false checks no certificate, so ca_bundle would be unused")
+        return self
+
     @model_serializer(mode="wrap")
-    def _without_unset_base_urls(
+    def _without_fields_at_their_old_defaults(
         self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
     ) -> dict[str, Any]:
-        # A one-server model serializes as it did before base_urls existed: its JSON keys the
-        # engine cache and the chunk results, so a job resumed across the upgrade reuses them.
+        # A model serializes as it did before the fields it leaves at their defaults existed
+        # (base_urls for one server, the network settings): its JSON keys the engine cache, the
+        # chunk results and the result cache, so a job resumed across the upgrade reuses them.
         data: dict[str, Any] = handler(self)
-        if self.base_urls is None:
-            data.pop("base_urls", None)
+        for name, default in _ADDED_FIELDS.items():
+            if getattr(self, name) == default:
+                data.pop(name, None)
         if self.base_url is None:
             data.pop("base_url", None)
         return data
@@ -147,6 +184,10 @@ class OpenAIEngineConfig(_ModelConfigBase):
     @property
     def default_chunk_size(self) -> int:
         return max(LOCAL_CHUNK_SIZE, HTTP_CHUNK_ROUNDS * self.total_concurrency)
+
+
+# Fields added to OpenAIEngineConfig after its JSON first keyed caches, with their defaults.
+_ADDED_FIELDS: dict[str, object] = {"base_urls": None, "proxy": None, "ca_bundle": None, "verify": True}
 
 
 class TransformersEngineConfig(_ModelConfigBase):

@@ -8,11 +8,14 @@ the answer with ``httptools`` (llhttp, the C parser uvicorn serves with): about 
 aiohttp's CPU per request (``bench/``, docs/performance.md).
 
 What it does: HTTP/1.1 keep-alive over at most ``max_connections`` sockets, TLS for ``https``
-URLs (the system's CA store, as aiohttp's default), answers of a ``Content-Length``, chunked or
-gzip/deflate encoded; a kept-alive socket the server closed while idle is replaced once, at once,
-as aiohttp and httpx do. What it does not: proxies (the other transports ignore the environment
-too), redirects (an OpenAI API answers rather than redirects; a 3xx is an error record, as with
-httpx), a body delimited by the server closing the socket (a lost connection instead).
+URLs, answers of a ``Content-Length``, chunked or gzip/deflate encoded; a kept-alive socket the
+server closed while idle is replaced once, at once, as aiohttp and httpx do. Proxies and trusted
+certificates as the model's ``network.Network`` says: an ``https`` origin behind a proxy is reached
+through a ``CONNECT`` tunnel with TLS started inside it, a plain one with absolute-form requests to
+the proxy. All of that is decided when a socket opens (rare: they are kept alive) or once per URL
+(the request's head), so a request costs what it did without a proxy. What it does not: redirects
+(an OpenAI API answers rather than redirects; a 3xx is an error record, as with httpx), a body
+delimited by the server closing the socket (a lost connection instead).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import httptools
 
 from batchinfer import __version__
 from batchinfer.engines.http_transports import connection_failed, timed_out
+from batchinfer.engines.network import Network, Proxy
 
 USER_AGENT = f"batchinfer/{__version__} (native HTTP/1.1)"
 
@@ -38,8 +42,12 @@ class _Origin(NamedTuple):
     port: int
     host_header: str  # what ``Host:`` says: the URL's host and its port when not the default
 
+    @property
+    def authority(self) -> str:
+        """``host:port``, as a ``CONNECT`` names the origin."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-@functools.lru_cache(maxsize=256)
+
 def _split(url: str) -> tuple[_Origin, str]:
     """The origin a URL's requests go to and the request target (path and query)."""
     parts = httptools.parse_url(url.encode())
@@ -52,6 +60,25 @@ def _split(url: str) -> tuple[_Origin, str]:
     host_header = shown if parts.port is None else f"{shown}:{port}"
     target = (parts.path or b"/").decode() + (f"?{parts.query.decode()}" if parts.query else "")
     return _Origin(scheme, host, port, host_header), target
+
+
+class _Target(NamedTuple):
+    """Where a URL's requests go, worked out once per URL: the origin (whose sockets they share),
+    the proxy on the way, and the start of each request's head."""
+
+    origin: _Origin
+    proxy: Proxy | None
+    head: str  # request line, Host, User-Agent (and Proxy-Authorization for a forwarded request)
+
+    @classmethod
+    def of(cls, url: str, proxy: Proxy | None) -> _Target:
+        origin, path = _split(url)
+        forwarded = proxy is not None and origin.scheme == "http"  # not tunnelled: the proxy reads it
+        target = f"http://{origin.host_header}{path}" if forwarded else path  # absolute-form to a proxy
+        head = f"POST {target} HTTP/1.1\r\nHost: {origin.host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
+        if forwarded and proxy is not None and proxy.authorization is not None:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        return cls(origin, proxy, head)
 
 
 class _Headers(Mapping[str, str]):
@@ -175,6 +202,24 @@ class _ConnectFailed(Exception):
     """No connection could be made (wraps the OSError; tells it from one lost mid-request)."""
 
 
+class _TunnelHandshake(asyncio.Protocol):
+    """The proxy's answer to our ``CONNECT``: its head, up to the blank line, and nothing after
+    (the server speaks first only once TLS has started inside the tunnel)."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._received = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._received += data
+        if b"\r\n\r\n" in self._received and not self.answer.done():
+            self.answer.set_result(self._received)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc or ConnectionResetError("the proxy closed the connection"))
+
+
 class NativeTransport:
     """Sockets kept alive per origin, one per request in flight; ``timeout_s`` per request in total
     (connecting, sending, and the whole answer). It opens as many sockets as requests are in flight
@@ -185,22 +230,25 @@ class NativeTransport:
     own ``asyncio.timeout`` cost the loop more than parsing its answer): a request that runs out
     of time fails within a tenth of ``timeout_s`` (at most 1 s) after its deadline."""
 
-    def __init__(self, max_connections: int, timeout_s: float) -> None:
+    def __init__(self, max_connections: int, timeout_s: float, network: Network) -> None:
         del max_connections  # bounded by the caller, see above
         self._timeout_s = timeout_s
+        self._network = network
+        self._targets: dict[str, _Target] = {}  # by URL: a model posts to a handful
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
-        self._tls: ssl.SSLContext | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def post(
         self, url: str, data: bytes, headers: Mapping[str, str]
     ) -> tuple[int, Mapping[str, str], bytes]:
-        origin, target = _split(url)
-        request = _request_bytes(origin, target, data, headers)
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = _Target.of(url, self._network.proxy_for(url))
+        request = _request_bytes(target.head, data, headers)
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
-            return await self._exchange(origin, request, deadline)
+            return await self._exchange(target, request, deadline)
         except TimeoutError as exc:  # before OSError: it is one
             raise timed_out(self._timeout_s) from exc
         except _ConnectFailed as exc:
@@ -209,8 +257,9 @@ class NativeTransport:
             raise connection_failed(exc, refused=False) from exc
 
     async def _exchange(
-        self, origin: _Origin, request: bytes, deadline: float
+        self, target: _Target, request: bytes, deadline: float
     ) -> tuple[int, Mapping[str, str], bytes]:
+        origin = target.origin
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
@@ -224,7 +273,7 @@ class NativeTransport:
                 if connection.heard:  # it failed while answering: that is this request's failure
                     raise
                 break  # the server had closed this kept-alive socket: once more on a new one
-        return await self._on(origin, await self._connect(origin, deadline), request, deadline)
+        return await self._on(origin, await self._connect(target, deadline), request, deadline)
 
     async def _on(
         self, origin: _Origin, connection: _Connection, request: bytes, deadline: float
@@ -245,21 +294,28 @@ class NativeTransport:
             connection.close()
         return answer
 
-    async def _connect(self, origin: _Origin, deadline: float) -> _Connection:
-        tls = None
-        if origin.scheme == "https":
-            tls = self._tls = self._tls or ssl.create_default_context()
+    async def _connect(self, target: _Target, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        connecting = loop.create_connection(
-            _Connection, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
-        )
         try:  # a new socket is rare (they are kept alive): its own timer is fine
-            _, connection = await asyncio.wait_for(connecting, max(0.0, deadline - loop.time()))
+            return await asyncio.wait_for(self._open(target), max(0.0, deadline - loop.time()))
         except TimeoutError:
             raise
-        except OSError as exc:
+        except OSError as exc:  # refused, unreachable, the proxy's refusal, an untrusted certificate
             raise _ConnectFailed from exc
-        return connection
+
+    async def _open(self, target: _Target) -> _Connection:
+        origin, proxy = target.origin, target.proxy
+        tls = self._network.tls if origin.scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        if proxy is None:
+            _, connection = await loop.create_connection(
+                _Connection, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
+            )
+            return connection
+        if tls is None:  # plain HTTP: the proxy takes the requests themselves (absolute-form)
+            _, connection = await loop.create_connection(_Connection, proxy.host, proxy.port)
+            return connection
+        return await _tunnel(origin, proxy, tls)
 
     def _keep_deadlines(self) -> None:
         if self._sweeper is None or self._sweeper.done():
@@ -283,13 +339,32 @@ class NativeTransport:
         self._busy.clear()
 
 
-def _request_bytes(origin: _Origin, target: str, data: bytes, headers: Mapping[str, str]) -> bytes:
+async def _tunnel(origin: _Origin, proxy: Proxy, tls: ssl.SSLContext) -> _Connection:
+    """A socket to ``origin`` through ``proxy``'s ``CONNECT`` tunnel, with TLS started inside it:
+    the proxy carries bytes it cannot read, and the certificate checked is the model server's."""
+    loop = asyncio.get_running_loop()
+    raw, handshake = await loop.create_connection(_TunnelHandshake, proxy.host, proxy.port)
+    try:
+        authority = origin.authority
+        fields = "".join(f"{name}: {value}\r\n" for name, value in proxy.headers.items())
+        raw.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{fields}\r\n".encode("latin-1"))
+        status_line = (await handshake.answer).split(b"\r\n", 1)[0].decode("latin-1")
+        status = status_line.split(" ")[1:2]
+        if not (status and len(status[0]) == 3 and status[0].startswith("2")):  # any 2xx opens it
+            raise ConnectionError(f"the proxy {proxy.url} refused to CONNECT to {authority}: {status_line}")
+        connection = _Connection()
+        secured = await loop.start_tls(raw, connection, tls, server_hostname=origin.host)
+    except BaseException:
+        raw.close()
+        raise
+    assert secured is not None  # None only for a transport closed while starting TLS, which raises
+    connection.connection_made(secured)  # start_tls hands the socket over without telling the protocol
+    return connection
+
+
+def _request_bytes(head: str, data: bytes, headers: Mapping[str, str]) -> bytes:
     for name, value in headers.items():  # a line break would smuggle a header (or a request) in
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             raise ValueError(f"the HTTP header {name!r} holds a line break")
     fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    head = (
-        f"POST {target} HTTP/1.1\r\nHost: {origin.host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
-        f"Content-Length: {len(data)}\r\n{fields}\r\n"
-    )
-    return head.encode("latin-1") + data
+    return f"{head}Content-Length: {len(data)}\r\n{fields}\r\n".encode("latin-1") + data

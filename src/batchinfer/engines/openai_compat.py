@@ -33,6 +33,7 @@ from batchinfer import jsonwire
 from batchinfer.endpoints import Endpoint
 from batchinfer.engines.base import (
     CANCELLED,
+    CERTIFICATE_UNTRUSTED,
     InferenceOutcome,
     InFlightCap,
     OutcomeWatch,
@@ -41,8 +42,9 @@ from batchinfer.engines.base import (
     retryable_status,
 )
 from batchinfer.engines.configs import OpenAIEngineConfig
-from batchinfer.engines.http_transports import RetryableError, Transport, make_transport
+from batchinfer.engines.http_transports import RetryableError, Transport, UntrustedCertificate, make_transport
 from batchinfer.engines.messages import FileReader, read_local_file
+from batchinfer.engines.network import Network
 from batchinfer.engines.openai_answers import merge, parse_answer
 from batchinfer.engines.openai_messages import request_payload
 from batchinfer.engines.replicas import Health, Replica, ReplicaSet
@@ -148,6 +150,7 @@ class OpenAIEngine:
                 )
             self._headers["Authorization"] = f"Bearer {key}"
             self._api_key = key
+        self._network = Network.for_model(config)  # proxies and certificates, read once, here
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -245,7 +248,9 @@ class OpenAIEngine:
     async def _open(self) -> None:
         # Transport and replica set are made on the loop that will use them.
         config = self._config
-        self._transport = make_transport(config.http_client, config.total_concurrency, config.timeout_s)
+        self._transport = make_transport(
+            config.http_client, config.total_concurrency, config.timeout_s, self._network
+        )
         self._replicas = ReplicaSet(self._bases, config.max_concurrency)
 
     async def _shutdown(self) -> None:
@@ -423,6 +428,8 @@ class OpenAIEngine:
                     else "failed"
                 )
                 raise _Retry(exc, replica) from exc
+            except UntrustedCertificate as exc:  # every attempt would fail the same way
+                raise _Failed(CERTIFICATE_UNTRUSTED, self._untrusted(replica.url, exc)) from exc
             health = "failed" if status >= 500 else "ok"
         finally:
             self._replicas.release(lease, health)
@@ -430,6 +437,13 @@ class OpenAIEngine:
             return _answer_body(status, headers, body), replica.url
         except RetryableError as exc:
             raise _Retry(exc, replica) from exc
+
+    def _untrusted(self, url: str, exc: UntrustedCertificate) -> str:
+        return (
+            f"The TLS certificate of {url} was not trusted ({exc.reason}). If an internal CA signed "
+            "it, set SSL_CERT_FILE (or SSL_CERT_DIR) to that CA's bundle where the job runs, or give "
+            f"model {self._config.id!r} a ca_bundle in the models file; then resume the job."
+        )
 
     def _servers(self) -> str:
         """The model's server(s), to begin "check that ... up": every URL, with its verb."""

@@ -1,12 +1,14 @@
 """Stopping a job early on failures that no retry fixes, instead of sending every line to fail.
 
-A wrong API key answers 401 to the first request and to the 50,000th; so do an unknown model (404)
-and an exhausted quota (OpenAI's 429 ``insufficient_quota``). ``OutcomeTally`` hears each request's
+A wrong API key answers 401 to the first request and to the 50,000th; so do an unknown model (404),
+an exhausted quota (OpenAI's 429 ``insufficient_quota``) and a server whose TLS certificate is not
+trusted (``certificate_untrusted``, never retried). ``OutcomeTally`` hears each request's
 outcome as it lands (the OpenAI engine reports them through the job's ``StopSignal``) and says when
 the job should stop:
 
 - the first ``min_fatal`` answers of a run all failed one of those ways and none succeeded: stop with
-  ``auth_failed``, ``model_not_found`` or ``quota_exhausted`` (the commonest of them);
+  ``auth_failed``, ``model_not_found``, ``quota_exhausted`` or ``certificate_untrusted`` (the
+  commonest of them);
 - ``max_error_rate`` is set and, after ``min_sample`` outcomes, more than that share failed: stop with
   ``error_rate_exceeded``. A job too small to reach ``min_sample`` is judged once it has run.
 
@@ -22,7 +24,13 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from batchinfer.engines.base import AUTH_FAILED, ERROR_RATE_EXCEEDED, FATAL_LINE_CODES, InferenceOutcome
+from batchinfer.engines.base import (
+    AUTH_FAILED,
+    CERTIFICATE_UNTRUSTED,
+    ERROR_RATE_EXCEEDED,
+    FATAL_LINE_CODES,
+    InferenceOutcome,
+)
 from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import JobError, resume_hint
 from batchinfer.records import ErrorDetail
@@ -34,6 +42,9 @@ _HOW_TO_FIX = {
     "`base_url` (or `base_urls`) in the models file",
     ErrorCode.quota_exhausted: "the account's quota is used up: add credit or raise the quota with the "
     "provider",
+    CERTIFICATE_UNTRUSTED: "the model server's TLS certificate is not trusted: set SSL_CERT_FILE (or "
+    "SSL_CERT_DIR) to the bundle of the CA that signed it where the job runs, or the model's "
+    "`ca_bundle` in the models file",
 }
 
 

@@ -17,6 +17,10 @@ side by side:
 
 Setting ``faults`` to False makes it ignore the scripted faults from then on: a server that recovered.
 
+``FakeOpenAIServer(tls=context)`` serves HTTPS with that server-side ``ssl.SSLContext`` (a test's
+own CA, e.g. from ``trustme``); with ``record_peers`` it counts the client port of each request
+(``peers``), so a test can tell which sockets (a proxy's?) its requests came from.
+
 ``refuse`` makes it answer every request as OpenAI does a bad key (``"auth"``: 401
 ``invalid_api_key``), an unknown model (``"model"``: 404 ``model_not_found``) or an account out of
 credit (``"quota"``: 429 ``insufficient_quota``).
@@ -34,6 +38,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -113,6 +118,7 @@ class FakeOpenAI:
     record_bodies: bool = False  # keep every request body (``bodies``) for tests that check them
     refuse: str | None = None  # "auth", "model" or "quota": every request refused so (``_REFUSALS``)
     faults: bool = True  # False: the faults scripted in prompts are ignored (the server recovered)
+    record_peers: bool = False  # count the client port of each request (``peers``)
 
     requests_total: int = field(default=0, init=False)
     in_flight: int = field(default=0, init=False)
@@ -121,6 +127,7 @@ class FakeOpenAI:
     statuses: Counter[int] = field(default_factory=Counter, init=False)
     last_authorization: str | None = field(default=None, init=False)
     bodies: list[tuple[str, Any]] = field(default_factory=list, init=False)  # (endpoint kind, body)
+    peers: Counter[int] = field(default_factory=Counter, init=False)  # client port -> requests
     # Wall-clock times (time.time(), comparable across processes) of each request's arrival and of
     # each answer: a benchmark reads when the first request came and the steady rate from them.
     arrived_at: list[float] = field(default_factory=list, init=False)
@@ -137,6 +144,7 @@ class FakeOpenAI:
         self.statuses = Counter()
         self.last_authorization = None
         self.bodies = []
+        self.peers = Counter()
         self.arrived_at, self.answered_at = [], []
         self._rng = random.Random(self.seed)
 
@@ -168,6 +176,8 @@ class FakeOpenAI:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.last_authorization = request.headers.get("Authorization")
+        if self.record_peers and request.transport is not None:
+            self.peers[request.transport.get_extra_info("peername")[1]] += 1
         try:
             response = await self._answer(kind, request)
         finally:
@@ -245,7 +255,7 @@ class FakeOpenAI:
         return web.Response(body=jsonwire.dumps(self.stats()), content_type="application/json")
 
 
-async def _start(fake: FakeOpenAI, port: int) -> tuple[web.AppRunner, int]:
+async def _start(fake: FakeOpenAI, port: int, tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     # access_log=None: logging each request would dominate the cost at benchmark rates.
     # handler_cancellation: a client that timed out on a hang cancels the handler instead of leaving
     # it asleep for hang_s, so in_flight drops back and shutdown never waits on it.
@@ -255,7 +265,7 @@ async def _start(fake: FakeOpenAI, port: int) -> tuple[web.AppRunner, int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, port))
-    await web.SockSite(runner, sock, backlog=1024).start()
+    await web.SockSite(runner, sock, backlog=1024, ssl_context=tls).start()
     return runner, sock.getsockname()[1]
 
 
@@ -268,6 +278,7 @@ class FakeOpenAIServer(FakeOpenAI):
     """
 
     port: int = 0
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this server-side context
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,7 +288,7 @@ class FakeOpenAIServer(FakeOpenAI):
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}/v1"
 
     def start(self) -> FakeOpenAIServer:
         loop = asyncio.new_event_loop()
@@ -287,7 +298,7 @@ class FakeOpenAIServer(FakeOpenAI):
         def serve() -> None:
             asyncio.set_event_loop(loop)
             try:
-                self._runner, self.port = loop.run_until_complete(_start(self, self.port))
+                self._runner, self.port = loop.run_until_complete(_start(self, self.port, self.tls))
             except BaseException as exc:  # surface bind errors in the caller's thread
                 failure.append(exc)
                 started.set()
