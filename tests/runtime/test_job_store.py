@@ -5,9 +5,12 @@ so far, a resume that sends only what no run finished, a retry of its failed lin
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import uuid4
 
 import pandas as pd
@@ -93,3 +96,30 @@ def test_a_retry_takes_the_failed_lines_out_of_the_chunk_results_on_the_store(
     assert retried.state.is_completed()
     assert sorted(line for call in again.calls for line in call) == list(range(1, LINES + 1))
     assert lines_of(store, "errors.jsonl") == [] and len(lines_of(store, "success.jsonl")) == LINES
+
+
+def test_a_file_rewritten_while_it_is_read_reads_as_one_whole_version(
+    store: JobStore, tmp_path: Path
+) -> None:
+    # A job republishes its progress every few seconds while serve reads it for job_status.
+    versions = [(str(i) * (1000 + 500 * (i % 3))).encode() for i in range(10)]
+    local = tmp_path / "progress.json"
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            local.write_bytes(versions[i % len(versions)])
+            store.publish(local, "work/progress.json")
+
+    local.write_bytes(versions[0])
+    store.publish(local, "work/progress.json")
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        seen = [store.read("work/progress.json") for _ in range(150)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(text in versions for text in seen)

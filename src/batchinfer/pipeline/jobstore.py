@@ -79,6 +79,13 @@ class JobStore:
         fs, key = self._key(name)
         return bool(fs.exists(key))
 
+    def read(self, name: str) -> bytes:
+        """The store's ``name`` whole, in one GET (``FileNotFoundError`` if it has none). For a
+        file rewritten while a job runs (its progress): a reader through ``open`` that the rewrite
+        overtakes fails (s3fs pins what it reads to the object it first saw), one GET cannot."""
+        fs, key = self._key(name)
+        return bytes(fs.cat_file(key))
+
     @contextlib.contextmanager
     def open(self, name: str, mode: str = "r") -> Iterator[IO[Any]]:
         """The store's ``name``, to read (``FileNotFoundError`` if it has none)."""
@@ -152,8 +159,7 @@ class JobPlace:
         if self.store is None:
             return read_progress(self.layout)
         try:
-            with self.store.open(self.layout.name_of(self.layout.progress)) as handle:
-                return JobProgress.model_validate_json(handle.read())
+            return JobProgress.model_validate_json(self.store.read(self.layout.name_of(self.layout.progress)))
         except FileNotFoundError:
             return None
 

@@ -163,7 +163,9 @@ class ServeProcess:
         """Poll until the job is terminal; ``seen`` collects every status observed, in order."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            job = self.status(job_id).json()
+            response = self.status(job_id)
+            assert response.status_code == 200, f"job_status of {job_id}: {response.text}\n{self.log_tail()}"
+            job = response.json()
             if seen is not None and (not seen or seen[-1] != job["status"]):
                 seen.append(job["status"])
             if job["status"] in TERMINAL:
