@@ -124,32 +124,32 @@ def _processes(served: ServeProcess, part: str) -> list[psutil.Process]:
 
 @pytest.mark.e2e
 def test_by_default_a_served_job_runs_as_prefects_own_engine_process(
-    served: ServeProcess, data_dir: Path
-) -> None:
-    assert _processes(served, "batchinfer.cli.forked_runs") == [], "a fork server that nobody asked for"
-    job_id = _job(served, data_dir, "public-path")
-    wait_for(
-        lambda: bool(_processes(served, "prefect.engine")), 60, "a `python -m prefect.engine` job process"
-    )
-    job = served.wait(job_id)
-    assert job["status"] == "completed" and job["metadata"]["request_counts"]["completed"] == 400
-
-
-@pytest.mark.e2e
-def test_with_fork_flow_runs_a_served_job_runs_in_a_process_forked_from_the_fork_server(
     tmp_path: Path, models_file: Path, prefect_db_template: Path
 ) -> None:
     home = tmp_path / "home"
     seed_database(prefect_db_template, home / "prefect")
-    env = serve_env(home, models_file, roots=[tmp_path], BATCHINFER_FORK_FLOW_RUNS="true")
-    served = ServeProcess(home, env).start()
+    served = ServeProcess(home, serve_env(home, models_file, roots=[tmp_path])).start()
     try:
-        fork_servers = _processes(served, "batchinfer.cli.forked_runs")
-        assert len(fork_servers) == 1, "the runner keeps one fork server, started before any job"
-        job_id = _job(served, tmp_path, "forked")
-        # While the job runs, its process is a child of the fork server (not a fresh Python).
-        wait_for(lambda: bool(fork_servers[0].children()), 60, "a job process under the fork server")
+        assert _processes(served, "batchinfer.cli.forked_runs") == [], "a fork server that nobody asked for"
+        job_id = _job(served, tmp_path, "public-path")
+        wait_for(
+            lambda: bool(_processes(served, "prefect.engine")), 60, "a `python -m prefect.engine` process"
+        )
         job = served.wait(job_id)
         assert job["status"] == "completed" and job["metadata"]["request_counts"]["completed"] == 400
     finally:
         served.stop()
+
+
+@pytest.mark.e2e
+def test_with_fork_flow_runs_a_served_job_runs_in_a_process_forked_from_the_fork_server(
+    served: ServeProcess, data_dir: Path
+) -> None:
+    # The session's serve runs with BATCHINFER_FORK_FLOW_RUNS=true (tests/conftest.py).
+    fork_servers = _processes(served, "batchinfer.cli.forked_runs")
+    assert len(fork_servers) == 1, "the runner keeps one fork server, started before any job"
+    job_id = _job(served, data_dir, "forked")
+    # While the job runs, its process is a child of the fork server (not a fresh Python).
+    wait_for(lambda: bool(fork_servers[0].children()), 60, "a job process under the fork server")
+    job = served.wait(job_id)
+    assert job["status"] == "completed" and job["metadata"]["request_counts"]["completed"] == 400
