@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import psutil
 
+from batchinfer.pipeline.jobfiles import JobLayout, read_progress
+
 TERMINAL = {"completed", "failed"}
 
 
@@ -122,13 +124,18 @@ class ServeProcess:
         raise AssertionError("no runner process under serve")
 
     def job_processes(self, job_id: str) -> list[psutil.Process]:
-        """The processes under serve running this job's flow run (Prefect names the run in their
-        environment): none once the job's process has ended, so nothing of it can reach a model."""
+        """The processes under serve running this job's flow run: none once the job's process has
+        ended, so nothing of it can reach a model. Prefect names the run in the environment of a
+        process it starts; a process forked from the fork server has the fork server's, so the pid
+        the job wrote in its progress file names that one."""
         assert self.proc is not None, "serve is not running"
+        progress = read_progress(JobLayout(self.home / "jobs" / job_id))
         found = []
         for process in psutil.Process(self.proc.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if process.environ().get("PREFECT__FLOW_RUN_ID") == job_id:
+                if (progress is not None and process.pid == progress.pid) or process.environ().get(
+                    "PREFECT__FLOW_RUN_ID"
+                ) == job_id:
                     found.append(process)
         return found
 
