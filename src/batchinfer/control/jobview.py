@@ -114,6 +114,8 @@ def batch_inference(run: RunSnapshot) -> BatchInference:
         metadata["request_counts"]["deduplicated"] = progress.deduplicated
     if progress.chunks:
         metadata["chunks"] = {"total": progress.chunks, "done": progress.chunks_done}
+    if progress.pace:  # what an HTTP model's pace settled on, and why
+        metadata["pace"] = progress.pace
     if progress.blank_lines:
         metadata["blank_lines_skipped"] = progress.blank_lines
     if status is JobStatus.failed:

@@ -186,3 +186,14 @@ class Engine(Protocol):
     ) -> list[InferenceOutcome]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PacedEngine(Protocol):
+    """An engine that paces itself to a server (the HTTP one): what it settled on, and why."""
+
+    def pace(self) -> dict[str, Any] | None: ...
+
+    def share_rates(self, grants: Any) -> None:
+        """Hold the model's per-minute limits with other processes (``pacing.Grants``)."""
+        ...

@@ -4,12 +4,13 @@ heavy dependencies (torch, transformers, aiohttp); ``registry.build_engine`` doe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     model_serializer,
@@ -77,6 +78,22 @@ def _field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_field", message, {"field": field})
 
 
+def _concurrency(value: object) -> int | Literal["auto"]:
+    """A whole number of at least 1, or ``auto`` (one message, on the field, for anything else)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)  # as pydantic takes "8" for an int elsewhere
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f"give a whole number of at least 1, or auto (not {value!r})")
+
+
+Concurrency = Annotated[
+    int | Literal["auto"], PlainValidator(_concurrency, json_schema_input_type=int | Literal["auto"])
+]
+
+
 class OpenAIEngineConfig(_ModelConfigBase):
     """Any OpenAI-compatible `/v1/chat/completions` server: vLLM, llama.cpp, Ollama, TGI, llama-stack."""
 
@@ -94,8 +111,38 @@ class OpenAIEngineConfig(_ModelConfigBase):
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key."
     )
-    max_concurrency: int = Field(
-        default=64, ge=1, description="In-flight requests to each replica (each URL) of this model."
+    max_concurrency: Concurrency = Field(
+        default=64,
+        description="In-flight requests to each replica (each URL) of this model, or `auto`: the "
+        "level where the server's latency starts to climb, found as the job runs and followed as "
+        "the server's load changes, up to `concurrency_ceiling`.",
+    )
+    concurrency_ceiling: int = Field(
+        default=128, ge=1, description="The most in-flight requests per replica `auto` may reach."
+    )
+    latency_target_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Back off while the server answers slower than this, and take the capacity back "
+        "when it is free, so that interactive users of the server keep their latency (the in-flight "
+        "limit then adapts, up to `max_concurrency` or `concurrency_ceiling`).",
+    )
+    priority: Literal["normal", "background"] = Field(
+        default="normal",
+        description="`background`: a latency target derived from the server's quiet latency measured "
+        "as the job starts (1.2 times it), for a batch that must not slow anyone else down.",
+    )
+    max_requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="The server's requests-a-minute limit, held evenly (a hosted API enforces it over "
+        "shorter slices) by each process running a job of this model.",
+    )
+    max_tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="The server's tokens-a-minute limit, counted as hosted APIs count it (a quarter "
+        "of the request's bytes plus max_tokens, or 16, times n) and held evenly.",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds.")
     max_retries: int = Field(
@@ -177,9 +224,23 @@ class OpenAIEngineConfig(_ModelConfigBase):
         return list(self.base_urls) if self.base_urls is not None else [str(self.base_url)]
 
     @property
+    def adaptive(self) -> bool:
+        """The in-flight limit adapts to the server (``auto``, or a latency target to keep)."""
+        return (
+            self.max_concurrency == "auto"
+            or self.latency_target_ms is not None
+            or self.priority == "background"
+        )
+
+    @property
+    def replica_concurrency(self) -> int:
+        """The most in flight to each replica: ``max_concurrency``, or the ceiling of ``auto``."""
+        return self.concurrency_ceiling if self.max_concurrency == "auto" else self.max_concurrency
+
+    @property
     def total_concurrency(self) -> int:
-        """In-flight requests to the whole model: ``max_concurrency`` per replica."""
-        return self.max_concurrency * len(self.replica_urls)
+        """In-flight requests to the whole model at most: ``replica_concurrency`` per replica."""
+        return self.replica_concurrency * len(self.replica_urls)
 
     @property
     def default_chunk_size(self) -> int:
@@ -187,7 +248,17 @@ class OpenAIEngineConfig(_ModelConfigBase):
 
 
 # Fields added to OpenAIEngineConfig after its JSON first keyed caches, with their defaults.
-_ADDED_FIELDS: dict[str, object] = {"base_urls": None, "proxy": None, "ca_bundle": None, "verify": True}
+_ADDED_FIELDS: dict[str, object] = {
+    "base_urls": None,
+    "proxy": None,
+    "ca_bundle": None,
+    "verify": True,
+    "concurrency_ceiling": 128,
+    "latency_target_ms": None,
+    "priority": "normal",
+    "max_requests_per_minute": None,
+    "max_tokens_per_minute": None,
+}
 
 
 class TransformersEngineConfig(_ModelConfigBase):

@@ -47,6 +47,7 @@ from batchinfer.engines.messages import FileReader, read_local_file
 from batchinfer.engines.network import Network
 from batchinfer.engines.openai_answers import merge, parse_answer
 from batchinfer.engines.openai_messages import request_payload
+from batchinfer.engines.pacing import Grants, Pace, make_pace, request_tokens
 from batchinfer.engines.replicas import Health, Replica, ReplicaSet
 from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import EngineError, InferenceError
@@ -113,6 +114,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks a client to wait: OpenAI's ``retry-after-ms``, else ``Retry-After``."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("Retry-After"))
+
+
 def _server_message(body: bytes) -> str:
     """The server's ``error.message`` for OpenAI-style JSON, else the (cut) body text."""
     data = _json_object(body)
@@ -156,6 +168,8 @@ class OpenAIEngine:
         self._thread: threading.Thread | None = None
         self._transport: Transport | None = None
         self._replicas: ReplicaSet | None = None
+        self._pace: Pace | None = None
+        self._grants: Grants | None = None
         # The shared caps of the calls running now, by key: held weakly, so that a job's cap goes
         # once its last call has returned.
         self._caps: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
@@ -195,6 +209,23 @@ class OpenAIEngine:
             self._infer_all(requests, prepared, stop, max_in_flight), loop
         )
         return future.result()
+
+    def share_rates(self, grants: Grants) -> None:
+        """Hold this model's per-minute limits together with every other process (the job's
+        runtime hands over Prefect's rate limits); until then this process holds them alone."""
+        self._grants = grants
+        if self._pace is not None:
+            self._pace.rate.grants = grants
+
+    def pace(self) -> dict[str, Any] | None:
+        """What this model's pace settled on in this process and why (``pacing.Pace.summary``);
+        None when there is nothing to decide (a fixed limit, no per-minute limits, no word from
+        the server to wait)."""
+        if self._pace is None or not (
+            self._config.adaptive or self._pace.rate.limited or self._pace.rate.waits
+        ):
+            return None
+        return self._pace.summary()
 
     def _prepare(self, request: PromptRequest) -> dict[str, Any] | ErrorDetail:
         try:
@@ -251,7 +282,16 @@ class OpenAIEngine:
         self._transport = make_transport(
             config.http_client, config.total_concurrency, config.timeout_s, self._network
         )
-        self._replicas = ReplicaSet(self._bases, config.max_concurrency)
+        self._pace = make_pace(
+            config.adaptive,
+            config.replica_concurrency,
+            config.latency_target_ms,
+            config.priority == "background",
+            config.max_requests_per_minute,
+            config.max_tokens_per_minute,
+        )
+        self._pace.rate.grants = self._grants
+        self._replicas = ReplicaSet(self._bases, self._pace.concurrency or config.replica_concurrency)
 
     async def _shutdown(self) -> None:
         # Cancel what is still running so no infer() waits forever, then close the connections.
@@ -365,7 +405,10 @@ class OpenAIEngine:
         return completion
 
     async def _answer(self, endpoint: Endpoint, payload: dict[str, Any], stop: StopFlag | None) -> Completion:
-        body, base = await self._post(self._paths[endpoint], jsonwire.dumps(payload), stop)
+        data = jsonwire.dumps(payload)
+        assert self._pace is not None
+        tokens = request_tokens(len(data), payload) if self._pace.counts_tokens else 0
+        body, base = await self._post(self._paths[endpoint], data, stop, tokens)
         try:
             return parse_answer(endpoint, jsonwire.loads(body))
         except (ValueError, TypeError, KeyError) as exc:
@@ -376,7 +419,7 @@ class OpenAIEngine:
                 "endpoint that serves it.",
             ) from exc
 
-    async def _post(self, path: str, data: bytes, stop: StopFlag | None) -> tuple[bytes, str]:
+    async def _post(self, path: str, data: bytes, stop: StopFlag | None, tokens: int) -> tuple[bytes, str]:
         """The 200 body for one request and the base URL that gave it, retrying what is worth it;
         else raises ``_Failed``."""
         assert self._replicas is not None
@@ -386,7 +429,7 @@ class OpenAIEngine:
         avoid: Replica | None = None
         while True:
             try:
-                return await self._attempt(path, data, stop, avoid)
+                return await self._attempt(path, data, stop, avoid, tokens)
             except _Retry as retry:
                 exc, avoid = retry.error, retry.replica
                 # A replica that just went out of rotation, or whose connection failed, is its own
@@ -406,11 +449,12 @@ class OpenAIEngine:
                 await asyncio.sleep(delay * (1 + 0.1 * random.random()))
 
     async def _attempt(
-        self, path: str, data: bytes, stop: StopFlag | None, avoid: Replica | None
+        self, path: str, data: bytes, stop: StopFlag | None, avoid: Replica | None, tokens: int
     ) -> tuple[bytes, str]:
-        assert self._transport is not None and self._replicas is not None
+        assert self._transport is not None and self._replicas is not None and self._pace is not None
+        await self._pace.rate.take(tokens)  # every attempt counts against the server's limits
         lease = await self._replicas.acquire(avoid)
-        replica = lease.replica
+        replica, sent = lease.replica, self._pace.clock()
         health: Health = "none"  # what the release tells the set; none if the job stopped first
         try:
             # Looked at once the slot is ours, not only by the chunk's poller: a job that stopped
@@ -420,6 +464,8 @@ class OpenAIEngine:
             try:
                 status, headers, body = await self._transport.post(replica.url + path, data, self._headers)
             except RetryableError as exc:  # timeouts and connection errors
+                if exc.code == ErrorCode.timeout and self._pace.timed_out():
+                    self._replicas.set_limit(self._pace.concurrency or 1)
                 health = (
                     "refused"
                     if exc.refused
@@ -431,6 +477,8 @@ class OpenAIEngine:
             except UntrustedCertificate as exc:  # every attempt would fail the same way
                 raise _Failed(CERTIFICATE_UNTRUSTED, self._untrusted(replica.url, exc)) from exc
             health = "failed" if status >= 500 else "ok"
+            if self._pace.after(status, headers, retry_after(headers) if status != 200 else None, sent):
+                self._replicas.set_limit(self._pace.concurrency or 1)
         finally:
             self._replicas.release(lease, health)
         try:
@@ -484,6 +532,5 @@ def _answer_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
         )
     if retryable_status(status):
         reason = f"HTTP {status}: {_server_message(body)}"
-        retry_after = parse_retry_after(headers.get("Retry-After"))
-        raise RetryableError(f"http_{status}", reason, retry_after)
+        raise RetryableError(f"http_{status}", reason, retry_after(headers))
     raise _Failed(f"http_{status}", _server_message(body))

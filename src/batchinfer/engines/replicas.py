@@ -132,6 +132,13 @@ class ReplicaSet:
             self._failed(replica, probe=True)
         self._dispatch()
 
+    def set_limit(self, limit: int) -> None:
+        """Each replica now takes at most ``limit`` at once (``max_concurrency: auto`` moved it);
+        a replica over a lowered limit takes nothing new until enough of its requests are back."""
+        for replica in self.replicas:
+            replica.limit = limit
+        self._dispatch()
+
     def can_reroute(self, replica: Replica, connection_failed: bool = False) -> bool:
         """True when a request that just failed on ``replica`` may go to another one without
         counting as a retry: that one is in rotation, and ``replica`` is out or its connection

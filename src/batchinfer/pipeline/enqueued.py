@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchinfer.engines.pacing import BYTES_PER_TOKEN
 from batchinfer.pipeline.tables import count_rows, table_format
 
-BYTES_PER_TOKEN = 4  # the usual estimate for English text, as hosted APIs make it for rate limits
 _BLOCK = 1 << 20
 
 

@@ -130,6 +130,9 @@ class JobProgress(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     outputs_ready: bool = False
+    # An HTTP model's pace in this job's process: its in-flight limit under ``auto`` and why it is
+    # there, its per-minute limits, how often the server asked to wait (``OpenAIEngine.pace``).
+    pace: dict[str, Any] | None = None
     error_code: str | None = None
     error_message: str | None = None
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchinfer.endpoints import Endpoint, RequestDefaults
-from batchinfer.engines.base import Engine, InFlightCap, SamplingParams
+from batchinfer.engines.base import Engine, InFlightCap, PacedEngine, SamplingParams
 from batchinfer.engines.catalog import ModelCatalog, load_catalog
 from batchinfer.engines.configs import EngineContext, OpenAIEngineConfig
 from batchinfer.engines.registry import AnyModelConfig, get_engine
@@ -62,6 +62,7 @@ from batchinfer.runtime.executors import MAX_CHUNK_THREADS, ChunkExecutor, Chunk
 from batchinfer.runtime.fail_fast import FailFastRules, OutcomeTally
 from batchinfer.runtime.heap import quiet_collector
 from batchinfer.runtime.model_limits import chunk_slots, ensure_limit, holding_share, shared_limit
+from batchinfer.runtime.model_rates import ensure_rate_limits
 from batchinfer.runtime.reporting import RunReporter
 from batchinfer.runtime.summary import PhaseClock
 from batchinfer.runtime.unreachable import model_unreachable, unreachable_error
@@ -191,6 +192,7 @@ class JobRun:
         self._enter(PHASE_INFERRING)
         context = EngineContext(cache_dir=self.settings.cache_dir, threads=self.settings.threads)
         engine = get_engine(self.config, context)  # loaded here, once, so chunk threads share it
+        self._share_rates(engine)
         window = min(self.settings.max_parallel_chunks or engine.max_parallel_chunks, MAX_CHUNK_THREADS)
         slots = self._model_slots(window)
         chunks = self.summary.chunks
@@ -203,6 +205,8 @@ class JobRun:
             for counts in windowed(
                 submit, chunks, window if held is None else held, self.deadline, self.stop
             ):
+                if isinstance(engine, PacedEngine):
+                    self.reporter.note_pace(engine.pace())
                 self._count(counts)
         if self.stop.is_set():  # the chunks in flight have finished; the ones never started are stopped
             self._record_unstarted(engine, chunks)
@@ -285,6 +289,14 @@ class JobRun:
             return None
         ensure_limit(self.config.id, limit)
         return chunk_slots(limit, window)
+
+    def _share_rates(self, engine: Engine) -> None:
+        """The model's per-minute limits held with every other process, through Prefect."""
+        config = self.config
+        if not (isinstance(config, OpenAIEngineConfig) and isinstance(engine, PacedEngine)):
+            return
+        if self.settings.share_model_limits and (grants := ensure_rate_limits(config)) is not None:
+            engine.share_rates(grants)
 
     def _model_share(self, slots: int | None, window: int) -> AbstractContextManager[int | None]:
         """The job's share of its model's cross-job limit, in chunks (None: the model has none)."""

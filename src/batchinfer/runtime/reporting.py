@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from batchinfer.pipeline.jobfiles import JobLayout, JobProgress, write_progress
@@ -90,6 +91,18 @@ class RunReporter:
             self._update_artifact()
         except Exception:  # the artifact is advisory: a hiccup of the API must not fail the job
             logger.warning("Could not update the progress artifact of %s", self.flow_run_id, exc_info=True)
+
+    def note_pace(self, pace: dict[str, Any] | None) -> None:
+        """Keep the model's pace in the progress, and say in the run's log (the Prefect UI shows
+        it) when the in-flight limit or its reason changed since it last said."""
+        from prefect.logging import get_run_logger
+
+        if pace is None or pace == self.progress.pace:
+            return
+        said = self.progress.pace or {}
+        self.progress.pace = pace
+        if (pace.get("concurrency"), pace.get("reason")) != (said.get("concurrency"), said.get("reason")):
+            get_run_logger().info("Model pace: %s", ", ".join(f"{k} {v}" for k, v in pace.items()))
 
     def _update_artifact(self) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact

@@ -1,0 +1,95 @@
+"""A model's per-minute limits across every job and process, as Prefect rate limits.
+
+``max_requests_per_minute`` and ``max_tokens_per_minute`` each become a global concurrency limit
+whose slots decay (Prefect's rate limits): ``batchinfer-requests-per-minute-<id>`` decays at the
+limit's rate a second, and holds a second's worth, as a hosted API's slice of its minute does. Each
+process running a job of the model takes grants of a quarter second's worth from it
+(``engines.pacing.RatePacer``) and spends them evenly, so every process together stays within what
+the server allows, at a few Prefect API calls a second per process. The limits are upserted from the
+models file when a job starts, as the model's concurrency limit is (``model_limits``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.pacing import RateKind, grant_size
+
+SLICE_S = 1.0  # the burst a limit allows: a second's worth, as hosted APIs slice their minute
+
+
+def rate_limit_name(model_id: str, kind: RateKind) -> str:
+    return f"batchinfer-{kind}-per-minute-" + re.sub(r"[^A-Za-z0-9_.-]", "-", model_id)
+
+
+def per_minute_limits(config: OpenAIEngineConfig) -> dict[RateKind, int]:
+    limits: dict[RateKind, int | None] = {
+        "requests": config.max_requests_per_minute,
+        "tokens": config.max_tokens_per_minute,
+    }
+    return {kind: value for kind, value in limits.items() if value}
+
+
+def ensure_rate_limits(config: OpenAIEngineConfig) -> PrefectGrants | None:
+    """Create or update the model's rate limits in Prefect; grants from them (None: it has none)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    names: dict[RateKind, str] = {}
+    decays: dict[RateKind, float] = {}
+    with get_client(sync_client=True) as client:
+        for kind, per_minute in per_minute_limits(config).items():
+            name = names[kind] = rate_limit_name(config.id, kind)
+            size = max(grant_size(per_minute), math.ceil(per_minute / 60 * SLICE_S))
+            decay = decays[kind] = per_minute / 60
+            try:
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(limit=size, slot_decay_per_second=decay)
+                )
+            except ObjectNotFound:
+                # Another job may make it first: it has the same figures.
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=size, slot_decay_per_second=decay)
+                    )
+    return PrefectGrants(names, decays) if names else None
+
+
+@dataclass
+class PrefectGrants:
+    """``engines.pacing.Grants`` from Prefect's rate limits: ``take`` blocks until granted.
+
+    Refused (423), it asks again once that many slots have had time to decay, rather than after
+    the Retry-After of Prefect's own ``rate_limit``, which adds every slot denied so far to the wait
+    (a backlog estimate that left two processes sharing a limit at 80% of it)."""
+
+    names: dict[RateKind, str]
+    decay: dict[RateKind, float]
+    _client: Any = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def take(self, kind: RateKind, amount: int) -> None:
+        import httpx
+
+        with self._lock:
+            if self._client is None:
+                from prefect.client.orchestration import get_client
+
+                self._client = get_client(sync_client=True)
+                self._client.__enter__()
+            while True:
+                try:
+                    self._client.increment_concurrency_slots([self.names[kind]], amount, mode="rate_limit")
+                    return
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code != 423:
+                        raise
+                time.sleep(amount / self.decay[kind])

@@ -1,0 +1,273 @@
+"""The pace of one HTTP model (engines/pacing.py): in virtual time, the adaptive in-flight limit
+against a simulated server with a capacity, the per-minute pacer, and what the server's headers say;
+then the engine over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.openai_compat import OpenAIEngine
+from batchinfer.engines.pacing import AdaptiveLimit, RatePacer, openai_duration, request_tokens
+from batchinfer.testing.engines import ask, completion
+from batchinfer.testing.fake_openai import FakeOpenAIServer
+
+
+@dataclass
+class Clock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def thrashing(capacity: int, latency_s: float = 0.05) -> Callable[[int], float]:
+    """A server's latency for a request that finds ``n`` in flight: flat up to its capacity, then
+    rising as (n / capacity)^2, so that what it does in all falls past it (a preempting vLLM)."""
+    return lambda n: latency_s * max(1.0, n / capacity) ** 2
+
+
+def linear(latency_s: float, per_request_s: float) -> Callable[[int], float]:
+    return lambda n: latency_s + per_request_s * n
+
+
+@dataclass
+class Simulation:
+    """A client that keeps ``limit.current`` requests in flight against a server whose latency
+    depends on how many are in flight when a request arrives; virtual time, no sleeping."""
+
+    server: Callable[[int], float]
+    limit: AdaptiveLimit
+    clock: Clock
+    answers: list[float] = field(default_factory=list)  # when each answer came
+    limits: list[int] = field(default_factory=list)  # the limit after each answer
+
+    def run(self, answers: int) -> None:
+        in_flight: list[tuple[float, float]] = []  # (answered at, sent at)
+        while len(self.answers) < answers:
+            while len(in_flight) < self.limit.current:
+                sent = self.clock.now
+                heapq.heappush(in_flight, (sent + self.server(len(in_flight) + 1), sent))
+            done, sent = heapq.heappop(in_flight)
+            self.clock.now = done
+            self.limit.answered(done - sent, sent)
+            self.answers.append(done)
+            self.limits.append(self.limit.current)
+
+    def throughput(self, last: int) -> float:
+        """Answers a second over the last ``last`` answers."""
+        window = self.answers[-last:]
+        return (len(window) - 1) / (window[-1] - window[0])
+
+
+def simulate(server: Callable[[int], float], answers: int = 20_000, **limit: object) -> Simulation:
+    clock = Clock()
+    sim = Simulation(server, AdaptiveLimit(clock=clock, **limit), clock)  # type: ignore[arg-type]
+    sim.run(answers)
+    return sim
+
+
+def best_fixed(server: Callable[[int], float]) -> float:
+    return max(n / server(n) for n in range(1, 257))
+
+
+# At a small capacity one request more is a large step past it (5 in flight on a server that
+# takes 4 answer 1.56 times slower), so the limit's wobble costs more there.
+@pytest.mark.parametrize(("capacity", "share"), [(4, 0.85), (16, 0.9), (48, 0.9)])
+def test_auto_settles_near_the_servers_capacity_and_gets_nine_tenths_of_the_best_fixed_throughput(
+    capacity: int, share: float
+) -> None:
+    server = thrashing(capacity)
+    sim = simulate(server, ceiling=256)
+    assert sim.throughput(5_000) >= share * best_fixed(server)
+    assert sim.throughput(5_000) >= 1.5 * (64 / server(64)) or capacity >= 48  # a fixed 64 thrashes
+    assert capacity * 0.8 <= sum(sim.limits[-5_000:]) / 5_000 <= capacity * 1.2
+
+
+def test_auto_follows_a_server_whose_capacity_changes() -> None:
+    clock = Clock()
+    sim = Simulation(thrashing(32), AdaptiveLimit(clock=clock, ceiling=256), clock)
+    sim.run(10_000)
+    high = sum(sim.limits[-2_000:]) / 2_000
+    sim.server = thrashing(8)  # another tenant took most of the server
+    sim.run(20_000)
+    low = sum(sim.limits[-2_000:]) / 2_000
+    assert 26 <= high <= 38 and 6 <= low <= 10, (high, low)
+
+
+def test_auto_never_passes_its_ceiling_on_a_server_that_never_slows() -> None:
+    sim = simulate(lambda n: 0.05, answers=5_000, ceiling=40)
+    assert max(sim.limits) == 40 and sim.limits[-1] == 40
+    assert sim.limit.reason == "growing"
+
+
+def test_a_refusal_halves_the_limit_at_once() -> None:
+    limit = AdaptiveLimit(ceiling=64, initial=40, clock=Clock())
+    limit.refused()
+    assert (limit.current, limit.reason) == (20, "overloaded")
+    for _ in range(10):
+        limit.refused()
+    assert limit.current == 1  # never below the floor
+
+
+def test_a_latency_target_holds_the_servers_latency_there_instead_of_at_its_capacity() -> None:
+    # A server that slows a little with each request in flight: 20 ms + 2 ms each.
+    server = linear(0.020, 0.002)
+    sim = simulate(server, ceiling=256, latency_target_s=0.050)
+    settled = sum(sim.limits[-2_000:]) / 2_000
+    assert 13 <= settled <= 16  # 20 + 2 * 15 = 50 ms
+    assert sim.limit.reason in ("latency target", "growing")
+
+
+def test_background_priority_derives_its_target_from_the_quiet_latency_it_measures_first() -> None:
+    sim = simulate(linear(0.020, 0.002), answers=5_000, ceiling=256, background=True)
+    assert sim.limit.latency_target_s == pytest.approx(0.020 * 1.2, rel=0.15)
+    assert sum(sim.limits[-1_000:]) / 1_000 <= 6  # 20 + 2 n <= 24 ms: a few in flight
+
+
+def pace(clock: Clock, **limits: int) -> RatePacer:
+    return RatePacer(clock=clock, sleep=clock.sleep, **limits)  # type: ignore[arg-type]
+
+
+def test_requests_a_minute_go_evenly_not_in_a_burst_of_the_minutes_allowance() -> None:
+    clock = Clock()
+    pacer = pace(clock, requests_per_minute=600)  # 10 a second
+
+    async def send(count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            await pacer.take(0)
+            times.append(clock.now)
+        return times
+
+    times = asyncio.run(send(100))
+    assert sum(t == 0 for t in times) <= 4  # a quarter second's slack, not a minute's allowance
+    assert times[-1] == pytest.approx(99 / 10 - 0.25, abs=0.11)  # then one every 0.1 s
+    gaps = [b - a for a, b in itertools.pairwise(times[10:])]
+    assert all(gap == pytest.approx(0.1) for gap in gaps)
+
+
+def test_tokens_a_minute_weigh_each_request_by_its_estimated_tokens() -> None:
+    clock = Clock()
+    pacer = pace(clock, tokens_per_minute=60_000)  # 1,000 a second
+
+    async def send() -> float:
+        for _ in range(21):
+            await pacer.take(500)  # two a second
+        return clock.now
+
+    assert asyncio.run(send()) == pytest.approx(10 - 0.25, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retry_after", "paused_s"),
+    [
+        (429, {}, 2.0, 2.0),
+        (429, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6s"}, 1.0, 6.0),
+        (200, {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"}, None, 90.0),
+        (200, {"x-ratelimit-remaining-requests": "7", "x-ratelimit-reset-requests": "6s"}, None, 0.0),
+        (500, {}, 3.0, 0.0),
+    ],
+    ids=["429 retry-after", "remaining requests 0", "remaining tokens 0", "remaining 7", "500"],
+)
+def test_what_the_server_says_pauses_every_request_not_only_the_one_it_answered(
+    status: int, headers: dict[str, str], retry_after: float | None, paused_s: float
+) -> None:
+    clock = Clock(100.0)
+    pacer = pace(clock)
+    pacer.heard(status, retry_after, headers)
+
+    async def next_request() -> float:
+        await pacer.take(0)
+        return clock.now
+
+    assert asyncio.run(next_request()) == pytest.approx(100.0 + paused_s)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1s", 1.0),
+        ("250ms", 0.25),
+        ("6m0s", 360.0),
+        ("1h2m3.5s", 3723.5),
+        ("0s", 0.0),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_openai_durations_read_as_seconds(text: str, seconds: float | None) -> None:
+    assert openai_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("body_bytes", "payload", "tokens"),
+    [
+        (400, {}, 100 + 16),
+        (400, {"max_tokens": 50}, 150),
+        (400, {"max_completion_tokens": 50, "n": 3}, 250),
+        (400, {"max_output_tokens": 10}, 110),
+    ],
+)
+def test_a_requests_tokens_count_as_a_hosted_api_counts_them(
+    body_bytes: int, payload: dict[str, int], tokens: int
+) -> None:
+    assert request_tokens(body_bytes, payload) == tokens
+
+
+# -- the engine, over real HTTP ----------------------------------------------------------------
+
+
+def http_engine(server: FakeOpenAIServer, **options: Any) -> OpenAIEngine:
+    config = {"id": "paced", "base_url": server.base_url, "model": "fake-model", "timeout_s": 10, **options}
+    return OpenAIEngine(OpenAIEngineConfig(**config))
+
+
+def test_auto_on_a_server_that_never_slows_grows_to_its_ceiling_and_says_so() -> None:
+    with FakeOpenAIServer(latency_ms=25) as server:
+        engine = http_engine(server, max_concurrency="auto", concurrency_ceiling=16)
+        try:
+            outcomes = engine.infer([ask(i + 1, f"p{i}") for i in range(1_500)])
+            pace = engine.pace()
+        finally:
+            engine.close()
+    assert [completion(o).generations[0].text for o in outcomes] == [f"echo: p{i}" for i in range(1_500)]
+    assert server.max_in_flight == 16  # the ceiling, reached and never passed
+    assert pace is not None and pace["concurrency"] == 16 and pace["reason"] == "growing"
+    assert pace["requests_per_minute"] > 0
+
+
+def test_a_fixed_max_concurrency_has_no_pace_to_report() -> None:
+    with FakeOpenAIServer() as server:
+        engine = http_engine(server, max_concurrency=4)
+        try:
+            engine.infer([ask(1, "p")])
+            assert engine.pace() is None
+        finally:
+            engine.close()
+
+
+def test_a_requests_a_minute_limit_paces_the_engine_evenly_over_real_http() -> None:
+    with FakeOpenAIServer() as server:
+        engine = http_engine(server, max_requests_per_minute=1_200)  # 20 a second
+        try:
+            started = time.monotonic()
+            engine.infer([ask(i + 1, f"p{i}") for i in range(30)])
+            took = time.monotonic() - started
+            pace = engine.pace()
+        finally:
+            engine.close()
+    # 5 within the first quarter second's slack, then one every 50 ms.
+    assert took >= (30 - 6) / 20
+    assert pace is not None and pace["max_requests_per_minute"] == 1_200

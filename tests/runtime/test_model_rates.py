@@ -1,0 +1,102 @@
+"""A model's per-minute limits across processes: Prefect rate limits (global concurrency limits whose
+slots decay) that each process takes grants from and spends evenly (runtime/model_rates.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.pacing import RatePacer
+from batchinfer.runtime.model_rates import ensure_rate_limits, rate_limit_name
+
+
+def model(**limits: int) -> OpenAIEngineConfig:
+    return OpenAIEngineConfig(
+        id=f"rates-{uuid.uuid4().hex[:8]}", base_url="http://127.0.0.1:1/v1", model="m", **limits
+    )
+
+
+def refused_by_a_server_that_enforces(times: list[float], per_minute: int, slice_s: float = 1.0) -> int:
+    """How many of these requests a server holding ``per_minute`` over ``slice_s`` slices refuses:
+    a bucket of a slice's worth, full at first, refilled evenly (as the fake server enforces it)."""
+    capacity = rate = per_minute / 60
+    capacity *= slice_s
+    level, last, refused = capacity, times[0], 0
+    for t in times:
+        level, last = min(capacity, level + (t - last) * rate), t
+        if level >= 1:
+            level -= 1
+        else:
+            refused += 1
+    return refused
+
+
+def test_a_limit_is_named_after_its_model_and_kind_in_characters_prefect_accepts() -> None:
+    assert rate_limit_name("meta/llama 3.1", "tokens") == "batchinfer-tokens-per-minute-meta-llama-3.1"
+
+
+def test_a_models_per_minute_limits_become_prefect_rate_limits_of_a_seconds_worth_decaying_at_its_rate(
+    prefect_harness: None,
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    config = model(max_requests_per_minute=1200, max_tokens_per_minute=90_000)
+    grants = ensure_rate_limits(config)
+    again = ensure_rate_limits(config.model_copy(update={"max_requests_per_minute": 600}))
+    assert grants is not None and again is not None and grants.names == again.names
+    names = grants.names
+    assert set(names) == {"requests", "tokens"}
+    with get_client(sync_client=True) as client:
+        requests = client.read_global_concurrency_limit_by_name(names["requests"])
+        tokens = client.read_global_concurrency_limit_by_name(names["tokens"])
+    assert (requests.limit, requests.slot_decay_per_second) == (10, 10.0)  # updated to 600 a minute
+    assert (tokens.limit, tokens.slot_decay_per_second) == (1500, 1500.0)
+    assert ensure_rate_limits(model()) is None
+
+
+def test_two_processes_sharing_a_limit_together_stay_within_it_and_use_nine_tenths_of_it(
+    prefect_harness: None,
+) -> None:
+    per_minute = 1200  # 20 a second
+    grants = ensure_rate_limits(model(max_requests_per_minute=per_minute))
+    times: list[float] = []
+
+    async def process() -> None:  # each with its own pacer, as two jobs' processes have
+        pacer = RatePacer(requests_per_minute=per_minute, grants=grants)
+        for _ in range(60):
+            await pacer.take(0)
+            times.append(time.monotonic())
+
+    threads = [threading.Thread(target=asyncio.run, args=(process(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    times.sort()
+    assert refused_by_a_server_that_enforces(times, per_minute) == 0
+    # Past the first second's allowance, the pace is the limit's.
+    after_burst = [t for t in times if t >= times[0] + 1.0]
+    rate = (len(after_burst) - 1) / (after_burst[-1] - after_burst[0])
+    print(f"two processes: {rate:.1f} requests a second against 20 allowed")
+    assert rate >= 0.9 * per_minute / 60
+
+
+def test_one_process_alone_would_have_taken_twice_the_limit(prefect_harness: None) -> None:
+    # The check above fails without the shared grants: each process paces only itself.
+    per_minute, times = 1200, []
+
+    async def process() -> None:
+        pacer = RatePacer(requests_per_minute=per_minute)
+        for _ in range(60):
+            await pacer.take(0)
+            times.append(time.monotonic())
+
+    threads = [threading.Thread(target=asyncio.run, args=(process(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert refused_by_a_server_that_enforces(sorted(times), per_minute) > 10
