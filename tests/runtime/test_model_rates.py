@@ -9,7 +9,7 @@ import time
 import uuid
 
 from batchinfer.engines.configs import OpenAIEngineConfig
-from batchinfer.engines.pacing import RatePacer
+from batchinfer.engines.pacing import Grants, RatePacer
 from batchinfer.runtime.model_rates import ensure_rate_limits, rate_limit_name
 
 
@@ -57,15 +57,16 @@ def test_a_models_per_minute_limits_become_prefect_rate_limits_of_a_seconds_wort
     assert ensure_rate_limits(model()) is None
 
 
-def test_two_processes_sharing_a_limit_together_stay_within_it_and_use_nine_tenths_of_it(
-    prefect_harness: None,
-) -> None:
-    per_minute = 1200  # 20 a second
-    grants = ensure_rate_limits(model(max_requests_per_minute=per_minute))
+PER_MINUTE = 1200  # 20 a second
+
+
+def sent_by_two_processes(grants: Grants | None) -> list[float]:
+    """When each of 60 requests from each of two processes (each with its own pacer, as two jobs'
+    processes have) went, in order; sharing ``grants`` or not."""
     times: list[float] = []
 
-    async def process() -> None:  # each with its own pacer, as two jobs' processes have
-        pacer = RatePacer(requests_per_minute=per_minute, grants=grants)
+    async def process() -> None:
+        pacer = RatePacer(requests_per_minute=PER_MINUTE, grants=grants)
         for _ in range(60):
             await pacer.take(0)
             times.append(time.monotonic())
@@ -75,28 +76,21 @@ def test_two_processes_sharing_a_limit_together_stay_within_it_and_use_nine_tent
         thread.start()
     for thread in threads:
         thread.join()
-    times.sort()
-    assert refused_by_a_server_that_enforces(times, per_minute) == 0
+    return sorted(times)
+
+
+def test_two_processes_sharing_a_limit_together_stay_within_it_and_use_nine_tenths_of_it(
+    prefect_harness: None,
+) -> None:
+    times = sent_by_two_processes(ensure_rate_limits(model(max_requests_per_minute=PER_MINUTE)))
+    assert refused_by_a_server_that_enforces(times, PER_MINUTE) == 0
     # Past the first second's allowance, the pace is the limit's.
     after_burst = [t for t in times if t >= times[0] + 1.0]
     rate = (len(after_burst) - 1) / (after_burst[-1] - after_burst[0])
     print(f"two processes: {rate:.1f} requests a second against 20 allowed")
-    assert rate >= 0.9 * per_minute / 60
+    assert rate >= 0.9 * PER_MINUTE / 60
 
 
-def test_one_process_alone_would_have_taken_twice_the_limit(prefect_harness: None) -> None:
+def test_two_processes_each_pacing_alone_would_take_twice_the_limit() -> None:
     # The check above fails without the shared grants: each process paces only itself.
-    per_minute, times = 1200, []
-
-    async def process() -> None:
-        pacer = RatePacer(requests_per_minute=per_minute)
-        for _ in range(60):
-            await pacer.take(0)
-            times.append(time.monotonic())
-
-    threads = [threading.Thread(target=asyncio.run, args=(process(),)) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert refused_by_a_server_that_enforces(sorted(times), per_minute) > 10
+    assert refused_by_a_server_that_enforces(sent_by_two_processes(None), PER_MINUTE) > 10

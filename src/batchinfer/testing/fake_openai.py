@@ -25,6 +25,17 @@ own CA, e.g. from ``trustme``); with ``record_peers`` it counts the client port 
 ``invalid_api_key``), an unknown model (``"model"``: 404 ``model_not_found``) or an account out of
 credit (``"quota"``: 429 ``insufficient_quota``).
 
+A capacity, to test and bench a client against (all off by default, see ``testing.capacity``): with
+``capacity`` C a request that finds n in flight (itself included) takes ``latency_ms`` up to C and
+``latency_ms * (n / C) ** thrash_exponent`` past it, so the server does less in all past C, as a
+preempting vLLM does; with ``queue_limit`` a request that finds more than that in flight is answered
+429 at once, without Retry-After (``queue_refused``). ``rpm_limit`` and ``tpm_limit`` are held as
+OpenAI holds them, over slices of ``burst_s``: a request either cannot cover is refused 429 with
+``retry-after-ms`` and ``retry-after`` (``rate_limited``), and every answer carries the
+``x-ratelimit-*`` headers. A request's tokens are a quarter of its body's bytes plus its
+``max_tokens`` (else ``default_max_tokens``) times its ``n``. Limits set after the start take
+effect at ``reset()``.
+
 Use it in tests as ``with FakeOpenAIServer() as srv: srv.base_url``, or from a shell:
 ``python -m batchinfer.testing.fake_openai --port 8001 --latency-ms 50``.
 """
@@ -42,6 +53,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -51,6 +63,7 @@ from aiohttp import web
 from batchinfer import jsonwire
 from batchinfer.error_codes import ErrorCode
 from batchinfer.testing import fake_answers
+from batchinfer.testing.capacity import RateLimits, request_tokens, slowdown
 
 HOST = "127.0.0.1"  # a test double must never be reachable from outside the machine
 _ROUTES = {
@@ -119,8 +132,19 @@ class FakeOpenAI:
     refuse: str | None = None  # "auth", "model" or "quota": every request refused so (``_REFUSALS``)
     faults: bool = True  # False: the faults scripted in prompts are ignored (the server recovered)
     record_peers: bool = False  # count the client port of each request (``peers``)
+    # The capacity model (module docstring): None leaves each part of it off.
+    capacity: int | None = None  # in flight before latency rises
+    thrash_exponent: float = 2.0  # how steeply latency rises past the capacity
+    queue_limit: int | None = None  # in flight past which a request is refused at once
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    burst_s: float = 1.0  # the slice per-minute limits are held over
+    default_max_tokens: int = 16  # what a request without max_tokens is counted for
+    clock: Callable[[], float] = time.monotonic  # the rate limits' clock: a test's fake one
 
     requests_total: int = field(default=0, init=False)
+    queue_refused: int = field(default=0, init=False)
+    rate_limited: int = field(default=0, init=False)
     in_flight: int = field(default=0, init=False)
     max_in_flight: int = field(default=0, init=False)
     prompts: Counter[str] = field(default_factory=Counter, init=False)  # also drives fault scripts
@@ -135,10 +159,19 @@ class FakeOpenAI:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # seeded: a reliability run is reproducible
+        self._limits = self._new_limits()
+
+    def _new_limits(self) -> RateLimits | None:
+        if self.rpm_limit is None and self.tpm_limit is None:
+            return None
+        return RateLimits(self.rpm_limit, self.tpm_limit, self.burst_s, self.clock)
 
     def reset(self) -> None:
-        """Zero the counters and restart fault scripts (they count per text in ``prompts``)."""
+        """Zero the counters, restart fault scripts (they count per text in ``prompts``) and fill
+        the rate limits' buckets again."""
         self.requests_total = 0
+        self.queue_refused = self.rate_limited = 0
+        self._limits = self._new_limits()
         self.max_in_flight = self.in_flight
         self.prompts = Counter()
         self.statuses = Counter()
@@ -153,6 +186,8 @@ class FakeOpenAI:
             "requests_total": self.requests_total,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "queue_refused": self.queue_refused,
+            "rate_limited": self.rate_limited,
             "prompts": dict(self.prompts),
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "last_authorization": self.last_authorization,
@@ -174,38 +209,62 @@ class FakeOpenAI:
         self.arrived_at.append(time.time())
         self.requests_total += 1
         self.in_flight += 1
+        arrived = self.in_flight  # what the capacity model weighs this request by
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.last_authorization = request.headers.get("Authorization")
         if self.record_peers and request.transport is not None:
             self.peers[request.transport.get_extra_info("peername")[1]] += 1
         try:
-            response = await self._answer(kind, request)
+            response = await self._answer(kind, request, arrived)
         finally:
             self.in_flight -= 1
+        if self._limits is not None:
+            response.headers.update(self._limits.headers())
         self.statuses[response.status] += 1
         self.answered_at.append(time.time())
         return response
 
-    async def _answer(self, kind: str, request: web.Request) -> web.Response:
+    async def _answer(self, kind: str, request: web.Request, arrived: int) -> web.Response:
         try:
-            body = jsonwire.loads(await request.read())
+            raw = await request.read()
+            body = jsonwire.loads(raw)
             if self.record_bodies:
                 self.bodies.append((kind, body))
             text = fake_answers.prompt_text(kind, body)
         except (ValueError, KeyError, TypeError) as exc:
             message = f"request body is not a {kind} request: {exc}"
             return _error(400, message, "invalid_request_error")
+        # Refused before it reaches the model, so it does not count in a fault script either.
+        refusal = self._refusal(len(raw), body, arrived)
+        if refusal is not None:
+            return refusal
         self.prompts[text] += 1
         seen = self.prompts[text]
 
         if self.latency_ms:
-            await asyncio.sleep(self.latency_ms / 1000)
+            # Past its capacity every request in the server is slower (``capacity.slowdown``).
+            factor = slowdown(arrived, self.capacity, self.thrash_exponent)
+            await asyncio.sleep(self.latency_ms * factor / 1000)
         failure = await self._scripted_failure(text, seen)
         if failure is not None:
             return failure
         return web.Response(
             body=jsonwire.dumps(self._payload(kind, body, text)), content_type="application/json"
         )
+
+    def _refusal(self, body_bytes: int, body: dict[str, Any], arrived: int) -> web.Response | None:
+        # The rate limits first, as OpenAI's gateway holds them before a request reaches a server.
+        if self._limits is not None:
+            refused = self._limits.admit(request_tokens(body_bytes, body, self.default_max_tokens))
+            if refused is not None:
+                self.rate_limited += 1
+                return _error(429, refused.message, refused.kind, refused.headers, "rate_limit_exceeded")
+        if self.queue_limit is not None and arrived > self.queue_limit:
+            # No Retry-After: the server is full, it has no limit to say when it will be free again.
+            self.queue_refused += 1
+            message = f"The server is full: {arrived} requests in flight, the limit is {self.queue_limit}."
+            return _error(429, message, "rate_limit_error", code="rate_limit_exceeded")
+        return None
 
     async def _scripted_failure(self, text: str, seen: int) -> web.Response | None:
         if self.refuse is not None:
@@ -347,7 +406,8 @@ async def _serve_forever(fake: FakeOpenAI, port: int) -> None:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> None:
+def from_argv(argv: list[str] | None = None) -> tuple[FakeOpenAI, int]:
+    """The server a command line asks for, and its port."""
     parser = argparse.ArgumentParser(description="A deterministic OpenAI-compatible chat server.")
     parser.add_argument("--port", type=int, default=8001, help="0 lets the OS pick one")
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -357,6 +417,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hang-s", type=float, default=30.0)
     parser.add_argument("--model", default="fake-model")
+    parser.add_argument("--capacity", type=int, default=None, help="in flight before latency rises")
+    parser.add_argument("--thrash-exponent", type=float, default=2.0)
+    parser.add_argument("--queue-limit", type=int, default=None, help="in flight past which: 429")
+    parser.add_argument("--rpm", type=int, default=None, help="requests a minute")
+    parser.add_argument("--tpm", type=int, default=None, help="tokens a minute")
+    parser.add_argument("--burst-s", type=float, default=1.0, help="the slice a minute's limit is held over")
     args = parser.parse_args(argv)
     fake = FakeOpenAI(
         latency_ms=args.latency_ms,
@@ -366,8 +432,19 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         hang_s=args.hang_s,
         model=args.model,
+        capacity=args.capacity,
+        thrash_exponent=args.thrash_exponent,
+        queue_limit=args.queue_limit,
+        rpm_limit=args.rpm,
+        tpm_limit=args.tpm,
+        burst_s=args.burst_s,
     )
-    asyncio.run(_serve_forever(fake, args.port))
+    return fake, args.port
+
+
+def main(argv: list[str] | None = None) -> None:
+    fake, port = from_argv(argv)
+    asyncio.run(_serve_forever(fake, port))
 
 
 if __name__ == "__main__":
