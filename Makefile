@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DEMO_DIR ?= .batchinfer-demo
 
-.PHONY: install demo test test-fast test-prefect-oldest lint docs serve bench bench-scaleout clean \
+.PHONY: install demo test test-fast test-prefect-oldest lint docs serve bench bench-scaleout bench-pacing clean \
 	install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
 
 $(VENV)/.installed: pyproject.toml
@@ -73,6 +73,11 @@ bench: install
 # What 1, 2 and 4 Dask workers buy one 20,000-line job, and what outputs on S3 cost (docs/operating.md).
 bench-scaleout: install
 	$(PY) -m bench.scaleout $(BENCH_ARGS)
+
+# A job against a model server with a capacity: auto vs fixed concurrency, per-minute limits, and an
+# interactive client's latency beside a background job (bench/pacing.py, issue 31).
+bench-pacing: install
+	$(PY) -m bench.pacing $(BENCH_ARGS)
 
 # Optional engines (README "Engines"); none of these is part of install, test or CI.
 # llama.cpp: builds from source into .venv (~10 min on 2 cores), then runs its tests.

@@ -54,8 +54,18 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[st
     return b"".join(out_chunks).decode(), int(usage.ru_maxrss)
 
 
-def start_fake_server(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
-    argv = [PY, "-m", "batchinfer.testing.fake_openai", "--port", "0", "--latency-ms", str(latency_ms)]
+def start_fake_server(latency_ms: float, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """The fake model server in a process of its own; ``extra``: more of its flags (``--capacity``)."""
+    argv = [
+        PY,
+        "-m",
+        "batchinfer.testing.fake_openai",
+        "--port",
+        "0",
+        "--latency-ms",
+        str(latency_ms),
+        *extra,
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()

@@ -113,11 +113,16 @@ def test_auto_never_passes_its_ceiling_on_a_server_that_never_slows() -> None:
 
 
 def test_a_refusal_halves_the_limit_at_once() -> None:
-    limit = AdaptiveLimit(ceiling=64, initial=40, clock=Clock())
-    limit.refused()
+    clock = Clock()
+    limit = AdaptiveLimit(ceiling=64, initial=40, clock=clock)
+    clock.now = 5.0
+    limit.refused(sent_at=1.0)
     assert (limit.current, limit.reason) == (20, "overloaded")
+    limit.refused(sent_at=1.0)  # sent before the halving: no second one for it
+    assert limit.current == 20
     for _ in range(10):
-        limit.refused()
+        clock.now += 1
+        limit.refused(sent_at=clock.now)
     assert limit.current == 1  # never below the floor
 
 
@@ -246,6 +251,20 @@ def test_auto_on_a_server_that_never_slows_grows_to_its_ceiling_and_says_so() ->
     assert server.max_in_flight == 16  # the ceiling, reached and never passed
     assert pace is not None and pace["concurrency"] == 16 and pace["reason"] == "growing"
     assert pace["requests_per_minute"] > 0
+
+
+def test_auto_against_a_server_past_its_capacity_settles_near_it_over_real_http() -> None:
+    # The fake server slows as (n / 8)^2 past 8 in flight (testing/capacity.py).
+    with FakeOpenAIServer(latency_ms=40, capacity=8) as server:
+        engine = http_engine(server, max_concurrency="auto", concurrency_ceiling=64)
+        try:
+            outcomes = engine.infer([ask(i + 1, f"p{i}") for i in range(1_500)])
+            pace = engine.pace()
+        finally:
+            engine.close()
+    assert all(completion(o) for o in outcomes)
+    assert pace is not None and 4 <= pace["concurrency"] <= 16, pace  # not the 64 it could take
+    print(f"settled at {pace['concurrency']} in flight ({pace['reason']}) against a capacity of 8")
 
 
 def test_a_fixed_max_concurrency_has_no_pace_to_report() -> None:

@@ -464,7 +464,7 @@ class OpenAIEngine:
             try:
                 status, headers, body = await self._transport.post(replica.url + path, data, self._headers)
             except RetryableError as exc:  # timeouts and connection errors
-                if exc.code == ErrorCode.timeout and self._pace.timed_out():
+                if exc.code == ErrorCode.timeout and self._pace.timed_out(sent):
                     self._replicas.set_limit(self._pace.concurrency or 1)
                 health = (
                     "refused"

@@ -69,7 +69,7 @@ class AdaptiveLimit:
     _slow_start: bool = field(default=True, init=False)
     quiet_s: float | None = field(default=None, init=False)  # the server's latency with no queue
     _windows: int = field(default=0, init=False)
-    _probe: tuple[float, float] | None = field(default=None, init=False)  # (since, limit to go back to)
+    _probe: float | None = field(default=None, init=False)  # probing: the limit to go back to
 
     def __post_init__(self) -> None:
         # A background job measures the quiet latency it derives its target from one at a time.
@@ -81,17 +81,17 @@ class AdaptiveLimit:
     def current(self) -> int:
         return max(self.floor, int(self.limit))
 
-    def answered(self, latency_s: float, sent_at: float | None = None) -> None:
+    def answered(self, latency_s: float, sent_at: float) -> None:
         """One answer, ``latency_s`` after it was sent (at ``sent_at``, by ``clock``)."""
-        if self._probe is not None and (sent_at is None or sent_at < self._probe[0]):
-            return  # sent before the probe began: it says nothing of the quiet latency
-        self._samples.append(latency_s)
-        self._maybe_close_window()
+        if sent_at >= self._window_started:  # one sent before says nothing of the limit now
+            self._samples.append(latency_s)
+            self._maybe_close_window()
 
-    def refused(self) -> None:
+    def refused(self, sent_at: float) -> None:
         """A 429, a 503 or a timeout: the server is past what it can take."""
-        self._overloaded = True
-        self._maybe_close_window()
+        if sent_at >= self._window_started:  # the others were halved for already
+            self._overloaded = True
+            self._maybe_close_window()
 
     def _maybe_close_window(self) -> None:
         # A window is about one round trip: as many answers as the limit lets be in flight.
@@ -101,7 +101,7 @@ class AdaptiveLimit:
             self._set(self.limit / 2, "overloaded")
             self._slow_start = False
         elif self._probe is not None:
-            self.quiet_s, self.limit, self._probe = statistics.median(self._samples), self._probe[1], None
+            self.quiet_s, self.limit, self._probe = statistics.median(self._samples), self._probe, None
         elif self._samples:
             self._adjust(statistics.median(self._samples))
         self._samples, self._overloaded, self._window_started = [], False, self.clock()
@@ -113,7 +113,7 @@ class AdaptiveLimit:
             # Now and then a window at a quarter of the limit measures the quiet latency again
             # (as BBR probes its round trip), so that it follows a server that became slower for
             # good (longer prompts, a smaller GPU) without mistaking a queue for the server.
-            self._probe = (self.clock(), self.limit)
+            self._probe = self.limit
             self.limit = max(float(self.floor), self.limit / 4)
             return
         if self.background and self.latency_target_s is None and self._windows >= 3:
@@ -123,11 +123,14 @@ class AdaptiveLimit:
         allowed = target if target is not None else quiet * self.tolerance
         gradient = max(0.5, min(1.0, allowed / latency_s))
         if gradient < 1.0:
+            # The first queue ends the doubling with a step all the way back; later ones smoothed.
+            step = 1.0 if self._slow_start else SMOOTHING
             self._slow_start = False
             reason: Reason = "latency target" if target is not None else "latency"
-            self._set(self.limit + SMOOTHING * (self.limit * gradient - self.limit), reason)
+            self._set(self.limit + step * (self.limit * gradient - self.limit), reason)
         elif self._slow_start:
-            self._set(self.limit * 2, "growing")
+            # A background job grows gently: an overshoot is what its neighbours would feel.
+            self._set(self.limit * (1.25 if self.background else 2.0), "growing")
         else:
             self._set(self.limit + SMOOTHING * GROWTH, "growing")
 
@@ -200,6 +203,7 @@ class RatePacer:
     grants: Grants | None = None  # the limits are shared with other processes through these
     waits: int = field(default=0, init=False)  # requests that waited for the server's word
     _granted: dict[RateKind, int] = field(default_factory=lambda: {"requests": 0, "tokens": 0}, init=False)
+    _asking: dict[RateKind, asyncio.Future[None]] = field(default_factory=dict, init=False)  # the next grant
 
     def __post_init__(self) -> None:
         self._requests = _Cell(self.requests_per_minute / 60) if self.requests_per_minute else None
@@ -234,11 +238,25 @@ class RatePacer:
         for kind, per_minute, cost in costs:
             if not per_minute:
                 continue
-            if self._granted[kind] < cost:
-                amount = max(cost - self._granted[kind], grant_size(per_minute))
-                await asyncio.to_thread(self.grants.take, kind, amount)
-                self._granted[kind] += amount
+            size = grant_size(per_minute)
+            while self._granted[kind] < cost:
+                await self._next_grant(kind, max(cost - self._granted[kind], size))
             self._granted[kind] -= cost
+            if self._granted[kind] < size and kind not in self._asking:
+                # Ask for the next grant while this one is spent: the wait for it overlaps.
+                self._asking[kind] = asyncio.ensure_future(self._grant(kind, size))
+
+    async def _next_grant(self, kind: RateKind, amount: int) -> None:
+        asking = self._asking.get(kind)
+        await (asking if asking is not None else self._grant(kind, amount))
+
+    async def _grant(self, kind: RateKind, amount: int) -> None:
+        assert self.grants is not None
+        try:
+            await asyncio.to_thread(self.grants.take, kind, amount)
+            self._granted[kind] += amount
+        finally:
+            self._asking.pop(kind, None)
 
     def _delay(self) -> float:
         # A request is charged its cost as it goes, so one that costs more than the slack still goes
@@ -292,16 +310,16 @@ class Pace:
             self._count_answer()
         if self.adaptive is not None:
             if status in (429, 503):
-                self.adaptive.refused()
+                self.adaptive.refused(sent)
             elif status < 500:
-                self.adaptive.answered(self.clock() - sent)
+                self.adaptive.answered(self.clock() - sent, sent)
         return self.concurrency != before
 
-    def timed_out(self) -> bool:
+    def timed_out(self, sent: float) -> bool:
         """A request that got no answer in time; True when the in-flight limit moved."""
         before = self.concurrency
         if self.adaptive is not None:
-            self.adaptive.refused()
+            self.adaptive.refused(sent)
         return self.concurrency != before
 
     def _count_answer(self) -> None:
