@@ -84,6 +84,12 @@ def test_request_counts_come_from_the_progress() -> None:
     assert job.metadata["chunks"] == {"total": 3, "done": 1}
 
 
+def test_a_models_pace_is_in_the_metadata_when_the_job_has_one() -> None:
+    pace = {"concurrency": 17, "reason": "latency", "requests_per_minute": 9000}
+    assert batch_inference(snapshot("RUNNING", "Inferring", total=5, pace=pace)).metadata["pace"] == pace
+    assert "pace" not in batch_inference(snapshot("RUNNING", "Inferring", total=5)).metadata
+
+
 def test_a_job_without_progress_counts_zero() -> None:
     job = batch_inference(snapshot("SCHEDULED"))
     assert job.metadata["request_counts"] == {"total": 0, "completed": 0, "failed": 0}

@@ -314,3 +314,19 @@ def test_with_the_cache_on_a_rerun_sends_nothing_and_a_file_with_1000_lines_chan
     assert sent == [7_000, 0, 1_000]
     records = ended.records()
     assert len(records) == 10_000 and records[1001]["cached"] is True and "cached" not in records[1]
+
+
+class PacedEcho(EchoEngine):
+    """An echo engine that paces itself to a server, as the HTTP one does (``engines.pacing``)."""
+
+    def pace(self) -> dict[str, Any] | None:
+        return {"requests_per_minute": 1200, "concurrency": 12, "reason": "latency"}
+
+    def share_rates(self, grants: Any) -> None:
+        raise AssertionError("the job's model has no per-minute limits to share")
+
+
+def test_the_pace_a_model_settled_on_is_in_the_jobs_progress(run_job: RunJob) -> None:
+    ended = run_job(PacedEcho())
+    assert ended.state.is_completed()
+    assert ended.progress.pace == {"requests_per_minute": 1200, "concurrency": 12, "reason": "latency"}
