@@ -2,13 +2,14 @@
 no I/O, an injectable clock).
 
 ``AdaptiveLimit`` is ``max_concurrency: auto``: a gradient on observed latency, as Netflix's
-concurrency-limits does it. Each window of answers (about one round trip's worth) gives a latency,
-the median; the lowest of the recent windows is the server's latency with nothing queued. While the
-window's latency stays within ``tolerance`` of that, the limit grows (doubling until the first sign
-of a queue, then by one a window); once it climbs, the limit shrinks by the ratio, so it settles
-where the server's latency starts to rise: past that point a server that preempts (vLLM out of KV
-cache) answers more slowly for everyone and does less in all. A 429, a 503 or a timeout halves it at
-once. With a latency target (``latency_target_ms``, or one derived from the first windows for
+concurrency-limits does it. Each window of answers to requests sent since the limit last moved
+(about one round trip's worth) gives a latency, the median; the lowest window is the server's latency
+with nothing queued, measured again every 200 windows at a quarter of the limit (as BBR probes its
+round trip). While a window's latency stays within ``tolerance`` of that, the limit grows (doubling
+until the first sign of a queue, then slowly); once it climbs, the limit shrinks in proportion, so
+it settles where the server's latency starts to rise: past that point a server that preempts (vLLM
+out of KV cache) answers more slowly for everyone and does less in all. A 429, a 503 or a timeout
+halves it at once. With a latency target (``latency_target_ms``, or one derived from the first windows for
 ``priority: background``) the target replaces the tolerance: the job gives way while the server
 answers slower than that, so that interactive users of the same server keep their latency.
 
