@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from batchinfer.engines.base import InferenceOutcome
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.openai_compat import OpenAIEngine
 from batchinfer.engines.pacing import AdaptiveLimit, RatePacer, openai_duration, request_tokens
@@ -234,19 +235,22 @@ def test_a_requests_tokens_count_as_a_hosted_api_counts_them(
 # -- the engine, over real HTTP ----------------------------------------------------------------
 
 
-def http_engine(server: FakeOpenAIServer, **options: Any) -> OpenAIEngine:
+def infer_paced(
+    server: FakeOpenAIServer, lines: int, **options: Any
+) -> tuple[list[InferenceOutcome], dict[str, Any] | None]:
+    """``lines`` prompts through an engine of ``options`` against ``server``; the outcomes, and the
+    pace the engine settled on."""
     config = {"id": "paced", "base_url": server.base_url, "model": "fake-model", "timeout_s": 10, **options}
-    return OpenAIEngine(OpenAIEngineConfig(**config))
+    engine = OpenAIEngine(OpenAIEngineConfig(**config))
+    try:
+        return engine.infer([ask(i + 1, f"p{i}") for i in range(lines)]), engine.pace()
+    finally:
+        engine.close()
 
 
 def test_auto_on_a_server_that_never_slows_grows_to_its_ceiling_and_says_so() -> None:
     with FakeOpenAIServer(latency_ms=25) as server:
-        engine = http_engine(server, max_concurrency="auto", concurrency_ceiling=16)
-        try:
-            outcomes = engine.infer([ask(i + 1, f"p{i}") for i in range(1_500)])
-            pace = engine.pace()
-        finally:
-            engine.close()
+        outcomes, pace = infer_paced(server, 1_500, max_concurrency="auto", concurrency_ceiling=16)
     assert [completion(o).generations[0].text for o in outcomes] == [f"echo: p{i}" for i in range(1_500)]
     assert server.max_in_flight == 16  # the ceiling, reached and never passed
     assert pace is not None and pace["concurrency"] == 16 and pace["reason"] == "growing"
@@ -256,12 +260,7 @@ def test_auto_on_a_server_that_never_slows_grows_to_its_ceiling_and_says_so() ->
 def test_auto_against_a_server_past_its_capacity_settles_near_it_over_real_http() -> None:
     # The fake server slows as (n / 8)^2 past 8 in flight (testing/capacity.py).
     with FakeOpenAIServer(latency_ms=40, capacity=8) as server:
-        engine = http_engine(server, max_concurrency="auto", concurrency_ceiling=64)
-        try:
-            outcomes = engine.infer([ask(i + 1, f"p{i}") for i in range(1_500)])
-            pace = engine.pace()
-        finally:
-            engine.close()
+        outcomes, pace = infer_paced(server, 1_500, max_concurrency="auto", concurrency_ceiling=64)
     assert all(completion(o) for o in outcomes)
     assert pace is not None and 4 <= pace["concurrency"] <= 16, pace  # not the 64 it could take
     print(f"settled at {pace['concurrency']} in flight ({pace['reason']}) against a capacity of 8")
@@ -269,24 +268,14 @@ def test_auto_against_a_server_past_its_capacity_settles_near_it_over_real_http(
 
 def test_a_fixed_max_concurrency_has_no_pace_to_report() -> None:
     with FakeOpenAIServer() as server:
-        engine = http_engine(server, max_concurrency=4)
-        try:
-            engine.infer([ask(1, "p")])
-            assert engine.pace() is None
-        finally:
-            engine.close()
+        assert infer_paced(server, 1, max_concurrency=4)[1] is None
 
 
 def test_a_requests_a_minute_limit_paces_the_engine_evenly_over_real_http() -> None:
     with FakeOpenAIServer() as server:
-        engine = http_engine(server, max_requests_per_minute=1_200)  # 20 a second
-        try:
-            started = time.monotonic()
-            engine.infer([ask(i + 1, f"p{i}") for i in range(30)])
-            took = time.monotonic() - started
-            pace = engine.pace()
-        finally:
-            engine.close()
-    # 5 within the first quarter second's slack, then one every 50 ms.
+        started = time.monotonic()
+        _, pace = infer_paced(server, 30, max_requests_per_minute=1_200)  # 20 a second
+        took = time.monotonic() - started
+    # 6 within the first quarter second's slack, then one every 50 ms.
     assert took >= (30 - 6) / 20
     assert pace is not None and pace["max_requests_per_minute"] == 1_200
