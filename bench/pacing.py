@@ -119,37 +119,43 @@ def concurrency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def per_minute(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    rpm = args.rpm
+    """Requests a minute (a job without the limit set, with it, two sharing it), then tokens."""
+    rpm, tpm = args.rpm, args.tpm
     with model_server(20, "--rpm", str(rpm)) as base:
-        entry = {"engine": "openai", "base_url": base, "model": "m", "max_retries": 20, "max_backoff_s": 2}
-        models = [{"id": "unpaced", **entry}, {"id": "paced", **entry, "max_requests_per_minute": rpm}]
-        lines = rpm // 60 * 15  # about 15 s of the limit
-        rows: dict[str, Any] = {}
-        with contest(work / "per-minute", models) as run:
-            for name, model, jobs in (
-                ("without the limit", "unpaced", 1),
-                ("with it", "paced", 1),
-                ("two jobs sharing it", "paced", 2),
-            ):
-                server_stats(base, reset=True)
-                files = [prompts_file(work, f"rpm-{model}-{jobs}-{j}", lines // jobs) for j in range(jobs)]
-                start = time.perf_counter()
-                with ThreadPoolExecutor(jobs) as pool:
-                    results = list(pool.map(lambda f: run(model, f), files))  # noqa: B023
-                seconds = time.perf_counter() - start
-                stats = server_stats(base)
-                statuses = stats["statuses"]
-                answered = int(statuses.get("200", 0))
-                refused = int(statuses.get("429", 0))
-                rows[name] = {
-                    "seconds": round(seconds, 2),
-                    "answered": answered,
-                    "refused_429": refused,
-                    "share_429": round(refused / max(1, answered + refused), 4),
-                    "steady_share_of_limit": round((stats["steady_rps"] or 0) * 60 / rpm, 2),
-                    "failed_lines": sum(r["failed"] for r in results),
-                }
-    return {"requests_per_minute": rpm, "runs": rows}
+        rows = limited_runs(work / "rpm", base, "max_requests_per_minute", rpm, rpm // 60 * 15, unpaced=True)
+    with model_server(20, "--tpm", str(tpm)) as base:
+        rows |= limited_runs(work / "tpm", base, "max_tokens_per_minute", tpm, rpm // 60 * 15, unpaced=False)
+    return {"requests_per_minute": rpm, "tokens_per_minute": tpm, "runs": rows}
+
+
+def limited_runs(
+    work: Path, base: str, field: str, limit: int, lines: int, unpaced: bool
+) -> dict[str, dict[str, Any]]:
+    """Jobs against a server enforcing ``limit`` (``field`` names it), ``lines`` in all; for each,
+    the share of requests answered 429 and the server's steady rate as a share of the limit."""
+    entry = {"engine": "openai", "base_url": base, "model": "m", "max_retries": 20, "max_backoff_s": 2}
+    models = [{"id": "unpaced", **entry}, {"id": "paced", **entry, field: limit}]
+    kind = field.removeprefix("max_").removesuffix("_per_minute")
+    cases = [(f"{kind}: without the limit", "unpaced", 1)] if unpaced else []
+    cases += [(f"{kind}: with it", "paced", 1), (f"{kind}: two jobs sharing it", "paced", 2)]
+    rows: dict[str, dict[str, Any]] = {}
+    with contest(work, models) as run:
+        for name, model, jobs in cases:
+            server_stats(base, reset=True)
+            files = [prompts_file(work, f"{kind}-{model}-{jobs}-{j}", lines // jobs) for j in range(jobs)]
+            with ThreadPoolExecutor(jobs) as pool:
+                results = list(pool.map(lambda f: run(model, f), files))  # noqa: B023
+            stats = server_stats(base)
+            answered, refused = int(stats["statuses"].get("200", 0)), int(stats["statuses"].get("429", 0))
+            per_request = stats["tokens_admitted"] / answered if kind == "tokens" and answered else 1
+            rows[name] = {
+                "answered": answered,
+                "refused_429": refused,
+                "share_429": round(refused / max(1, answered + refused), 4),
+                "steady_share_of_limit": round((stats["steady_rps"] or 0) * per_request * 60 / limit, 2),
+                "failed_lines": sum(r["failed"] for r in results),
+            }
+    return rows
 
 
 def probe_latencies(base: str, stop: threading.Event, seconds: float | None = None) -> list[float]:
@@ -208,6 +214,7 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=16)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--rpm", type=int, default=6000)
+    parser.add_argument("--tpm", type=int, default=240_000, help="about 100 requests a second here")
     parser.add_argument("--only", choices=["concurrency", "per-minute", "interactive"])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()

@@ -279,3 +279,15 @@ def test_a_requests_a_minute_limit_paces_the_engine_evenly_over_real_http() -> N
     # 6 within the first quarter second's slack, then one every 50 ms.
     assert took >= (30 - 6) / 20
     assert pace is not None and pace["max_requests_per_minute"] == 1_200
+
+
+@pytest.mark.parametrize(
+    ("limit", "field"), [("rpm_limit", "max_requests_per_minute"), ("tpm_limit", "max_tokens_per_minute")]
+)
+def test_a_job_paced_to_a_servers_per_minute_limit_is_never_refused_by_it(limit: str, field: str) -> None:
+    # 600 requests or 30,000 tokens a minute over 1 s slices; a request here counts ~40 tokens.
+    per_minute = {"rpm_limit": 600, "tpm_limit": 30_000}[limit]
+    with FakeOpenAIServer(**{limit: per_minute}) as server:
+        outcomes, _ = infer_paced(server, 40, **{field: per_minute})
+    assert all(completion(o) for o in outcomes)
+    assert server.rate_limited == 0 and server.requests_total == 40

@@ -145,6 +145,7 @@ class FakeOpenAI:
     requests_total: int = field(default=0, init=False)
     queue_refused: int = field(default=0, init=False)
     rate_limited: int = field(default=0, init=False)
+    tokens_admitted: int = field(default=0, init=False)  # what the admitted requests counted for
     in_flight: int = field(default=0, init=False)
     max_in_flight: int = field(default=0, init=False)
     prompts: Counter[str] = field(default_factory=Counter, init=False)  # also drives fault scripts
@@ -170,7 +171,7 @@ class FakeOpenAI:
         """Zero the counters, restart fault scripts (they count per text in ``prompts``) and fill
         the rate limits' buckets again."""
         self.requests_total = 0
-        self.queue_refused = self.rate_limited = 0
+        self.queue_refused = self.rate_limited = self.tokens_admitted = 0
         self._limits = self._new_limits()
         self.max_in_flight = self.in_flight
         self.prompts = Counter()
@@ -188,6 +189,7 @@ class FakeOpenAI:
             "max_in_flight": self.max_in_flight,
             "queue_refused": self.queue_refused,
             "rate_limited": self.rate_limited,
+            "tokens_admitted": self.tokens_admitted,
             "prompts": dict(self.prompts),
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "last_authorization": self.last_authorization,
@@ -255,10 +257,12 @@ class FakeOpenAI:
     def _refusal(self, body_bytes: int, body: dict[str, Any], arrived: int) -> web.Response | None:
         # The rate limits first, as OpenAI's gateway holds them before a request reaches a server.
         if self._limits is not None:
-            refused = self._limits.admit(request_tokens(body_bytes, body, self.default_max_tokens))
+            tokens = request_tokens(body_bytes, body, self.default_max_tokens)
+            refused = self._limits.admit(tokens)
             if refused is not None:
                 self.rate_limited += 1
                 return _error(429, refused.message, refused.kind, refused.headers, "rate_limit_exceeded")
+            self.tokens_admitted += tokens
         if self.queue_limit is not None and arrived > self.queue_limit:
             # No Retry-After: the server is full, it has no limit to say when it will be free again.
             self.queue_refused += 1
