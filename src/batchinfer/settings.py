@@ -146,9 +146,9 @@ class Settings(BaseSettings):
     fail_fast_after: int = Field(
         default=20,
         ge=0,
-        description="A job stops (auth_failed, model_not_found, quota_exhausted) once this many of "
-        "its first requests failed with 401/403, 404 or insufficient_quota and none succeeded; "
-        "0: never.",
+        description="A job stops (auth_failed, model_not_found, quota_exhausted, "
+        "certificate_untrusted) once this many of its first requests failed with 401/403, 404, "
+        "insufficient_quota or an untrusted certificate and none succeeded; 0: never.",
     )
     job_timeout_s: float = Field(
         default=24 * 3600,

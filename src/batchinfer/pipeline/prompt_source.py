@@ -309,7 +309,8 @@ def _download_http(uri: str, target: LocalPath, rules: SourceRules) -> None:
     import httpx
 
     url = uri
-    # trust_env=False: no proxy or .netrc from the environment, as with the model clients.
+    # trust_env=False: no proxy, CA bundle or .netrc from the environment. Unlike the model clients
+    # (engines/network.py), a prompt file's URL is fetched directly (docs/limitations.md).
     with httpx.Client(timeout=_HTTP_TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
         for _ in range(_MAX_REDIRECTS + 1):
             with client.stream("GET", url) as response:
