@@ -17,7 +17,8 @@ import pytest
 from batchinfer.engines.base import InferenceOutcome
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.openai_compat import OpenAIEngine
-from batchinfer.engines.pacing import AdaptiveLimit, RatePacer, openai_duration, request_tokens
+from batchinfer.engines.pacing import AdaptiveLimit, RatePacer, parse_openai_duration, request_tokens
+from batchinfer.testing.capacity import slowdown
 from batchinfer.testing.engines import ask, completion
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 
@@ -34,9 +35,9 @@ class Clock:
 
 
 def thrashing(capacity: int, latency_s: float = 0.05) -> Callable[[int], float]:
-    """A server's latency for a request that finds ``n`` in flight: flat up to its capacity, then
-    rising as (n / capacity)^2, so that what it does in all falls past it (a preempting vLLM)."""
-    return lambda n: latency_s * max(1.0, n / capacity) ** 2
+    """A server's latency for a request that finds ``n`` in flight: the fake server's, flat up to its
+    capacity, then rising as (n / capacity)^2 (``testing.capacity.slowdown``)."""
+    return lambda n: latency_s * slowdown(n, capacity)
 
 
 def linear(latency_s: float, per_request_s: float) -> Callable[[int], float]:
@@ -214,22 +215,24 @@ def test_what_the_server_says_pauses_every_request_not_only_the_one_it_answered(
     ],
 )
 def test_openai_durations_read_as_seconds(text: str, seconds: float | None) -> None:
-    assert openai_duration(text) == seconds
+    assert parse_openai_duration(text) == seconds
 
 
 @pytest.mark.parametrize(
-    ("body_bytes", "payload", "tokens"),
+    ("payload", "tokens"),
     [
-        (400, {}, 100 + 16),
-        (400, {"max_tokens": 50}, 150),
-        (400, {"max_completion_tokens": 50, "n": 3}, 250),
-        (400, {"max_output_tokens": 10}, 110),
+        ({}, 100 + 16),  # no max_tokens: the default's worth
+        ({"max_tokens": 1000}, 100 + 1000),
+        ({"max_tokens": 10, "max_completion_tokens": 50}, 100 + 10),
+        ({"max_completion_tokens": 50, "n": 3}, 100 + 150),
+        ({"max_output_tokens": 7, "n": None}, 100 + 7),
     ],
 )
-def test_a_requests_tokens_count_as_a_hosted_api_counts_them(
-    body_bytes: int, payload: dict[str, int], tokens: int
+def test_a_requests_tokens_are_a_quarter_of_its_bytes_plus_max_tokens_for_each_choice(
+    payload: dict[str, object], tokens: int
 ) -> None:
-    assert request_tokens(body_bytes, payload) == tokens
+    # One count for the engine's pacing and the fake server's limits, as hosted APIs document it.
+    assert request_tokens(403, payload) == tokens
 
 
 # -- the engine, over real HTTP ----------------------------------------------------------------

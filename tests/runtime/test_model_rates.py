@@ -11,6 +11,7 @@ import uuid
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.pacing import Grants, RatePacer
 from batchinfer.runtime.model_rates import ensure_rate_limits, rate_limit_name
+from batchinfer.testing.capacity import TokenBucket
 
 
 def model(**limits: int) -> OpenAIEngineConfig:
@@ -19,18 +20,17 @@ def model(**limits: int) -> OpenAIEngineConfig:
     )
 
 
-def refused_by_a_server_that_enforces(times: list[float], per_minute: int, slice_s: float = 1.0) -> int:
-    """How many of these requests a server holding ``per_minute`` over ``slice_s`` slices refuses:
-    a bucket of a slice's worth, full at first, refilled evenly (as the fake server enforces it)."""
-    capacity = rate = per_minute / 60
-    capacity *= slice_s
-    level, last, refused = capacity, times[0], 0
-    for t in times:
-        level, last = min(capacity, level + (t - last) * rate), t
-        if level >= 1:
-            level -= 1
-        else:
+def refused_by_a_server_that_enforces(times: list[float], per_minute: int) -> int:
+    """How many of these requests the fake server's limit (a bucket of a second's worth, full at
+    first, refilled evenly: ``testing.capacity.TokenBucket``) would refuse."""
+    now = [times[0]]  # the bucket's clock: each request's time, in turn
+    bucket, refused = TokenBucket(per_minute, burst_s=1.0, clock=lambda: now[0]), 0
+    for sent in times:
+        now[0] = sent
+        if bucket.wait_s(1):
             refused += 1
+        else:
+            bucket.take(1)
     return refused
 
 

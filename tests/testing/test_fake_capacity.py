@@ -17,7 +17,6 @@ from batchinfer.testing.capacity import (
     RateLimits,
     TokenBucket,
     openai_duration,
-    request_tokens,
     slowdown,
 )
 from batchinfer.testing.fake_openai import FakeOpenAIServer, from_argv
@@ -81,22 +80,6 @@ def test_throughput_is_highest_at_the_capacity_and_falls_past_it() -> None:
     throughput = [n / slowdown(n, 16) for n in range(1, 65)]
     assert max(throughput) == throughput[15] == 16
     assert all(later < earlier for earlier, later in itertools.pairwise(throughput[15:]))
-
-
-@pytest.mark.parametrize(
-    ("extra", "tokens"),
-    [
-        ({}, 100 + 16),  # no max_tokens: the default's worth
-        ({"max_tokens": 1000}, 100 + 1000),
-        ({"max_tokens": 10, "max_completion_tokens": 50}, 100 + 10),
-        ({"max_completion_tokens": 50, "n": 3}, 100 + 150),
-        ({"max_output_tokens": 7, "n": None}, 100 + 7),
-    ],
-)
-def test_a_requests_tokens_are_a_quarter_of_its_bytes_plus_max_tokens_for_each_choice(
-    extra: dict[str, object], tokens: int
-) -> None:
-    assert request_tokens(403, extra) == tokens
 
 
 @pytest.mark.parametrize(

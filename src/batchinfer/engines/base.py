@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,9 @@ from batchinfer.contract import Message, Options
 from batchinfer.endpoints import Endpoint
 from batchinfer.error_codes import ErrorCode
 from batchinfer.records import Completion, ErrorDetail
+
+if TYPE_CHECKING:
+    from batchinfer.engines.pacing import Grants
 
 
 class SamplingParams(BaseModel):
@@ -194,6 +197,6 @@ class PacedEngine(Protocol):
 
     def pace(self) -> dict[str, Any] | None: ...
 
-    def share_rates(self, grants: Any) -> None:
-        """Hold the model's per-minute limits with other processes (``pacing.Grants``)."""
+    def share_rates(self, grants: Grants) -> None:
+        """Hold the model's per-minute limits with other processes."""
         ...

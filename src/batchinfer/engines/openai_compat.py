@@ -218,14 +218,8 @@ class OpenAIEngine:
             self._pace.rate.grants = grants
 
     def pace(self) -> dict[str, Any] | None:
-        """What this model's pace settled on in this process and why (``pacing.Pace.summary``);
-        None when there is nothing to decide (a fixed limit, no per-minute limits, no word from
-        the server to wait)."""
-        if self._pace is None or not (
-            self._config.adaptive or self._pace.rate.limited or self._pace.rate.waits
-        ):
-            return None
-        return self._pace.summary()
+        """What this model's pace settled on in this process and why (``pacing.Pace.summary``)."""
+        return self._pace.summary() if self._pace is not None else None
 
     def _prepare(self, request: PromptRequest) -> dict[str, Any] | ErrorDetail:
         try:
@@ -282,15 +276,7 @@ class OpenAIEngine:
         self._transport = make_transport(
             config.http_client, config.total_concurrency, config.timeout_s, self._network
         )
-        self._pace = make_pace(
-            config.adaptive,
-            config.replica_concurrency,
-            config.latency_target_ms,
-            config.priority == "background",
-            config.max_requests_per_minute,
-            config.max_tokens_per_minute,
-        )
-        self._pace.rate.grants = self._grants
+        self._pace = make_pace(config, self._grants)
         self._replicas = ReplicaSet(self._bases, self._pace.concurrency or config.replica_concurrency)
 
     async def _shutdown(self) -> None:
@@ -464,8 +450,8 @@ class OpenAIEngine:
             try:
                 status, headers, body = await self._transport.post(replica.url + path, data, self._headers)
             except RetryableError as exc:  # timeouts and connection errors
-                if exc.code == ErrorCode.timeout and self._pace.timed_out(sent):
-                    self._replicas.set_limit(self._pace.concurrency or 1)
+                if exc.code == ErrorCode.timeout:
+                    self._follow_pace(self._pace.timed_out(sent))
                 health = (
                     "refused"
                     if exc.refused
@@ -477,14 +463,20 @@ class OpenAIEngine:
             except UntrustedCertificate as exc:  # every attempt would fail the same way
                 raise _Failed(CERTIFICATE_UNTRUSTED, self._untrusted(replica.url, exc)) from exc
             health = "failed" if status >= 500 else "ok"
-            if self._pace.after(status, headers, retry_after(headers) if status != 200 else None, sent):
-                self._replicas.set_limit(self._pace.concurrency or 1)
+            wait_s = retry_after(headers) if status != 200 else None  # read once, for both below
+            self._follow_pace(self._pace.after(status, headers, wait_s, sent))
         finally:
             self._replicas.release(lease, health)
         try:
-            return _answer_body(status, headers, body), replica.url
+            return _answer_body(status, body, wait_s), replica.url
         except RetryableError as exc:
             raise _Retry(exc, replica) from exc
+
+    def _follow_pace(self, moved: bool) -> None:
+        """The replicas take the in-flight limit ``auto`` has just moved to."""
+        if moved:
+            assert self._replicas is not None and self._pace is not None
+            self._replicas.set_limit(self._pace.concurrency or 1)
 
     def _untrusted(self, url: str, exc: UntrustedCertificate) -> str:
         return (
@@ -519,7 +511,7 @@ def _many_prompts(request: PromptRequest) -> bool:
     return request.endpoint is Endpoint.completions and isinstance((request.body or {}).get("prompt"), list)
 
 
-def _answer_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
+def _answer_body(status: int, body: bytes, retry_after_s: float | None) -> bytes:
     """The body of a 200; else ``RetryableError`` for what a retry may fix, ``_Failed`` for
     the rest."""
     if status == 200:
@@ -532,5 +524,5 @@ def _answer_body(status: int, headers: Mapping[str, str], body: bytes) -> bytes:
         )
     if retryable_status(status):
         reason = f"HTTP {status}: {_server_message(body)}"
-        raise RetryableError(f"http_{status}", reason, retry_after(headers))
+        raise RetryableError(f"http_{status}", reason, retry_after_s)
     raise _Failed(f"http_{status}", _server_message(body))

@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from batchinfer.engines.configs import OpenAIEngineConfig
+
 Clock = Callable[[], float]
 # Why the limit last moved: the server's latency rose, it refused (429/503/timeout), the latency
 # target, or growth while nothing held it back.
@@ -48,6 +50,7 @@ BYTES_PER_TOKEN = 4  # the usual estimate for English text, as hosted APIs make 
 DEFAULT_MAX_TOKENS = 16  # what a request without max_tokens is counted for, as hosted APIs do
 RATE_WINDOW_S = 10  # the answers a minute reported are those of the last ten seconds
 PROBE_EVERY = 200  # windows between two that measure the quiet latency again
+_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -103,7 +106,7 @@ class AdaptiveLimit:
             self._slow_start = False
         elif self._probe is not None:
             self.quiet_s, self.limit, self._probe = statistics.median(self._samples), self._probe, None
-        elif self._samples:
+        else:
             self._adjust(statistics.median(self._samples))
         self._samples, self._overloaded, self._window_started = [], False, self.clock()
 
@@ -140,18 +143,17 @@ class AdaptiveLimit:
         self.reason = reason
 
 
-def request_tokens(body_bytes: int, payload: Mapping[str, Any]) -> int:
+def request_tokens(
+    body_bytes: int, payload: Mapping[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS
+) -> int:
     """A request's tokens as a hosted API counts them against its per-minute limit: the prompt's
     (a quarter of the body's bytes) plus the most it may generate, for each of its ``n``."""
-    most = next(
-        (payload[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if k in payload),
-        DEFAULT_MAX_TOKENS,
-    )
-    n = payload.get("n") or 1
-    return body_bytes // BYTES_PER_TOKEN + int(most or DEFAULT_MAX_TOKENS) * int(n)
+    most = next((payload[k] for k in _MAX_TOKENS_KEYS if isinstance(payload.get(k), int)), default_max_tokens)
+    n = payload.get("n")
+    return body_bytes // BYTES_PER_TOKEN + most * (n if isinstance(n, int) and n > 0 else 1)
 
 
-def openai_duration(text: str | None) -> float | None:
+def parse_openai_duration(text: str | None) -> float | None:
     """Seconds in OpenAI's ``x-ratelimit-reset-*`` form ("1s", "6m0s", "250ms", "1h2m3.5s")."""
     if not text:
         return None
@@ -272,7 +274,7 @@ class RatePacer:
         until = now + retry_after_s if status == 429 and retry_after_s else 0.0
         for kind in ("requests", "tokens"):
             remaining = headers.get(f"x-ratelimit-remaining-{kind}")
-            reset = openai_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            reset = parse_openai_duration(headers.get(f"x-ratelimit-reset-{kind}"))
             if remaining is not None and remaining.strip() == "0" and reset:
                 until = max(until, now + reset)
         if until > self.paused_until:
@@ -338,8 +340,11 @@ class Pace:
         done = sum(count for second, count in self._answers if now - RATE_WINDOW_S <= second < now)
         return round(done * 60 / RATE_WINDOW_S)
 
-    def summary(self) -> dict[str, Any]:
-        """What the pace settled on and why, for the job's progress."""
+    def summary(self) -> dict[str, Any] | None:
+        """What the pace settled on and why, for the job's progress; None when there was nothing
+        to decide (a fixed limit, no per-minute limits, no word from the server to wait)."""
+        if self.adaptive is None and not self.rate.limited and not self.rate.waits:
+            return None
         out: dict[str, Any] = {"requests_per_minute": self.answers_per_minute()}
         if self.adaptive is not None:
             out |= {"concurrency": self.adaptive.current, "reason": self.adaptive.reason}
@@ -354,17 +359,14 @@ class Pace:
         return out
 
 
-def make_pace(
-    adaptive: bool,
-    ceiling: int,
-    latency_target_ms: float | None,
-    background: bool,
-    requests_per_minute: int | None,
-    tokens_per_minute: int | None,
-) -> Pace:
+def make_pace(config: OpenAIEngineConfig, grants: Grants | None) -> Pace:
+    """The pace of ``config``'s model, sharing its per-minute limits through ``grants`` if given."""
     limit = None
-    if adaptive:
-        target_s = latency_target_ms / 1000 if latency_target_ms is not None else None
-        limit = AdaptiveLimit(ceiling=ceiling, latency_target_s=target_s, background=background)
-    rate = RatePacer(requests_per_minute, tokens_per_minute)
-    return Pace(limit, rate, counts_tokens=tokens_per_minute is not None)
+    if config.adaptive:
+        target = config.latency_target_ms / 1000 if config.latency_target_ms is not None else None
+        background = config.priority == "background"
+        limit = AdaptiveLimit(
+            ceiling=config.replica_concurrency, latency_target_s=target, background=background
+        )
+    rate = RatePacer(config.max_requests_per_minute, config.max_tokens_per_minute, grants=grants)
+    return Pace(limit, rate, counts_tokens=config.max_tokens_per_minute is not None)

@@ -192,7 +192,9 @@ class JobRun:
         self._enter(PHASE_INFERRING)
         context = EngineContext(cache_dir=self.settings.cache_dir, threads=self.settings.threads)
         engine = get_engine(self.config, context)  # loaded here, once, so chunk threads share it
-        self._share_rates(engine)
+        paced = engine if isinstance(engine, PacedEngine) else None
+        if paced is not None:
+            self._share_rates(paced)
         window = min(self.settings.max_parallel_chunks or engine.max_parallel_chunks, MAX_CHUNK_THREADS)
         slots = self._model_slots(window)
         chunks = self.summary.chunks
@@ -205,8 +207,8 @@ class JobRun:
             for counts in windowed(
                 submit, chunks, window if held is None else held, self.deadline, self.stop
             ):
-                if isinstance(engine, PacedEngine):
-                    self.reporter.note_pace(engine.pace())
+                if paced is not None:
+                    self.reporter.note_pace(paced.pace())
                 self._count(counts)
         if self.stop.is_set():  # the chunks in flight have finished; the ones never started are stopped
             self._record_unstarted(engine, chunks)
@@ -290,12 +292,12 @@ class JobRun:
         ensure_limit(self.config.id, limit)
         return chunk_slots(limit, window)
 
-    def _share_rates(self, engine: Engine) -> None:
+    def _share_rates(self, engine: PacedEngine) -> None:
         """The model's per-minute limits held with every other process, through Prefect."""
         config = self.config
-        if not (isinstance(config, OpenAIEngineConfig) and isinstance(engine, PacedEngine)):
+        if not isinstance(config, OpenAIEngineConfig) or not self.settings.share_model_limits:
             return
-        if self.settings.share_model_limits and (grants := ensure_rate_limits(config)) is not None:
+        if (grants := ensure_rate_limits(config)) is not None:
             engine.share_rates(grants)
 
     def _model_share(self, slots: int | None, window: int) -> AbstractContextManager[int | None]:

@@ -43,10 +43,13 @@ def ensure_rate_limits(config: OpenAIEngineConfig) -> PrefectGrants | None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+    limits = per_minute_limits(config)
+    if not limits:
+        return None  # most models: no Prefect call at all
     names: dict[RateKind, str] = {}
     decays: dict[RateKind, float] = {}
     with get_client(sync_client=True) as client:
-        for kind, per_minute in per_minute_limits(config).items():
+        for kind, per_minute in limits.items():
             name = names[kind] = rate_limit_name(config.id, kind)
             size = max(grant_size(per_minute), math.ceil(per_minute / 60 * SLICE_S))
             decay = decays[kind] = per_minute / 60
@@ -60,7 +63,7 @@ def ensure_rate_limits(config: OpenAIEngineConfig) -> PrefectGrants | None:
                     client.create_global_concurrency_limit(
                         GlobalConcurrencyLimitCreate(name=name, limit=size, slot_decay_per_second=decay)
                     )
-    return PrefectGrants(names, decays) if names else None
+    return PrefectGrants(names, decays)
 
 
 @dataclass

@@ -4,20 +4,19 @@
 preempts and recomputes, so it answers slower and does less in all). ``RateLimits`` holds requests
 and tokens a minute as OpenAI enforces them, over short slices: a token bucket per limit that holds
 ``burst_s`` seconds' worth, so a burst of a whole minute's allowance is refused. It also writes the
-``x-ratelimit-*`` and ``retry-after`` headers a refusal and every answer carry.
+``x-ratelimit-*`` and ``retry-after`` headers a refusal and every answer carry. A request's tokens
+are counted as the engine counts them (``engines.pacing.request_tokens``): one estimate, as hosted
+APIs document it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 Clock = Callable[[], float]
-BYTES_PER_TOKEN = 4  # how hosted APIs estimate a prompt's tokens for their rate limits
-_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _LABELS = {"requests": "RPM", "tokens": "TPM"}
 
 
@@ -28,14 +27,6 @@ def slowdown(in_flight: int, capacity: int | None, exponent: float = 2.0) -> flo
     if capacity is None or in_flight <= capacity:
         return 1.0
     return float((in_flight / capacity) ** exponent)
-
-
-def request_tokens(body_bytes: int, body: Mapping[str, Any], default_max_tokens: int = 16) -> int:
-    """A request's tokens as OpenAI counts them against a tokens-a-minute limit: a quarter of the
-    body's bytes for the prompt, plus the most it may generate for each of its ``n`` choices."""
-    most = next((body[key] for key in _MAX_TOKENS_KEYS if isinstance(body.get(key), int)), default_max_tokens)
-    n = body.get("n")
-    return body_bytes // BYTES_PER_TOKEN + most * (n if isinstance(n, int) and n > 0 else 1)
 
 
 def openai_duration(seconds: float) -> str:

@@ -61,9 +61,10 @@ from typing import Any
 from aiohttp import web
 
 from batchinfer import jsonwire
+from batchinfer.engines.pacing import request_tokens
 from batchinfer.error_codes import ErrorCode
 from batchinfer.testing import fake_answers
-from batchinfer.testing.capacity import RateLimits, request_tokens, slowdown
+from batchinfer.testing.capacity import RateLimits, slowdown
 
 HOST = "127.0.0.1"  # a test double must never be reachable from outside the machine
 _ROUTES = {
