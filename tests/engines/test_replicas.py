@@ -126,6 +126,20 @@ def test_three_failures_in_a_row_take_a_replica_out_and_an_answer_between_them_s
     run(body)
 
 
+def test_a_request_that_failed_on_a_replica_waits_for_another_rather_than_go_back_to_it() -> None:
+    async def body() -> None:
+        replicas = replica_set(limit=1, urls=URLS[:2])
+        a, b = await take(replicas, 2)
+        replicas.release(a, "failed")  # a has room again, b is full
+        rerouted = asyncio.ensure_future(replicas.acquire(avoid=a.replica))
+        await asyncio.sleep(0)
+        assert not rerouted.done()  # not back on the replica it just failed on
+        replicas.release(b, "ok")
+        assert (await rerouted).replica is b.replica
+
+    run(body)
+
+
 def test_a_broken_connection_is_rerouted_at_once_but_a_5xx_from_a_replica_in_rotation_is_not() -> None:
     async def body() -> None:
         replicas = replica_set()

@@ -100,7 +100,7 @@ class ReplicaSet:
 
     async def acquire(self, avoid: Replica | None = None) -> Lease:
         """A slot on the best replica, waiting in line for one if all are full. ``avoid``: a
-        replica the request just failed on, taken only if no other one has room."""
+        replica the request just failed on, taken only if no other one takes requests."""
         if not self._waiters and (lease := self._pick(avoid)) is not None:
             return lease  # nobody in line before us and a slot free: no need to queue
         waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
@@ -166,19 +166,22 @@ class ReplicaSet:
         now = self._clock()
         for replica in self.replicas:
             due = replica.out_until is not None and now >= replica.out_until
-            if due and not replica.probing and not replica.full:
+            if due and replica is not avoid and not replica.probing and not replica.full:
                 replica.probing = True
                 replica.outstanding += 1
                 return Lease(replica, probe=True)
         # With every replica out, all take requests: they fail (and retry) as one server down would.
         candidates = self.in_rotation() or self.replicas
+        # A request that just failed on ``avoid`` waits for another replica rather than go back to
+        # it because the others are full: back there, it could fail on it again and again.
+        candidates = [replica for replica in candidates if replica is not avoid] or candidates
         count = len(self.replicas)
         best: Replica | None = None
         for step in range(count):
             replica = self.replicas[(self._turn + step) % count]
             if replica.full or replica not in candidates:
                 continue
-            if best is None or (replica is avoid, replica.outstanding) < (best is avoid, best.outstanding):
+            if best is None or replica.outstanding < best.outstanding:
                 best = replica
         if best is None:
             return None

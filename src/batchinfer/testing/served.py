@@ -24,10 +24,20 @@ from batchinfer.pipeline.jobfiles import JobLayout, read_progress
 TERMINAL = {"completed", "failed"}
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now and never handed out before in this process: the kernel may give
+    the same ephemeral port to two binds in a row once the first socket is closed, and a test that asks
+    for a serve's two ports would then get one port twice."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
