@@ -34,7 +34,7 @@ def validate(
     settings = Settings()  # limits and URI rules, as configured where the job runs
     source_rules = SourceRules.from_settings(settings)
     source = fetch(prompt_file, settings.input_roots(), layout.staged_input, source_rules)
-    limits = settings.limits()
+    limits = settings.limits.frozen()
     # A CSV table is known by its name: the one the user gave (a URI's is lost when it is staged).
     name = prompt_file.value if prompt_file.type is not PathType.raw_bytes else None
     return validate_prompt_file(
@@ -47,6 +47,6 @@ def validate(
         endpoint=endpoint,
         prompt=prompt,
         name=name,
-        dedupe=settings.deduplicate,
+        dedupe=settings.jobs.deduplicate,
         rules=rules,
     )

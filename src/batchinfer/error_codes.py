@@ -556,7 +556,7 @@ This page is generated from `ErrorCode` in
 [`src/batchinfer/error_codes.py`](../src/batchinfer/error_codes.py) (`make docs`); a test fails when
 it is stale, and another when the source raises a code as a string instead of a member.
 """
-_SECTIONS: dict[Level, tuple[str, str]] = {
+SECTIONS: dict[Level, tuple[str, str]] = {
     Level.request: ("A bad request: an answer, and no job", ""),
     Level.job: ("A job that failed: `metadata.error.code`", ""),
     Level.line: ("One line of the error file: `error.code`", ""),
@@ -574,7 +574,7 @@ _SECTIONS: dict[Level, tuple[str, str]] = {
 def markdown() -> str:
     """docs/errors.md: the page, a table per level, each code in the order the enum defines it."""
     parts = [_PAGE]
-    for level, (heading, intro) in _SECTIONS.items():
+    for level, (heading, intro) in SECTIONS.items():
         rows = [
             f"| `{row.code}` | {row.http_status or ''} | {row.meaning} |"
             for row in ERROR_CODES

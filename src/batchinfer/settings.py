@@ -1,5 +1,6 @@
-"""Typed settings. Read from the environment (``BATCHINFER_*``) only when ``Settings()`` is built,
-which the CLI, the adapter factory and the flow do explicitly; nothing reads them at import time."""
+"""Typed settings, in sections (jobs, server, scale-out, limits, security). Read from the environment
+(``BATCHINFER_*``, one flat namespace whatever the section) only when ``Settings()`` is built, which
+the CLI, the adapter factory and the flow do explicitly; nothing reads them at import time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "BATCHINFER_"
@@ -58,6 +60,11 @@ _PREFECT_DEFAULTS = {
 }
 
 
+def _empty_is_none(value: Any) -> Any:
+    # `BATCHINFER_API_TOKEN=` (empty) must not turn auth on with an empty, guessable token.
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _default_home() -> Path:
     return Path.home() / ".batchinfer"
 
@@ -69,34 +76,22 @@ class ChunkedModel(Protocol):
     def default_chunk_size(self) -> int: ...
 
 
-class Settings(BaseSettings):
+class _Section(BaseSettings):
+    """A group of settings, each read from ``BATCHINFER_<NAME>`` as if the groups were one flat list
+    (the variables do not change with the group a setting sits in)."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    home: Path = Field(
-        default_factory=_default_home,
-        description="Data dir: job files, staged uploads, model cache, the local Prefect database.",
-    )
-    models: Path | None = Field(
-        default=None, description="Models file (YAML). The embedded default model is always there."
-    )
-    allowed_roots: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list,
-        description=(
-            "Directories a `filepath` or `file://` prompt file may live under, separated by "
-            f"'{os.pathsep}'. Empty means: the data dir, the working directory and the temp dir."
-        ),
-    )
+
+class JobSettings(_Section):
+    """How one job runs: its chunks, threads, defaults, deadline and when it stops early."""
+
     chunk_size: int | None = Field(
         default=None,
         ge=1,
         description="Prompts per chunk task. Default: what the model's engine wants (100 for local "
         "engines; 8 per in-flight slot for HTTP models, 512 at max_concurrency 64).",
     )
-
-    def chunk_size_for(self, config: ChunkedModel) -> int:
-        """The chunk size a job of ``config`` runs with: this setting when given, else the model's."""
-        return self.chunk_size or config.default_chunk_size
-
     max_parallel_chunks: int | None = Field(
         default=None,
         ge=1,
@@ -108,29 +103,10 @@ class Settings(BaseSettings):
         description="CPU threads for local engines (torch) unless a model sets its own.",
     )
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a job omits it.")
-    max_concurrent_jobs: int = Field(
-        default=4, ge=1, description="Flow runs the `serve` runner executes at once."
-    )
-    runner_poll_seconds: float = Field(
-        default=0.5, gt=0, description="How often the `serve` runner looks for new jobs."
-    )
-    fork_flow_runs: bool = Field(
-        default=False,
-        description="Opt-in: start each of the `serve` runner's flow runs by forking a process that has "
-        "already imported Prefect and the flow (about 1 s sooner), on the Prefect releases it was "
-        "written for (3.7 to 3.9); off: Prefect's own way, public API only.",
-    )
     share_model_limits: bool = Field(
         default=True,
         description="Hold each HTTP model's `max_concurrency` across all jobs and processes with a "
         "Prefect global concurrency limit (`batchinfer-model-<id>`); off: per job process only.",
-    )
-    local_server_idle_s: float = Field(
-        default=1800,
-        ge=0,
-        description="`batchinfer run` without PREFECT_API_URL keeps a local Prefect server warm for "
-        "later runs: it stops after this many seconds without a job (`batchinfer server stop` stops "
-        "it now); 0: a temporary server for each run, stopped with it.",
     )
     deduplicate: bool = Field(
         default=True,
@@ -157,6 +133,61 @@ class Settings(BaseSettings):
         "chunks and fails `deadline_exceeded`, keeping finished chunks for a resume.",
     )
 
+    def chunk_size_for(self, config: ChunkedModel) -> int:
+        """The chunk size a job of ``config`` runs with: this setting when given, else the model's."""
+        return self.chunk_size or config.default_chunk_size
+
+
+class ServerSettings(_Section):
+    """``serve`` and ``run``: the runner, the local Prefect server, /v1's options, notifications."""
+
+    max_concurrent_jobs: int = Field(
+        default=4, ge=1, description="Flow runs the `serve` runner executes at once."
+    )
+    runner_poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often the `serve` runner looks for new jobs."
+    )
+    fork_flow_runs: bool = Field(
+        default=False,
+        description="Opt-in: start each of the `serve` runner's flow runs by forking a process that has "
+        "already imported Prefect and the flow (about 1 s sooner), on the Prefect releases it was "
+        "written for (3.7 to 3.9); off: Prefect's own way, public API only.",
+    )
+    local_server_idle_s: float = Field(
+        default=1800,
+        ge=0,
+        description="`batchinfer run` without PREFECT_API_URL keeps a local Prefect server warm for "
+        "later runs: it stops after this many seconds without a job (`batchinfer server stop` stops "
+        "it now); 0: a temporary server for each run, stopped with it.",
+    )
+    # The OpenAI-compatible API (/v1): OpenAI's semantics unless an operator opts into an extension.
+    openai_any_completion_window: bool = Field(
+        default=False,
+        description="Extension: /v1/batches takes completion windows other than OpenAI's '24h' "
+        "('90m', '30s', '2d'); off: any other is a 400, as at OpenAI.",
+    )
+    openai_invalid_lines: Literal["fail_batch", "error_file"] = Field(
+        default="fail_batch",
+        description="What a /v1 batch does with an invalid input line unless its create says "
+        "(`invalid_lines`, an extension): fail_batch, OpenAI's (the batch fails while validating, "
+        "each line in its errors); error_file (each goes to the error file, the rest run).",
+    )
+    webhook_url: SecretStr | None = Field(
+        default=None,
+        description="When set, `serve` makes the Prefect server POST each finished job's id and state "
+        "to this URL (a Prefect automation named batchinfer-job-finished; see notifications.py).",
+    )
+    webhook_token: SecretStr | None = Field(
+        default=None,
+        description="Sent with each webhook call as `Authorization: Bearer <token>`.",
+    )
+
+    _empty_webhook_is_none = field_validator("webhook_url", "webhook_token", mode="before")(_empty_is_none)
+
+
+class ScaleOutSettings(_Section):
+    """Beyond one machine: a work pool's workers, a store for job files, a Dask cluster for chunks."""
+
     work_pool: str | None = Field(
         default=None,
         description="`serve` hands its jobs to the workers of this Prefect work pool (a process pool "
@@ -170,8 +201,6 @@ class Settings(BaseSettings):
         "(the server that submits a job sets it; a job's own output_url or --output-dir wins). Unset: "
         "the disk of the machine that runs the job.",
     )
-
-    # Scale-out: one job's chunk tasks on a Dask cluster (``batchinfer.runtime.scaleout``).
     dask_address: str | None = Field(
         default=None,
         description="Dask scheduler (`tcp://host:8786`) that runs every job's chunk tasks, through "
@@ -185,7 +214,10 @@ class Settings(BaseSettings):
         "under `<url>/<job_id>/chunks/`. Required when BATCHINFER_DASK_ADDRESS is set.",
     )
 
-    # Limits. Past one, the error names the limit and the variable above that raises it.
+
+class LimitSettings(_Section):
+    """The sizes a job may have. Past one, the error names the limit and the variable that raises it."""
+
     max_prompt_file_bytes: int = Field(
         default=Limits.max_prompt_file_bytes,
         ge=1,
@@ -210,11 +242,25 @@ class Settings(BaseSettings):
         default=Limits.max_max_tokens, ge=1, description="Largest options.max_tokens."
     )
 
-    # Security.
+    def frozen(self) -> Limits:
+        """These limits for the pure modules (validation, parsing), which read no settings."""
+        return Limits(**self.model_dump())
+
+
+class SecuritySettings(_Section):
+    """Who may call the adapter, and where a job may read its prompts from."""
+
     api_token: SecretStr | None = Field(
         default=None,
         description="When set, every adapter endpoint but /healthz requires "
         "`Authorization: Bearer <token>`. Required to serve on a non-loopback address.",
+    )
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Directories a `filepath` or `file://` prompt file may live under, separated by "
+            f"'{os.pathsep}'. Empty means: the data dir, the working directory and the temp dir."
+        ),
     )
     allowed_uri_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_URI_SCHEMES),
@@ -226,29 +272,7 @@ class Settings(BaseSettings):
         "reserved. Off by default, so a job cannot be used to reach the server's own network.",
     )
 
-    # The OpenAI-compatible API (/v1): OpenAI's semantics unless an operator opts into an extension.
-    openai_any_completion_window: bool = Field(
-        default=False,
-        description="Extension: /v1/batches takes completion windows other than OpenAI's '24h' "
-        "('90m', '30s', '2d'); off: any other is a 400, as at OpenAI.",
-    )
-    openai_invalid_lines: Literal["fail_batch", "error_file"] = Field(
-        default="fail_batch",
-        description="What a /v1 batch does with an invalid input line unless its create says "
-        "(`invalid_lines`, an extension): fail_batch, OpenAI's (the batch fails while validating, "
-        "each line in its errors); error_file (each goes to the error file, the rest run).",
-    )
-
-    # Notifications.
-    webhook_url: SecretStr | None = Field(
-        default=None,
-        description="When set, `serve` makes the Prefect server POST each finished job's id and state "
-        "to this URL (a Prefect automation named batchinfer-job-finished; see notifications.py).",
-    )
-    webhook_token: SecretStr | None = Field(
-        default=None,
-        description="Sent with each webhook call as `Authorization: Bearer <token>`.",
-    )
+    _empty_token_is_none = field_validator("api_token", mode="before")(_empty_is_none)
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -264,24 +288,50 @@ class Settings(BaseSettings):
             return [s.strip().lower() for s in value.split(",") if s.strip()]
         return value
 
-    @field_validator("api_token", "webhook_url", "webhook_token", mode="before")
-    @classmethod
-    def _empty_token_is_none(cls, value: Any) -> Any:
-        # `BATCHINFER_API_TOKEN=` (empty) must not turn auth on with an empty, guessable token.
-        return None if isinstance(value, str) and not value.strip() else value
 
-    def limits(self) -> Limits:
-        return Limits(
-            max_prompt_file_bytes=self.max_prompt_file_bytes,
-            max_line_bytes=self.max_line_bytes,
-            max_lines=self.max_lines,
-            max_num_generations=self.max_num_generations,
-            max_max_tokens=self.max_max_tokens,
-        )
+SECTIONS: dict[str, type[_Section]] = {
+    "jobs": JobSettings,
+    "server": ServerSettings,
+    "scale_out": ScaleOutSettings,
+    "limits": LimitSettings,
+    "security": SecuritySettings,
+}
+
+
+class Settings(_Section):
+    """Every setting, in sections; ``Settings(max_lines=10)`` takes the flat names, as the
+    environment does, and puts each into its section."""
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Data dir: job files, staged uploads, model cache, the local Prefect database.",
+    )
+    models: Path | None = Field(
+        default=None, description="Models file (YAML). The embedded default model is always there."
+    )
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    scale_out: ScaleOutSettings = Field(default_factory=ScaleOutSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names_into_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, section in SECTIONS.items():
+            given = {field: data.pop(field) for field in section.model_fields if field in data}
+            if given and name in data:
+                raise ValueError(f"give {', '.join(given)} inside {name}, or {name} not at all")
+            if given:
+                data[name] = section(**given)  # the section's other settings from the environment
+        return data
 
     def roots(self) -> list[Path]:
         """The allowed roots, resolved (symlinks followed) so that containment checks are honest."""
-        roots = self.allowed_roots or [self.home, Path.cwd(), Path(tempfile.gettempdir())]
+        roots = self.security.allowed_roots or [self.home, Path.cwd(), Path(tempfile.gettempdir())]
         return [Path(r).expanduser().resolve() for r in roots]
 
     def input_roots(self) -> list[Path]:
@@ -327,3 +377,12 @@ class Settings(BaseSettings):
     def result_cache_path(self) -> Path:
         """The answers of models with ``cache: true`` (``pipeline.result_cache``)."""
         return self.home / "result-cache.sqlite3"
+
+
+def setting_field(name: str) -> FieldInfo:
+    """The field behind ``BATCHINFER_<NAME>``, in whichever section it sits (``--help`` describes it)."""
+    models: tuple[type[_Section], ...] = (Settings, *SECTIONS.values())
+    for model in models:
+        if name in model.model_fields and name not in SECTIONS:
+            return model.model_fields[name]
+    raise KeyError(name)

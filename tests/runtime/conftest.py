@@ -36,7 +36,7 @@ def run_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: No
         monkeypatch.setenv(f"BATCHINFER_{name}", value)
     monkeypatch.setenv("BATCHINFER_SHARE_MODEL_LIMITS", "false")
     settings = Settings()
-    context = EngineContext(cache_dir=settings.cache_dir, threads=settings.threads)
+    context = EngineContext(cache_dir=settings.cache_dir, threads=settings.jobs.threads)
 
     def run(
         engine: Engine,

@@ -113,8 +113,9 @@ def create_app(
     )
     app.state.settings, app.state.catalog = settings, catalog
     keys = KeyStore(settings.keys_path)
-    app.state.quotas = QuotaBook(keys, settings.default_max_tokens)
-    _require_keys(app, settings.api_token.get_secret_value() if settings.api_token else None, keys)
+    app.state.quotas = QuotaBook(keys, settings.jobs.default_max_tokens)
+    token = settings.security.api_token
+    _require_keys(app, token.get_secret_value() if token else None, keys)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(BatchInferError, _on_batchinfer_error)
     app.add_exception_handler(Exception, _on_unexpected)

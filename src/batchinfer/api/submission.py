@@ -28,7 +28,7 @@ def prepare_job(
     catalog.get(request.model)  # raises UnknownModelError listing the known ids
     options = request.options or Options()
     num_generations = request.num_generations or 1
-    check_limits(options, num_generations, settings.limits())
+    check_limits(options, num_generations, settings.limits.frozen())
     prompt_file = check_and_stage(
         request.prompt_file_path,
         settings.roots(),
@@ -37,7 +37,7 @@ def prepare_job(
     )
     prompt = PromptTemplate(template=request.prompt_template, system_prompt=request.system_prompt)
     check_prompt_table(request.prompt_file_path, prompt_file, prompt)
-    output_url = request.output_url or settings.output_url
+    output_url = request.output_url or settings.scale_out.output_url
     if output_url is not None:
         check_url(output_url, "output_url")
     if output_dir is not None and is_url(output_dir):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from batchinfer import __version__
-from batchinfer.settings import Settings
+from batchinfer.settings import setting_field
 
 # Variables that are not Settings fields: (name, default, meaning).
 _OTHER_VARIABLES = {
@@ -32,7 +32,7 @@ _JOB_VARIABLES = ("BATCHINFER_HOME", "BATCHINFER_MODELS", "BATCHINFER_CHUNK_SIZE
 
 
 def _default_text(field: str) -> str:
-    info = Settings.model_fields[field]
+    info = setting_field(field)
     if field in _DEFAULT_TEXTS:
         return _DEFAULT_TEXTS[field]
     value = info.get_default(call_default_factory=True)
@@ -51,7 +51,7 @@ def environment_help(names: tuple[str, ...]) -> str:
             default, meaning = _OTHER_VARIABLES[name]
         else:
             field = name.removeprefix("BATCHINFER_").lower()
-            info = Settings.model_fields[field]
+            info = setting_field(field)
             default, meaning = _default_text(field), (info.description or "").split(". ")[0].rstrip(".") + "."
         lines.append(f"  {name} (default: {default})")
         lines += textwrap.wrap(meaning, width=88, initial_indent="      ", subsequent_indent="      ")

@@ -34,7 +34,7 @@ def keys_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def keys_required(settings: Settings) -> bool:
     """Whether ``serve`` asks every request for a key: there is a token, or a key (even revoked)."""
-    if settings.api_token is not None:
+    if settings.security.api_token is not None:
         return True
     # Looked at without making it: a refused serve leaves no trace in BATCHINFER_HOME.
     return settings.keys_path.exists() and KeyStore(settings.keys_path).any_keys()

@@ -102,7 +102,7 @@ def _local_prefect_server(
 ) -> tuple[str, AbstractContextManager[None]]:
     """The warm local server (``warm_prefect``) and what marks it used while the job runs, or with
     ``local_server_idle_s`` 0 a temporary one."""
-    if settings.local_server_idle_s:
+    if settings.server.local_server_idle_s:
         return warm_prefect_url(settings, prefect), using(prefect.home)
     return _temporary_prefect_server(settings, prefect), nullcontext()
 

@@ -42,7 +42,7 @@ def main() -> None:
 
     settings = Settings()
     with tempfile.TemporaryDirectory(prefix="batchinfer-runner-") as scratch:
-        if settings.fork_flow_runs:  # now, so that its imports too overlap the server's start
+        if settings.server.fork_flow_runs:  # now, so that its imports too overlap the server's start
             start_fork_server(Path(scratch))
         if not sys.stdin.readline():  # serve's go-ahead; EOF: serve has gone
             return
@@ -50,11 +50,11 @@ def main() -> None:
         # One cheap API query each half second is a fair price for that.
         runner = Runner(
             name=DEPLOYMENT_NAME,
-            limit=settings.max_concurrent_jobs,
-            query_seconds=settings.runner_poll_seconds,
+            limit=settings.server.max_concurrent_jobs,
+            query_seconds=settings.server.runner_poll_seconds,
         )
         # The flow is found by module path, so any working directory (or a worker) can load it.
-        if settings.fork_flow_runs:
+        if settings.server.fork_flow_runs:
             runner.add_flow(batch_job, entrypoint_type=EntrypointType.MODULE_PATH, **DEPLOYMENT_OPTIONS)
         else:
             deployment = batch_job.to_deployment(

@@ -105,12 +105,12 @@ def _ensure_job_webhook(settings: Settings) -> None:
 
     from batchinfer.control.notifications import aensure_job_webhook
 
-    if settings.webhook_url is None:
+    if settings.server.webhook_url is None:
         return  # an automation set up by hand (notifications.py) is left as it is
-    token = settings.webhook_token
+    token = settings.server.webhook_token
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else None
     try:
-        asyncio.run(aensure_job_webhook(settings.webhook_url.get_secret_value(), headers=headers))
+        asyncio.run(aensure_job_webhook(settings.server.webhook_url.get_secret_value(), headers=headers))
     except Exception as exc:
         raise RuntimeError(f"could not set up the job webhook (BATCHINFER_WEBHOOK_URL): {exc}") from exc
     print("Finished jobs are posted to the webhook in BATCHINFER_WEBHOOK_URL.", flush=True)
@@ -192,7 +192,8 @@ def _hand_jobs_to_work_pool(
     use_api_url(env["PREFECT_API_URL"])
     _ensure_job_webhook(settings)
     deploy_to_work_pool(pool, DEPLOYMENT_OPTIONS)
-    where = settings.output_url or "the disk of the worker that runs each (set BATCHINFER_OUTPUT_URL)"
+    unset = "the disk of the worker that runs each (set BATCHINFER_OUTPUT_URL)"
+    where = settings.scale_out.output_url or unset
     print(f"Jobs go to the workers of work pool {pool!r}; their files to {where}.", flush=True)
 
 
@@ -210,10 +211,10 @@ def _start_prefect_and_runner(
         print(f"Starting the Prefect server (UI: http://127.0.0.1:{prefect_port}): {why}.", flush=True)
         server = launch_prefect_server(supervisor, prefect_port, env, logs / "prefect-server.log")
         env["PREFECT_API_URL"] = server.url
-    if settings.work_pool:
-        _hand_jobs_to_work_pool(settings.work_pool, server, env, settings)
+    if settings.scale_out.work_pool:
+        _hand_jobs_to_work_pool(settings.scale_out.work_pool, server, env, settings)
         return
-    if settings.fork_flow_runs and (notice := fork_server_notice(version("prefect"))):
+    if settings.server.fork_flow_runs and (notice := fork_server_notice(version("prefect"))):
         print(notice, flush=True)
         env[env_name("fork_flow_runs")] = "false"
     # Started now, the runner imports Prefect and the flow while the server starts; it takes no job

@@ -55,13 +55,13 @@ class Report(BaseModel):
 def validate_command(args: argparse.Namespace, settings: Settings) -> int:
     config = load_catalog(settings.models).get(args.model)
     options = Options(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
-    check_limits(options, args.num_generations, settings.limits())
-    params = SamplingParams.from_options(options, args.num_generations, settings.default_max_tokens)
+    check_limits(options, args.num_generations, settings.limits.frozen())
+    params = SamplingParams.from_options(options, args.num_generations, settings.jobs.default_max_tokens)
     with tempfile.TemporaryDirectory(prefix="batchinfer-validate-") as scratch:
         layout = JobLayout(Path(scratch))
         source = _source(args.prompts, settings, layout)
         summary = validate_prompt_file(
-            source, layout, params, settings.chunk_size_for(config), settings.limits()
+            source, layout, params, settings.jobs.chunk_size_for(config), settings.limits.frozen()
         )
         report = _report(args.prompts, config, summary, layout, settings)
     if args.json:

@@ -94,7 +94,7 @@ def warm_prefect_url(settings: Settings, prefect: PrefectSetup) -> str:
 
 
 def _start(settings: Settings, prefect: PrefectSetup) -> str:
-    home, idle_s = prefect.home, settings.local_server_idle_s
+    home, idle_s = prefect.home, settings.server.local_server_idle_s
     print(f"Starting a local Prefect server: {prefect.why_a_server_of_our_own()}.", file=sys.stderr)
     (home / PID_FILE).unlink(missing_ok=True)  # of a server that is gone: Prefect would refuse to start
     port = free_port()
@@ -149,7 +149,7 @@ def server_command(action: str, settings: Settings, prefect_home: Path) -> int:
         print(f"Stopped the local Prefect server at {warm.url}.")
     else:
         idle = time.time() - _last_used(prefect_home)
-        left = max(0.0, settings.local_server_idle_s - idle)
+        left = max(0.0, settings.server.local_server_idle_s - idle)
         print(
             f"Local Prefect server: {warm.url.removesuffix('/api')} (pid {warm.pid}); last used "
             f"{idle / 60:.0f} min ago, stops in {left / 60:.0f} min unless used; `batchinfer server "

@@ -53,9 +53,9 @@ class SourceRules:
     @classmethod
     def from_settings(cls, settings: Settings) -> SourceRules:
         return cls(
-            schemes=frozenset(settings.allowed_uri_schemes),
-            allow_private=settings.allow_private_uris,
-            max_bytes=settings.max_prompt_file_bytes,
+            schemes=frozenset(settings.security.allowed_uri_schemes),
+            allow_private=settings.security.allow_private_uris,
+            max_bytes=settings.limits.max_prompt_file_bytes,
         )
 
 

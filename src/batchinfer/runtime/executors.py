@@ -85,7 +85,7 @@ class ThreadChunks:
 
 def chunk_executor(settings: Settings, job_id: str, task: Task[[ChunkWork], ChunkCounts]) -> ChunkExecutor:
     """The executor the settings ask for: Dask when ``BATCHINFER_DASK_ADDRESS`` is set, else threads."""
-    if not settings.dask_address:
+    if not settings.scale_out.dask_address:
         return ThreadChunks(task)
     from batchinfer.runtime.scaleout import dask_chunks  # fsspec and prefect-dask only when asked
 

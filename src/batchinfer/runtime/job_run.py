@@ -109,7 +109,7 @@ class JobRun:
         place = job_place(job_id, params.model_dump(include={"output_dir", "output_url"}), settings.jobs_dir)
         publisher = Publisher(place)
         reporter = RunReporter(job_id, place.layout, place.root, publisher.progress)
-        deadline = Deadline.after(settings.job_timeout_s)
+        deadline = Deadline.after(settings.jobs.job_timeout_s)
         return cls(
             job_id, params, tasks, settings, place.layout, publisher, reporter, deadline, stop_signal(job_id)
         )
@@ -155,7 +155,7 @@ class JobRun:
             str(self.layout.root),
             params,
             # No model: every line says so (model_not_found) and the job fails before it chunks.
-            self.settings.chunk_size_for(self.config) if self.config else 1,
+            self.settings.jobs.chunk_size_for(self.config) if self.config else 1,
             defaults,
             self.params.endpoint,
             prompt=prompt,
@@ -176,7 +176,7 @@ class JobRun:
         # Everything that shapes a chunk's requests: a resumed job reuses results only when all match.
         shape = (
             f"{params.model_dump_json()}|{defaults.model_dump_json()}|{self.params.endpoint}"
-            f"|{prompt.model_dump_json() if prompt.is_set else ''}|dedupe={self.settings.deduplicate}"
+            f"|{prompt.model_dump_json() if prompt.is_set else ''}|dedupe={self.settings.jobs.deduplicate}"
         )
         key = chunk_key(summary.input_sha256, summary.chunk_size, self.config.model_dump_json(), shape)
         self.result_paths = [str(self.layout.chunk_result(c.index, key)) for c in summary.chunks]
@@ -190,12 +190,12 @@ class JobRun:
         its cross-job limit. Once stopped, the chunks never started are recorded as stopped."""
         assert self.config is not None and self.summary is not None
         self._enter(PHASE_INFERRING)
-        context = EngineContext(cache_dir=self.settings.cache_dir, threads=self.settings.threads)
+        context = EngineContext(cache_dir=self.settings.cache_dir, threads=self.settings.jobs.threads)
         engine = get_engine(self.config, context)  # loaded here, once, so chunk threads share it
         paced = engine if isinstance(engine, PacedEngine) else None
         if paced is not None:
             self._share_rates(paced)
-        window = min(self.settings.max_parallel_chunks or engine.max_parallel_chunks, MAX_CHUNK_THREADS)
+        window = min(self.settings.jobs.max_parallel_chunks or engine.max_parallel_chunks, MAX_CHUNK_THREADS)
         slots = self._model_slots(window)
         chunks = self.summary.chunks
         with (
@@ -273,7 +273,7 @@ class JobRun:
     def _sampling(self) -> tuple[SamplingParams, RequestDefaults]:
         options, n = self.params.options, self.params.num_generations
         return SamplingParams.from_options(
-            options, n, self.settings.default_max_tokens
+            options, n, self.settings.jobs.default_max_tokens
         ), RequestDefaults.from_options(options, n)
 
     def _fail_fast_rules(self) -> FailFastRules:
@@ -281,12 +281,12 @@ class JobRun:
         rate = self.params.max_error_rate  # the job's own value wins over the model's
         if rate is None:
             rate = self.config.max_error_rate
-        return FailFastRules(min_fatal=self.settings.fail_fast_after or None, max_error_rate=rate)
+        return FailFastRules(min_fatal=self.settings.jobs.fail_fast_after or None, max_error_rate=rate)
 
     def _model_slots(self, window: int) -> int | None:
         """Each chunk's part of the model's cross-job limit (None: the model has none)."""
         assert self.config is not None
-        limit = shared_limit(self.config) if self.settings.share_model_limits else None
+        limit = shared_limit(self.config) if self.settings.jobs.share_model_limits else None
         if limit is None:
             return None
         ensure_limit(self.config.id, limit)
@@ -295,7 +295,7 @@ class JobRun:
     def _share_rates(self, engine: PacedEngine) -> None:
         """The model's per-minute limits held with every other process, through Prefect."""
         config = self.config
-        if not isinstance(config, OpenAIEngineConfig) or not self.settings.share_model_limits:
+        if not isinstance(config, OpenAIEngineConfig) or not self.settings.jobs.share_model_limits:
             return
         if (grants := ensure_rate_limits(config)) is not None:
             engine.share_rates(grants)
@@ -316,9 +316,8 @@ class JobRun:
         config, settings = self.config, self.settings
         cache = None
         if config.cache:  # by the config's JSON: a changed setting of the model changes the answers
-            cache = CacheSpec(
-                str(settings.result_cache_path), config.model_dump_json(), settings.result_cache_max_bytes
-            )
+            max_bytes = settings.jobs.result_cache_max_bytes
+            cache = CacheSpec(str(settings.result_cache_path), config.model_dump_json(), max_bytes)
 
         def submit(chunk: ChunkSpec) -> DoneFuture[ChunkCounts]:
             self.submitted.add(chunk.index)

@@ -217,14 +217,14 @@ def _mirror_result(local: Path, url: str) -> None:
 
 def dask_chunks(settings: Settings, job_id: str, task: Task[[ChunkWork], ChunkCounts]) -> DaskChunks:
     """The job's Dask scale-out (``BATCHINFER_DASK_ADDRESS`` is set)."""
-    assert settings.dask_address
-    if not settings.shared_storage:
+    assert settings.scale_out.dask_address
+    if not settings.scale_out.shared_storage:
         raise JobError(
-            f"{env_name('dask_address')} is set ({settings.dask_address}) but "
+            f"{env_name('dask_address')} is set ({settings.scale_out.dask_address}) but "
             f"{env_name('shared_storage')} is not. Dask workers cannot read the job's directory: set "
             f"{env_name('shared_storage')} to an fsspec URL that this process and every worker can "
             "write (e.g. s3://bucket/batchinfer or file:///mnt/shared/batchinfer), or unset "
             f"{env_name('dask_address')} to run chunks on threads of the job's process.",
             code=SCALEOUT_CODE,
         )
-    return DaskChunks(settings.dask_address, settings.shared_storage, job_id, task)
+    return DaskChunks(settings.scale_out.dask_address, settings.scale_out.shared_storage, job_id, task)

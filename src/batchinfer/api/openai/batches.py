@@ -151,7 +151,7 @@ class BatchService:
         window = request.completion_window
         if window == OPENAI_WINDOW:
             return window_seconds(window)
-        if not self.settings.openai_any_completion_window:
+        if not self.settings.server.openai_any_completion_window:
             raise _invalid_value(
                 "completion_window",
                 window,
@@ -185,7 +185,7 @@ class BatchService:
             created_at=created,
             created_ns=time.time_ns(),
             expires_at=created + window_s,
-            invalid_lines=InvalidLines(request.invalid_lines or self.settings.openai_invalid_lines),
+            invalid_lines=InvalidLines(request.invalid_lines or self.settings.server.openai_invalid_lines),
             output_expires_after_s=expiry.seconds if (expiry := request.output_expires_after) else None,
             idempotency_key=request.idempotency_key,
             fingerprint=_fingerprint(request),
@@ -226,7 +226,8 @@ class BatchService:
             expires_at=datetime.fromtimestamp(record.expires_at, UTC),
             endpoint=Endpoint(record.endpoint),
             line_checks=checks,
-            output_url=self.settings.output_url,  # where the job's files go: its output file's source
+            # Where the job's files go: its output file's source.
+            output_url=self.settings.scale_out.output_url,
         )
         try:
             job = await backend.submit(params)

@@ -53,7 +53,7 @@ router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible (extension)"])
 
 @router.post("/files", summary="Upload a file (multipart: file, purpose, optional expires_after)")
 async def upload_file(request: Request, service: ServiceDep) -> FileObject:
-    limit = service.settings.max_prompt_file_bytes
+    limit = service.settings.limits.max_prompt_file_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + _FORM_SLACK:
         raise _too_large(limit)
