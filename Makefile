@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DEMO_DIR ?= .batchinfer-demo
+# The suite on two pytest-xdist workers: most of its time waits on servers and child processes, so
+# two halve it on two cores; TEST_WORKERS=0 runs every test in one process, one after another.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast test-prefect-oldest lint docs serve bench bench-scaleout bench-pacing clean \
 	install-llamacpp test-llamacpp install-vllm test-vllm bench-gpu
@@ -31,10 +34,10 @@ test: install
 	# PostgreSQL for tests/e2e/test_postgres.py (README "PostgreSQL for shared deployments"); where it
 	# cannot be installed, that test skips and says why, so a failure here does not stop the run.
 	bash scripts/postgres-for-tests.sh install || echo "PostgreSQL unavailable: tests/e2e/test_postgres.py will skip"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow and not e2e"
 
 # docs/errors.md, generated from the ErrorCode enum (a test fails when it is stale).
 docs: install
@@ -58,7 +61,7 @@ $(OLDEST_VENV)/.installed: pyproject.toml
 test-prefect-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -c "from packaging.version import Version as V; import prefect; \
 		assert V(prefect.__version__) == V('$(PREFECT_OLDEST)'), prefect.__version__; print('Prefect', prefect.__version__)"
-	$(OLDEST_VENV)/bin/python -m pytest -q $(PREFECT_FACING_TESTS)
+	$(OLDEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) $(PREFECT_FACING_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check .
