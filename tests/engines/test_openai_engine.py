@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from batchinfer.contract import MediaAttachment, Message
 from batchinfer.engines.base import Engine, InFlightCap, PromptRequest, SamplingParams
 from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.error_answers import parse_retry_after
 from batchinfer.engines.messages import UnsupportedAttachment
-from batchinfer.engines.openai_compat import OpenAIEngine, parse_retry_after
+from batchinfer.engines.openai_compat import OpenAIEngine
 from batchinfer.engines.openai_messages import sniff_image_mime, to_openai_message
 from batchinfer.errors import EngineError
 from batchinfer.records import Completion, ErrorDetail

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
-import json
 import math
 import os
 import random
 import threading
-import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from batchinfer import jsonwire
@@ -39,9 +36,9 @@ from batchinfer.engines.base import (
     OutcomeWatch,
     PromptRequest,
     StopFlag,
-    retryable_status,
 )
 from batchinfer.engines.configs import OpenAIEngineConfig
+from batchinfer.engines.error_answers import Failed, answer_body, retry_after
 from batchinfer.engines.http_transports import RetryableError, Transport, UntrustedCertificate, make_transport
 from batchinfer.engines.messages import FileReader, read_local_file
 from batchinfer.engines.network import Network
@@ -53,16 +50,7 @@ from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import EngineError, InferenceError
 from batchinfer.records import Completion, ErrorDetail
 
-_MAX_ERROR_BODY = 500
 _STOP_POLL_S = 0.05  # how often a chunk looks at the job's cancel signal
-
-
-class _Failed(Exception):
-    """One request is done for, with this error record (raised inside the loop, never escapes)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.detail = ErrorDetail(code=code, message=message)
 
 
 class _Abandoned(Exception):
@@ -75,68 +63,6 @@ class _Retry(Exception):
     def __init__(self, error: RetryableError, replica: Replica) -> None:
         super().__init__(error.reason)
         self.error, self.replica = error, replica
-
-
-# OpenAI's error code (and type) of a 429 that says the account is out of quota, not busy.
-_INSUFFICIENT_QUOTA = "insufficient_quota"
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    """An error body as the JSON object it usually is, else None."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _error_code(body: bytes) -> str | None:
-    """The ``error.code`` (else ``error.type``) of an OpenAI-style error body, if it has one."""
-    error = (_json_object(body) or {}).get("error")
-    if not isinstance(error, dict):
-        return None
-    code = error.get("code") or error.get("type")
-    return code if isinstance(code, str) else None
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asks a client to wait: OpenAI's ``retry-after-ms``, else ``Retry-After``."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    return parse_retry_after(headers.get("Retry-After"))
-
-
-def _server_message(body: bytes) -> str:
-    """The server's ``error.message`` for OpenAI-style JSON, else the (cut) body text."""
-    data = _json_object(body)
-    if data is not None:
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:_MAX_ERROR_BODY]
-        for candidate in (error, data.get("message"), data.get("detail")):
-            if isinstance(candidate, str):
-                return candidate[:_MAX_ERROR_BODY]
-    text = body.decode("utf-8", errors="replace").strip()
-    return text[:_MAX_ERROR_BODY] or "(empty body)"
 
 
 class OpenAIEngine:
@@ -378,13 +304,13 @@ class OpenAIEngine:
                 have = len(completion.generations)
                 more = await self._answer(endpoint, {**payload, "n": want - have}, stop) if have else None
                 if more is None or not more.generations:
-                    raise _Failed(
+                    raise Failed(
                         ErrorCode.bad_response,
                         f"The server returned no choices after {have} of {want} generations; "
                         "lower num_generations or check the server.",
                     )
                 completion = merge(completion, more)
-        except _Failed as exc:
+        except Failed as exc:
             return self._redacted(exc.detail)
         except _Abandoned:
             return CANCELLED
@@ -398,7 +324,7 @@ class OpenAIEngine:
         try:
             return parse_answer(endpoint, jsonwire.loads(body))
         except (ValueError, TypeError, KeyError) as exc:
-            raise _Failed(
+            raise Failed(
                 ErrorCode.bad_response,
                 f"The server at {base} answered 200 with a body that is not a "
                 f"{endpoint.value} answer ({exc}); check that base_url is an OpenAI-compatible /v1 "
@@ -407,7 +333,7 @@ class OpenAIEngine:
 
     async def _post(self, path: str, data: bytes, stop: StopFlag | None, tokens: int) -> tuple[bytes, str]:
         """The 200 body for one request and the base URL that gave it, retrying what is worth it;
-        else raises ``_Failed``."""
+        else raises ``Failed``."""
         assert self._replicas is not None
         config = self._config
         attempts = config.max_retries + 1
@@ -427,7 +353,7 @@ class OpenAIEngine:
                     continue
                 attempt += 1
                 if attempt == attempts:
-                    raise _Failed(exc.code, self._gave_up(exc, attempts)) from exc
+                    raise Failed(exc.code, self._gave_up(exc, attempts)) from exc
                 delay = min(config.backoff_s * 2 ** (attempt - 1), config.max_backoff_s)
                 if exc.retry_after is not None:  # the server knows best, within our cap
                     delay = min(exc.retry_after, config.max_backoff_s)
@@ -461,14 +387,14 @@ class OpenAIEngine:
                 )
                 raise _Retry(exc, replica) from exc
             except UntrustedCertificate as exc:  # every attempt would fail the same way
-                raise _Failed(CERTIFICATE_UNTRUSTED, self._untrusted(replica.url, exc)) from exc
+                raise Failed(CERTIFICATE_UNTRUSTED, self._untrusted(replica.url, exc)) from exc
             health = "failed" if status >= 500 else "ok"
             wait_s = retry_after(headers) if status != 200 else None  # read once, for both below
             self._follow_pace(self._pace.after(status, headers, wait_s, sent))
         finally:
             self._replicas.release(lease, health)
         try:
-            return _answer_body(status, body, wait_s), replica.url
+            return answer_body(status, body, wait_s), replica.url
         except RetryableError as exc:
             raise _Retry(exc, replica) from exc
 
@@ -509,20 +435,3 @@ def _many_prompts(request: PromptRequest) -> bool:
     """A completions line with a list of prompts: the server answers n choices for each, so the
     count of choices says nothing about a missing one (no n emulation)."""
     return request.endpoint is Endpoint.completions and isinstance((request.body or {}).get("prompt"), list)
-
-
-def _answer_body(status: int, body: bytes, retry_after_s: float | None) -> bytes:
-    """The body of a 200; else ``RetryableError`` for what a retry may fix, ``_Failed`` for
-    the rest."""
-    if status == 200:
-        return body
-    if status == 429 and _error_code(body) == _INSUFFICIENT_QUOTA:  # no retry refills a quota
-        raise _Failed(
-            ErrorCode.quota_exhausted,
-            f"HTTP 429 insufficient_quota: {_server_message(body)} Add credit or raise the quota "
-            "with the provider, then resume the job.",
-        )
-    if retryable_status(status):
-        reason = f"HTTP {status}: {_server_message(body)}"
-        raise RetryableError(f"http_{status}", reason, retry_after_s)
-    raise _Failed(f"http_{status}", _server_message(body))
