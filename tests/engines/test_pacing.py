@@ -256,9 +256,10 @@ def test_auto_on_a_server_that_never_slows_grows_to_its_ceiling_and_says_so() ->
         outcomes, pace = infer_paced(server, 1_500, max_concurrency="auto", concurrency_ceiling=16)
     assert [completion(o).generations[0].text for o in outcomes] == [f"echo: p{i}" for i in range(1_500)]
     assert server.max_in_flight == 16  # the ceiling, reached and never passed
-    # And it stays near it (started at 8): on a busy machine the in-process server's latency wavers,
-    # and a window that reads as slower steps the limit back a little.
-    assert pace is not None and pace["concurrency"] >= 12 and pace["reason"] == "growing"
+    # And it stays near it (started at 8). Not exactly at it: on a busy machine (the suite runs on
+    # two workers) the in-process server's latency wavers, and a window that reads as slower steps
+    # the limit back a little, for the reason "latency".
+    assert pace is not None and pace["concurrency"] >= 12 and pace["reason"] in ("growing", "latency")
     assert pace["requests_per_minute"] > 0
 
 
