@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import ipaddress
 import os
+import ssl
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,9 @@ from batchinfer.pipeline.prompt_source import (
     display_uri,
     fetch,
 )
+from batchinfer.testing.forward_proxy import ForwardProxy
 from batchinfer.testing.loopback_http import QuietHandler, loopback_server
+from batchinfer.testing.tls import PrivateCA
 
 JSONL = '[{"role": "user", "text": "hi"}]\n'
 
@@ -442,7 +445,7 @@ Route = tuple[int, dict[str, str], bytes]
 
 
 @contextmanager
-def http_files(routes: dict[str, Route]) -> Iterator[str]:
+def http_files(routes: dict[str, Route], tls: ssl.SSLContext | None = None) -> Iterator[str]:
     """A loopback server answering GET path -> (status, headers, body); yields its base URL."""
 
     class Handler(QuietHandler):
@@ -450,7 +453,7 @@ def http_files(routes: dict[str, Route]) -> Iterator[str]:
             status, headers, body = routes.get(self.path, (404, {}, b"not found"))
             self.reply(status, body, {"Content-Type": "application/octet-stream", **headers})
 
-    with loopback_server(Handler) as base:
+    with loopback_server(Handler, tls) as base:
         yield base
 
 
@@ -462,6 +465,34 @@ def test_fetch_downloads_an_http_file_next_to_the_job(root: LocalPath, tmp_path:
     with http_files({"/p.jsonl": (200, {}, JSONL.encode())}) as base:
         local = fetch(Path(type=PathType.uri, value=f"{base}/p.jsonl"), [root], staged_input, LOOPBACK_OK)
     assert local == staged_input and local.read_text() == JSONL
+
+
+def test_an_https_file_comes_through_the_environments_proxy_trusting_its_ca(
+    root: LocalPath,
+    tmp_path: LocalPath,
+    network_env: pytest.MonkeyPatch,
+    forward_proxy: ForwardProxy,
+    private_ca: PrivateCA,
+) -> None:
+    network_env.setenv("HTTPS_PROXY", forward_proxy.url)
+    network_env.setenv("SSL_CERT_FILE", str(private_ca.pem))
+    staged_input = tmp_path / "in.jsonl"
+    with http_files({"/p.jsonl": (200, {}, JSONL.encode())}, tls=private_ca.server_context) as base:
+        fetch(Path(type=PathType.uri, value=f"{base}/p.jsonl"), [root], staged_input, LOOPBACK_OK)
+        host = base.removeprefix("https://")
+    assert staged_input.read_text() == JSONL
+    assert list(forward_proxy.tunnels.elements()) == [host]  # one CONNECT, to the file's server
+
+
+def test_an_https_file_whose_certificate_is_not_trusted_says_which_variable_trusts_it(
+    root: LocalPath, tmp_path: LocalPath, network_env: pytest.MonkeyPatch, private_ca: PrivateCA
+) -> None:
+    with (
+        http_files({"/p.jsonl": (200, {}, JSONL.encode())}, tls=private_ca.server_context) as base,
+        pytest.raises(PromptFileError, match=r"certificate is not trusted .*SSL_CERT_FILE") as raised,
+    ):
+        fetch(Path(type=PathType.uri, value=f"{base}/p.jsonl"), [root], tmp_path / "i", LOOPBACK_OK)
+    assert raised.value.field == "prompt_file_path.value"
 
 
 def test_fetch_follows_a_redirect_between_allowed_hosts(root: LocalPath, tmp_path: LocalPath) -> None:

@@ -121,6 +121,11 @@ class Network:
                 ) from None
         return network
 
+    @classmethod
+    def from_environment(cls) -> Network:
+        """The environment's proxies and CA alone, for a URL no model names (a prompt file's)."""
+        return cls(tls_context(), urllib.request.getproxies())
+
     def proxy_for(self, url: str) -> Proxy | None:
         """The proxy a request to ``url`` goes through, or None to go direct."""
         if url not in self._routes:

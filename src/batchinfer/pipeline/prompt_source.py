@@ -24,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path as LocalPath
 from urllib.parse import ParseResult, unquote, urljoin, urlparse
 
+import httpx
+
 from batchinfer.contract import Path, PathType
+from batchinfer.engines.http_transports import UntrustedCertificate, connection_failed
+from batchinfer.engines.network import Network
 from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, FileTooLargeError, PromptFileError
 from batchinfer.pipeline.jobfiles import atomic_write
@@ -289,10 +293,7 @@ def fetch(
     except BatchInferError:
         raise
     except Exception as exc:  # any backend error: the message tells the user what failed
-        raise PromptFileError(
-            f"Could not download {display_uri(path.value)!r}: {type(exc).__name__}: {exc}",
-            field=VALUE_FIELD,
-        ) from exc
+        raise PromptFileError(_download_failed(path.value, exc), field=VALUE_FIELD) from exc
     return staged_input
 
 
@@ -306,34 +307,60 @@ def _download_fsspec(uri: str, target: LocalPath, max_bytes: int) -> None:
 def _download_http(uri: str, target: LocalPath, rules: SourceRules) -> None:
     """GET, following redirects by hand so that every hop passes ``check_public_host``: a public
     URL must not redirect a job into the server's own network."""
-    import httpx
-
     url = uri
-    # trust_env=False: no proxy, CA bundle or .netrc from the environment. Unlike the model clients
-    # (engines/network.py), a prompt file's URL is fetched directly (docs/limitations.md).
-    with httpx.Client(timeout=_HTTP_TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
-        for _ in range(_MAX_REDIRECTS + 1):
-            with client.stream("GET", url) as response:
-                if response.is_redirect and "location" in response.headers:
-                    url = urljoin(url, response.headers["location"])
-                    if urlparse(url).scheme.lower() not in HTTP_SCHEMES:
-                        raise PromptFileError(
-                            f"{display_uri(uri)!r} redirects to a non-http(s) URL; give the final URL.",
-                            field=VALUE_FIELD,
-                        )
-                    check_public_host(urlparse(url), rules)
-                    continue
-                if response.status_code >= 400:  # not httpx's message: it repeats the full URL
+    network = Network.from_environment()  # the proxy and CA the model clients use, no .netrc
+    for _ in range(_MAX_REDIRECTS + 1):
+        with _http_client(url, network) as client, client.stream("GET", url) as response:
+            if response.is_redirect and "location" in response.headers:
+                url = urljoin(url, response.headers["location"])
+                if urlparse(url).scheme.lower() not in HTTP_SCHEMES:
                     raise PromptFileError(
-                        f"Could not download {display_uri(uri)!r}: HTTP {response.status_code} "
-                        f"{response.reason_phrase}.",
+                        f"{display_uri(uri)!r} redirects to a non-http(s) URL; give the final URL.",
                         field=VALUE_FIELD,
                     )
-                _write_bounded(response.iter_bytes(_BLOCK), target, rules.max_bytes, uri)
-                return
+                check_public_host(urlparse(url), rules)
+                continue
+            if response.status_code >= 400:  # not httpx's message: it repeats the full URL
+                raise PromptFileError(
+                    f"Could not download {display_uri(uri)!r}: HTTP {response.status_code} "
+                    f"{response.reason_phrase}.",
+                    field=VALUE_FIELD,
+                )
+            _write_bounded(response.iter_bytes(_BLOCK), target, rules.max_bytes, uri)
+            return
     raise PromptFileError(
         f"{display_uri(uri)!r} redirects more than {_MAX_REDIRECTS} times; give the final URL.",
         field=VALUE_FIELD,
+    )
+
+
+def _download_failed(uri: str, exc: Exception) -> str:
+    failed = f"Could not download {display_uri(uri)!r}"
+    if isinstance(untrusted := connection_failed(exc, refused=False), UntrustedCertificate):
+        return (
+            f"{failed}: its server's certificate is not trusted ({untrusted.reason}); set SSL_CERT_FILE "
+            "(or SSL_CERT_DIR) to the CA that signed it, as for a model server."
+        )
+    return f"{failed}: {type(exc).__name__}: {exc}"
+
+
+def _http_client(url: str, network: Network) -> httpx.Client:
+    """A client for ``url`` through the proxy the environment gives it (httpx takes one per client),
+    trusting OpenSSL's store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``); trust_env off: no .netrc."""
+    try:
+        proxy = network.proxy_for(url)
+    except ValueError as exc:  # a socks proxy, say
+        raise PromptFileError(
+            f"The environment (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY) gives {exc} for "
+            f"{display_uri(url)!r}; set an http:// proxy, or add the host to NO_PROXY.",
+            field=VALUE_FIELD,
+        ) from None
+    return httpx.Client(
+        timeout=_HTTP_TIMEOUT_S,
+        follow_redirects=False,
+        trust_env=False,
+        verify=network.tls,
+        proxy=None if proxy is None else httpx.Proxy(proxy.url, headers=proxy.headers),
     )
 
 
