@@ -70,6 +70,15 @@ def test_each_variable_names_one_setting_whatever_section_it_sits_in() -> None:
     assert len(names) == len(set(names)) and {"home", "max_lines", "api_token", "work_pool"} <= set(names)
 
 
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_a_variable_named_like_a_section_is_not_read_as_one(
+    section: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env_name(section), "http://batchinfer.internal:8000")  # BATCHINFER_SERVER, say
+    monkeypatch.setenv("BATCHINFER_THREADS", "2")
+    assert Settings().jobs.threads == 2
+
+
 def test_settings_built_in_code_take_the_flat_names_and_the_rest_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

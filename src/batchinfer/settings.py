@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "BATCHINFER_"
 MiB = 1 << 20
@@ -298,6 +304,16 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 
+class _OwnFieldsEnv(EnvSettingsSource):
+    """The environment for ``Settings``' own fields only: each section reads its settings itself,
+    so a variable such as ``BATCHINFER_SERVER`` (a URL, say) is not taken for a section's JSON."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in SECTIONS:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
 class Settings(_Section):
     """Every setting, in sections; ``Settings(max_lines=10)`` takes the flat names, as the
     environment does, and puts each into its section."""
@@ -314,6 +330,17 @@ class Settings(_Section):
     scale_out: ScaleOutSettings = Field(default_factory=ScaleOutSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _OwnFieldsEnv(settings_cls)
 
     @model_validator(mode="before")
     @classmethod
