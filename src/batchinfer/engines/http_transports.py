@@ -66,13 +66,14 @@ class UntrustedCertificate(Exception):
 def connection_failed(exc: BaseException, *, refused: bool) -> RetryableError | UntrustedCertificate:
     """What a failed connection means to the engine: worth retrying, unless the certificate was
     not trusted (found however deep the library wrapped OpenSSL's error)."""
-    untrusted = _certificate_error(exc)
+    untrusted = certificate_error(exc)
     if untrusted is not None:
         return UntrustedCertificate(untrusted.verify_message or str(untrusted))
     return RetryableError(ErrorCode.connection_error, f"{type(exc).__name__}: {exc}", refused=refused)
 
 
-def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+def certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """OpenSSL's verification error behind ``exc``, however deep a library wrapped it, or None."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

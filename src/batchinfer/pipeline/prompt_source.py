@@ -27,7 +27,7 @@ from urllib.parse import ParseResult, unquote, urljoin, urlparse
 import httpx
 
 from batchinfer.contract import Path, PathType
-from batchinfer.engines.http_transports import UntrustedCertificate, connection_failed
+from batchinfer.engines.http_transports import certificate_error
 from batchinfer.engines.network import Network
 from batchinfer.error_codes import ErrorCode
 from batchinfer.errors import BatchInferError, FileTooLargeError, PromptFileError
@@ -336,10 +336,10 @@ def _download_http(uri: str, target: LocalPath, rules: SourceRules) -> None:
 
 def _download_failed(uri: str, exc: Exception) -> str:
     failed = f"Could not download {display_uri(uri)!r}"
-    if isinstance(untrusted := connection_failed(exc, refused=False), UntrustedCertificate):
+    if (untrusted := certificate_error(exc)) is not None:
         return (
-            f"{failed}: its server's certificate is not trusted ({untrusted.reason}); set SSL_CERT_FILE "
-            "(or SSL_CERT_DIR) to the CA that signed it, as for a model server."
+            f"{failed}: its server's certificate is not trusted ({untrusted.verify_message}); set "
+            "SSL_CERT_FILE (or SSL_CERT_DIR) to the CA that signed it, as for a model server."
         )
     return f"{failed}: {type(exc).__name__}: {exc}"
 

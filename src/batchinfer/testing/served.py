@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import psutil
 
+from batchinfer.cli import preflight
 from batchinfer.pipeline.jobfiles import JobLayout, read_progress
 
 TERMINAL = {"completed", "failed"}
@@ -32,9 +32,7 @@ def free_port() -> int:
     the same ephemeral port to two binds in a row once the first socket is closed, and a test that asks
     for a serve's two ports would then get one port twice."""
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        port = preflight.free_port()
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
