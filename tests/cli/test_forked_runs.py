@@ -19,6 +19,7 @@ from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import ServeProcess, prompt_texts, serve_env, wait_for, write_prompts
 
 
+@pytest.mark.slow
 def test_a_modules_flow_pickles_as_a_reference_to_that_very_flow() -> None:
     # In a process of its own: flows_by_reference changes how the whole process pickles flows.
     script = (
@@ -86,6 +87,7 @@ print(exits.exitcode, sleeper.exitcode, len(under_server))
 """
 
 
+@pytest.mark.slow
 def test_a_spawned_process_is_forked_by_the_fork_server_and_stands_in_for_it_to_its_parent() -> None:
     done = subprocess.run([sys.executable, "-c", SPAWN, "server"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -93,6 +95,7 @@ def test_a_spawned_process_is_forked_by_the_fork_server_and_stands_in_for_it_to_
     assert done.stdout.split() == ["7", "-15", "1"]
 
 
+@pytest.mark.slow
 def test_without_the_fork_server_a_spawned_process_is_a_fresh_python_as_usual() -> None:
     done = subprocess.run(
         [sys.executable, "-c", SPAWN, "no-server"], capture_output=True, text=True, timeout=60

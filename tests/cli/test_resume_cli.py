@@ -39,6 +39,7 @@ def test_resume_refuses_a_job_id_that_is_not_a_uuid_with_exit_code_2(
     assert "not a job id" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["resume", "cancel"])
 def test_resume_and_cancel_without_a_reachable_prefect_server_say_where_they_looked(
     tmp_path: Path, command: str

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import ServeProcess, serve_env, user_prompt, write_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -22,10 +23,11 @@ def _port_open(port: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_stops_the_server_the_runner_and_a_running_job(
-    tmp_path: Path, models_file: Path, sig: signal.Signals
+    tmp_path: Path, models_file: Path, prefect_db_template: Path, sig: signal.Signals
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
+    seed_database(prefect_db_template, home / "prefect")
     served = ServeProcess(home=home, env=serve_env(home, models_file, roots=[tmp_path])).start()
     # A job that is mid-flight when the signal arrives: its flow-run process must go too.
     prompts = write_jsonl(tmp_path / "p.jsonl", [user_prompt(f"q{i}") for i in range(2000)])

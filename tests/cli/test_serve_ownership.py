@@ -19,6 +19,7 @@ from batchinfer.cli.children import OWNER_FILE, claim_home
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, listens_on, port_free, prefect_port
 from batchinfer.errors import ConfigError
 from batchinfer.testing.fake_openai import FakeOpenAIServer
+from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import ServeProcess, free_port, serve_env, user_prompt, wait_for, write_jsonl
 
 
@@ -32,9 +33,10 @@ def _family(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return [top, *top.children(recursive=True)]
 
 
-def _home_with_model(root: Path, model_id: str, base_url: str) -> tuple[Path, Path]:
+def _home_with_model(root: Path, model_id: str, base_url: str, template: Path) -> tuple[Path, Path]:
     home = root / model_id
     home.mkdir()
+    seed_database(template, home / "prefect")
     models = [{"id": model_id, "engine": "openai", "base_url": base_url, "model": "fake-model"}]
     models_file = home / "models.yaml"
     models_file.write_text(yaml.safe_dump({"models": models}), encoding="utf-8")
@@ -51,10 +53,10 @@ def _submit(serve: ServeProcess, model: str, prompts: Path) -> str:
 
 @pytest.mark.e2e
 def test_two_serves_of_different_homes_on_the_same_ports_each_run_their_own_jobs_and_kill_9_leaves_nothing(
-    tmp_path: Path, fake_openai: FakeOpenAIServer, slow_openai: FakeOpenAIServer
+    tmp_path: Path, fake_openai: FakeOpenAIServer, slow_openai: FakeOpenAIServer, prefect_db_template: Path
 ) -> None:
     ports = {"port": free_port(), "prefect_port": free_port()}  # the second takes them after kill -9
-    home_a, models_a = _home_with_model(tmp_path, "model-a", slow_openai.base_url)
+    home_a, models_a = _home_with_model(tmp_path, "model-a", slow_openai.base_url, prefect_db_template)
     first = ServeProcess(home_a, serve_env(home_a, models_a, [tmp_path]), **ports).start()
     assert first.proc is not None
     prompts = write_jsonl(tmp_path / "a.jsonl", [user_prompt(f"kill-9 {i}") for i in range(3000)])
@@ -68,7 +70,7 @@ def test_two_serves_of_different_homes_on_the_same_ports_each_run_their_own_jobs
     assert alive == [], f"left running after kill -9: {[p.pid for p in alive]}"
     assert not _listening(ports["port"]) and not _listening(ports["prefect_port"])
 
-    home_b, models_b = _home_with_model(tmp_path, "model-b", fake_openai.base_url)
+    home_b, models_b = _home_with_model(tmp_path, "model-b", fake_openai.base_url, prefect_db_template)
     second = ServeProcess(home_b, serve_env(home_b, models_b, [tmp_path]), **ports).start()
     try:
         job_b = _submit(second, "model-b", write_jsonl(tmp_path / "b.jsonl", [user_prompt("b")]))
@@ -137,6 +139,7 @@ def _claimants(home: Path, go: Path, n: int, hold_s: float) -> list[subprocess.P
     return claimants
 
 
+@pytest.mark.slow
 def test_of_serves_claiming_a_home_at_the_same_moment_exactly_one_wins(tmp_path: Path) -> None:
     claimants = _claimants(tmp_path, tmp_path / "go", 6, hold_s=3)
     (tmp_path / "go").touch()
@@ -165,6 +168,7 @@ def test_a_home_is_refused_while_its_serve_lives_and_free_again_once_it_is_kille
     assert not (tmp_path / OWNER_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_guarded_child_ends_as_soon_as_its_parent_is_killed() -> None:
     code = (
         "import os, subprocess, sys, time\n"

@@ -65,9 +65,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    template = tmp_path_factory.getbasetemp() / "prefect-template.db"  # shared by the session
-    with PrefectServer(home=home / "server", database_template=template) as server:
+def prefect_server(home: Path, prefect_db_template: Path) -> Iterator[PrefectServer]:
+    with PrefectServer(home=home / "server", database_template=prefect_db_template) as server:
         yield server
 
 

@@ -43,7 +43,9 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAIServer) -> Iterator[Deployed]:
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAIServer, prefect_db_template: Path
+) -> Iterator[Deployed]:
     home = tmp_path_factory.mktemp("deployments")
     data = home / "data"
     data.mkdir()
@@ -55,7 +57,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAISe
     server = PrefectServer(
         home=home,
         server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"},
-        database_template=tmp_path_factory.getbasetemp() / "prefect-template.db",  # shared by the session
+        database_template=prefect_db_template,
     )
     with server:
         server.cli("work-pool", "create", POOL, "--type", "process")

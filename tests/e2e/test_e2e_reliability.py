@@ -24,6 +24,7 @@ import pytest
 from batchinfer.pipeline.chunk_run import read_requests
 from batchinfer.pipeline.jobfiles import JobLayout, read_progress
 from batchinfer.testing.fake_openai import FakeOpenAIServer
+from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import (
     ServeProcess,
     prompt_texts,
@@ -139,10 +140,11 @@ def test_a_job_killed_mid_way_finishes_on_resume_without_resending_its_finished_
 
 
 def test_a_job_left_running_by_a_killed_serve_shows_interrupted_after_a_restart_and_resumes(
-    tmp_path: Path, models_file: Path, slow_openai: FakeOpenAIServer
+    tmp_path: Path, models_file: Path, slow_openai: FakeOpenAIServer, prefect_db_template: Path
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
+    seed_database(prefect_db_template, home / "prefect")
     env = serve_env(home, models_file, roots=[tmp_path], BATCHINFER_CHUNK_SIZE=str(CHUNK_SIZE))
     first = ServeProcess(home=home, env=env).start()
     texts = prompt_texts("restart", 800)

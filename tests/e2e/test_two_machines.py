@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from batchinfer.cli.children import end_process_trees
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.s3 import S3Server
 from batchinfer.testing.served import ServeProcess, prompt_texts, serve_env, wait_for, write_prompts
@@ -90,8 +91,8 @@ def machines(
             try:
                 yield Machines(a, b, s3, data)
             finally:
-                b.terminate()
-                b.wait(timeout=30)
+                # A worker stopped while its last flow run ends can wait on it for half a minute.
+                end_process_trees([b], grace_s=10)
         finally:
             a.stop()
 

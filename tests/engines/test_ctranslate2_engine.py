@@ -54,6 +54,7 @@ def tokens(answer: Completion) -> list[tuple[str, list[int] | None]]:
     return [(token.token, token.bytes) for token in content]
 
 
+@pytest.mark.slow
 def test_float32_greedy_gives_the_transformers_engines_tokens_and_logprobs(
     engine: CTranslate2Engine, tiny_model_dir: Path, context: EngineContext
 ) -> None:
@@ -145,6 +146,7 @@ def test_the_converted_model_is_cached_and_a_second_engine_does_not_convert_agai
         os.utime(tiny_model_dir / "config.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_a_gguf_file_is_dequantized_with_transformers_then_converted(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -251,6 +251,7 @@ def infer_paced(
         engine.close()
 
 
+@pytest.mark.slow
 def test_auto_on_a_server_that_never_slows_grows_to_its_ceiling_and_says_so() -> None:
     with FakeOpenAIServer(latency_ms=25) as server:
         outcomes, pace = infer_paced(server, 1_500, max_concurrency="auto", concurrency_ceiling=16)
@@ -263,6 +264,7 @@ def test_auto_on_a_server_that_never_slows_grows_to_its_ceiling_and_says_so() ->
     assert pace["requests_per_minute"] > 0
 
 
+@pytest.mark.slow
 def test_auto_against_a_server_past_its_capacity_settles_near_it_over_real_http() -> None:
     # The fake server slows as (n / 8)^2 past 8 in flight (testing/capacity.py).
     with FakeOpenAIServer(latency_ms=40, capacity=8) as server:
@@ -287,6 +289,7 @@ def test_a_requests_a_minute_limit_paces_the_engine_evenly_over_real_http() -> N
     assert pace is not None and pace["max_requests_per_minute"] == 1_200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("limit", "field"), [("rpm_limit", "max_requests_per_minute"), ("tpm_limit", "max_tokens_per_minute")]
 )

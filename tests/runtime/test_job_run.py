@@ -107,6 +107,7 @@ def test_a_valid_openai_batch_runs_as_any_job(run_job: RunJob) -> None:
     assert [r["custom_id"] for r in read_jsonl(ended.layout.success)] == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_a_cancel_mid_window_keeps_the_finished_chunks_and_records_the_rest_cancelled(
     run_job: RunJob,
 ) -> None:
@@ -119,6 +120,7 @@ def test_a_cancel_mid_window_keeps_the_finished_chunks_and_records_the_rest_canc
     assert ended.progress.error_code == "cancelled" and "resume" in (ended.progress.error_message or "")
 
 
+@pytest.mark.slow
 def test_a_job_past_its_completion_window_fails_expired_keeping_what_finished(run_job: RunJob) -> None:
     expires_at = datetime.now(UTC) + timedelta(seconds=1.5)
     ended = run_job(EchoEngine(delay_s=0.4), expires_at=expires_at)
@@ -127,6 +129,7 @@ def test_a_job_past_its_completion_window_fails_expired_keeping_what_finished(ru
     assert len(codes) == LINES and "expired" in codes and "answered" in codes
 
 
+@pytest.mark.slow
 def test_a_job_past_its_deadline_fails_deadline_exceeded_and_keeps_its_chunks_for_a_resume(
     run_job: RunJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,6 +164,7 @@ def http_engine(refusing: FakeOpenAIServer) -> Iterator[OpenAIEngine]:
     engine.close()
 
 
+@pytest.mark.slow
 def test_a_wrong_api_key_stops_a_50000_line_job_after_its_first_answers(
     run_job: RunJob, http_engine: OpenAIEngine, refusing: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,6 +177,7 @@ def test_a_wrong_api_key_stops_a_50000_line_job_after_its_first_answers(
     assert len(codes) == 50_000 and set(codes) == {"http_401", "auth_failed"}
 
 
+@pytest.mark.slow
 def test_once_the_key_is_fixed_a_rerun_answers_the_lines_the_bad_key_failed_or_cut_short(
     run_job: RunJob, http_engine: OpenAIEngine, refusing: FakeOpenAIServer
 ) -> None:
@@ -191,6 +196,7 @@ def test_a_small_job_whose_every_answer_is_a_401_fails_auth_failed(
     assert refusing.requests_total == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ssl_cert_file", [True, False], ids=["SSL_CERT_FILE set", "no SSL_CERT_FILE"])
 def test_a_job_behind_an_https_proxy_completes_through_it_or_fails_certificate_untrusted_saying_how_to_fix_it(
     ssl_cert_file: bool,
@@ -237,6 +243,7 @@ def test_a_job_within_its_max_error_rate_completes(run_job: RunJob) -> None:
     assert ended.state.is_completed() and ended.progress.failed == LINES // 10
 
 
+@pytest.mark.slow
 def test_a_job_over_three_replicas_completes_with_every_line_once_when_one_is_killed_mid_job(
     run_job: RunJob,
 ) -> None:
@@ -266,6 +273,7 @@ def test_a_job_over_three_replicas_completes_with_every_line_once_when_one_is_ki
     assert abs(answers[0] - answers[1]) <= 0.2 * max(answers[:2]), answers
 
 
+@pytest.mark.slow
 def test_a_10000_line_job_with_30_percent_repeated_deterministic_lines_sends_7000_requests(
     run_job: RunJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,6 +295,7 @@ def test_a_10000_line_job_with_30_percent_repeated_deterministic_lines_sends_700
     assert all(records[n].get("duplicate_of") == (n - 7000 if n > 7000 else None) for n in records)
 
 
+@pytest.mark.slow
 def test_with_the_cache_on_a_rerun_sends_nothing_and_a_file_with_1000_lines_changed_sends_1000(
     run_job: RunJob, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -63,6 +63,7 @@ def test_a_job_on_a_store_publishes_its_outputs_there_for_any_machine_to_read(
     assert so_far == list(range(1, LINES + 1))
 
 
+@pytest.mark.slow
 def test_a_cancelled_job_on_a_store_resumes_on_another_machine_sending_only_what_was_not_finished(
     run_job: RunJob, store: JobStore
 ) -> None:
@@ -80,6 +81,7 @@ def test_a_cancelled_job_on_a_store_resumes_on_another_machine_sending_only_what
     assert [r["line"] for r in lines_of(store, "success.jsonl")] == list(range(1, LINES + 1))
 
 
+@pytest.mark.slow
 def test_a_retry_takes_the_failed_lines_out_of_the_chunk_results_on_the_store(
     run_job: RunJob, store: JobStore
 ) -> None:
@@ -98,6 +100,7 @@ def test_a_retry_takes_the_failed_lines_out_of_the_chunk_results_on_the_store(
     assert lines_of(store, "errors.jsonl") == [] and len(lines_of(store, "success.jsonl")) == LINES
 
 
+@pytest.mark.slow
 def test_a_file_rewritten_while_it_is_read_reads_as_one_whole_version(
     store: JobStore, tmp_path: Path
 ) -> None:

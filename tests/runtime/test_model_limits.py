@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import uuid
 
@@ -69,8 +70,8 @@ def test_jobs_that_create_a_models_limit_at_the_same_moment_all_succeed(prefect_
         start.wait()
         ensure_limit(model_id, 12)
 
-    with ThreadPoolExecutor(8) as pool:
-        for future in [pool.submit(create) for _ in range(8)]:
+    with ThreadPoolExecutor(8) as pool:  # each job in this context, which names the test's server
+        for future in [pool.submit(contextvars.copy_context().run, create) for _ in range(8)]:
             future.result()
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(limit_name(model_id)).limit == 12

@@ -181,6 +181,7 @@ def test_the_headers_give_the_minutes_limit_what_is_left_of_it_and_when_it_is_fu
     }
 
 
+@pytest.mark.slow
 def test_past_the_queue_limit_the_extra_requests_get_429_without_retry_after_and_the_rest_200() -> None:
     async def scenario(server: FakeOpenAIServer) -> tuple[list[httpx.Response], list[httpx.Response]]:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:

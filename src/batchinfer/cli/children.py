@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,17 +53,23 @@ class Supervisor:
         return proc
 
     def stop_all(self, grace_s: float = 10.0) -> None:
-        """SIGTERM every child and every descendant of theirs (a flow run may be in a session of its
-        own), then SIGKILL whatever is left after ``grace_s``."""
-        family: list[psutil.Process] = []
-        for proc in self.children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                top = psutil.Process(proc.pid)
-                family += [top, *top.children(recursive=True)]
-        end_processes(family, grace_s)
-        for proc in self.children:
-            proc.poll()  # reap, so no zombie is left behind
+        """Stop every child and every descendant of theirs (``end_process_trees``)."""
+        end_process_trees(self.children, grace_s)
         self.children.clear()
+
+
+def end_process_trees(procs: Iterable[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM each process and every descendant of theirs (a flow run may be in a session of its
+    own), then SIGKILL whatever is left after ``grace_s``; reap them, so no zombie is left behind."""
+    procs = list(procs)
+    family: list[psutil.Process] = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            top = psutil.Process(proc.pid)
+            family += [top, *top.children(recursive=True)]
+    end_processes(family, grace_s)
+    for proc in procs:
+        proc.poll()
 
 
 def end_processes(processes: list[psutil.Process], grace_s: float) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import httpx
-import psutil
 
+from batchinfer.cli.children import end_process_trees
 from batchinfer.settings import Settings
 from batchinfer.testing.served import free_port
 
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
 PREFECT = [sys.executable, "-m", "prefect"]
 # A fresh SQLite database takes 15-25 s to migrate on a busy 2-core machine.
 STARTUP_TIMEOUT_S = 120.0
+WORKER_GRACE_S = 5.0
 
 
 @dataclass
@@ -143,25 +143,13 @@ class PrefectServer:
         )
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the background processes, then the server, and everything they started (a
-        worker's flow runs live in sessions of their own); SIGKILL what is left after ``timeout_s``."""
-        procs = [*reversed(self.background), *([self.proc] if self.proc else [])]
-        family: list[psutil.Process] = []
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                top = psutil.Process(proc.pid)
-                family += [top, *top.children(recursive=True)]
-        for member in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                member.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(family, timeout=timeout_s)
-        for straggler in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                straggler.kill()
-        psutil.wait_procs(alive, timeout=5)
-        for proc in procs:
-            proc.poll()  # reap, so no zombie is left behind
+        """Stop the background processes (workers, with their flow runs), then the server. In that
+        order: a worker told to stop while its server is gone retries the server for a minute. A
+        worker gets a few seconds: one whose flow run is still ending waits on it for half a minute."""
+        end_process_trees(reversed(self.background), min(timeout_s, WORKER_GRACE_S))
         self.background.clear()
+        if self.proc is not None:
+            end_process_trees([self.proc], timeout_s)
 
     def log_tail(self, chars: int = 3000) -> str:
         return "".join(
