@@ -10,6 +10,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 DEMO_DIR ?= .batchinfer-demo
 # The suite on two pytest-xdist workers: most of its time waits on servers and child processes, so
 # two halve it on two cores; TEST_WORKERS=0 runs every test in one process, one after another.
+# Work stealing (pyproject.toml's addopts): a worker that runs dry takes tests queued for the other.
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast test-prefect-oldest lint docs serve bench bench-scaleout bench-pacing clean \

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,29 +33,49 @@ SLOW_LATENCY_MS = 25.0
 
 
 @pytest.fixture(scope="session")
-def prefect_db_template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated Prefect database that a test's Prefect server starts from (~5 s) instead of
-    migrating a fresh one (~12 s). Made once per Prefect version, by the first pytest-xdist worker
-    that needs it (the others wait on the lock), and kept in pytest's cache for the next run."""
+def prefect_db_template_path(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Where the migrated Prefect database of this Prefect version is kept: pytest's cache, shared
+    by the pytest-xdist workers and kept for the next run."""
     cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     folder = cache.mkdir("prefect-db-templates") if cache is not None else tmp_path_factory.getbasetemp()
-    template = folder / f"prefect-{version('prefect')}.db"
+    return folder / f"prefect-{version('prefect')}.db"
+
+
+@contextmanager
+def prefect_server_from(template: Path, home: Path) -> Iterator[PrefectServer]:
+    """A Prefect server that starts from the migrated ``template`` (~5 s) rather than migrating a
+    fresh database (~12 s); where there is none yet, it makes it as it comes up, while the other
+    workers wait on the lock."""
     with FileLock(f"{template}.lock"):
-        if not template.exists():
-            with PrefectServer(home=tmp_path_factory.mktemp("template"), database_template=template):
-                pass  # the server saves its database to the template as it comes up
-    return template
+        server = PrefectServer(home=home, database_template=template).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory, prefect_db_template: Path) -> Iterator[None]:
+def prefect_db_template(prefect_db_template_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The migrated Prefect database, for a test whose own server or ``serve`` starts from a copy."""
+    if not prefect_db_template_path.exists():
+        with prefect_server_from(prefect_db_template_path, tmp_path_factory.mktemp("template")):
+            pass
+    return prefect_db_template_path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(
+    tmp_path_factory: pytest.TempPathFactory, prefect_db_template_path: Path
+) -> Iterator[None]:
     """One Prefect server for the session's in-process flow runs (``tests/runtime/test_job_run.py``),
     as Prefect's ``prefect_test_harness`` has, but starting from the migrated template."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-harness")
     with (
-        PrefectServer(home=home, database_template=prefect_db_template) as server,
+        prefect_server_from(prefect_db_template_path, home) as server,
         temporary_settings(updates={PREFECT_API_URL: server.api_url}),
     ):
         yield  # a thread a test starts must run in this context (contextvars.copy_context) to see it
