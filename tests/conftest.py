@@ -7,18 +7,16 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 import openai
 import pytest
 import yaml
-from filelock import FileLock
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.forward_proxy import ForwardProxy
-from batchinfer.testing.prefect_server import PrefectServer, seed_database
+from batchinfer.testing.prefect_server import PrefectServer
 from batchinfer.testing.served import ServeProcess, free_port, serve_env
 from batchinfer.testing.tls import PrivateCA
 from batchinfer.testing.transformers_serve import TransformersServe, smollm2_checkpoint
@@ -43,24 +41,14 @@ def prefect_db_template_path(
     return folder / f"prefect-{version('prefect')}.db"
 
 
-@contextmanager
-def prefect_server_from(template: Path, home: Path) -> Iterator[PrefectServer]:
-    """A Prefect server that starts from the migrated ``template`` (~5 s) rather than migrating a
-    fresh database (~12 s); where there is none yet, it makes it as it comes up, while the other
-    workers wait on the lock."""
-    with FileLock(f"{template}.lock"):
-        server = PrefectServer(home=home, database_template=template).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def prefect_db_template(prefect_db_template_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The migrated Prefect database, for a test whose own server or ``serve`` starts from a copy."""
+    """The migrated Prefect database, for a test whose own server or ``serve`` starts from a copy
+    (~5 s instead of ~12 s to migrate a fresh one): the first server to need it makes it."""
     if not prefect_db_template_path.exists():
-        with prefect_server_from(prefect_db_template_path, tmp_path_factory.mktemp("template")):
+        with PrefectServer(
+            home=tmp_path_factory.mktemp("template"), database_template=prefect_db_template_path
+        ):
             pass
     return prefect_db_template_path
 
@@ -75,7 +63,7 @@ def prefect_harness(
 
     home = tmp_path_factory.mktemp("prefect-harness")
     with (
-        prefect_server_from(prefect_db_template_path, home) as server,
+        PrefectServer(home=home, database_template=prefect_db_template_path) as server,
         temporary_settings(updates={PREFECT_API_URL: server.api_url}),
     ):
         yield  # a thread a test starts must run in this context (contextvars.copy_context) to see it
@@ -293,7 +281,6 @@ def served(
     """One ``batchinfer serve`` for the whole session (its Prefect server costs seconds to start)."""
     home = e2e_root / "home"
     home.mkdir()
-    seed_database(prefect_db_template, home / "prefect")
     data = e2e_root / "data"
     data.mkdir()
     env = serve_env(
@@ -309,7 +296,7 @@ def served(
         # tests of its own serves (tests/cli/test_forked_runs.py, test_prefect_sources.py, ...).
         BATCHINFER_FORK_FLOW_RUNS="true",
     )
-    process = ServeProcess(home=home, env=env).start()
+    process = ServeProcess(home=home, env=env, database_template=prefect_db_template).start()
     yield process
     process.stop()
 

@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batchinfer.testing.prefect_server import seed_database
-from batchinfer.testing.served import ServeProcess, user_prompt, write_jsonl
+from batchinfer.testing.served import ServeProcess, seed_database, user_prompt, write_jsonl
 
 pytestmark = pytest.mark.e2e
 

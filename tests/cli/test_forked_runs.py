@@ -15,7 +15,6 @@ import pytest
 from prefect import flow
 
 from batchinfer.cli.forked_runs import FLOW_RUN_PRELOAD, _reduce_flow, fork_server_notice
-from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import ServeProcess, prompt_texts, serve_env, wait_for, write_prompts
 
 
@@ -130,8 +129,8 @@ def test_by_default_a_served_job_runs_as_prefects_own_engine_process(
     tmp_path: Path, models_file: Path, prefect_db_template: Path
 ) -> None:
     home = tmp_path / "home"
-    seed_database(prefect_db_template, home / "prefect")
-    served = ServeProcess(home, serve_env(home, models_file, roots=[tmp_path])).start()
+    env = serve_env(home, models_file, roots=[tmp_path])
+    served = ServeProcess(home, env, database_template=prefect_db_template).start()
     try:
         assert _processes(served, "batchinfer.cli.forked_runs") == [], "a fork server that nobody asked for"
         job_id = _job(served, tmp_path, "public-path")

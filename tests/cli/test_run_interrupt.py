@@ -15,8 +15,14 @@ import psutil
 import pytest
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from batchinfer.testing.prefect_server import seed_database
-from batchinfer.testing.served import prompt_texts, read_jsonl, serve_env, wait_for, write_prompts
+from batchinfer.testing.served import (
+    prompt_texts,
+    read_jsonl,
+    seed_database,
+    serve_env,
+    wait_for,
+    write_prompts,
+)
 
 pytestmark = pytest.mark.e2e
 PROMPTS = 3000  # ~10 s of work on fake-slow (25 ms a request, 8 at once): long enough to interrupt

@@ -10,7 +10,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import ServeProcess, serve_env, user_prompt, write_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -27,8 +26,8 @@ def test_a_signal_stops_the_server_the_runner_and_a_running_job(
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    seed_database(prefect_db_template, home / "prefect")
-    served = ServeProcess(home=home, env=serve_env(home, models_file, roots=[tmp_path])).start()
+    env = serve_env(home, models_file, roots=[tmp_path])
+    served = ServeProcess(home=home, env=env, database_template=prefect_db_template).start()
     # A job that is mid-flight when the signal arrives: its flow-run process must go too.
     prompts = write_jsonl(tmp_path / "p.jsonl", [user_prompt(f"q{i}") for i in range(2000)])
     job_id = served.submit_ok(

@@ -19,7 +19,6 @@ from batchinfer.cli.children import OWNER_FILE, claim_home
 from batchinfer.cli.preflight import DEFAULT_PREFECT_PORT, listens_on, port_free, prefect_port
 from batchinfer.errors import ConfigError
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import ServeProcess, free_port, serve_env, user_prompt, wait_for, write_jsonl
 
 
@@ -33,10 +32,9 @@ def _family(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return [top, *top.children(recursive=True)]
 
 
-def _home_with_model(root: Path, model_id: str, base_url: str, template: Path) -> tuple[Path, Path]:
+def _home_with_model(root: Path, model_id: str, base_url: str) -> tuple[Path, Path]:
     home = root / model_id
     home.mkdir()
-    seed_database(template, home / "prefect")
     models = [{"id": model_id, "engine": "openai", "base_url": base_url, "model": "fake-model"}]
     models_file = home / "models.yaml"
     models_file.write_text(yaml.safe_dump({"models": models}), encoding="utf-8")
@@ -56,8 +54,10 @@ def test_two_serves_of_different_homes_on_the_same_ports_each_run_their_own_jobs
     tmp_path: Path, fake_openai: FakeOpenAIServer, slow_openai: FakeOpenAIServer, prefect_db_template: Path
 ) -> None:
     ports = {"port": free_port(), "prefect_port": free_port()}  # the second takes them after kill -9
-    home_a, models_a = _home_with_model(tmp_path, "model-a", slow_openai.base_url, prefect_db_template)
-    first = ServeProcess(home_a, serve_env(home_a, models_a, [tmp_path]), **ports).start()
+    home_a, models_a = _home_with_model(tmp_path, "model-a", slow_openai.base_url)
+    first = ServeProcess(
+        home_a, serve_env(home_a, models_a, [tmp_path]), **ports, database_template=prefect_db_template
+    ).start()
     assert first.proc is not None
     prompts = write_jsonl(tmp_path / "a.jsonl", [user_prompt(f"kill-9 {i}") for i in range(3000)])
     job_a = _submit(first, "model-a", prompts)
@@ -70,8 +70,10 @@ def test_two_serves_of_different_homes_on_the_same_ports_each_run_their_own_jobs
     assert alive == [], f"left running after kill -9: {[p.pid for p in alive]}"
     assert not _listening(ports["port"]) and not _listening(ports["prefect_port"])
 
-    home_b, models_b = _home_with_model(tmp_path, "model-b", fake_openai.base_url, prefect_db_template)
-    second = ServeProcess(home_b, serve_env(home_b, models_b, [tmp_path]), **ports).start()
+    home_b, models_b = _home_with_model(tmp_path, "model-b", fake_openai.base_url)
+    second = ServeProcess(
+        home_b, serve_env(home_b, models_b, [tmp_path]), **ports, database_template=prefect_db_template
+    ).start()
     try:
         job_b = _submit(second, "model-b", write_jsonl(tmp_path / "b.jsonl", [user_prompt("b")]))
         assert second.wait(job_b)["status"] == "completed"

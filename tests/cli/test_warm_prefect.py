@@ -15,8 +15,7 @@ import psutil
 import pytest
 
 from batchinfer.cli import warm_prefect
-from batchinfer.testing.prefect_server import seed_database
-from batchinfer.testing.served import prompt_texts, serve_env, wait_for, write_prompts
+from batchinfer.testing.served import prompt_texts, seed_database, serve_env, wait_for, write_prompts
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,6 @@ import pytest
 from batchinfer.pipeline.chunk_run import read_requests
 from batchinfer.pipeline.jobfiles import JobLayout, read_progress
 from batchinfer.testing.fake_openai import FakeOpenAIServer
-from batchinfer.testing.prefect_server import seed_database
 from batchinfer.testing.served import (
     ServeProcess,
     prompt_texts,
@@ -144,9 +143,8 @@ def test_a_job_left_running_by_a_killed_serve_shows_interrupted_after_a_restart_
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    seed_database(prefect_db_template, home / "prefect")
     env = serve_env(home, models_file, roots=[tmp_path], BATCHINFER_CHUNK_SIZE=str(CHUNK_SIZE))
-    first = ServeProcess(home=home, env=env).start()
+    first = ServeProcess(home=home, env=env, database_template=prefect_db_template).start()
     texts = prompt_texts("restart", 800)
     job_id = _submit(first, write_prompts(tmp_path, "restart", texts), "fake-slow")
     wait_for(lambda: _chunks_done(first, job_id) >= 2, 60, "two chunks done")

@@ -6,14 +6,14 @@ database under ``home``, so a test never touches ``~/.prefect`` or another test'
 
 Migrating a fresh database costs a server ~10 s of CPU. With ``database_template``, the first
 server saves a copy of its database as it comes up (schema and block types only, nothing of any
-test yet) and later servers start from that copy.
+test yet), holding a lock on it so that servers in other processes wait for it, and later servers
+start from that copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -24,10 +24,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import httpx
+from filelock import FileLock
 
 from batchinfer.cli.children import end_process_trees
 from batchinfer.settings import Settings
-from batchinfer.testing.served import free_port
+from batchinfer.testing.served import free_port, seed_database
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -75,15 +76,21 @@ class PrefectServer:
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         template = self.database_template
-        if template is not None and template.exists():
-            self.database.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(template, self.database)
+        if template is not None and not template.exists():
+            with FileLock(f"{template}.lock"):  # the first makes it; the others wait, then copy it
+                if not template.exists():
+                    return self._start(timeout_s, save_to=template)
+        if template is not None:
+            seed_database(template, self.database.parent)
+        return self._start(timeout_s)
+
+    def _start(self, timeout_s: float, save_to: Path | None = None) -> PrefectServer:
         argv = [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = self._popen(argv, self.env(**self.server_env), "prefect-server")
         try:
             self._wait_until_healthy(self.proc, timeout_s)
-            if template is not None and not template.exists():
-                snapshot_database(self.database, template)
+            if save_to is not None:
+                snapshot_database(self.database, save_to)
         except BaseException:  # never leave a server behind when the fixture fails
             self.stop()
             raise
@@ -176,10 +183,3 @@ def snapshot_database(database: Path, target: Path) -> None:
     ):
         source.backup(copy)
     partial.replace(target)
-
-
-def seed_database(template: Path, prefect_home: Path) -> None:
-    """Put a copy of the migrated database ``template`` where a server of ``prefect_home`` opens its
-    own, so that it starts in seconds rather than migrating a fresh one."""
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, prefect_home / "prefect.db")
