@@ -1,9 +1,10 @@
-"""Resume and interrupted jobs, as pure decisions: which jobs may be resumed, what a stopped `serve`
-leaves behind, and how job_status reports a crash (with how to resume it)."""
+"""Resume and interrupted jobs, as pure decisions: which jobs may be resumed, how long a resume waits
+for the runner of a cancelled job, what a stopped `serve` leaves behind, and how job_status reports
+a crash (with how to resume it)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,12 +13,15 @@ from batchinfer.control.jobview import RunSnapshot, batch_inference
 from batchinfer.control.recovery import (
     INTERRUPTED_STATE_NAME,
     RESUME_STATE_NAME,
+    RUNNER_LET_GO_S,
     interrupted_state,
+    let_go_delay,
     nothing_to_retry,
     resume_refusal,
     resume_state,
     retry_refusal,
     retry_state,
+    runner_may_still_cancel,
 )
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
@@ -100,6 +104,42 @@ def test_a_retry_says_how_many_lines_it_runs_and_is_rescheduled_like_a_resume() 
 def test_a_retry_with_nothing_to_run_says_why_and_what_to_do(every_error: bool, says: str) -> None:
     message = nothing_to_retry(JOB_ID, every_error)
     assert JOB_ID in message and says in message and "submit a new job" in message
+
+
+NOON = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def history(*types: str) -> list[tuple[str, datetime]]:
+    return [(state_type, NOON + timedelta(seconds=i)) for i, state_type in enumerate(types)]
+
+
+@pytest.mark.parametrize(
+    ("types", "waits"),
+    [
+        (("RUNNING", "CANCELLING", "CANCELLED"), True),  # the job's own Cancelled: its runner's is to come
+        (("RUNNING", "CANCELLING", "CANCELLED", "CANCELLED"), False),  # the runner's is in
+        (("SCHEDULED", "CANCELLED"), False),  # cancelled before any process ran it
+        (("RUNNING", "CANCELLING", "CRASHED"), False),
+        (("RUNNING", "CANCELLING", "CANCELLED", "CANCELLED", "SCHEDULED", "RUNNING"), False),
+        (("RUNNING", "CANCELLING", "CANCELLED", "SCHEDULED", "RUNNING", "CANCELLING", "CANCELLED"), True),
+    ],
+)
+def test_a_resume_waits_for_the_runner_of_a_cancelled_job_only_while_its_cancelled_is_still_to_come(
+    types: tuple[str, ...], waits: bool
+) -> None:
+    own_cancel_at = runner_may_still_cancel(history(*types))
+    assert (own_cancel_at is not None) is waits
+    if waits:
+        assert own_cancel_at == history(*types)[-1][1]
+
+
+@pytest.mark.parametrize(
+    ("ago_s", "wait_s"), [(0.0, RUNNER_LET_GO_S), (2.0, RUNNER_LET_GO_S - 2.0), (60.0, 0.0)]
+)
+def test_a_resume_waits_for_the_runner_at_most_its_let_go_time_after_the_jobs_own_cancel(
+    ago_s: float, wait_s: float
+) -> None:
+    assert let_go_delay(NOON - timedelta(seconds=ago_s), NOON) == pytest.approx(wait_s)
 
 
 def test_a_resume_proposes_the_same_state_as_the_prefect_ui_retry_button() -> None:

@@ -1,5 +1,4 @@
-"""A job's stop signal: set by its watcher when the flow run is cancelling, or by SIGTERM; and how
-long a resume waits after a cancel for the runner to let go."""
+"""A job's stop signal: set by its watcher when the flow run is cancelling, or by SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchinfer.control.recovery import RUNNER_SETTLE_S, settle_delay
 from batchinfer.runtime.cancellation import CancelWatcher, StopSignal, expiring, sigterm_sets, stop_signal
 
 
@@ -77,14 +75,6 @@ def test_without_a_stop_the_previous_sigterm_handler_comes_back() -> None:
     with sigterm_sets(StopSignal()):
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-@pytest.mark.parametrize(
-    ("ago_s", "wait_s"), [(0.0, RUNNER_SETTLE_S), (2.0, RUNNER_SETTLE_S - 2.0), (60.0, 0.0)]
-)
-def test_a_resume_waits_out_the_runners_settling_time_after_a_cancel(ago_s: float, wait_s: float) -> None:
-    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-    assert settle_delay(now - timedelta(seconds=ago_s), now) == pytest.approx(wait_s)
 
 
 def test_a_job_past_its_expiry_stops_at_once_and_its_cut_lines_read_expired() -> None:

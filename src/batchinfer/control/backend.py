@@ -21,12 +21,13 @@ from batchinfer.control.recovery import (
     LEFT_RUNNING_STATE_TYPES,
     StateSpec,
     interrupted_state,
+    let_go_delay,
     nothing_to_retry,
     resume_refusal,
     resume_state,
     retry_refusal,
     retry_state,
-    settle_delay,
+    runner_may_still_cancel,
 )
 from batchinfer.control.states import StateEvent, cancel_action, status_query
 from batchinfer.errors import (
@@ -43,6 +44,8 @@ from batchinfer.pipeline.retry import strip_failed
 
 logger = logging.getLogger(__name__)
 HISTORY_READS_AT_ONCE = 8
+# How often a resume looks whether the runner of a cancelled job has let go of it.
+LET_GO_POLL_S = 0.5
 
 
 class JobBackend(Protocol):
@@ -200,10 +203,17 @@ class PrefectJobBackend:
         return job_place(str(flow_run.id), dict(flow_run.parameters), self._jobs_dir)
 
     async def _settled_state_type(self, flow_run: Any) -> str:
+        """The job's state type once the runner that owned its process has let go of a cancel
+        (``recovery.runner_may_still_cancel``): a resume before that would be cancelled again."""
         state_type: str = flow_run.state.type.value if flow_run.state else "PENDING"
-        if state_type == "CANCELLED":  # let its runner finish setting Cancelled first
-            await anyio.sleep(settle_delay(flow_run.state.timestamp))
-        return state_type
+        if state_type != "CANCELLED":
+            return state_type
+        while True:
+            states = await self._client.read_flow_run_states(flow_run.id)  # oldest first
+            own_cancel_at = runner_may_still_cancel([(s.type.value, s.timestamp) for s in states])
+            if own_cancel_at is None or (delay := let_go_delay(own_cancel_at)) == 0:
+                return str(states[-1].type.value) if states else state_type
+            await anyio.sleep(min(delay, LET_GO_POLL_S))
 
     async def _reschedule(
         self, job_id: UUID, spec: StateSpec, refused: type[JobNotResumableError | JobNotRetryableError]

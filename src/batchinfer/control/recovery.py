@@ -76,15 +76,35 @@ def nothing_to_retry(job_id: str, every_error: bool) -> str:
     )
 
 
-# After a cancelled job's process exits, the runner that owned it checks every few seconds and then
-# sets Cancelled once more; a resume before that would be overwritten. Resume waits this long.
-RUNNER_SETTLE_S = 6.0
+# A running job asked to stop (CANCELLING) sets Cancelled itself once it has written what it
+# finished. The runner or worker that owns its process then ends Prefect's own cancel: it waits for
+# the process to exit (looking every 3 s), and sets Cancelled again, by force. A resume before that
+# second Cancelled is overwritten by it, and the resumed run, started under the same id, is killed.
+# So a resume waits for it, at most this long after the job's own Cancelled (longer than the runner's
+# 3 s steps, twice, on a loaded machine).
+RUNNER_LET_GO_S = 20.0
 
 
-def settle_delay(cancelled_at: datetime, now: datetime | None = None) -> float:
-    """Seconds a resume of a job cancelled at ``cancelled_at`` waits for its runner to let go."""
-    elapsed = ((now or datetime.now(UTC)) - cancelled_at).total_seconds()
-    return min(RUNNER_SETTLE_S, max(0.0, RUNNER_SETTLE_S - elapsed))
+def runner_may_still_cancel(history: list[tuple[str, datetime]]) -> datetime | None:
+    """When a cancelled job's own Cancelled was set, while its runner's Cancelled is still to come;
+    None when no runner will set it again. ``history``: (state type, timestamp), oldest first.
+
+    The runner's Cancelled follows only a CANCELLING (a job cancelled before it ran has no process)
+    and always comes last: the runner sets it after the process, hence the job, has ended.
+    """
+    types = [state_type for state_type, _ in history]
+    if "CANCELLING" not in types:
+        return None
+    after = history[len(types) - types[::-1].index("CANCELLING") :]
+    if len(after) != 1 or after[0][0] != "CANCELLED":
+        return None  # the runner's Cancelled is in, or something else happened since (a resume)
+    return after[0][1]
+
+
+def let_go_delay(own_cancel_at: datetime, now: datetime | None = None) -> float:
+    """Seconds a resume may still wait for the runner of a job that cancelled at ``own_cancel_at``."""
+    elapsed = ((now or datetime.now(UTC)) - own_cancel_at).total_seconds()
+    return max(0.0, RUNNER_LET_GO_S - elapsed)
 
 
 @dataclass(frozen=True)
