@@ -94,6 +94,18 @@ def test_a_warm_server_stops_by_itself_once_no_run_has_used_it_for_the_idle_time
     assert warm_prefect.read_warm(home / "prefect") is None
 
 
+@pytest.mark.parametrize(("idle_s", "every_s"), [(1800, warm_prefect.USE_TOUCH_S), (2, 0.5)])
+def test_a_running_job_marks_the_server_used_well_within_the_idle_time(idle_s: float, every_s: float) -> None:
+    assert warm_prefect.touch_every(idle_s) == every_s
+
+
+def test_a_job_that_outlasts_a_short_idle_time_keeps_marking_the_server_used(tmp_path: Path) -> None:
+    used = tmp_path / warm_prefect.USED_FILE
+    with warm_prefect.using(tmp_path, idle_s=0.4):
+        first = used.stat().st_mtime_ns
+        wait_for(lambda: used.stat().st_mtime_ns != first, 10, "the job to mark the server used again")
+
+
 def test_a_server_is_idle_only_when_no_run_has_touched_it_for_the_idle_time(tmp_path: Path) -> None:
     assert warm_prefect._idle(tmp_path, 60)  # never used
     warm_prefect.mark_used(tmp_path)

@@ -102,8 +102,8 @@ def _local_prefect_server(
 ) -> tuple[str, AbstractContextManager[None]]:
     """The warm local server (``warm_prefect``) and what marks it used while the job runs, or with
     ``local_server_idle_s`` 0 a temporary one."""
-    if settings.server.local_server_idle_s:
-        return warm_prefect_url(settings, prefect), using(prefect.home)
+    if idle_s := settings.server.local_server_idle_s:
+        return warm_prefect_url(settings, prefect), using(prefect.home, idle_s)
     return _temporary_prefect_server(settings, prefect), nullcontext()
 
 

@@ -33,7 +33,7 @@ PID_FILE = "server.pid"  # Prefect's record of its background server, in the Pre
 USED_FILE = "prefect-server.used"  # touched while runs use the server: its mtime is the last use
 LOCK_FILE = "prefect-server.lock"  # held by a run deciding which server to use, and by the watcher
 IDLE_POLL_S = 2.0
-USE_TOUCH_S = 30.0  # how often a running job marks the server used
+USE_TOUCH_S = 30.0  # how often a running job marks the server used, at most
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,19 @@ def mark_used(home: Path) -> None:
     (home / USED_FILE).touch()
 
 
+def touch_every(idle_s: float) -> float:
+    """How often a running job marks the server used: well within ``idle_s``, so that the watcher
+    never finds a server idle that a job is using, however short the idle time is set."""
+    return min(USE_TOUCH_S, idle_s / 4)
+
+
 @contextlib.contextmanager
-def using(home: Path) -> Iterator[None]:
-    """Mark the server used now, every ``USE_TOUCH_S`` while inside, and at the end."""
-    done = threading.Event()
+def using(home: Path, idle_s: float) -> Iterator[None]:
+    """Mark the server used now, often enough while inside (``touch_every``), and at the end."""
+    done, every_s = threading.Event(), touch_every(idle_s)
 
     def touch() -> None:
-        while not done.wait(USE_TOUCH_S):
+        while not done.wait(every_s):
             mark_used(home)
 
     mark_used(home)
