@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         help="skip (6): transformers vs CTranslate2 (vs llama.cpp) on the embedded SmolLM2",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the bench runs")
+    parser.add_argument(
+        "--prefect-db-template",
+        type=Path,
+        help="a migrated Prefect database for serve's server to start from (the suite's; no figure "
+        "counts serve's start)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -331,7 +337,8 @@ def http_benchmarks(args: argparse.Namespace, latencies: list[float], tmp: Path)
     models_file.write_text(yaml.safe_dump({"models": bench_models(args, servers, latencies)}))
     home = tmp / "home"
     home.mkdir()
-    served = ServeProcess(home=home, env=serve_env(home, models_file, roots=[tmp])).start()
+    env = serve_env(home, models_file, roots=[tmp])
+    served = ServeProcess(home=home, env=env, database_template=args.prefect_db_template).start()
     rows: list[dict[str, Any]] = []
     try:
         for lat, (_, url) in servers.items():

@@ -27,11 +27,14 @@ EXPECTED_MODES = {
 
 
 @pytest.mark.e2e
-def test_the_benchmark_runs_every_contestant_and_writes_its_results(tmp_path: Path) -> None:
+def test_the_benchmark_runs_every_contestant_and_writes_its_results(
+    tmp_path: Path, prefect_db_template: Path
+) -> None:
+    # Without (6), the local engines on SmolLM2: its conversions alone take minutes on 2 cores;
+    # tests/engines/test_ctranslate2_engine.py holds that engine to the same answers instead.
+    argv = ["--smoke", "--no-local-engines", "--prefect-db-template", str(prefect_db_template)]
     result = subprocess.run(
-        # Without (6), the local engines on SmolLM2: its conversions alone take minutes on 2 cores;
-        # tests/engines/test_ctranslate2_engine.py holds that engine to the same answers instead.
-        [sys.executable, "-m", "bench.run", "--smoke", "--no-local-engines", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench.run", *argv, "--out", str(tmp_path)],
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
