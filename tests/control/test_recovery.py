@@ -23,6 +23,7 @@ from batchinfer.control.recovery import (
     retry_state,
     runner_may_still_cancel,
 )
+from batchinfer.control.states import StateEvent
 from batchinfer.errors import resume_hint
 from batchinfer.jobspec import JobParameters
 from batchinfer.pipeline.jobfiles import JobProgress
@@ -109,8 +110,8 @@ def test_a_retry_with_nothing_to_run_says_why_and_what_to_do(every_error: bool, 
 NOON = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-def history(*types: str) -> list[tuple[str, datetime]]:
-    return [(state_type, NOON + timedelta(seconds=i)) for i, state_type in enumerate(types)]
+def history(*types: str) -> list[StateEvent]:
+    return [StateEvent(state_type, None, NOON + timedelta(seconds=i)) for i, state_type in enumerate(types)]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +131,7 @@ def test_a_resume_waits_for_the_runner_of_a_cancelled_job_only_while_its_cancell
     own_cancel_at = runner_may_still_cancel(history(*types))
     assert (own_cancel_at is not None) is waits
     if waits:
-        assert own_cancel_at == history(*types)[-1][1]
+        assert own_cancel_at == history(*types)[-1].timestamp
 
 
 @pytest.mark.parametrize(

@@ -209,11 +209,16 @@ class PrefectJobBackend:
         if state_type != "CANCELLED":
             return state_type
         while True:
-            states = await self._client.read_flow_run_states(flow_run.id)  # oldest first
-            own_cancel_at = runner_may_still_cancel([(s.type.value, s.timestamp) for s in states])
+            states = await self._states(flow_run.id)
+            own_cancel_at = runner_may_still_cancel(states)
             if own_cancel_at is None or (delay := let_go_delay(own_cancel_at)) == 0:
-                return str(states[-1].type.value) if states else state_type
+                return states[-1].type if states else state_type
             await anyio.sleep(min(delay, LET_GO_POLL_S))
+
+    async def _states(self, job_id: UUID) -> list[StateEvent]:
+        """The run's states, oldest first, as Prefect recorded them (when it got there)."""
+        states = await self._client.read_flow_run_states(job_id)
+        return [StateEvent(s.type.value, s.name, s.timestamp) for s in states]
 
     async def _reschedule(
         self, job_id: UUID, spec: StateSpec, refused: type[JobNotResumableError | JobNotRetryableError]
@@ -303,11 +308,9 @@ class PrefectJobBackend:
         async def read(job_id: UUID) -> None:
             async with reads:
                 try:
-                    states = await self._client.read_flow_run_states(job_id)
+                    histories[job_id] = await self._states(job_id)
                 except Exception:
                     logger.warning("Could not read the state history of job %s", job_id, exc_info=True)
-                    return
-            histories[job_id] = [StateEvent(s.type.value, s.name, s.timestamp) for s in states]
 
         await asyncio.gather(*map(read, job_ids))
         return histories

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from batchinfer.control.states import StateEvent
 from batchinfer.errors import resume_hint
 
 # The name of the SCHEDULED state a resume proposes: the Prefect UI's "Retry" button's own.
@@ -85,20 +86,17 @@ def nothing_to_retry(job_id: str, every_error: bool) -> str:
 RUNNER_LET_GO_S = 20.0
 
 
-def runner_may_still_cancel(history: list[tuple[str, datetime]]) -> datetime | None:
+def runner_may_still_cancel(history: list[StateEvent]) -> datetime | None:
     """When a cancelled job's own Cancelled was set, while its runner's Cancelled is still to come;
-    None when no runner will set it again. ``history``: (state type, timestamp), oldest first.
+    None when no runner will set it again. ``history``: the run's states, oldest first.
 
     The runner's Cancelled follows only a CANCELLING (a job cancelled before it ran has no process)
     and always comes last: the runner sets it after the process, hence the job, has ended.
     """
-    types = [state_type for state_type, _ in history]
-    if "CANCELLING" not in types:
-        return None
-    after = history[len(types) - types[::-1].index("CANCELLING") :]
-    if len(after) != 1 or after[0][0] != "CANCELLED":
-        return None  # the runner's Cancelled is in, or something else happened since (a resume)
-    return after[0][1]
+    since = next((i for i in range(len(history) - 1, -1, -1) if history[i].type == "CANCELLING"), None)
+    if since is None or [event.type for event in history[since + 1 :]] != ["CANCELLED"]:
+        return None  # no cancel of a running job, the runner's Cancelled is in, or a resume came since
+    return history[-1].timestamp
 
 
 def let_go_delay(own_cancel_at: datetime, now: datetime | None = None) -> float:
