@@ -1,17 +1,18 @@
 """How fast one HTTP model is sent requests: how many at once, and how many a minute (pure asyncio,
 no I/O, an injectable clock).
 
-``AdaptiveLimit`` is ``max_concurrency: auto``: a gradient on observed latency, as Netflix's
-concurrency-limits does it. Each window of answers to requests sent since the limit last moved
-(about one round trip's worth) gives a latency, the median; the lowest window is the server's latency
-with nothing queued, measured again every 200 windows at a quarter of the limit (as BBR probes its
-round trip). While a window's latency stays within ``tolerance`` of that, the limit grows (doubling
-until the first sign of a queue, then slowly); once it climbs, the limit shrinks in proportion, so
-it settles where the server's latency starts to rise: past that point a server that preempts (vLLM
-out of KV cache) answers more slowly for everyone and does less in all. A 429, a 503 or a timeout
-halves it at once. With a latency target (``latency_target_ms``, or one derived from the first windows for
-``priority: background``) the target replaces the tolerance: the job gives way while the server
-answers slower than that, so that interactive users of the same server keep their latency.
+``AdaptiveLimit`` is ``max_concurrency: auto``: a gradient on observed latency, as
+Netflix's concurrency-limits does it. Each window of answers to requests sent since the limit last
+moved (about one round trip's worth) gives a latency, the median; the lowest window is the server's
+latency with nothing queued, measured again every 200 windows at a quarter of the limit (as BBR
+probes its round trip). While a window's latency stays within ``tolerance`` of that (or within
+``QUEUE_SLACK_S`` of it), the limit grows (doubling until the first sign of a queue, then slowly);
+once it climbs, the limit shrinks in proportion, so it settles where the server's latency starts to
+rise: past that point a server that preempts (vLLM out of KV cache) answers more slowly for
+everyone and does less in all. A 429, a 503 or a timeout halves it at once. With a latency target
+(``latency_target_ms``, or one derived from the first windows for ``priority: background``) the
+target replaces the tolerance: the job gives way while the server answers slower than that, so
+that interactive users of the same server keep their latency.
 
 ``RatePacer`` holds ``max_requests_per_minute`` and ``max_tokens_per_minute`` evenly (a generic
 cell rate: each request is due a cost's share of the minute after the one before, with a quarter
@@ -41,6 +42,9 @@ Clock = Callable[[], float]
 Reason = Literal["starting", "growing", "latency", "overloaded", "latency target"]
 
 TOLERANCE = 1.15  # a window this much slower than the quiet latency means requests are queueing
+# ... and at least this much slower: a server answering in a millisecond or two wavers by more than
+# 15% with the client's own machine (a busy core, a garbage collection), which is not a queue.
+QUEUE_SLACK_S = 0.005
 SLACK_S = 0.25  # how far ahead of the even pace a request may go (a server's slice is ~1 s)
 GRANT_S = 0.25  # a grant of a shared per-minute limit is this many seconds' worth
 SMOOTHING = 0.2  # each window moves the limit a fifth of the way to where its latency says
@@ -124,7 +128,7 @@ class AdaptiveLimit:
             self.latency_target_s = quiet * BACKGROUND_TARGET
             self.limit = max(self.limit, float(self.initial))
         target = self.latency_target_s
-        allowed = target if target is not None else quiet * self.tolerance
+        allowed = target if target is not None else max(quiet * self.tolerance, quiet + QUEUE_SLACK_S)
         gradient = max(0.5, min(1.0, allowed / latency_s))
         if gradient < 1.0:
             # The first queue ends the doubling with a step all the way back; later ones smoothed.
