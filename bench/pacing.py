@@ -6,8 +6,9 @@ Against the fake model server with a capacity (``--capacity`` C requests in flig
 ``--latency-ms``, then slower as (n / C)^2, so that it does less in all, as a preempting vLLM does),
 each figure a `batchinfer run` timed from process start to exit, sharing one Prefect server:
 
-* **concurrency**: fixed ``max_concurrency`` 8, 16, 32 and 64 (today's default) against ``auto``:
-  lines a second, and ``auto`` as a ratio to the best fixed one and to 64;
+* **concurrency**: fixed ``max_concurrency`` 8, 16, 32 and 64 (the default before ``auto``) against
+  a model that sets none (``auto``, up to its default ceiling of 64): lines a second, and ``auto``
+  as a ratio to the best fixed one and to 64;
 * **per-minute limits**: the server enforcing a requests-a-minute limit over 1 s slices; a job
   without ``max_requests_per_minute``, one with it, and two at once sharing it (through Prefect's
   rate limits): the rate achieved as a share of the limit, and the share of requests answered 429;
@@ -100,7 +101,7 @@ def concurrency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with model_server(args.latency_ms, *flags) as base:
         entry: dict[str, Any] = {"engine": "openai", "base_url": base, "model": "m", "max_retries": 8}
         models: list[dict[str, Any]] = [{"id": f"fixed-{n}", **entry, "max_concurrency": n} for n in FIXED]
-        models.append({"id": "auto", **entry, "max_concurrency": "auto"})
+        models.append({"id": "auto", **entry})  # no max_concurrency: the default, auto
         prompts = prompts_file(work, "capacity", args.prompts)
         rows: dict[str, Any] = {}
         with contest(work / "concurrency", models) as run:

@@ -96,7 +96,8 @@ class JobSettings(_Section):
         default=None,
         ge=1,
         description="Prompts per chunk task. Default: what the model's engine wants (100 for local "
-        "engines; 8 per in-flight slot for HTTP models, 512 at max_concurrency 64).",
+        "engines; 8 per in-flight slot for HTTP models: 512 at max_concurrency 64, or at auto with "
+        "its default ceiling of 64).",
     )
     max_parallel_chunks: int | None = Field(
         default=None,

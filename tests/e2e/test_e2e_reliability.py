@@ -328,8 +328,16 @@ def test_a_job_past_its_deadline_fails_deadline_exceeded_and_a_rerun_reuses_its_
         models.write_text(
             json.dumps(  # JSON is YAML
                 {
+                    # A fixed limit: `auto` would start at 8 in flight and send each chunk's last
+                    # two stalling requests 7 s later, which only makes this test wait longer.
                     "models": [
-                        {"id": "stalling", "engine": "openai", "base_url": server.base_url, "model": "m"}
+                        {
+                            "id": "stalling",
+                            "engine": "openai",
+                            "base_url": server.base_url,
+                            "model": "m",
+                            "max_concurrency": 64,
+                        }
                     ]
                 }
             )

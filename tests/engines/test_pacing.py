@@ -283,6 +283,16 @@ def test_auto_against_a_server_past_its_capacity_settles_near_it_over_real_http(
     print(f"settled at {pace['concurrency']} in flight ({pace['reason']}) against a capacity of 8")
 
 
+def test_a_model_that_sets_no_max_concurrency_is_auto_up_to_the_old_fixed_default_of_64() -> None:
+    config = OpenAIEngineConfig(id="plain", base_url="http://127.0.0.1:1/v1", model="m")
+    assert config.max_concurrency == "auto" and config.adaptive
+    assert config.replica_concurrency == 64 and config.default_chunk_size == 512  # sized as before
+    with FakeOpenAIServer() as server:
+        outcomes, pace = infer_paced(server, 300)
+    assert all(completion(o) for o in outcomes)
+    assert pace is not None and 1 <= pace["concurrency"] <= 64 and server.max_in_flight <= 64
+
+
 def test_a_fixed_max_concurrency_has_no_pace_to_report() -> None:
     with FakeOpenAIServer() as server:
         assert infer_paced(server, 1, max_concurrency=4)[1] is None

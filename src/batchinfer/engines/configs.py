@@ -112,13 +112,15 @@ class OpenAIEngineConfig(_ModelConfigBase):
         default=None, description="Name of the environment variable holding the API key."
     )
     max_concurrency: Concurrency = Field(
-        default=64,
-        description="In-flight requests to each replica (each URL) of this model, or `auto`: the "
-        "level where the server's latency starts to climb, found as the job runs and followed as "
-        "the server's load changes, up to `concurrency_ceiling`.",
+        default="auto",
+        description="In-flight requests to each replica (each URL) of this model, or `auto` (the "
+        "default): the level where the server's latency starts to climb, found as the job runs and "
+        "followed as the server's load changes, up to `concurrency_ceiling`.",
     )
+    # 64 was the fixed default before `auto` was: a model that sets nothing never has more in
+    # flight than it did then, and its chunks are sized as they were (default_chunk_size).
     concurrency_ceiling: int = Field(
-        default=128, ge=1, description="The most in-flight requests per replica `auto` may reach."
+        default=64, ge=1, description="The most in-flight requests per replica `auto` may reach."
     )
     latency_target_ms: float | None = Field(
         default=None,

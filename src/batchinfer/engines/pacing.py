@@ -1,7 +1,7 @@
 """How fast one HTTP model is sent requests: how many at once, and how many a minute (pure asyncio,
 no I/O, an injectable clock).
 
-``AdaptiveLimit`` is ``max_concurrency: auto``: a gradient on observed latency, as
+``AdaptiveLimit`` is ``max_concurrency: auto``, the default: a gradient on observed latency, as
 Netflix's concurrency-limits does it. Each window of answers to requests sent since the limit last
 moved (about one round trip's worth) gives a latency, the median; the lowest window is the server's
 latency with nothing queued, measured again every 200 windows at a quarter of the limit (as BBR
