@@ -23,22 +23,16 @@ from batchinfer.engines.transformers_local import TransformersEngine
 
 # The embedded default on the transformers engine: what the ``transformers serve`` tests serve and
 # the transformers engine's SmolLM2 tests run, from one cache, so that the GGUF file is dequantized
-# once per test run (~20 s of transformers parsing it), not once per user.
+# once per test run (~20 s of transformers parsing it), not once for each of them.
 SMOLLM2_TRANSFORMERS = TransformersEngineConfig(
     id=EMBEDDED_DEFAULT.id, package=EMBEDDED_DEFAULT.package, gguf_file=EMBEDDED_DEFAULT.gguf_file
 )
 
 
-def smollm2_engine(cache_dir: Path) -> TransformersEngine:
-    """The transformers engine on SmolLM2, keeping its dequantized checkpoint in ``cache_dir``
-    (``model_dir``: made on its first load)."""
-    return TransformersEngine(SMOLLM2_TRANSFORMERS, EngineContext(cache_dir=cache_dir, threads=1))
-
-
 def smollm2_checkpoint(cache_dir: Path) -> Path:
     """SmolLM2 as a float32 transformers checkpoint: the transformers engine's own cache entry,
     converted from the GGUF file by the engine if it is not in ``cache_dir`` yet."""
-    engine = smollm2_engine(cache_dir)
+    engine = TransformersEngine(SMOLLM2_TRANSFORMERS, EngineContext(cache_dir=cache_dir, threads=1))
     if not (engine.model_dir / "config.json").is_file():
         engine.load()
         engine.close()
