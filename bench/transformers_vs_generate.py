@@ -136,7 +136,7 @@ class PlainGenerate:
 
 
 def _engine(model: str, batch_size: int, threads: int, work_dir: Path) -> Any:
-    from batchinfer.engines.configs import EMBEDDED_DEFAULT, EngineContext, TransformersEngineConfig
+    from batchinfer.engines.configs import EngineContext, TransformersEngineConfig
     from batchinfer.engines.transformers_local import TransformersEngine
 
     context = EngineContext(cache_dir=work_dir / "cache", threads=threads)
@@ -148,14 +148,10 @@ def _engine(model: str, batch_size: int, threads: int, work_dir: Path) -> Any:
             id="tiny", path=str(directory), batch_size=batch_size, threads=threads
         )
     elif model == "smollm2":
+        from batchinfer.testing.transformers_serve import SMOLLM2_TRANSFORMERS
+
         # The embedded model's files, on this engine (its default engine is ctranslate2).
-        config = TransformersEngineConfig(
-            id=EMBEDDED_DEFAULT.id,
-            package=EMBEDDED_DEFAULT.package,
-            gguf_file=EMBEDDED_DEFAULT.gguf_file,
-            batch_size=batch_size,
-            threads=threads,
-        )
+        config = SMOLLM2_TRANSFORMERS.model_copy(update={"batch_size": batch_size, "threads": threads})
     else:
         raise ValueError(f"unknown model {model!r}; use 'tiny' or 'smollm2'")
     return TransformersEngine(config, context), config

@@ -93,8 +93,7 @@ def runner_may_still_cancel(history: list[StateEvent]) -> datetime | None:
     The runner's Cancelled follows only a CANCELLING (a job cancelled before it ran has no process)
     and always comes last: the runner sets it after the process, hence the job, has ended.
     """
-    since = next((i for i in range(len(history) - 1, -1, -1) if history[i].type == "CANCELLING"), None)
-    if since is None or [event.type for event in history[since + 1 :]] != ["CANCELLED"]:
+    if [event.type for event in history[-2:]] != ["CANCELLING", "CANCELLED"]:
         return None  # no cancel of a running job, the runner's Cancelled is in, or a resume came since
     return history[-1].timestamp
 

@@ -6,7 +6,7 @@ Netflix's concurrency-limits does it. Each window of answers to requests sent si
 moved (about one round trip's worth) gives a latency, the median; the lowest window is the server's
 latency with nothing queued, measured again every 200 windows at a quarter of the limit (as BBR
 probes its round trip). While a window's latency stays within ``tolerance`` of that (or within
-``QUEUE_SLACK_S`` of it), the limit grows (doubling until the first sign of a queue, then slowly);
+``queue_slack_s`` of it), the limit grows (doubling until the first sign of a queue, then slowly);
 once it climbs, the limit shrinks in proportion, so it settles where the server's latency starts to
 rise: past that point a server that preempts (vLLM out of KV cache) answers more slowly for
 everyone and does less in all. A 429, a 503 or a timeout halves it at once. With a latency target
@@ -66,6 +66,7 @@ class AdaptiveLimit:
     floor: int = 1
     initial: int = 8
     tolerance: float = TOLERANCE
+    queue_slack_s: float = QUEUE_SLACK_S
     latency_target_s: float | None = None
     background: bool = False  # derive the target from the first windows' quiet latency
     clock: Clock = time.monotonic
@@ -128,7 +129,7 @@ class AdaptiveLimit:
             self.latency_target_s = quiet * BACKGROUND_TARGET
             self.limit = max(self.limit, float(self.initial))
         target = self.latency_target_s
-        allowed = target if target is not None else max(quiet * self.tolerance, quiet + QUEUE_SLACK_S)
+        allowed = target if target is not None else max(quiet * self.tolerance, quiet + self.queue_slack_s)
         gradient = max(0.5, min(1.0, allowed / latency_s))
         if gradient < 1.0:
             # The first queue ends the doubling with a step all the way back; later ones smoothed.
