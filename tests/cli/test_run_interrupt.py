@@ -28,10 +28,6 @@ pytestmark = pytest.mark.e2e
 PROMPTS = 3000  # ~10 s of work on fake-slow (25 ms a request, 8 at once): long enough to interrupt
 
 
-def _sent(model: FakeOpenAIServer, tag: str) -> int:
-    return sum(count for text, count in list(model.prompts.items()) if text.startswith(tag))
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_run_stops_within_seconds_keeping_what_finished(
     tmp_path: Path,
@@ -49,10 +45,10 @@ def test_an_interrupted_run_stops_within_seconds_keeping_what_finished(
     env = serve_env(home, models_file, roots=[tmp_path])
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: _sent(slow_openai, tag) >= 100, 120, "the job's first requests")
+        wait_for(lambda: slow_openai.sent(tag) >= 100, 120, "the job's first requests")
         family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert any("prefect" in " ".join(p.cmdline()) for p in family[1:]), "no temporary Prefect server"
-        at_signal, started = _sent(slow_openai, tag), time.monotonic()
+        at_signal, started = slow_openai.sent(tag), time.monotonic()
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -63,7 +59,7 @@ def test_an_interrupted_run_stops_within_seconds_keeping_what_finished(
     assert alive == [], f"left running: {alive}"
     # Every process of the run is gone: once the model has answered what it had, the count is final.
     wait_for(lambda: slow_openai.in_flight == 0, 30, "the model to answer what it had")
-    assert _sent(slow_openai, tag) - at_signal < 100, "requests went on after the signal"
+    assert slow_openai.sent(tag) - at_signal < 100, "requests went on after the signal"
 
     job = json.loads(stdout)
     assert job["metadata"]["error"]["code"] == "cancelled"

@@ -232,10 +232,6 @@ def test_a_job_spreads_its_chunks_over_the_dask_workers_through_s3(
     assert len(executed) == 2 and all(n >= 1 for n in executed.values()), executed
 
 
-def _sent(model: FakeOpenAIServer, tag: str) -> int:
-    return sum(count for text, count in list(model.prompts.items()) if text.startswith(tag))
-
-
 @pytest.mark.e2e
 def test_a_cancel_reaches_the_chunks_already_on_the_workers_within_seconds(
     cluster: Cluster, slow_openai: FakeOpenAIServer
@@ -246,17 +242,17 @@ def test_a_cancel_reaches_the_chunks_already_on_the_workers_within_seconds(
     prompts = write_prompts(cluster.data, tag, prompt_texts(tag, lines))
     run = cluster.run(str(prompts), "--model", "fake-slow", "--max-tokens", "8", BATCHINFER_CHUNK_SIZE="3000")
     try:
-        wait_for(lambda: _sent(slow_openai, tag) >= 200, 120, "the job's first requests on the workers")
+        wait_for(lambda: slow_openai.sent(tag) >= 200, 120, "the job's first requests on the workers")
         run.send_signal(signal.SIGINT)  # Ctrl-C: `run` stops its job as for a cancel
         signalled = time.monotonic()
-        last_request = _last_change(lambda: _sent(slow_openai, tag), quiet_s=2.0, limit_s=20.0)
+        last_request = _last_change(lambda: slow_openai.sent(tag), quiet_s=2.0, limit_s=20.0)
         wait_for(lambda: run.poll() is not None, 60, "run to stop")
     finally:
         run.kill()
     assert last_request - signalled < 5.0, (
         f"requests went on {last_request - signalled:.1f} s after the cancel"
     )
-    assert _sent(slow_openai, tag) < lines
+    assert slow_openai.sent(tag) < lines
 
 
 def _last_change(count: Callable[[], int], quiet_s: float, limit_s: float) -> float:
@@ -278,7 +274,7 @@ def test_a_worker_killed_mid_job_costs_only_its_chunk_and_every_line_is_answered
     run = cluster.run(
         str(write_prompts(cluster.data, tag, texts)), "--model", "fake-slow", "--max-tokens", "8"
     )
-    wait_for(lambda: _sent(slow_openai, tag) >= 200, 120, "the job's first requests on the workers")
+    wait_for(lambda: slow_openai.sent(tag) >= 200, 120, "the job's first requests on the workers")
     _stop(cluster.workers["worker-b"], signal.SIGKILL)  # the machine is gone, nanny and all
     job = _finished(run, timeout_s=240)
     assert job["status"] == "completed", job

@@ -162,6 +162,8 @@ class FakeOpenAI:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # seeded: a reliability run is reproducible
         self._limits = self._new_limits()
+        # ``prompts`` grows on the server's thread while a test's thread reads it.
+        self._prompts_lock = threading.Lock()
 
     def _new_limits(self) -> RateLimits | None:
         if self.rpm_limit is None and self.tpm_limit is None:
@@ -183,7 +185,15 @@ class FakeOpenAI:
         self.arrived_at, self.answered_at = [], []
         self._rng = random.Random(self.seed)
 
+    def sent(self, prefix: str) -> int:
+        """Requests that reached the model for prompts starting with ``prefix``, safe to ask from
+        any thread while the server runs."""
+        with self._prompts_lock:
+            return sum(count for text, count in self.prompts.items() if text.startswith(prefix))
+
     def stats(self) -> dict[str, Any]:
+        with self._prompts_lock:
+            prompts = dict(self.prompts)
         return {
             "requests_total": self.requests_total,
             "in_flight": self.in_flight,
@@ -191,7 +201,7 @@ class FakeOpenAI:
             "queue_refused": self.queue_refused,
             "rate_limited": self.rate_limited,
             "tokens_admitted": self.tokens_admitted,
-            "prompts": dict(self.prompts),
+            "prompts": prompts,
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "last_authorization": self.last_authorization,
             "first_request_at": self.arrived_at[0] if self.arrived_at else None,
@@ -241,8 +251,9 @@ class FakeOpenAI:
         refusal = self._refusal(len(raw), body, arrived)
         if refusal is not None:
             return refusal
-        self.prompts[text] += 1
-        seen = self.prompts[text]
+        with self._prompts_lock:
+            self.prompts[text] += 1
+            seen = self.prompts[text]
 
         if self.latency_ms:
             # Past its capacity every request in the server is slower (``capacity.slowdown``).
