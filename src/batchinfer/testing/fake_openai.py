@@ -177,7 +177,8 @@ class FakeOpenAI:
         self.queue_refused = self.rate_limited = self.tokens_admitted = 0
         self._limits = self._new_limits()
         self.max_in_flight = self.in_flight
-        self.prompts = Counter()
+        with self._prompts_lock:  # not between a request's count and its fault script's read of it
+            self.prompts = Counter()
         self.statuses = Counter()
         self.last_authorization = None
         self.bodies = []
