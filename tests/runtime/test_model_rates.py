@@ -9,12 +9,20 @@ import threading
 import time
 import uuid
 
+import httpx
 import pytest
 
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.pacing import Grants, RatePacer
-from batchinfer.runtime.model_rates import ensure_rate_limits, rate_limit_name
+from batchinfer.runtime.model_rates import (
+    INCREMENT_PATH,
+    GrantContended,
+    contended_grant,
+    ensure_rate_limits,
+    rate_limit_name,
+)
 from batchinfer.testing.capacity import TokenBucket
+from batchinfer.testing.loopback_http import QuietHandler, loopback_server
 
 
 def model(**limits: int) -> OpenAIEngineConfig:
@@ -106,3 +114,68 @@ def test_two_processes_sharing_a_limit_together_stay_within_it_and_keep_going_at
 def test_two_processes_each_pacing_alone_would_take_twice_the_limit() -> None:
     # The check above fails without the shared grants: each process paces only itself.
     assert refused_by_a_server_that_enforces(sent_by_two_processes(None), PER_MINUTE) > 10
+
+
+def prefect_whose_first_increment_meets_another_write(api_url: str) -> type[QuietHandler]:
+    """A proxy to the Prefect API at ``api_url`` that answers the first increment as a Prefect
+    server on SQLite answers one whose write met another's (503), and passes on everything else.
+    A real meeting of two writes cannot be made on demand; this is what the client sees of one."""
+    root = api_url.removesuffix("/api")
+
+    class Handler(QuietHandler):
+        increments = 0
+
+        def do_GET(self) -> None:
+            self._forward(b"")
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.endswith(INCREMENT_PATH):
+                Handler.increments += 1
+                if Handler.increments == 1:
+                    return self.reply(503, b'{"exception_message": "Service Unavailable"}')
+            self._forward(body)
+
+        def _forward(self, body: bytes) -> None:
+            answer = httpx.request(
+                self.command, root + self.path, content=body, headers={"Content-Type": "application/json"}
+            )
+            self.reply(answer.status_code, answer.content)
+
+    return Handler
+
+
+def test_a_grant_the_prefect_server_could_not_write_is_asked_for_again_at_once(prefect_harness: None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    grants = ensure_rate_limits(model(max_requests_per_minute=60))  # a slot decays in a second
+    assert grants is not None
+    handler = prefect_whose_first_increment_meets_another_write(str(PREFECT_API_URL.value()))
+    with loopback_server(handler) as proxy, temporary_settings(updates={PREFECT_API_URL: proxy + "/api"}):
+        started = time.monotonic()
+        grants.take("requests", 1)
+        took = time.monotonic() - started
+    assert handler.increments == 2  # the 503, then the grant
+    # Prefect's client would have asked again by itself only after its back-off, 1.6-2.4 s.
+    assert took < 1.5
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(grants.names["requests"]).active_slots == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "path", "contended"),
+    [
+        (503, "/api" + INCREMENT_PATH, True),
+        (503, "/api/v2/concurrency_limits/batchinfer-requests-per-minute-m", False),  # a read: retried
+        (423, "/api" + INCREMENT_PATH, False),  # a refusal: the grant does not fit yet
+        (200, "/api" + INCREMENT_PATH, False),
+    ],
+)
+def test_only_a_503_to_an_increment_is_handed_back_at_once(status: int, path: str, contended: bool) -> None:
+    response = httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1:4200" + path))
+    if contended:
+        with pytest.raises(GrantContended):
+            contended_grant(response)
+    else:
+        contended_grant(response)

@@ -7,6 +7,13 @@ process running a job of the model takes grants of a quarter second's worth from
 (``engines.pacing.RatePacer``) and spends them evenly, so every process together stays within what
 the server allows, at a few Prefect API calls a second per process. The limits are upserted from the
 models file when a job starts, as the model's concurrency limit is (``model_limits``).
+
+A Prefect server on SQLite answers 503 to an increment whose write meets another one (a grant for
+another process, a job's own state changes), and Prefect's client would wait 2 s before it asks
+again. A job whose grant met the other job's last writes so stalled for those 2 s with nobody else
+to use the limit: two jobs got 0.73-0.99 of it in bench/pacing. So a grant's client hands such an
+answer back at once (an httpx response hook, passed in through ``get_client``'s ``httpx_settings``),
+and the grant is asked for again.
 """
 
 from __future__ import annotations
@@ -17,11 +24,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchinfer.engines.configs import OpenAIEngineConfig
 from batchinfer.engines.pacing import RateKind, grant_size
 
+if TYPE_CHECKING:
+    import httpx
+
+INCREMENT_PATH = "/v2/concurrency_limits/increment"  # where Prefect's client asks for slots
 SLICE_S = 1.0  # the burst a limit allows: a second's worth, as hosted APIs slice their minute
 
 
@@ -72,9 +83,10 @@ class PrefectGrants:
 
     It reads the limit (its slots after decay) and asks once the grant would fit, having waited
     exactly as long as the missing slots take to decay, rather than asking and sleeping a fixed time
-    after each refusal (two jobs sharing a limit got 0.82 of it so in bench/pacing, 0.93-0.96 now).
-    Prefect's own ``rate_limit`` waits the Retry-After its server gives, which adds every slot denied
-    so far to the wait (measured in a unit test: two processes at 0.8 of the limit)."""
+    after each refusal (two jobs sharing a limit got 0.82 of it so in bench/pacing). Prefect's own
+    ``rate_limit`` waits the Retry-After its server gives, which adds every slot denied so far to
+    the wait (measured in a unit test: two processes at 0.8 of the limit). A refusal (423) or a
+    write the server could not make just then (503, ``GrantContended``) is read again at once."""
 
     names: dict[RateKind, str]
     decay: dict[RateKind, float]
@@ -96,7 +108,8 @@ class PrefectGrants:
         if self._client is None:
             from prefect.client.orchestration import get_client
 
-            self._client = get_client(sync_client=True)
+            hooks = {"response": [contended_grant]}
+            self._client = get_client(sync_client=True, httpx_settings={"event_hooks": hooks})
             self._client.__enter__()
         return self._client
 
@@ -105,8 +118,21 @@ class PrefectGrants:
 
         try:
             client.increment_concurrency_slots([self.names[kind]], amount, mode="rate_limit")
+        except GrantContended:  # the server wrote something else just then
+            return False
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 423:  # another process took them first
                 raise
             return False
         return True
+
+
+class GrantContended(Exception):
+    """An increment the Prefect server could not write just then (503): ask again, not in 2 s."""
+
+
+def contended_grant(response: httpx.Response) -> None:
+    """A grant client's response hook: a 503 to an increment raises, which Prefect's client passes
+    on at once rather than retrying after its back-off. Every other answer goes on as usual."""
+    if response.status_code == 503 and response.request.url.path.endswith(INCREMENT_PATH):
+        raise GrantContended(f"{response.request.url} answered 503")
