@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
+    if args.prefect_db_template is not None and not args.prefect_db_template.is_file():
+        parser.error(
+            f"--prefect-db-template {args.prefect_db_template}: no such file; give a migrated Prefect "
+            "database (the test suite keeps one in .pytest_cache/d/prefect-db-templates/) or leave it out"
+        )
     if args.smoke:
         args.prompts, args.latencies, args.naive_prompts, args.httpx_prompts = 40, "0", 40, 40
         args.big_lines, args.overhead_runs, args.transformers = 400, 1, "tiny"

@@ -56,3 +56,20 @@ def test_the_benchmark_runs_every_contestant_and_writes_its_results(
     assert (tmp_path / "results.csv").read_text().count("\n") == len(rows) + 1
     assert (tmp_path / "results.png").stat().st_size > 0
     assert "ceiling" in result.stdout  # the printed table
+
+
+def test_a_prefect_database_template_that_does_not_exist_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.run import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--smoke", "--prefect-db-template", str(tmp_path / "missing.db"), "--out", str(tmp_path)])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(
+        f"--prefect-db-template {tmp_path / 'missing.db'}: no such file; give a migrated "
+        "Prefect database (the test suite keeps one in .pytest_cache/d/prefect-db-templates/) "
+        "or leave it out"
+    )
+    assert not (tmp_path / "results.json").exists()
