@@ -602,7 +602,7 @@ def answered_each_line_once(outcomes: list[Any], texts: list[str]) -> bool:
 
 
 @every_client
-def test_requests_spread_evenly_over_three_replicas_each_within_its_max_concurrency(
+def test_requests_spread_over_three_replicas_each_within_its_max_concurrency(
     make_engine: MakeEngine, http_client: str
 ) -> None:
     with replicas(3, latency_ms=2) as servers:
@@ -612,7 +612,10 @@ def test_requests_spread_evenly_over_three_replicas_each_within_its_max_concurre
         counts = [s.requests_total for s in servers]
         peaks = [s.max_in_flight for s in servers]
     assert answered_each_line_once(outcomes, texts)
-    assert sum(counts) == 600 and all(160 <= count <= 240 for count in counts), counts  # within 20%
+    # Each request goes to the replica with the fewest outstanding, so each gets what it answers:
+    # three servers on 2 busy cores answer unevenly (a fresh-clone suite once got 198, 143, 259),
+    # so the bound is half an even share, which a balancer that leaves a replica out fails.
+    assert sum(counts) == 600 and all(count >= 100 for count in counts), counts
     assert all(peak <= 8 for peak in peaks), peaks
 
 
